@@ -1,0 +1,67 @@
+// Where the shared test models live. Tests read them in place (never copied into the project).
+// In CI (CI=true) a missing models folder is a failure, not a skip.
+import { existsSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { dirname, resolve } from 'node:path';
+
+const projectRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+
+export const modelsDir: string = process.env.WEBSHARD_MODELS ?? resolve(projectRoot, '../shared/models');
+
+export const haveModels: boolean = existsSync(resolve(modelsDir, 'reference/public.json'));
+
+if (!haveModels && process.env.CI === 'true') {
+  throw new Error(`CI=true but the shared test models are missing at ${modelsDir} (set WEBSHARD_MODELS to their folder).`);
+}
+
+export function modelPath(file: string): string {
+  return resolve(modelsDir, file);
+}
+
+export interface GenerationCase {
+  id: string;
+  model: string;
+  name: string;
+  prompt: string;
+  prompt_ids: number[];
+  n_predict: number;
+  generated_ids: number[];
+  generated_text: string;
+  detokenized: string;
+  top5_first: Array<[number, number]>;
+  first_logits?: number[];
+  step_margin: number[];
+  min_margin: number;
+  stable_prefix_len: Record<'0.001' | '0.01' | '0.1', number>;
+}
+
+export interface TokenizerCase {
+  id: string;
+  vocab: string;
+  model: string;
+  text: string;
+  add_bos: boolean;
+  parse_special: boolean;
+  ids: number[];
+  tokens: string[];
+  detokenized: string;
+}
+
+export interface Reference {
+  models: Record<string, { file: string; sha256: string; size: number }>;
+  generation_cases: GenerationCase[];
+  tokenizer_cases: TokenizerCase[];
+}
+
+let cached: Reference | undefined;
+export function reference(): Reference {
+  cached ??= JSON.parse(readFileSync(resolve(modelsDir, 'reference/public.json'), 'utf8')) as Reference;
+  return cached;
+}
+
+/** The model file for a reference model key such as "stories260K-q4_0". */
+export function referenceModelPath(key: string): string {
+  const entry = reference().models[key];
+  if (!entry) throw new Error(`no reference model ${key}`);
+  return modelPath(entry.file);
+}
