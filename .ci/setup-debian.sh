@@ -18,4 +18,4 @@ if [ "$need_apt" = 1 ]; then
   apt-get install -y -qq -t bookworm-backports mesa-vulkan-drivers >/dev/null
   apt-get install -y -qq libvulkan1 chromium xz-utils >/dev/null
 fi
-npm ci --no-audit --no-fund
+npm ci --no-audit --no-fund --loglevel=error

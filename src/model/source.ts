@@ -1,6 +1,7 @@
 // Where model bytes come from. Everything reads through `ByteSource.read(offset, length)`, so no
 // reader ever needs the whole file in memory: local files use a file handle, browser files use
-// Blob slices, URLs use HTTP Range requests. Filled in by the model-loading work.
+// Blob slices, URLs use HTTP Range requests.
+import { ModelSourceError } from './errors.ts';
 
 /** Random-access bytes of a model file. */
 export interface ByteSource {
@@ -13,4 +14,242 @@ export interface ByteSource {
   /** Bytes read so far (for tests proving a shard reads only its share, and for progress). */
   readonly bytesRead: number;
   close(): Promise<void>;
+}
+
+/**
+ * The shared half of every source: range checks and byte counting. Subclasses only say how to
+ * fetch a range that is known to lie inside the file.
+ */
+abstract class CountingSource implements ByteSource {
+  bytesRead = 0;
+  abstract readonly name: string;
+  abstract readonly size: number;
+
+  protected abstract readRange(offset: number, length: number): Promise<Uint8Array>;
+
+  async read(offset: number, length: number): Promise<Uint8Array> {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+      throw new ModelSourceError(this.name, `invalid read of ${length} bytes at offset ${offset}`);
+    }
+    if (offset + length > this.size) {
+      throw new ModelSourceError(
+        this.name,
+        `read of ${length} bytes at offset ${offset} runs past the end of the ${this.size}-byte file (is it truncated?)`,
+      );
+    }
+    if (length === 0) return new Uint8Array(0);
+    const bytes = await this.readRange(offset, length);
+    if (bytes.length !== length) {
+      throw new ModelSourceError(this.name, `asked for ${length} bytes at offset ${offset}, got ${bytes.length}`);
+    }
+    this.bytesRead += length;
+    return bytes;
+  }
+
+  async close(): Promise<void> {}
+}
+
+// ---------------------------------------------------------------------------------------------
+// In memory
+
+class BytesSource extends CountingSource {
+  constructor(
+    private readonly bytes: Uint8Array,
+    readonly name: string,
+  ) {
+    super();
+  }
+  get size(): number {
+    return this.bytes.length;
+  }
+  protected async readRange(offset: number, length: number): Promise<Uint8Array> {
+    // A copy, so a caller that transfers or mutates the result cannot corrupt the source.
+    return this.bytes.slice(offset, offset + length);
+  }
+}
+
+/** Bytes already in memory (tests, generated models). */
+export function bytesSource(bytes: Uint8Array, name = 'memory'): ByteSource {
+  return new BytesSource(bytes, name);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Blob / File (browser file pickers, drag and drop)
+
+class BlobSource extends CountingSource {
+  constructor(
+    private readonly blob: Blob,
+    readonly name: string,
+  ) {
+    super();
+  }
+  get size(): number {
+    return this.blob.size;
+  }
+  protected async readRange(offset: number, length: number): Promise<Uint8Array> {
+    return new Uint8Array(await this.blob.slice(offset, offset + length).arrayBuffer());
+  }
+}
+
+/** A Blob or File; reads slices, never the whole blob. */
+export function blobSource(blob: Blob, name?: string): ByteSource {
+  const fileName = (blob as Partial<File>).name;
+  return new BlobSource(blob, name ?? (fileName || 'blob'));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Local file (Node and Deno, through node:fs/promises)
+
+/** The part of node:fs/promises' FileHandle this module uses (so src needs no Node types). */
+interface FileHandleLike {
+  read(options: { buffer: Uint8Array; offset: number; length: number; position: number }): Promise<{ bytesRead: number }>;
+  stat(): Promise<{ size: number | bigint }>;
+  close(): Promise<void>;
+}
+interface FsPromisesLike {
+  open(path: string, flags: string): Promise<FileHandleLike>;
+}
+
+class FileSource extends CountingSource {
+  constructor(
+    private readonly handle: FileHandleLike,
+    readonly name: string,
+    readonly size: number,
+  ) {
+    super();
+  }
+  protected async readRange(offset: number, length: number): Promise<Uint8Array> {
+    const buffer = new Uint8Array(length);
+    let done = 0;
+    // A single read may return fewer bytes than asked for; keep going until the range is full.
+    while (done < length) {
+      const { bytesRead } = await this.handle.read({
+        buffer,
+        offset: done,
+        length: length - done,
+        position: offset + done,
+      });
+      if (bytesRead === 0) {
+        throw new ModelSourceError(this.name, `unexpected end of file at offset ${offset + done} (did the file shrink?)`);
+      }
+      done += bytesRead;
+    }
+    return buffer;
+  }
+  override async close(): Promise<void> {
+    await this.handle.close();
+  }
+}
+
+/** A local file in Node or Deno. Not available in browsers (use `blobSource` there). */
+export async function fileSource(path: string): Promise<ByteSource> {
+  // The specifier lives in a variable so browser bundlers do not try to resolve it.
+  const fsModule = 'node:fs/promises';
+  let fs: FsPromisesLike;
+  try {
+    fs = (await import(/* @vite-ignore */ fsModule)) as FsPromisesLike;
+  } catch (cause) {
+    throw new ModelSourceError(path, 'local files need Node or Deno; in a browser pass a File/Blob or a URL', { cause });
+  }
+  let handle: FileHandleLike;
+  try {
+    handle = await fs.open(path, 'r');
+  } catch (cause) {
+    throw new ModelSourceError(path, `cannot open file: ${(cause as Error).message}`, { cause });
+  }
+  const size = Number((await handle.stat()).size);
+  return new FileSource(handle, path, size);
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP(S) with Range requests
+
+class UrlSource extends CountingSource {
+  constructor(
+    private readonly url: string,
+    readonly size: number,
+    private readonly headers: Record<string, string>,
+  ) {
+    super();
+  }
+  get name(): string {
+    return this.url;
+  }
+  protected async readRange(offset: number, length: number): Promise<Uint8Array> {
+    const response = await rangeRequest(this.url, offset, offset + length - 1, this.headers);
+    if (response.status !== 206) {
+      await response.body?.cancel();
+      throw rangeIgnoredError(this.url, response.status);
+    }
+    return new Uint8Array(await response.arrayBuffer());
+  }
+}
+
+async function rangeRequest(url: string, first: number, last: number, headers: Record<string, string>): Promise<Response> {
+  try {
+    return await fetch(url, { headers: { ...headers, Range: `bytes=${first}-${last}` } });
+  } catch (cause) {
+    throw new ModelSourceError(url, `request failed: ${(cause as Error).message}`, { cause });
+  }
+}
+
+function rangeIgnoredError(url: string, status: number): ModelSourceError {
+  if (status === 200) {
+    return new ModelSourceError(
+      url,
+      'the server ignores HTTP Range requests (answered 200 with the whole file instead of 206), so the model cannot be ' +
+        'read piece by piece; serve it from a server that supports Range (most static file servers and CDNs do) or download it first',
+    );
+  }
+  return new ModelSourceError(url, `HTTP ${status} for a Range request`);
+}
+
+/** The total size from a `Content-Range: bytes 0-0/12345` (or `bytes *\/12345`) header. */
+function totalFromContentRange(header: string | null): number | undefined {
+  const match = header ? /\/(\d+)\s*$/.exec(header) : null;
+  return match ? Number(match[1]) : undefined;
+}
+
+/**
+ * A file served over HTTP(S). The size comes from a one-byte Range probe, which also proves that
+ * the server honours Range (a server that does not would make us download the whole model per read).
+ */
+export async function urlSource(url: string | URL, options: { headers?: Record<string, string> } = {}): Promise<ByteSource> {
+  const href = url.toString();
+  const headers = options.headers ?? {};
+  const probe = await rangeRequest(href, 0, 0, headers);
+  await probe.body?.cancel();
+  const total = totalFromContentRange(probe.headers.get('content-range'));
+  if (probe.status === 416 && total === 0) return new UrlSource(href, 0, headers);
+  if (probe.status !== 206) throw rangeIgnoredError(href, probe.status);
+  if (total === undefined) {
+    throw new ModelSourceError(href, 'the server answered a Range request without a usable Content-Range header, so the file size is unknown');
+  }
+  return new UrlSource(href, total, headers);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/** What a user can hand us as a model: a path, an http(s) URL, a Blob/File, bytes in memory, or an open source. */
+export type ModelSource = string | URL | Blob | Uint8Array | ByteSource;
+
+function isByteSource(source: ModelSource): source is ByteSource {
+  return typeof source === 'object' && 'read' in source && typeof source.read === 'function' && 'bytesRead' in source;
+}
+
+/** Opens whatever the user handed us (see `ModelSource`). */
+export async function openSource(source: ModelSource): Promise<ByteSource> {
+  if (source instanceof Uint8Array) return bytesSource(source);
+  if (isByteSource(source)) return source;
+  if (typeof Blob !== 'undefined' && source instanceof Blob) return blobSource(source);
+  if (source instanceof URL) {
+    if (source.protocol === 'file:') return fileSource(decodeURIComponent(source.pathname));
+    return urlSource(source);
+  }
+  if (typeof source === 'string') {
+    if (/^https?:\/\//i.test(source)) return urlSource(source);
+    if (source.startsWith('file://')) return fileSource(decodeURIComponent(new URL(source).pathname));
+    return fileSource(source);
+  }
+  throw new ModelSourceError(String(source), 'cannot open this kind of source; pass a path, a URL, a Blob or a Uint8Array');
 }

@@ -1,0 +1,265 @@
+// The webshard command line (Deno): run | tokenize | info.
+//
+//   deno task run  [-m model.gguf] [-p prompt] [-n 128] [--temperature 0.8] [--json] ...
+//   deno task tokenize -m model.gguf --text "Hello" --json
+//   deno task info -m model.gguf
+//
+// Exit codes: 0 on success, 2 for bad arguments, 1 for anything else. The process ends by
+// returning from main (never Deno.exit) so Dawn devices are released cleanly first.
+
+import { describeAdapters, type GpuBackend } from './gpu/device.ts';
+import { loadModel, type Model } from './engine/model.ts';
+import { llamaConfig } from './model/config.ts';
+import { readGGUF } from './model/gguf.ts';
+import { ggmlTypeName } from './model/ggml-type.ts';
+import { openSource, type ModelSource } from './model/source.ts';
+import { randomLlamaGGUF, DEFAULT_RANDOM_LLAMA } from './model/random-llama.ts';
+
+declare const Deno: {
+  args: string[];
+  exitCode: number;
+  stdout: { write(bytes: Uint8Array): Promise<number> };
+  stderr: { write(bytes: Uint8Array): Promise<number>; isTerminal(): boolean };
+};
+
+class UsageError extends Error {
+  override name = 'UsageError';
+}
+
+const USAGE = `webshard — LLM inference on WebGPU
+
+Commands (deno task <command> ...):
+  run       generate text
+  tokenize  print token ids
+  info      print model metadata, tensor types and the GPU adapters found
+
+Options:
+  -m, --model PATH|URL    GGUF model (run: default is a built-in random-weight demo model)
+  -p, --prompt TEXT       prompt (default "Once upon a time")
+  -n, --max-tokens N      tokens to generate (default 128)
+      --temperature T     0 = greedy (default 0.8)
+      --top-k K           (default 40)      --top-p P   (default 0.95)
+      --min-p P           (default 0.05)    --repeat-penalty R (default 1)
+  -s, --seed N            same seed, same text
+  -c, --ctx N             context length to allocate (default: model's, at most 4096)
+      --stop TEXT         stop string (repeatable)
+      --ignore-eos        keep generating past end-of-generation tokens
+      --text TEXT         (tokenize) text to tokenize
+      --json              machine-readable output
+      --gpu dawn|deno     WebGPU implementation (default dawn; deno = Deno's built-in WebGPU)
+  -h, --help`;
+
+type Flags = Map<string, string[]>;
+
+const aliases: Record<string, string> = { m: 'model', p: 'prompt', n: 'max-tokens', s: 'seed', c: 'ctx', h: 'help', temp: 'temperature' };
+const booleanFlags = new Set(['json', 'ignore-eos', 'help']);
+const knownFlags = new Set([
+  'model', 'prompt', 'max-tokens', 'temperature', 'top-k', 'top-p', 'min-p', 'repeat-penalty', 'seed', 'ctx',
+  'stop', 'text', 'json', 'gpu', 'ignore-eos', 'help',
+]);
+
+function parseFlags(args: string[]): Flags {
+  const flags: Flags = new Map();
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]!;
+    const match = /^--?([^=]+)(?:=(.*))?$/s.exec(arg);
+    if (!match) throw new UsageError(`unexpected argument "${arg}"`);
+    const name = aliases[match[1]!] ?? match[1]!;
+    if (!knownFlags.has(name)) throw new UsageError(`unknown option "${arg}"`);
+    let value = match[2];
+    if (booleanFlags.has(name)) value ??= 'true';
+    else if (value === undefined) {
+      if (i + 1 >= args.length) throw new UsageError(`option --${name} needs a value`);
+      value = args[++i]!;
+    }
+    flags.set(name, [...(flags.get(name) ?? []), value]);
+  }
+  return flags;
+}
+
+const flag = (flags: Flags, name: string): string | undefined => flags.get(name)?.at(-1);
+
+function numberFlag(flags: Flags, name: string, integer = false): number | undefined {
+  const text = flag(flags, name);
+  if (text === undefined) return undefined;
+  const value = Number(text);
+  if (text.trim() === '' || !Number.isFinite(value) || (integer && !Number.isInteger(value))) {
+    throw new UsageError(`--${name} must be ${integer ? 'an integer' : 'a number'}; got "${text}"`);
+  }
+  return value;
+}
+
+function gpuBackend(flags: Flags): GpuBackend {
+  const gpu = flag(flags, 'gpu') ?? 'dawn';
+  if (gpu !== 'dawn' && gpu !== 'deno') throw new UsageError(`--gpu must be "dawn" or "deno"; got "${gpu}"`);
+  return gpu;
+}
+
+const encoder = new TextEncoder();
+const out = (text: string) => Deno.stdout.write(encoder.encode(text));
+const err = (text: string) => Deno.stderr.write(encoder.encode(text));
+
+/** A progress bar on a terminal; a single summary line otherwise. */
+function progressReporter(): { update(done: number, total: number): void; finish(): Promise<void> } {
+  const start = performance.now();
+  const tty = Deno.stderr.isTerminal();
+  let last = { done: 0, total: 0 };
+  let drawn = 0;
+  const line = () => {
+    const seconds = (performance.now() - start) / 1000;
+    const mb = last.done / 1e6;
+    const fraction = last.total ? last.done / last.total : 1;
+    const bar = '#'.repeat(Math.round(fraction * 30)).padEnd(30, '.');
+    return `loading [${bar}] ${(fraction * 100).toFixed(0).padStart(3)}%  ${mb.toFixed(1)} MB  ${(mb / Math.max(seconds, 1e-3)).toFixed(1)} MB/s`;
+  };
+  return {
+    update(done, total) {
+      last = { done, total };
+      const now = performance.now();
+      if (tty && now - drawn > 100) {
+        drawn = now;
+        void err(`\r${line()}`);
+      }
+    },
+    async finish() {
+      await err(`${tty ? '\r' : ''}${line()}\n`);
+    },
+  };
+}
+
+async function openModel(flags: Flags): Promise<Model> {
+  let source: ModelSource | undefined = flag(flags, 'model');
+  if (source === undefined) {
+    const shape = DEFAULT_RANDOM_LLAMA;
+    await err(
+      `No --model given: running webshard's built-in demo model, a deterministic RANDOM-WEIGHT Llama ` +
+        `(dim ${shape.dim}, ${shape.nLayers} layers, ${shape.nHeads} heads) written by webshard's own GGUF writer.\n` +
+        `Its output is gibberish by design. For real text: deno task run -m path/to/model.gguf -p "Once upon a time"\n`,
+    );
+    source = randomLlamaGGUF(shape, 1);
+  }
+  const progress = progressReporter();
+  const model = await loadModel(source, {
+    contextLength: numberFlag(flags, 'ctx', true),
+    gpu: { backend: gpuBackend(flags) },
+    onProgress: ({ bytesLoaded, bytesTotal }) => progress.update(bytesLoaded, bytesTotal),
+  });
+  await progress.finish();
+  return model;
+}
+
+async function run(flags: Flags): Promise<void> {
+  const json = flags.has('json');
+  const model = await openModel(flags);
+  try {
+    const prompt = flag(flags, 'prompt') ?? 'Once upon a time';
+    const options = {
+      maxTokens: numberFlag(flags, 'max-tokens', true) ?? 128,
+      temperature: numberFlag(flags, 'temperature'),
+      topK: numberFlag(flags, 'top-k', true),
+      topP: numberFlag(flags, 'top-p'),
+      minP: numberFlag(flags, 'min-p'),
+      repeatPenalty: numberFlag(flags, 'repeat-penalty'),
+      seed: numberFlag(flags, 'seed', true),
+      stop: flags.get('stop'),
+      ignoreEos: flags.has('ignore-eos'),
+    };
+    if (json) {
+      const result = await model.complete(prompt, options);
+      await out(JSON.stringify({ prompt_ids: result.promptIds, generated_ids: result.ids, text: result.text }) + '\n');
+      return;
+    }
+    const promptIds = model.tokenize(prompt);
+    await out(prompt);
+    const start = performance.now();
+    let firstAt = 0;
+    let count = 0;
+    for await (const token of model.generate(promptIds, options)) {
+      if (count++ === 0) firstAt = performance.now();
+      await out(token.text);
+    }
+    const end = performance.now();
+    const decodeTokens = Math.max(0, count - 1);
+    await out('\n');
+    await err(
+      `\nprefill: ${promptIds.length} tokens in ${(firstAt - start).toFixed(1)} ms (${((promptIds.length * 1000) / (firstAt - start)).toFixed(1)} tok/s)\n` +
+        `decode:  ${decodeTokens} tokens in ${(end - firstAt).toFixed(1)} ms (${decodeTokens ? ((decodeTokens * 1000) / (end - firstAt)).toFixed(1) : '0'} tok/s)\n` +
+        `device:  ${model.gpu.adapterDescription} (${model.gpu.backend})\n`,
+    );
+  } finally {
+    await model.dispose();
+  }
+}
+
+async function tokenize(flags: Flags): Promise<void> {
+  const text = flag(flags, 'text') ?? flag(flags, 'prompt');
+  if (text === undefined) throw new UsageError('tokenize needs --text TEXT');
+  if (!flag(flags, 'model')) throw new UsageError('tokenize needs --model PATH');
+  const source = await openSource(flag(flags, 'model')!);
+  try {
+    const file = await readGGUF(source);
+    const { LlamaTokenizer } = await import('./model/tokenizer.ts');
+    const ids = LlamaTokenizer.fromGGUFMetadata(file.metadata).encode(text);
+    await out(flags.has('json') ? JSON.stringify({ ids }) + '\n' : ids.join(' ') + '\n');
+  } finally {
+    await source.close();
+  }
+}
+
+async function info(flags: Flags): Promise<void> {
+  const lines: string[] = [];
+  const modelArg = flag(flags, 'model');
+  if (modelArg) {
+    const source = await openSource(modelArg);
+    try {
+      const file = await readGGUF(source);
+      const config = llamaConfig(file);
+      const typeCounts = new Map<string, number>();
+      for (const t of file.tensors) typeCounts.set(ggmlTypeName(t.type), (typeCounts.get(ggmlTypeName(t.type)) ?? 0) + 1);
+      const parameters = file.tensors.reduce((sum, t) => sum + t.shape.reduce((a, b) => a * b, 1), 0);
+      lines.push(
+        `model:        ${source.name} (${(source.size / 1e6).toFixed(2)} MB, GGUF v${file.version})`,
+        `architecture: ${config.architecture}, ${(parameters / 1e6).toFixed(2)}M parameters`,
+        `shape:        dim ${config.dim}, ${config.nLayers} layers, ${config.nHeads} heads (${config.nKvHeads} KV), head dim ${config.headDim}, FFN ${config.ffnDim}, vocab ${config.vocabSize}`,
+        `rope:         base ${config.ropeBase}, dims ${config.ropeDims}, scaling ${config.ropeScaling.type}; rms eps ${config.rmsEps}; context ${config.contextLength}`,
+        `tensors:      ${[...typeCounts].map(([type, n]) => `${type} ×${n}`).join(', ')}`,
+        'metadata:',
+      );
+      for (const [key, value] of file.metadata) {
+        const shown = Array.isArray(value) || ArrayBuffer.isView(value) ? `[${(value as ArrayLike<unknown>).length} values]` : String(value);
+        lines.push(`  ${key} = ${shown.length > 100 ? shown.slice(0, 97) + '...' : shown}`);
+      }
+    } finally {
+      await source.close();
+    }
+  }
+  lines.push('adapters:');
+  for (const adapter of await describeAdapters({ backend: gpuBackend(flags) })) lines.push(`  ${adapter}`);
+  await out(lines.join('\n') + '\n');
+}
+
+async function main(args: string[]): Promise<void> {
+  const [command, ...rest] = args;
+  try {
+    const flags = parseFlags(rest);
+    if (flags.has('help') || command === undefined || command === 'help') {
+      await out(USAGE + '\n');
+      return;
+    }
+    if (command === 'run') await run(flags);
+    else if (command === 'tokenize') await tokenize(flags);
+    else if (command === 'info') await info(flags);
+    else throw new UsageError(`unknown command "${command}"`);
+  } catch (error) {
+    if (error instanceof UsageError) {
+      await err(`webshard: ${error.message}\n\n${USAGE}\n`);
+      Deno.exitCode = 2;
+    } else {
+      const e = error as Error;
+      await err(`webshard: ${e.name ?? 'Error'}: ${e.message}\n`);
+      Deno.exitCode = 1;
+    }
+  }
+}
+
+await main(Deno.args);

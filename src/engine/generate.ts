@@ -1,0 +1,124 @@
+// The generate loop: prefill the prompt in one pass, then one token per step until a limit,
+// an end-of-generation token or a stop string. Text streams out as soon as its UTF-8 is whole.
+
+import { InvalidOptionError, isGreedy, resolveSampling, Sampler, type SamplingOptions } from './sampler.ts';
+import type { StepResult } from './runner.ts';
+
+export interface GenerateOptions extends SamplingOptions {
+  /** Most tokens to generate. Default 256; never past the context. */
+  maxTokens?: number;
+  /** Stop before any of these strings; the stop string itself is not returned. */
+  stop?: string[];
+  /** Keep going past end-of-generation tokens. Default false. */
+  ignoreEos?: boolean;
+  /** Abort generation between steps. */
+  signal?: AbortSignal;
+}
+
+export interface GeneratedToken {
+  id: number;
+  /** Text this token completed (may be empty while a multi-byte character is still partial). */
+  text: string;
+}
+
+export type FinishReason = 'length' | 'stop' | 'eos' | 'context' | 'abort';
+
+/** What generation needs from a model: a forward step and a tokenizer's streaming decoder. */
+export interface GenerationBackend {
+  readonly contextLength: number;
+  forward(tokens: readonly number[], startPos: number, wantLogits: boolean): Promise<StepResult>;
+  isEndOfGeneration(id: number): boolean;
+  createStreamDecoder(): { push(id: number): string; flush(): string };
+}
+
+/** Holds back text that could be the start of a stop string, and cuts at the first full one. */
+export class StopStringFilter {
+  private pending = '';
+  constructor(private readonly stops: readonly string[]) {}
+
+  /** Returns text safe to emit, and whether a stop string was reached. */
+  push(text: string): { text: string; stopped: boolean } {
+    this.pending += text;
+    let cut = -1;
+    for (const stop of this.stops) {
+      const at = this.pending.indexOf(stop);
+      if (at >= 0 && (cut < 0 || at < cut)) cut = at;
+    }
+    if (cut >= 0) {
+      const out = this.pending.slice(0, cut);
+      this.pending = '';
+      return { text: out, stopped: true };
+    }
+    let hold = 0;
+    for (const stop of this.stops) {
+      for (let n = Math.min(stop.length - 1, this.pending.length); n > hold; n--) {
+        if (this.pending.endsWith(stop.slice(0, n))) {
+          hold = n;
+          break;
+        }
+      }
+    }
+    const out = this.pending.slice(0, this.pending.length - hold);
+    this.pending = this.pending.slice(this.pending.length - hold);
+    return { text: out, stopped: false };
+  }
+
+  flush(): string {
+    const out = this.pending;
+    this.pending = '';
+    return out;
+  }
+}
+
+/**
+ * Generates after `promptIds`. Yields each token with the text it completes; `result.finish`
+ * tells why it ended once the iterator is done.
+ */
+export async function* generateTokens(
+  backend: GenerationBackend,
+  promptIds: readonly number[],
+  options: GenerateOptions,
+  result: { finish?: FinishReason } = {},
+): AsyncGenerator<GeneratedToken> {
+  const sampling = resolveSampling(options);
+  const maxTokens = options.maxTokens ?? 256;
+  if (!Number.isInteger(maxTokens) || maxTokens < 0) throw new InvalidOptionError(`maxTokens must be an integer ≥ 0; got ${maxTokens}.`);
+  const stops = (options.stop ?? []).filter((s) => s.length > 0);
+  const greedy = isGreedy(sampling);
+  const sampler = new Sampler(sampling);
+  const decoder = backend.createStreamDecoder();
+  const filter = new StopStringFilter(stops);
+  const history = [...promptIds];
+
+  if (maxTokens === 0) {
+    result.finish = 'length';
+    return;
+  }
+  let step = await backend.forward(promptIds, 0, !greedy);
+  for (let generated = 1; ; generated++) {
+    const id = greedy ? step.argmaxId : sampler.sample(step.logits!, history);
+    history.push(id);
+    // The end-of-generation token is yielded too (its text is only what was still held back).
+    if (!options.ignoreEos && backend.isEndOfGeneration(id)) {
+      yield { id, text: filter.push(decoder.flush()).text + filter.flush() };
+      result.finish = 'eos';
+      return;
+    }
+    const { text, stopped } = filter.push(decoder.push(id));
+    const finish: FinishReason | undefined =
+      stopped ? 'stop'
+      : generated >= maxTokens ? 'length'
+      : history.length >= backend.contextLength ? 'context'
+      : options.signal?.aborted ? 'abort'
+      : undefined;
+    if (finish) {
+      // The last token carries whatever text was still held back.
+      const tail = stopped ? '' : filter.push(decoder.flush()).text + filter.flush();
+      yield { id, text: text + tail };
+      result.finish = finish;
+      return;
+    }
+    yield { id, text };
+    step = await backend.forward([id], history.length - 1, !greedy);
+  }
+}

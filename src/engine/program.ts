@@ -1,0 +1,107 @@
+// A forward program: the GPU work of one step, recorded once and replayed every step.
+//
+// The forward function records kernels and the few collective steps the math needs (sum the
+// partial outputs of a tensor-parallel shard, hand the hidden state to the next pipeline stage).
+// Kernels between two collective steps become one submit; a collective step is where a shard
+// must talk to the others, so it is the only place a host round trip can happen. With one
+// device every collective step is a no-op and the whole step is one submit.
+
+import { encodeOps, type KernelOp } from '../gpu/kernel.ts';
+
+export type ProgramStep =
+  | { kind: 'kernels'; ops: KernelOp[] }
+  | { kind: 'copy'; source: GPUBuffer; sourceOffset: number; target: GPUBuffer; targetOffset: number; size: number }
+  /** Sum `count` f32 values of `buffer` over all tensor-parallel shards, in place. */
+  | { kind: 'allReduceSum'; buffer: GPUBuffer; count: number; label: string }
+  /** Pipeline parallel: fill `buffer` with the hidden state from the previous stage. */
+  | { kind: 'receiveHidden'; buffer: GPUBuffer; count: number }
+  /** Pipeline parallel: pass `buffer` on to the next stage. */
+  | { kind: 'sendHidden'; buffer: GPUBuffer; count: number };
+
+export type CollectiveStep = Exclude<ProgramStep, { kind: 'kernels' } | { kind: 'copy' }>;
+
+/** Records steps in order; consecutive kernels are grouped. */
+export class ProgramRecorder {
+  readonly steps: ProgramStep[] = [];
+
+  run(op: KernelOp): void {
+    const last = this.steps.at(-1);
+    if (last?.kind === 'kernels') last.ops.push(op);
+    else this.steps.push({ kind: 'kernels', ops: [op] });
+  }
+
+  copy(source: GPUBuffer, sourceOffset: number, target: GPUBuffer, targetOffset: number, size: number): void {
+    this.steps.push({ kind: 'copy', source, sourceOffset, target, targetOffset, size });
+  }
+
+  allReduceSum(buffer: GPUBuffer, count: number, label: string): void {
+    this.steps.push({ kind: 'allReduceSum', buffer, count, label });
+  }
+
+  receiveHidden(buffer: GPUBuffer, count: number): void {
+    this.steps.push({ kind: 'receiveHidden', buffer, count });
+  }
+
+  sendHidden(buffer: GPUBuffer, count: number): void {
+    this.steps.push({ kind: 'sendHidden', buffer, count });
+  }
+}
+
+/**
+ * Carries out collective steps between shards. Each call may read a GPU buffer back, exchange
+ * it with the other shards and write the result; it runs after everything before it was submitted.
+ */
+export interface Communicator {
+  /** True when there is nobody to talk to: collective steps are skipped entirely. */
+  readonly alone: boolean;
+  collective(device: GPUDevice, step: CollectiveStep): Promise<void>;
+}
+
+/** The communicator of a model that fits one device: every collective is a no-op. */
+export const aloneCommunicator: Communicator = {
+  alone: true,
+  collective: () => Promise.resolve(),
+};
+
+/** Counts what a step costs on the host: submits and collective round trips. */
+export interface StepCounters {
+  submits: number;
+  collectives: number;
+}
+
+/**
+ * Runs a recorded program: everything between collective steps goes into one command buffer,
+ * one submit. Returns without waiting for the GPU unless a collective needs its results.
+ */
+export async function runProgram(
+  device: GPUDevice,
+  steps: readonly ProgramStep[],
+  communicator: Communicator,
+  counters?: StepCounters,
+): Promise<void> {
+  let encoder: GPUCommandEncoder | undefined;
+  const submit = () => {
+    if (!encoder) return;
+    device.queue.submit([encoder.finish()]);
+    encoder = undefined;
+    if (counters) counters.submits++;
+  };
+  for (const step of steps) {
+    switch (step.kind) {
+      case 'kernels':
+        encoder ??= device.createCommandEncoder({ label: 'forward' });
+        encodeOps(encoder, step.ops);
+        break;
+      case 'copy':
+        encoder ??= device.createCommandEncoder({ label: 'forward' });
+        encoder.copyBufferToBuffer(step.source, step.sourceOffset, step.target, step.targetOffset, step.size);
+        break;
+      default:
+        if (communicator.alone) break;
+        submit();
+        await communicator.collective(device, step);
+        if (counters) counters.collectives++;
+    }
+  }
+  submit();
+}

@@ -1,0 +1,143 @@
+// Token sampling on the host, in llama.cpp's order: penalties → top-k → top-p → min-p →
+// temperature → draw. Greedy (temperature 0) never gets here: the GPU's argmax answers it and
+// a decode step reads back one token id.
+
+export interface SamplingOptions {
+  /** 0 means greedy. Default 0.8 (llama.cpp's default). */
+  temperature?: number;
+  /** Keep the k most likely tokens; 0 keeps all. Default 40. */
+  topK?: number;
+  /** Keep the smallest set of tokens whose probabilities add up to p. Default 0.95. */
+  topP?: number;
+  /** Drop tokens less likely than minP × the most likely one. Default 0.05. */
+  minP?: number;
+  /** Divide positive logits (multiply negative ones) of recent tokens by this. Default 1 (off). */
+  repeatPenalty?: number;
+  /** How many recent tokens the penalties look at. Default 64. */
+  repeatLastN?: number;
+  /** OpenAI-style penalties: logit −= count·frequency + (count > 0)·presence. Default 0. */
+  frequencyPenalty?: number;
+  presencePenalty?: number;
+  /** Same seed, same prompt, same options → same tokens. Default: random. */
+  seed?: number;
+}
+
+export type ResolvedSampling = Required<SamplingOptions>;
+
+export class InvalidOptionError extends Error {
+  override name = 'InvalidOptionError';
+}
+
+function check(name: string, value: number, ok: boolean, expected: string): number {
+  if (!Number.isFinite(value) || !ok) throw new InvalidOptionError(`${name} must be ${expected}; got ${value}.`);
+  return value;
+}
+
+export function resolveSampling(o: SamplingOptions): ResolvedSampling {
+  const t = o.temperature ?? 0.8;
+  const topK = o.topK ?? 40;
+  const topP = o.topP ?? 0.95;
+  const minP = o.minP ?? 0.05;
+  const repeatPenalty = o.repeatPenalty ?? 1;
+  const repeatLastN = o.repeatLastN ?? 64;
+  return {
+    temperature: check('temperature', t, t >= 0, 'a number ≥ 0 (0 = greedy)'),
+    topK: check('topK', topK, Number.isInteger(topK) && topK >= 0, 'an integer ≥ 0 (0 = off)'),
+    topP: check('topP', topP, topP > 0 && topP <= 1, 'in (0, 1]'),
+    minP: check('minP', minP, minP >= 0 && minP <= 1, 'in [0, 1]'),
+    repeatPenalty: check('repeatPenalty', repeatPenalty, repeatPenalty > 0, '> 0 (1 = off)'),
+    repeatLastN: check('repeatLastN', repeatLastN, Number.isInteger(repeatLastN) && repeatLastN >= 0, 'an integer ≥ 0'),
+    frequencyPenalty: check('frequencyPenalty', o.frequencyPenalty ?? 0, true, 'a number'),
+    presencePenalty: check('presencePenalty', o.presencePenalty ?? 0, true, 'a number'),
+    seed: o.seed ?? Math.floor(Math.random() * 2 ** 32),
+  };
+}
+
+/** Whether the GPU's argmax alone decides the next token (no logits need to come back). */
+export function isGreedy(s: ResolvedSampling): boolean {
+  return s.temperature === 0 && s.repeatPenalty === 1 && s.frequencyPenalty === 0 && s.presencePenalty === 0;
+}
+
+/** A small, fast, seedable generator (mulberry32): the same seed gives the same draws everywhere. */
+export function seededRandom(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Applies repetition, frequency and presence penalties to `logits` in place. */
+export function applyPenalties(logits: Float32Array, history: readonly number[], s: ResolvedSampling): void {
+  if (s.repeatPenalty === 1 && s.frequencyPenalty === 0 && s.presencePenalty === 0) return;
+  const counts = new Map<number, number>();
+  for (const id of history.slice(Math.max(0, history.length - s.repeatLastN))) counts.set(id, (counts.get(id) ?? 0) + 1);
+  for (const [id, count] of counts) {
+    let logit = logits[id]!;
+    logit = logit > 0 ? logit / s.repeatPenalty : logit * s.repeatPenalty;
+    logits[id] = logit - count * s.frequencyPenalty - s.presencePenalty;
+  }
+}
+
+export function argmax(values: ArrayLike<number>): number {
+  let best = 0;
+  for (let i = 1; i < values.length; i++) if (values[i]! > values[best]!) best = i;
+  return best;
+}
+
+/** A sampler for one sequence: owns its random stream so a seed replays exactly. */
+export class Sampler {
+  private readonly random: () => number;
+
+  constructor(readonly options: ResolvedSampling) {
+    this.random = seededRandom(options.seed);
+  }
+
+  /** Picks the next token from raw logits (modified in place by the penalties). */
+  sample(logits: Float32Array, history: readonly number[]): number {
+    const s = this.options;
+    applyPenalties(logits, history, s);
+    if (s.temperature === 0) return argmax(logits);
+
+    // Candidates, most likely first; top-k bounds the sort.
+    let ids = Array.from(logits.keys()).sort((a, b) => logits[b]! - logits[a]! || a - b);
+    if (s.topK > 0) ids = ids.slice(0, s.topK);
+
+    // top-p on the softmax of the remaining candidates.
+    const max = logits[ids[0]!]!;
+    const weights = ids.map((id) => Math.exp(logits[id]! - max));
+    const total = weights.reduce((a, b) => a + b, 0);
+    if (s.topP < 1) {
+      let cumulative = 0;
+      let keep = ids.length;
+      for (let i = 0; i < ids.length; i++) {
+        cumulative += weights[i]! / total;
+        if (cumulative >= s.topP) {
+          keep = i + 1;
+          break;
+        }
+      }
+      ids = ids.slice(0, keep);
+    }
+
+    // min-p: keep tokens with p ≥ minP · p_max, i.e. logit ≥ max + ln(minP).
+    if (s.minP > 0) {
+      const floor = max + Math.log(s.minP);
+      const kept = ids.filter((id) => logits[id]! >= floor);
+      if (kept.length > 0) ids = kept;
+    }
+
+    // Temperature, then draw.
+    const scaled = ids.map((id) => Math.exp((logits[id]! - max) / s.temperature));
+    const sum = scaled.reduce((a, b) => a + b, 0);
+    let r = this.random() * sum;
+    for (let i = 0; i < ids.length; i++) {
+      r -= scaled[i]!;
+      if (r < 0) return ids[i]!;
+    }
+    return ids.at(-1)!;
+  }
+}

@@ -1,0 +1,9 @@
+// webshard's public API.
+export { loadModel, Model, type Completion, type LoadOptions, type LoadProgressEvent } from './engine/model.ts';
+export type { FinishReason, GeneratedToken, GenerateOptions } from './engine/generate.ts';
+export { InvalidOptionError, type SamplingOptions } from './engine/sampler.ts';
+export { ContextOverflowError } from './engine/runner.ts';
+export { requestGpu, describeAdapters, GpuUnavailableError, type GpuBackend, type GpuContext, type GpuOptions } from './gpu/device.ts';
+export { ModelFormatError, ModelSourceError, UnsupportedModelError } from './model/errors.ts';
+export type { LlamaConfig } from './model/config.ts';
+export type { ByteSource } from './model/source.ts';

@@ -1,0 +1,192 @@
+// Hyper-parameters of a llama-family model, from GGUF metadata (keys prefixed by the architecture,
+// e.g. `llama.block_count`), and a check that the tensor table has every weight with the shape the
+// hyper-parameters imply, so a mismatched file fails at load time with names, not mid-forward.
+import { ModelFormatError, UnsupportedModelError } from './errors.ts';
+import { getArchitecture, getF32, getString, getU32, type GGUFFile } from './gguf.ts';
+
+/** Architectures that share llama's weights and forward pass. */
+export const LLAMA_FAMILY: readonly string[] = ['llama'];
+
+export type RopeScaling = { type: 'none' } | { type: 'linear'; /** positions are divided by this */ factor: number };
+
+export interface LlamaConfig {
+  architecture: string;
+  vocabSize: number;
+  /** Embedding width (`embedding_length`). */
+  dim: number;
+  nLayers: number;
+  nHeads: number;
+  /** Key/value heads (< nHeads with grouped-query attention). */
+  nKvHeads: number;
+  headDim: number;
+  /** Hidden width of the SwiGLU feed-forward block. */
+  ffnDim: number;
+  rmsEps: number;
+  ropeBase: number;
+  ropeScaling: RopeScaling;
+  /** Leading dimensions of each head that rope rotates (the rest pass through). */
+  ropeDims: number;
+  /** Per-frequency divisors for rope (Llama 3.1+ "llama3" scaling), stored as this tensor when present. */
+  ropeFreqsTensor?: string;
+  contextLength: number;
+  /** True when there is no `output.weight`: the logits reuse `token_embd.weight`. */
+  tiedEmbeddings: boolean;
+  bosTokenId?: number;
+  eosTokenId?: number;
+  unkTokenId?: number;
+}
+
+/** What positions are divided by before rope (1 without scaling; the factor for linear scaling). */
+export function ropePositionScale(config: LlamaConfig): number {
+  return config.ropeScaling.type === 'linear' ? config.ropeScaling.factor : 1;
+}
+
+function configError(file: GGUFFile, field: string, problem: string, fix: string): ModelFormatError {
+  return new ModelFormatError({ file: file.source.name, field, problem, fix });
+}
+
+function optionalTokenId(file: GGUFFile, key: string): number | undefined {
+  if (!file.metadata.has(key)) return undefined;
+  const id = getU32(file, key);
+  return id === 0xffffffff ? undefined : id; // converters write -1 (as u32) for "none"
+}
+
+function readVocabSize(file: GGUFFile, prefix: string): number {
+  if (file.metadata.has(`${prefix}.vocab_size`)) return getU32(file, `${prefix}.vocab_size`);
+  const tokens = file.metadata.get('tokenizer.ggml.tokens');
+  if (Array.isArray(tokens)) return tokens.length;
+  if (file.hasTensor('token_embd.weight')) return file.tensor('token_embd.weight').shape[1] ?? 1;
+  throw configError(file, `${prefix}.vocab_size`, 'the vocabulary size is unknown (no vocab_size, no tokenizer.ggml.tokens, no token_embd.weight)', 'Re-convert the model with a current llama.cpp');
+}
+
+function readRopeScaling(file: GGUFFile, prefix: string): RopeScaling {
+  const typeKey = `${prefix}.rope.scaling.type`;
+  const factorKey = `${prefix}.rope.scaling.factor`;
+  // Old converters wrote only `rope.scale_linear`.
+  const type = getString(file, typeKey, file.metadata.has(`${prefix}.rope.scale_linear`) ? 'linear' : 'none');
+  if (type === 'none') return { type: 'none' };
+  if (type === 'linear') {
+    const factor = getF32(file, factorKey, getF32(file, `${prefix}.rope.scale_linear`, 1));
+    if (!(factor > 0)) throw configError(file, factorKey, `linear rope scaling factor is ${factor}`, 'The factor must be positive; fix the metadata');
+    return factor === 1 ? { type: 'none' } : { type: 'linear', factor };
+  }
+  throw new UnsupportedModelError({
+    file: file.source.name,
+    field: typeKey,
+    problem: `rope scaling type "${type}" is not supported yet (supported: none, linear)`,
+    fix: 'Use a model without long-context rope scaling, or a webshard version that implements it',
+  });
+}
+
+/** Reads a llama-family configuration; throws ModelFormatError naming any missing or invalid key. */
+export function llamaConfig(file: GGUFFile): LlamaConfig {
+  const architecture = getArchitecture(file);
+  if (!LLAMA_FAMILY.includes(architecture)) {
+    throw new UnsupportedModelError({
+      file: file.source.name,
+      field: 'general.architecture',
+      problem: `architecture "${architecture}" is not supported (supported: ${LLAMA_FAMILY.join(', ')})`,
+      fix: 'Use a Llama-architecture model (Llama 2/3, TinyLlama, Mistral 7B, SmolLM, ...)',
+    });
+  }
+  const p = architecture;
+  const dim = getU32(file, `${p}.embedding_length`);
+  const nHeads = getU32(file, `${p}.attention.head_count`);
+  const nKvHeads = getU32(file, `${p}.attention.head_count_kv`, nHeads);
+  if (nHeads === 0 || dim % nHeads !== 0 && !file.metadata.has(`${p}.attention.key_length`)) {
+    throw configError(file, `${p}.attention.head_count`, `${nHeads} heads do not divide the embedding width ${dim}`, 'Fix the metadata or set attention.key_length');
+  }
+  if (nKvHeads === 0 || nHeads % nKvHeads !== 0) {
+    throw configError(file, `${p}.attention.head_count_kv`, `${nKvHeads} KV heads do not divide ${nHeads} query heads`, 'Fix the metadata');
+  }
+  const headDim = getU32(file, `${p}.attention.key_length`, dim / nHeads);
+  const valueDim = getU32(file, `${p}.attention.value_length`, headDim);
+  if (valueDim !== headDim) {
+    throw new UnsupportedModelError({
+      file: file.source.name,
+      field: `${p}.attention.value_length`,
+      problem: `value head size ${valueDim} differs from key head size ${headDim}`,
+      fix: 'Such models are not supported yet',
+    });
+  }
+  const ropeDims = getU32(file, `${p}.rope.dimension_count`, headDim);
+  if (ropeDims > headDim || ropeDims % 2 !== 0) {
+    throw configError(file, `${p}.rope.dimension_count`, `rope over ${ropeDims} dims does not fit heads of ${headDim}`, 'Fix the metadata');
+  }
+  return {
+    architecture,
+    vocabSize: readVocabSize(file, p),
+    dim,
+    nLayers: getU32(file, `${p}.block_count`),
+    nHeads,
+    nKvHeads,
+    headDim,
+    ffnDim: getU32(file, `${p}.feed_forward_length`),
+    rmsEps: getF32(file, `${p}.attention.layer_norm_rms_epsilon`),
+    ropeBase: getF32(file, `${p}.rope.freq_base`, 10000),
+    ropeScaling: readRopeScaling(file, p),
+    ropeDims,
+    ropeFreqsTensor: file.hasTensor('rope_freqs.weight') ? 'rope_freqs.weight' : undefined,
+    contextLength: getU32(file, `${p}.context_length`),
+    tiedEmbeddings: !file.hasTensor('output.weight'),
+    bosTokenId: optionalTokenId(file, 'tokenizer.ggml.bos_token_id'),
+    eosTokenId: optionalTokenId(file, 'tokenizer.ggml.eos_token_id'),
+    unkTokenId: optionalTokenId(file, 'tokenizer.ggml.unknown_token_id'),
+  };
+}
+
+/** Tensor names and ggml shapes (shape[0] = row length) that a llama config implies. */
+export function expectedLlamaTensors(config: LlamaConfig): Map<string, number[]> {
+  const { dim, vocabSize, ffnDim } = config;
+  const qDim = config.nHeads * config.headDim;
+  const kvDim = config.nKvHeads * config.headDim;
+  const expected = new Map<string, number[]>([
+    ['token_embd.weight', [dim, vocabSize]],
+    ['output_norm.weight', [dim]],
+  ]);
+  if (!config.tiedEmbeddings) expected.set('output.weight', [dim, vocabSize]);
+  if (config.ropeFreqsTensor) expected.set(config.ropeFreqsTensor, [config.ropeDims / 2]);
+  for (let layer = 0; layer < config.nLayers; layer++) {
+    const block = (name: string, shape: number[]) => expected.set(`blk.${layer}.${name}.weight`, shape);
+    block('attn_norm', [dim]);
+    block('attn_q', [dim, qDim]);
+    block('attn_k', [dim, kvDim]);
+    block('attn_v', [dim, kvDim]);
+    block('attn_output', [qDim, dim]);
+    block('ffn_norm', [dim]);
+    block('ffn_gate', [dim, ffnDim]);
+    block('ffn_up', [dim, ffnDim]);
+    block('ffn_down', [ffnDim, dim]);
+  }
+  return expected;
+}
+
+/** Drops trailing 1s, which writers may or may not store ([64, 1] and [64] are the same tensor). */
+function canonicalShape(shape: readonly number[]): number[] {
+  const trimmed = [...shape];
+  while (trimmed.length > 1 && trimmed.at(-1) === 1) trimmed.pop();
+  return trimmed;
+}
+
+/** Checks every tensor the config needs is present with the implied shape; throws naming the first that is not. */
+export function validateLlamaTensors(file: GGUFFile, config: LlamaConfig): void {
+  for (const [name, shape] of expectedLlamaTensors(config)) {
+    if (!file.hasTensor(name)) {
+      throw new ModelFormatError({
+        file: file.source.name,
+        tensor: name,
+        problem: `tensor ${name} is missing (expected shape [${shape.join(', ')}])`,
+        fix: 'The model is incomplete or its metadata does not match its weights; re-convert it',
+      });
+    }
+    const found = file.tensor(name).shape;
+    if (canonicalShape(found).join() !== canonicalShape(shape).join()) {
+      throw new ModelFormatError({
+        file: file.source.name,
+        tensor: name,
+        problem: `tensor ${name} has shape [${found.join(', ')}], expected [${shape.join(', ')}] from the metadata`,
+        fix: 'The metadata does not match the weights; re-convert the model',
+      });
+    }
+  }
+}

@@ -1,0 +1,813 @@
+// SentencePiece-style BPE tokenizer with byte fallback: the "llama" tokenizer model of GGUF,
+// i.e. llama.cpp's `llm_tokenizer_spm` (reference: llama.cpp commit c392e509, Feb 2025).
+//
+// The goal is token-for-token equality with `llama_tokenize(add_special, parse_special)` and
+// byte-for-byte equality with `llama_token_to_piece` / `llama_detokenize`. Where llama.cpp does
+// something surprising, the code copies it and says so.
+//
+// The tokenizer is built from plain data (`VocabData`), so it does not depend on the file format;
+// `LlamaTokenizer.fromGGUFMetadata` is the adapter for GGUF metadata. Web APIs only.
+import { ModelFormatError, UnsupportedModelError } from './errors.ts';
+
+// ---------------------------------------------------------------------------------------------
+// Vocabulary data
+
+/** `tokenizer.ggml.token_type` values (SentencePiece piece types). */
+export const TokenType = {
+  Undefined: 0,
+  Normal: 1,
+  Unknown: 2,
+  Control: 3,
+  UserDefined: 4,
+  Unused: 5,
+  Byte: 6,
+} as const;
+export type TokenType = (typeof TokenType)[keyof typeof TokenType];
+
+/** Ids that llama.cpp reads besides BOS/EOS/UNK; they decide which tokens end generation. */
+export type SpecialTokenRole = 'eot' | 'eom' | 'fimPre' | 'fimSuf' | 'fimMid' | 'fimPad' | 'fimRep' | 'fimSep';
+
+export interface VocabData {
+  /** Token texts, with "▁" (U+2581) for spaces and `<0xXX>` for byte tokens. */
+  tokens: string[];
+  /** Merge priority of each token (higher merges first). */
+  scores: ArrayLike<number>;
+  /** `TokenType` of each token. */
+  tokenTypes: ArrayLike<number>;
+  /** -1 when the vocabulary has none. */
+  bosId: number;
+  eosId: number;
+  unkId: number;
+  addBos: boolean;
+  addEos: boolean;
+  /** Prefix the text with a space ("▁") when it starts the sequence or follows a special token. */
+  addSpacePrefix: boolean;
+  /** Optional further special ids (GGUF `tokenizer.ggml.eot_token_id` etc.); absent = detect by text. */
+  specialIds?: Partial<Record<SpecialTokenRole, number>>;
+  /**
+   * `general.name`. llama.cpp gives special tokens of models named like Phi-3 an "rstrip" attribute
+   * (whitespace after them is dropped when they are split out of the text); nothing else uses it.
+   */
+  modelName?: string;
+}
+
+/** The GGUF tokenizer model is not the SentencePiece "llama" one. */
+export class UnsupportedTokenizerError extends UnsupportedModelError {
+  override name = 'UnsupportedTokenizerError';
+  /** The `tokenizer.ggml.model` value, e.g. "gpt2". */
+  readonly tokenizerModel: string;
+
+  constructor(file: string, tokenizerModel: string) {
+    super({
+      file,
+      field: 'tokenizer.ggml.model',
+      problem: `tokenizer model "${tokenizerModel}" is not supported (only "llama", the SentencePiece BPE tokenizer, is)`,
+      fix: 'use a model with a Llama/SentencePiece vocabulary (Llama 1/2, Mistral 7B v0.1, TinyLlama, llama2.c models)',
+    });
+    this.tokenizerModel = tokenizerModel;
+  }
+}
+
+export interface EncodeOptions {
+  /** Prepend BOS (default: the vocabulary's `add_bos_token`, true for Llama). */
+  addBos?: boolean;
+  /** Append EOS (default: the vocabulary's `add_eos_token`, false for Llama). */
+  addEos?: boolean;
+  /**
+   * Turn the texts of control tokens (`<s>`, `</s>`, ...) into those tokens (llama.cpp's
+   * `parse_special`). Default false: `<s>` in user text is plain text. User-defined tokens are
+   * always split out, as in llama.cpp.
+   */
+  parseSpecial?: boolean;
+}
+
+export interface DecodeOptions {
+  /** Drop a leading BOS and trailing EOS (when the vocabulary adds them). Default true. */
+  removeSpecial?: boolean;
+  /** Render control and unknown tokens as their text (`<s>`) instead of nothing. Default false. */
+  unparseSpecial?: boolean;
+}
+
+export interface PieceOptions {
+  /** Render control and unknown tokens as their text instead of nothing. Default false. */
+  special?: boolean;
+  /** Drop up to this many leading spaces. Default 0. */
+  lstrip?: number;
+}
+
+/** Turns a stream of token ids into text, holding back bytes of a UTF-8 character not yet complete. */
+export interface StreamDecoder {
+  /** The text that became complete with this token (often "", e.g. mid-way through an emoji). */
+  push(id: number): string;
+  /** Whatever is still held back (an incomplete character becomes U+FFFD); the decoder can then be reused. */
+  flush(): string;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token attributes: llama.cpp's `llama_token_attr` bit flags. Kept as flags (not the GGUF type)
+// because llama.cpp changes them after loading: control-looking tokens become CONTROL, Phi-3's
+// special tokens get RSTRIP.
+
+const Attr = {
+  Undefined: 0,
+  Unknown: 1 << 0,
+  Unused: 1 << 1,
+  Normal: 1 << 2,
+  Control: 1 << 3,
+  UserDefined: 1 << 4,
+  Byte: 1 << 5,
+  Lstrip: 1 << 7,
+  Rstrip: 1 << 8,
+} as const;
+
+function attrOfType(type: number): number {
+  switch (type) {
+    case TokenType.Unknown:
+      return Attr.Unknown;
+    case TokenType.Unused:
+      return Attr.Unused;
+    case TokenType.Normal:
+      return Attr.Normal;
+    case TokenType.Control:
+      return Attr.Control;
+    case TokenType.UserDefined:
+      return Attr.UserDefined;
+    case TokenType.Byte:
+      return Attr.Byte;
+    default:
+      return Attr.Undefined;
+  }
+}
+
+// Texts llama.cpp (llama_vocab::impl::load) uses to find special tokens that the GGUF does not
+// name. A token found this way is forced to CONTROL, which matters: control tokens decode to
+// nothing and are not split out of plain text.
+const ROLE_TEXTS: ReadonlyArray<readonly [SpecialTokenRole, readonly string[]]> = [
+  ['eot', ['<|eot_id|>', '<|im_end|>', '<|end|>', '<end_of_turn>', '<|endoftext|>', '<EOT>', '<｜end▁of▁sentence｜>']],
+  ['eom', ['<|eom_id|>']],
+  ['fimPre', ['<|fim_prefix|>', '<fim-prefix>', '<｜fim▁begin｜>', '<PRE>']],
+  ['fimSuf', ['<|fim_suffix|>', '<fim-suffix>', '<｜fim▁hole｜>', '<SUF>']],
+  ['fimMid', ['<|fim_middle|>', '<fim-middle>', '<｜fim▁end｜>', '<MID>']],
+  ['fimPad', ['<|fim_pad|>', '<fim-pad>', '<PAD>']],
+  ['fimRep', ['<|fim_repo|>', '<|repo_name|>', '<fim-repo>', '<REPO>']],
+  ['fimSep', ['<|file_sep|>']],
+];
+// Tokens that end generation by their text alone (the same list in llama.cpp).
+const EOG_TEXTS = new Set(['<|eot_id|>', '<|im_end|>', '<|end|>', '<end_of_turn>', '<|endoftext|>', '<|eom_id|>', '<EOT>']);
+
+const SPACE = ' ';
+const ESCAPED_SPACE = '\u2581'; // "▁", SentencePiece's visible space
+const HEX_DIGITS = '0123456789ABCDEF';
+const EMPTY_BYTES = new Uint8Array(0);
+
+// C `isspace` in the "C" locale, which llama.cpp uses to strip around LSTRIP/RSTRIP tokens.
+function isCSpace(codeUnit: number): boolean {
+  return codeUnit === 0x20 || (codeUnit >= 0x09 && codeUnit <= 0x0d);
+}
+
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
+
+/**
+ * llama.cpp tokenizes UTF-8 bytes. A JS string with a lone surrogate has no UTF-8 form; TextEncoder
+ * (what any caller would use to hand it to llama.cpp) writes U+FFFD for it, so do the same here.
+ */
+function wellFormed(text: string): string {
+  LONE_SURROGATE.lastIndex = 0;
+  return LONE_SURROGATE.test(text) ? text.replace(LONE_SURROGATE, '\uFFFD') : text;
+}
+
+/** Appends the UTF-8 bytes of one code point. */
+function pushUtf8(codePoint: number, out: number[]): void {
+  if (codePoint < 0x80) {
+    out.push(codePoint);
+  } else if (codePoint < 0x800) {
+    out.push(0xc0 | (codePoint >> 6), 0x80 | (codePoint & 0x3f));
+  } else if (codePoint < 0x10000) {
+    out.push(0xe0 | (codePoint >> 12), 0x80 | ((codePoint >> 6) & 0x3f), 0x80 | (codePoint & 0x3f));
+  } else {
+    out.push(0xf0 | (codePoint >> 18), 0x80 | ((codePoint >> 12) & 0x3f), 0x80 | ((codePoint >> 6) & 0x3f), 0x80 | (codePoint & 0x3f));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The merge queue: a binary max-heap of candidate bigrams in parallel typed arrays.
+
+/** Does merge candidate A come out of the queue before B? Higher score first, then the leftmost. */
+function ranksBefore(scoreA: number, leftA: number, scoreB: number, leftB: number): boolean {
+  return scoreA > scoreB || (scoreA === scoreB && leftA < leftB);
+}
+
+/**
+ * Candidate merges of two adjacent symbols, best first by `ranksBefore` (exactly llama.cpp's
+ * `llm_bigram_spm::comparator`). Entries go stale when a neighbour merges first; the caller checks
+ * them when they come out, as llama.cpp does, instead of deleting them from the heap.
+ */
+class BigramQueue {
+  private score = new Float64Array(64);
+  private left = new Int32Array(64);
+  private right = new Int32Array(64);
+  private size = new Int32Array(64);
+  length = 0;
+
+  // The entry removed by the last `pop`.
+  topLeft = 0;
+  topRight = 0;
+  topSize = 0;
+
+  push(score: number, left: number, right: number, size: number): void {
+    if (this.length === this.score.length) this.grow();
+    let i = this.length++;
+    // Sift up: parents that rank after the new entry move down one level.
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      if (!ranksBefore(score, left, this.score[parent]!, this.left[parent]!)) break;
+      this.move(parent, i);
+      i = parent;
+    }
+    this.set(i, score, left, right, size);
+  }
+
+  /** Removes the best entry into `topLeft`, `topRight`, `topSize`. */
+  pop(): void {
+    this.topLeft = this.left[0]!;
+    this.topRight = this.right[0]!;
+    this.topSize = this.size[0]!;
+    const last = --this.length;
+    if (last === 0) return;
+    const score = this.score[last]!;
+    const left = this.left[last]!;
+    const right = this.right[last]!;
+    const size = this.size[last]!;
+    // Sift the former last entry down from the root.
+    let i = 0;
+    for (;;) {
+      let child = 2 * i + 1;
+      if (child >= last) break;
+      if (child + 1 < last && ranksBefore(this.score[child + 1]!, this.left[child + 1]!, this.score[child]!, this.left[child]!)) child++;
+      if (!ranksBefore(this.score[child]!, this.left[child]!, score, left)) break;
+      this.move(child, i);
+      i = child;
+    }
+    this.set(i, score, left, right, size);
+  }
+
+  private set(i: number, score: number, left: number, right: number, size: number): void {
+    this.score[i] = score;
+    this.left[i] = left;
+    this.right[i] = right;
+    this.size[i] = size;
+  }
+
+  private move(from: number, to: number): void {
+    this.set(to, this.score[from]!, this.left[from]!, this.right[from]!, this.size[from]!);
+  }
+
+  private grow(): void {
+    const capacity = this.score.length * 2;
+    const score = new Float64Array(capacity);
+    const left = new Int32Array(capacity);
+    const right = new Int32Array(capacity);
+    const size = new Int32Array(capacity);
+    score.set(this.score);
+    left.set(this.left);
+    right.set(this.right);
+    size.set(this.size);
+    this.score = score;
+    this.left = left;
+    this.right = right;
+    this.size = size;
+  }
+}
+
+/** A piece of the input after special tokens are split out: raw text, or a token id. */
+type Fragment = string | number;
+
+// ---------------------------------------------------------------------------------------------
+
+export class LlamaTokenizer {
+  readonly vocabSize: number;
+  readonly bosId: number;
+  readonly eosId: number;
+  readonly unkId: number;
+  readonly addBos: boolean;
+  readonly addEos: boolean;
+  readonly addSpacePrefix: boolean;
+  /** Every token that ends generation (EOS, EOT, EOM, FIM pad/repo/sep, and `<|im_end|>`-like texts). */
+  readonly eogIds: ReadonlySet<number>;
+
+  private readonly texts: string[];
+  private readonly scores: Float32Array;
+  private readonly attrs: Uint16Array;
+  private readonly textToId = new Map<string, number>();
+  /** Longest token text in UTF-16 code units: longer candidate merges need no lookup. */
+  private readonly maxTextLength: number;
+  /** Control, user-defined and unknown tokens, longest first: the order llama.cpp splits them out of text. */
+  private readonly specialTokens: number[];
+  /** `<0xXX>` token of each byte (-1: the vocabulary has none). */
+  private readonly byteTokens = new Int32Array(256).fill(-1);
+  /** Lazily built piece bytes (llama.cpp's `cache_token_to_piece`, special = true). */
+  private readonly pieceCache: Array<Uint8Array | undefined>;
+  private readonly encoder = new TextEncoder();
+
+  constructor(vocab: VocabData) {
+    const n = vocab.tokens.length;
+    if (n === 0) throw new RangeError('tokenizer vocabulary is empty');
+    if (vocab.scores.length !== n || vocab.tokenTypes.length !== n) {
+      throw new RangeError(`tokenizer vocabulary has ${n} tokens but ${vocab.scores.length} scores and ${vocab.tokenTypes.length} token types`);
+    }
+    this.vocabSize = n;
+    this.bosId = vocab.bosId;
+    this.eosId = vocab.eosId;
+    this.unkId = vocab.unkId;
+    this.addBos = vocab.addBos;
+    this.addEos = vocab.addEos;
+    this.addSpacePrefix = vocab.addSpacePrefix;
+
+    this.texts = new Array<string>(n);
+    this.scores = Float32Array.from(vocab.scores);
+    this.attrs = new Uint16Array(n);
+    let maxTextLength = 0;
+    for (let id = 0; id < n; id++) {
+      // llama.cpp renames empty tokens so that every text maps back to one id.
+      const text = vocab.tokens[id] || `[EMPTY_${id}]`;
+      this.texts[id] = text;
+      this.textToId.set(text, id); // a duplicated text maps to its last id, as in llama.cpp
+      this.attrs[id] = attrOfType(vocab.tokenTypes[id]!);
+      maxTextLength = Math.max(maxTextLength, text.length);
+    }
+    this.maxTextLength = maxTextLength;
+    this.pieceCache = new Array<Uint8Array | undefined>(n);
+
+    for (let byte = 0; byte < 256; byte++) {
+      const id = this.textToId.get(`<0x${HEX_DIGITS[byte >> 4]}${HEX_DIGITS[byte & 15]}>`) ??
+        // llama.cpp falls back to a token that is the byte itself (only possible for ASCII here).
+        (byte < 0x80 ? this.textToId.get(String.fromCharCode(byte)) : undefined);
+      if (id !== undefined) this.byteTokens[byte] = id;
+    }
+
+    this.eogIds = this.findSpecialRoles(vocab.specialIds ?? {});
+
+    this.specialTokens = [];
+    for (let id = 0; id < n; id++) {
+      if (this.attrs[id]! & (Attr.Control | Attr.UserDefined | Attr.Unknown)) this.specialTokens.push(id);
+    }
+    // llama.cpp sorts by UTF-8 length with std::sort (unstable); ties keep id order here.
+    const utf8Length = (id: number): number => this.encoder.encode(this.texts[id]).length;
+    const lengths = new Map(this.specialTokens.map((id) => [id, utf8Length(id)]));
+    this.specialTokens.sort((a, b) => lengths.get(b)! - lengths.get(a)! || a - b);
+
+    const modelName = (vocab.modelName ?? '').toLowerCase();
+    if (modelName.includes('phi-3') || modelName.includes('phi3')) {
+      // llama.cpp: Phi-3's special tokens swallow the whitespace after them, except <unk>, <s>, <|endoftext|>.
+      for (const id of this.specialTokens) this.attrs[id] = this.attrs[id]! | Attr.Rstrip;
+      this.setAttr('</s>', Attr.Rstrip, true);
+      for (const text of ['<unk>', '<s>', '<|endoftext|>']) this.setAttr(text, Attr.Rstrip, false);
+    }
+  }
+
+  /**
+   * Reads a tokenizer from GGUF metadata (`tokenizer.ggml.*`), with llama.cpp's defaults for keys
+   * that are absent. `file` only names the model in error messages.
+   */
+  static fromGGUFMetadata(metadata: Map<string, unknown>, options: { file?: string } = {}): LlamaTokenizer {
+    return new LlamaTokenizer(vocabFromGGUFMetadata(metadata, options.file ?? 'GGUF metadata'));
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Encoding
+
+  /** Text to token ids, as `llama_tokenize(text, add_special, parse_special = false)`. */
+  encode(text: string, options: EncodeOptions = {}): number[] {
+    const addBos = options.addBos ?? this.addBos;
+    const addEos = options.addEos ?? this.addEos;
+    const output: number[] = [];
+    if (addBos) output.push(this.requireId(this.bosId, 'BOS'));
+
+    // An empty text gives no fragment at all, so not even the space prefix ([BOS] only).
+    const fragments = text === '' ? [] : this.splitSpecialTokens(wellFormed(text), options.parseSpecial ?? false);
+    // The space prefix goes on the first text and on every text right after a special token.
+    let afterSpecial = true;
+    for (const fragment of fragments) {
+      if (typeof fragment === 'number') {
+        output.push(fragment);
+        afterSpecial = true;
+        continue;
+      }
+      const prefixed = this.addSpacePrefix && afterSpecial ? SPACE + fragment : fragment;
+      this.encodeFragment(prefixed.replaceAll(SPACE, ESCAPED_SPACE), output);
+      afterSpecial = false;
+    }
+
+    if (addEos) output.push(this.requireId(this.eosId, 'EOS'));
+    return output;
+  }
+
+  /**
+   * Splits special tokens out of the text before BPE (llama.cpp's `tokenizer_st_partition`):
+   * each special token in turn, longest first, cuts every remaining text fragment at each of its
+   * occurrences. Without `parseSpecial` only user-defined tokens are cut out.
+   */
+  private splitSpecialTokens(text: string, parseSpecial: boolean): Fragment[] {
+    let fragments: Fragment[] = [text];
+    for (const id of this.specialTokens) {
+      const attr = this.attrs[id]!;
+      if (!parseSpecial && attr & (Attr.Control | Attr.Unknown)) continue;
+      const special = this.texts[id]!;
+      if (!fragments.some((fragment) => typeof fragment === 'string' && fragment.includes(special))) continue;
+
+      const next: Fragment[] = [];
+      for (const fragment of fragments) {
+        if (typeof fragment === 'number') {
+          next.push(fragment);
+          continue;
+        }
+        let start = 0;
+        for (;;) {
+          const match = fragment.indexOf(special, start);
+          if (match < 0) {
+            if (start < fragment.length) next.push(fragment.slice(start));
+            break;
+          }
+          let leftEnd = match;
+          if (attr & Attr.Lstrip) while (leftEnd > start && isCSpace(fragment.charCodeAt(leftEnd - 1))) leftEnd--;
+          if (leftEnd > start) next.push(fragment.slice(start, leftEnd));
+          next.push(id);
+          start = match + special.length;
+          if (attr & Attr.Rstrip) while (start < fragment.length && isCSpace(fragment.charCodeAt(start))) start++;
+        }
+      }
+      fragments = next;
+    }
+    return fragments;
+  }
+
+  /**
+   * SentencePiece BPE over one fragment (whitespace already escaped), llama.cpp's
+   * `llm_tokenizer_spm_session::tokenize`: start from single characters, repeatedly merge the
+   * adjacent pair whose merged text is the best-scoring token (ties: leftmost), then emit each
+   * symbol as its token or, if it is not in the vocabulary, as byte tokens.
+   */
+  private encodeFragment(text: string, output: number[]): void {
+    // Symbols: one per code point at first, as a doubly linked list over the text. `length` is in
+    // UTF-16 code units; a merged-away symbol has length 0.
+    const capacity = text.length;
+    const start = new Int32Array(capacity);
+    const length = new Int32Array(capacity);
+    const prev = new Int32Array(capacity);
+    const next = new Int32Array(capacity);
+    let count = 0;
+    for (let offset = 0; offset < text.length; count++) {
+      const unitLength = text.codePointAt(offset)! > 0xffff ? 2 : 1;
+      start[count] = offset;
+      length[count] = unitLength;
+      prev[count] = count - 1;
+      offset += unitLength;
+      next[count] = offset === text.length ? -1 : count + 1;
+    }
+    if (count === 0) return;
+
+    const queue = new BigramQueue();
+    const tryAddBigram = (left: number, right: number): void => {
+      if (left < 0 || right < 0) return;
+      const size = length[left]! + length[right]!;
+      if (size > this.maxTextLength) return;
+      const id = this.textToId.get(text.slice(start[left], start[left]! + size));
+      if (id === undefined) return;
+      queue.push(this.scores[id]!, left, right, size);
+    };
+
+    for (let i = 1; i < count; i++) tryAddBigram(i - 1, i);
+
+    while (queue.length > 0) {
+      queue.pop();
+      const left = queue.topLeft;
+      const right = queue.topRight;
+      // Stale entry: one side already merged into something else.
+      if (length[left] === 0 || length[right] === 0 || length[left]! + length[right]! !== queue.topSize) continue;
+
+      length[left] = length[left]! + length[right]!;
+      length[right] = 0;
+      next[left] = next[right]!;
+      if (next[right]! >= 0) prev[next[right]!] = left;
+
+      tryAddBigram(prev[left]!, left);
+      tryAddBigram(left, next[left]!);
+    }
+
+    // Every merged symbol is a token by construction. A single character may not be: llama.cpp's
+    // `resegment` then emits its UTF-8 bytes as byte tokens (its `rev_merge` lookup can only hit
+    // texts of two or more characters, so it never applies to a single character).
+    const bytes: number[] = [];
+    for (let i = 0; i !== -1; i = next[i]!) {
+      const symbol = text.slice(start[i], start[i]! + length[i]!);
+      const id = this.textToId.get(symbol);
+      if (id !== undefined) {
+        output.push(id);
+        continue;
+      }
+      bytes.length = 0;
+      pushUtf8(symbol.codePointAt(0)!, bytes);
+      for (const byte of bytes) output.push(this.byteToToken(byte));
+    }
+  }
+
+  private byteToToken(byte: number): number {
+    const id = this.byteTokens[byte]!;
+    if (id >= 0) return id;
+    // llama.cpp throws here (std::out_of_range); a vocabulary without byte tokens is not usable
+    // for arbitrary text there. Falling back to <unk> keeps encoding total.
+    return this.requireId(this.unkId, `byte token <0x${HEX_DIGITS[byte >> 4]}${HEX_DIGITS[byte & 15]}> or UNK`);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Decoding
+
+  /**
+   * Raw bytes of one token, as `llama_token_to_piece(token, lstrip, special)`: "▁" becomes a space,
+   * a byte token its byte, control/unknown tokens nothing (their text when `special`), unused and
+   * undefined tokens nothing, user-defined tokens their text as is.
+   */
+  tokenToPiece(id: number, options: PieceOptions = {}): Uint8Array {
+    // A copy: the shared cached bytes must not be changed by a caller.
+    return this.pieceView(id, options.special ?? false, options.lstrip ?? 0).slice();
+  }
+
+  /** `tokenToPiece` without the copy, for internal use. */
+  private pieceView(id: number, special: boolean, lstrip: number): Uint8Array {
+    this.checkId(id);
+    if (!special && this.attrs[id]! & (Attr.Unknown | Attr.Control)) return EMPTY_BYTES;
+    const piece = this.cachedPiece(id);
+    let skip = 0;
+    while (skip < lstrip && skip < piece.length && piece[skip] === 0x20) skip++;
+    return skip > 0 ? piece.subarray(skip) : piece;
+  }
+
+  private cachedPiece(id: number): Uint8Array {
+    let piece = this.pieceCache[id];
+    if (piece === undefined) {
+      const attr = this.attrs[id]!;
+      const text = this.texts[id]!;
+      if (attr & (Attr.Unknown | Attr.Control | Attr.UserDefined)) {
+        piece = this.encoder.encode(text);
+      } else if (attr & Attr.Normal) {
+        piece = this.encoder.encode(text.replaceAll(ESCAPED_SPACE, SPACE));
+      } else if (attr & Attr.Byte) {
+        // llama.cpp parses the two hex digits after "<0x".
+        piece = Uint8Array.of(parseInt(text.slice(3, 5), 16) & 0xff);
+      } else {
+        piece = EMPTY_BYTES; // unused / undefined tokens render as nothing
+      }
+      this.pieceCache[id] = piece;
+    }
+    return piece;
+  }
+
+  /** Raw bytes of `llama_detokenize(ids, remove_special, unparse_special)`. */
+  decodeBytes(ids: readonly number[], options: DecodeOptions = {}): Uint8Array {
+    const removeSpecial = options.removeSpecial ?? true;
+    let first = 0;
+    let end = ids.length;
+    // The space prefix that encode added is dropped again, but only when no BOS was removed:
+    // llama.cpp keeps " Hello" for [BOS, ▁Hello] and gives "Hello" for [▁Hello].
+    let removeSpace = this.addSpacePrefix;
+    if (removeSpecial && this.addBos && end > 0 && ids[0] === this.bosId) {
+      removeSpace = false;
+      first = 1;
+    }
+    if (removeSpecial && this.addEos && end > first && ids[end - 1] === this.eosId) end--;
+
+    const pieces: Uint8Array[] = [];
+    let total = 0;
+    for (let i = first; i < end; i++) {
+      // Only the very first token is stripped, even when it renders as nothing.
+      const piece = this.pieceView(ids[i]!, options.unparseSpecial ?? false, removeSpace ? 1 : 0);
+      removeSpace = false;
+      pieces.push(piece);
+      total += piece.length;
+    }
+    const bytes = new Uint8Array(total);
+    let offset = 0;
+    for (const piece of pieces) {
+      bytes.set(piece, offset);
+      offset += piece.length;
+    }
+    return bytes;
+  }
+
+  /** Token ids to text, as `llama_detokenize`; invalid UTF-8 (a cut-off character) becomes U+FFFD. */
+  decode(ids: readonly number[], options: DecodeOptions = {}): string {
+    return utf8Decode(this.decodeBytes(ids, options));
+  }
+
+  /**
+   * For streaming generated tokens: each `push` returns the text completed by that token's piece
+   * (pieces as `tokenToPiece`, so control tokens add nothing). A character split over several byte
+   * tokens comes out whole, once its last byte arrives.
+   */
+  createStreamDecoder(options: { special?: boolean } = {}): StreamDecoder {
+    const decoder = new TextDecoder('utf-8', { ignoreBOM: true });
+    return {
+      push: (id: number): string => decoder.decode(this.pieceView(id, options.special ?? false, 0), { stream: true }),
+      flush: (): string => decoder.decode(),
+    };
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Vocabulary queries
+
+  /** Does this token end generation? */
+  isEog(id: number): boolean {
+    return this.eogIds.has(id);
+  }
+
+  /** The vocabulary text of a token (e.g. "▁Hello", "<0x0A>", "<s>"). */
+  tokenText(id: number): string {
+    this.checkId(id);
+    return this.texts[id]!;
+  }
+
+  /** The id of a vocabulary text, if it is one. */
+  tokenId(text: string): number | undefined {
+    return this.textToId.get(text);
+  }
+
+  /** Is this a control token (BOS, EOS, or a token llama.cpp forces to control)? */
+  isControl(id: number): boolean {
+    this.checkId(id);
+    return (this.attrs[id]! & Attr.Control) !== 0;
+  }
+
+  // -------------------------------------------------------------------------------------------
+
+  /**
+   * llama.cpp's special-token setup after loading: roles the GGUF does not name are found by
+   * text, tokens found that way (and all end-of-generation texts) become CONTROL, and the
+   * end-of-generation set is collected. Returns that set.
+   */
+  private findSpecialRoles(given: Partial<Record<SpecialTokenRole, number>>): Set<number> {
+    const roles = new Map<SpecialTokenRole, number>();
+    for (const [role, id] of Object.entries(given) as Array<[SpecialTokenRole, number | undefined]>) {
+      if (id !== undefined && id >= 0 && id < this.vocabSize) roles.set(role, id);
+    }
+    // llama.cpp walks an unordered_map here; with one candidate per role the order does not matter.
+    // llama.cpp replaces the attributes outright.
+    const forceControl = (id: number): void => {
+      this.attrs[id] = Attr.Control;
+    };
+    for (const [text, id] of this.textToId) {
+      for (const [role, texts] of ROLE_TEXTS) {
+        if (!roles.has(role) && texts.includes(text)) {
+          roles.set(role, id);
+          if (!(this.attrs[id]! & Attr.Control)) forceControl(id);
+        }
+      }
+    }
+
+    const eog = new Set<number>();
+    for (const role of ['fimPad', 'fimRep', 'fimSep'] as const) {
+      const id = roles.get(role);
+      if (id !== undefined) eog.add(id);
+    }
+    for (const [text, id] of this.textToId) {
+      if (EOG_TEXTS.has(text)) {
+        eog.add(id);
+        if (!(this.attrs[id]! & Attr.Control)) forceControl(id);
+      }
+    }
+    for (const id of [this.eosId, roles.get('eot'), roles.get('eom')]) {
+      if (id !== undefined && id >= 0) eog.add(id);
+    }
+    return eog;
+  }
+
+  private setAttr(text: string, flag: number, value: boolean): void {
+    const id = this.textToId.get(text);
+    if (id === undefined) return;
+    this.attrs[id] = value ? this.attrs[id]! | flag : this.attrs[id]! & ~flag;
+  }
+
+  private checkId(id: number): void {
+    if (!Number.isInteger(id) || id < 0 || id >= this.vocabSize) {
+      throw new RangeError(`token id ${id} is outside the vocabulary (0..${this.vocabSize - 1})`);
+    }
+  }
+
+  private requireId(id: number, what: string): number {
+    if (id < 0 || id >= this.vocabSize) throw new Error(`the vocabulary has no ${what} token`);
+    return id;
+  }
+}
+
+// Keeps a leading U+FEFF: it is a character of the text (Llama 2 even has a token for it), not a byte-order mark.
+const utf8Decoder = new TextDecoder('utf-8', { ignoreBOM: true });
+function utf8Decode(bytes: Uint8Array): string {
+  return utf8Decoder.decode(bytes);
+}
+
+// ---------------------------------------------------------------------------------------------
+// GGUF metadata → VocabData
+
+const SPECIAL_ID_KEYS: ReadonlyArray<readonly [string, 'bos' | 'eos' | 'unk' | SpecialTokenRole]> = [
+  ['tokenizer.ggml.bos_token_id', 'bos'],
+  ['tokenizer.ggml.eos_token_id', 'eos'],
+  ['tokenizer.ggml.eot_token_id', 'eot'],
+  ['tokenizer.ggml.eom_token_id', 'eom'],
+  ['tokenizer.ggml.unknown_token_id', 'unk'],
+  ['tokenizer.ggml.fim_pre_token_id', 'fimPre'],
+  ['tokenizer.ggml.fim_suf_token_id', 'fimSuf'],
+  ['tokenizer.ggml.fim_mid_token_id', 'fimMid'],
+  ['tokenizer.ggml.fim_pad_token_id', 'fimPad'],
+  ['tokenizer.ggml.fim_rep_token_id', 'fimRep'],
+  ['tokenizer.ggml.fim_sep_token_id', 'fimSep'],
+  // Deprecated names, read after the new ones (so they win), as llama.cpp does.
+  ['tokenizer.ggml.prefix_token_id', 'fimPre'],
+  ['tokenizer.ggml.suffix_token_id', 'fimSuf'],
+  ['tokenizer.ggml.middle_token_id', 'fimMid'],
+];
+
+function vocabFromGGUFMetadata(metadata: Map<string, unknown>, file: string): VocabData {
+  const wrongType = (field: string, expected: string): ModelFormatError =>
+    new ModelFormatError({
+      file,
+      field,
+      problem: `metadata key ${field} is not ${expected}`,
+      fix: 'the file is damaged or was written by a broken converter; re-convert the model with a current llama.cpp',
+    });
+  const optional = <T>(key: string, expected: string, check: (value: unknown) => value is T): T | undefined => {
+    const value = metadata.get(key);
+    if (value === undefined) return undefined;
+    if (!check(value)) throw wrongType(key, expected);
+    return value;
+  };
+  const isString = (value: unknown): value is string => typeof value === 'string';
+  const isBool = (value: unknown): value is boolean => typeof value === 'boolean';
+  const isInteger = (value: unknown): value is number | bigint =>
+    typeof value === 'bigint' || (typeof value === 'number' && Number.isInteger(value));
+  const isNumberArray = (value: unknown): value is ArrayLike<number> =>
+    (ArrayBuffer.isView(value) && !(value instanceof DataView) && !(value instanceof BigInt64Array) && !(value instanceof BigUint64Array)) ||
+    (Array.isArray(value) && value.every((item) => typeof item === 'number'));
+
+  const model = optional('tokenizer.ggml.model', 'a string', isString);
+  if (model === undefined) {
+    throw new ModelFormatError({
+      file,
+      field: 'tokenizer.ggml.model',
+      problem: 'the file has no tokenizer (metadata key tokenizer.ggml.model is missing)',
+      fix: 'use a GGUF converted with its vocabulary (llama.cpp convert_hf_to_gguf.py includes it)',
+    });
+  }
+  if (model !== 'llama') throw new UnsupportedTokenizerError(file, model);
+
+  const tokens = metadata.get('tokenizer.ggml.tokens');
+  if (tokens === undefined) {
+    throw new ModelFormatError({
+      file,
+      field: 'tokenizer.ggml.tokens',
+      problem: 'the vocabulary (metadata key tokenizer.ggml.tokens) is missing',
+      fix: 're-convert the model with a current llama.cpp',
+    });
+  }
+  if (!Array.isArray(tokens) || !tokens.every((token) => typeof token === 'string')) throw wrongType('tokenizer.ggml.tokens', 'an array of strings');
+  const n = tokens.length;
+
+  const checkLength = (key: string, values: ArrayLike<number>): ArrayLike<number> => {
+    if (values.length !== n) {
+      throw new ModelFormatError({
+        file,
+        field: key,
+        problem: `${key} has ${values.length} entries but the vocabulary has ${n} tokens`,
+        fix: 're-convert the model with a current llama.cpp',
+      });
+    }
+    return values;
+  };
+  // Absent scores are 0 and absent types are "normal" in llama.cpp.
+  const scoresValue = optional('tokenizer.ggml.scores', 'a numeric array', isNumberArray);
+  const typesValue = optional('tokenizer.ggml.token_type', 'an integer array', isNumberArray);
+  const scores = scoresValue ? checkLength('tokenizer.ggml.scores', scoresValue) : new Float32Array(n);
+  const tokenTypes = typesValue ? checkLength('tokenizer.ggml.token_type', typesValue) : new Int32Array(n).fill(TokenType.Normal);
+
+  // SentencePiece defaults; an id outside the vocabulary (e.g. 0xFFFFFFFF for "none") keeps the default.
+  const ids: Partial<Record<'bos' | 'eos' | 'unk' | SpecialTokenRole, number>> = { bos: 1, eos: 2, unk: 0 };
+  for (const [key, role] of SPECIAL_ID_KEYS) {
+    const value = optional(key, 'an integer', isInteger);
+    if (value === undefined) continue;
+    const id = Number(value);
+    if (id >= 0 && id < n) ids[role] = id;
+  }
+  const { bos, eos, unk, ...specialIds } = ids;
+
+  return {
+    tokens: tokens as string[],
+    scores,
+    tokenTypes,
+    bosId: bos ?? -1,
+    eosId: eos ?? -1,
+    unkId: unk ?? -1,
+    addBos: optional('tokenizer.ggml.add_bos_token', 'a bool', isBool) ?? true,
+    addEos: optional('tokenizer.ggml.add_eos_token', 'a bool', isBool) ?? false,
+    addSpacePrefix: optional('tokenizer.ggml.add_space_prefix', 'a bool', isBool) ?? true,
+    specialIds,
+    modelName: optional('general.name', 'a string', isString),
+  };
+}
