@@ -137,7 +137,7 @@ export function recordLlamaForward(
   // logits = Wout · rmsnorm(x_last): only the last token's, which is all that sampling needs.
   f.copy(a.x, (T - 1) * dim * 4, a.lastHidden, 0, dim * 4);
   f.run(rmsnormOp(gpu, a.lastHidden, weights.outputNorm!, a.lastNorm, 1, dim, eps));
-  for (const part of weights.output!) f.run(matmulOp(gpu, part, a.lastNorm, a.logits, 1, { rowOffset: part.rowOffset }));
+  for (const part of weights.output!) f.run(matmulOp(gpu, part, a.lastNorm, a.logits, 1, { yRowOffset: part.rowOffset }));
   f.run(argmaxOp(gpu, a.logits, a.sampledId, 1, rangeLength(view.vocab)));
   return f.steps;
 }
