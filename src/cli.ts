@@ -221,7 +221,7 @@ async function info(flags: Flags): Promise<void> {
         `model:        ${source.name} (${(source.size / 1e6).toFixed(2)} MB, GGUF v${file.version})`,
         `architecture: ${config.architecture}, ${(parameters / 1e6).toFixed(2)}M parameters`,
         `shape:        dim ${config.dim}, ${config.nLayers} layers, ${config.nHeads} heads (${config.nKvHeads} KV), head dim ${config.headDim}, FFN ${config.ffnDim}, vocab ${config.vocabSize}`,
-        `rope:         base ${config.ropeBase}, dims ${config.ropeDims}, scaling ${config.ropeScaling.type}; rms eps ${config.rmsEps}; context ${config.contextLength}`,
+        `rope:         base ${config.ropeBase}, dims ${config.ropeDims}, scaling ${config.ropeScaling.type}; rms eps ${Number(config.rmsEps.toPrecision(6))}; context ${config.contextLength}`,
         `tensors:      ${[...typeCounts].map(([type, n]) => `${type} ×${n}`).join(', ')}`,
         'metadata:',
       );

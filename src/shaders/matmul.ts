@@ -133,6 +133,8 @@ struct Params {
 const MATVEC_WG = 64;
 const MATVEC_ROWS = 4;
 const MATVEC_TOKENS = 4;
+// The two-stage reduction below splits the WG partial sums of each output into WG / OUTS slices.
+if (MATVEC_WG % (MATVEC_ROWS * MATVEC_TOKENS) !== 0) throw new Error('matvec: ROWS × TOKENS must divide WG');
 
 /** The WGSL of the matvec kernel for one weight type. */
 export function matvecWgsl(type: GGMLType, subgroups: boolean): string {
@@ -150,15 +152,22 @@ export function matvecWgsl(type: GGMLType, subgroups: boolean): string {
     store(row0, tok0, lid, total);
   }`
     : /* wgsl */ `
+  // Few barriers: SLICES threads per output each sum WG / SLICES partials, then one adds those.
   for (var i = 0u; i < OUTS; i++) { partial[i][lid] = acc[i]; }
   workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (lid < s) {
-      for (var i = 0u; i < OUTS; i++) { partial[i][lid] += partial[i][lid + s]; }
-    }
-    workgroupBarrier();
-  }
-  if (lid < OUTS) { store(row0, tok0, lid, partial[lid][0]); }`;
+  let o = lid % OUTS;
+  let slice = lid / OUTS;
+  let len = WG / SLICES;
+  var sum = 0.0;
+  for (var k = slice * len; k < slice * len + len; k++) { sum += partial[o][k]; }
+  workgroupBarrier();
+  partial[o][slice] = sum;
+  workgroupBarrier();
+  if (lid < OUTS) {
+    var total = 0.0;
+    for (var k = 0u; k < SLICES; k++) { total += partial[lid][k]; }
+    store(row0, tok0, lid, total);
+  }`;
 
   return /* wgsl */ `${subgroups ? 'enable subgroups;' : ''}
 ${weightDecodeWgsl(type)}
@@ -167,6 +176,7 @@ const WG: u32 = ${MATVEC_WG}u;
 const ROWS: u32 = ${MATVEC_ROWS}u;
 const TOKENS: u32 = ${MATVEC_TOKENS}u;
 const OUTS: u32 = ROWS * TOKENS;
+const SLICES: u32 = WG / OUTS;
 
 var<workgroup> partial: array<array<f32, WG>, OUTS>;
 
