@@ -8,9 +8,9 @@ import type { GpuContext } from '../gpu/device.ts';
 import { storageBuffer } from '../gpu/kernel.ts';
 import { ropePositionScale, type LlamaConfig } from '../model/config.ts';
 import { attentionOp, kvCacheWriteOp } from '../shaders/attention.ts';
-import { embeddingOp } from '../shaders/embedding.ts';
+import { embeddingOps } from '../shaders/embedding.ts';
 import { addOp, swigluOp } from '../shaders/elementwise.ts';
-import { matmulOp } from '../shaders/matmul.ts';
+import { matmulOps } from '../shaders/matmul.ts';
 import { rmsnormOp } from '../shaders/rmsnorm.ts';
 import { ropeOp } from '../shaders/rope.ts';
 import { argmaxOp } from '../shaders/sampling.ts';
@@ -99,7 +99,7 @@ export function recordLlamaForward(
   const attentionShape = { nTokens: T, nHeads: heads, nKvHeads: kvHeads, headDim, contextLength: cache.contextLength };
 
   // x = embedding[token]   (or the previous stage's hidden state)
-  if (view.embeds) f.run(embeddingOp(gpu, weights.tokenEmbedding!, a.tokenIds, a.x, T));
+  if (view.embeds) f.run(...embeddingOps(gpu, weights.tokenEmbedding!, a.tokenIds, a.x, T));
   else f.receiveHidden(a.x, T * dim);
 
   for (let layer = view.layers.start; layer < view.layers.end; layer++) {
@@ -108,23 +108,23 @@ export function recordLlamaForward(
 
     // Attention: x += Wo · softmax(rope(Wq·n) · rope(Wk·n)ᵀ / √d) · (Wv·n),  n = rmsnorm(x)
     f.run(rmsnormOp(gpu, a.x, w.attentionNorm, a.xNorm, T, dim, eps));
-    f.run(matmulOp(gpu, w.query, a.xNorm, a.q, T));
-    f.run(matmulOp(gpu, w.key, a.xNorm, a.k, T));
-    f.run(matmulOp(gpu, w.value, a.xNorm, a.v, T));
+    f.run(...matmulOps(gpu, w.query, a.xNorm, a.q, T));
+    f.run(...matmulOps(gpu, w.key, a.xNorm, a.k, T));
+    f.run(...matmulOps(gpu, w.value, a.xNorm, a.v, T));
     f.run(ropeOp(gpu, a.q, a.positions, { ...rope, nHeads: heads }));
     f.run(ropeOp(gpu, a.k, a.positions, { ...rope, nHeads: kvHeads }));
     f.run(kvCacheWriteOp(gpu, a.k, a.v, a.positions, keys, values, attentionShape));
     f.run(attentionOp(gpu, a.q, keys, values, a.positions, a.attention, attentionShape));
-    f.run(matmulOp(gpu, w.output, a.attention, a.blockOut, T));
+    f.run(...matmulOps(gpu, w.output, a.attention, a.blockOut, T));
     f.allReduceSum(a.blockOut, T * dim, `layer ${layer} attention`); // each shard summed only its heads
     f.run(addOp(gpu, a.x, a.blockOut, a.x, T * dim));
 
     // Feed-forward: x += Wdown · (silu(Wgate·n) ⊙ (Wup·n)),  n = rmsnorm(x)
     f.run(rmsnormOp(gpu, a.x, w.ffnNorm, a.xNorm, T, dim, eps));
-    f.run(matmulOp(gpu, w.gate, a.xNorm, a.gate, T));
-    f.run(matmulOp(gpu, w.up, a.xNorm, a.up, T));
+    f.run(...matmulOps(gpu, w.gate, a.xNorm, a.gate, T));
+    f.run(...matmulOps(gpu, w.up, a.xNorm, a.up, T));
     f.run(swigluOp(gpu, a.gate, a.up, a.gate, T * ffn));
-    f.run(matmulOp(gpu, w.down, a.gate, a.blockOut, T));
+    f.run(...matmulOps(gpu, w.down, a.gate, a.blockOut, T));
     f.allReduceSum(a.blockOut, T * dim, `layer ${layer} ffn`); // each shard summed only its columns
     f.run(addOp(gpu, a.x, a.blockOut, a.x, T * dim));
   }
@@ -137,7 +137,7 @@ export function recordLlamaForward(
   // logits = Wout · rmsnorm(x_last): only the last token's, which is all that sampling needs.
   f.copy(a.x, (T - 1) * dim * 4, a.lastHidden, 0, dim * 4);
   f.run(rmsnormOp(gpu, a.lastHidden, weights.outputNorm!, a.lastNorm, 1, dim, eps));
-  for (const part of weights.output!) f.run(matmulOp(gpu, part, a.lastNorm, a.logits, 1, { yRowOffset: part.rowOffset }));
+  f.run(...matmulOps(gpu, weights.output!, a.lastNorm, a.logits, 1));
   f.run(argmaxOp(gpu, a.logits, a.sampledId, 1, rangeLength(view.vocab)));
   return f.steps;
 }

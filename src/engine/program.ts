@@ -24,10 +24,10 @@ export type CollectiveStep = Exclude<ProgramStep, { kind: 'kernels' } | { kind: 
 export class ProgramRecorder {
   readonly steps: ProgramStep[] = [];
 
-  run(op: KernelOp): void {
+  run(...ops: KernelOp[]): void {
     const last = this.steps.at(-1);
-    if (last?.kind === 'kernels') last.ops.push(op);
-    else this.steps.push({ kind: 'kernels', ops: [op] });
+    if (last?.kind === 'kernels') last.ops.push(...ops);
+    else this.steps.push({ kind: 'kernels', ops });
   }
 
   copy(source: GPUBuffer, sourceOffset: number, target: GPUBuffer, targetOffset: number, size: number): void {

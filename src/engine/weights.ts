@@ -11,30 +11,34 @@ import { ModelFormatError } from '../model/errors.ts';
 import { blockGeometry, ggmlTypeName } from '../model/ggml-type.ts';
 import type { GGUFFile, GGUFTensorInfo } from '../model/gguf.ts';
 import { dequantize } from '../model/quant.ts';
-import { uploadWeight, type GpuWeight } from '../shaders/matmul.ts';
+import { uploadWeightSplit, type GpuWeight } from '../shaders/matmul.ts';
 import { rangeLength, type Range, type ShardView } from './shard-view.ts';
+
+/**
+ * A weight matrix on the GPU: one part, or several row ranges when it exceeds one storage
+ * binding (browsers may allow only 128 MiB per binding).
+ */
+export type GpuMatrix = GpuWeight[];
 
 export interface LayerWeights {
   attentionNorm: GPUBuffer;
-  query: GpuWeight;
-  key: GpuWeight;
-  value: GpuWeight;
-  output: GpuWeight;
+  query: GpuMatrix;
+  key: GpuMatrix;
+  value: GpuMatrix;
+  output: GpuMatrix;
   ffnNorm: GPUBuffer;
-  gate: GpuWeight;
-  up: GpuWeight;
-  down: GpuWeight;
+  gate: GpuMatrix;
+  up: GpuMatrix;
+  down: GpuMatrix;
 }
 
-/** A slice of the output head, placed at `rowOffset` in the logits. */
-export type OutputPart = GpuWeight & { rowOffset: number };
-
 export interface LlamaWeights {
-  tokenEmbedding?: GpuWeight;
+  tokenEmbedding?: GpuMatrix;
   /** Indexed from the view's first layer. */
   layers: LayerWeights[];
   outputNorm?: GPUBuffer;
-  output?: OutputPart[];
+  /** This shard's vocabulary rows of the output head. */
+  output?: GpuMatrix;
   /** Bytes uploaded to the GPU. */
   gpuBytes: number;
 }
@@ -152,7 +156,7 @@ export async function loadLlamaWeights(
   onProgress?.(0, total);
 
   // Upload every planned read once: 1-D tensors (norm weights) as f32 vectors, the rest as matrices.
-  const uploaded = new Map<string, GpuWeight | GPUBuffer>();
+  const uploaded = new Map<string, GpuMatrix | GPUBuffer>();
   for (const { name, slice } of reads) {
     const t = file.tensor(name);
     const bytes = await readSlice(file, t, slice);
@@ -165,13 +169,13 @@ export async function loadLlamaWeights(
     } else {
       const rows = slice.rows ? rangeLength(slice.rows) : rowCount(t);
       const cols = slice.columns ? rangeLength(slice.columns) : t.shape[0]!;
-      const weight = uploadWeight(gpu, name, t.type, rows, cols, bytes);
-      gpuBytes += weight.bytes;
+      const weight = uploadWeightSplit(gpu, name, t.type, rows, cols, bytes);
+      gpuBytes += weight.reduce((sum, part) => sum + part.bytes, 0);
       // The tied output head and the embedding are different reads of one tensor.
       uploaded.set(slice.rows && name === 'token_embd.weight' ? 'output head' : name, weight);
     }
   }
-  const matrix = (name: string) => uploaded.get(name) as GpuWeight;
+  const matrix = (name: string) => uploaded.get(name) as GpuMatrix;
   const vector = (name: string) => uploaded.get(name) as GPUBuffer;
 
   const weights: LlamaWeights = { layers: [], gpuBytes };
@@ -191,18 +195,22 @@ export async function loadLlamaWeights(
   }
   if (view.samples) {
     weights.outputNorm = vector('output_norm.weight');
-    const head = outputHeadIsEmbedding(config, view)
+    weights.output = outputHeadIsEmbedding(config, view)
       ? matrix('token_embd.weight')
       : matrix(config.tiedEmbeddings ? 'output head' : 'output.weight');
-    weights.output = [{ ...head, rowOffset: 0 }];
   }
   return weights;
 }
 
 export function destroyWeights(w: LlamaWeights): void {
-  const destroy = (x: GpuWeight | GPUBuffer | undefined) => (x && 'buffer' in x ? x.buffer : x)?.destroy();
-  destroy(w.tokenEmbedding);
-  destroy(w.outputNorm);
-  for (const part of w.output ?? []) if (part.buffer !== w.tokenEmbedding?.buffer) destroy(part);
-  for (const layer of w.layers) for (const value of Object.values(layer)) destroy(value as GpuWeight | GPUBuffer);
+  const buffers = new Set<GPUBuffer>();
+  const add = (x: GpuMatrix | GPUBuffer | undefined) => {
+    if (Array.isArray(x)) for (const part of x) buffers.add(part.buffer);
+    else if (x) buffers.add(x);
+  };
+  add(w.tokenEmbedding);
+  add(w.outputNorm);
+  add(w.output); // may share buffers with the embedding: the set destroys each once
+  for (const layer of w.layers) for (const value of Object.values(layer)) add(value as GpuMatrix | GPUBuffer);
+  for (const buffer of buffers) buffer.destroy();
 }

@@ -22,7 +22,7 @@
 
 import { kernelOp, params, storageBuffer, uniformBuffer, workgroupGrid, writeBuffer, type KernelOp } from '../gpu/kernel.ts';
 import type { GpuContext } from '../gpu/device.ts';
-import { ggmlTypeName, type GGMLType } from '../model/ggml-type.ts';
+import { blockGeometry, ggmlTypeName, type GGMLType } from '../model/ggml-type.ts';
 import { gpuLayout, gpuRowBytes, repackForGpu, type GpuLayout } from '../model/repack.ts';
 import { gpuDecodableTypes, weightDecodeWgsl } from './quant-wgsl.ts';
 
@@ -98,7 +98,8 @@ export function uploadWeightSplit(
   // Leave room for the scales region's alignment padding (at most 3 words + 1 odd half).
   const rowsPerPart = Math.floor((maxBindingBytes - 16) / gpuRowBytes(type, cols));
   if (rowsPerPart < 1) throw new Error(`${label}: one row of ${cols} ${ggmlTypeName(type)} values exceeds ${maxBindingBytes} bytes`);
-  const fileRowBytes = ggufBytes.byteLength / rows;
+  const geometry = blockGeometry[type]!;
+  const fileRowBytes = (cols / geometry.blockSize) * geometry.typeSize;
   const parts: GpuWeight[] = [];
   for (let first = 0; first < rows; first += rowsPerPart) {
     const n = Math.min(rowsPerPart, rows - first);

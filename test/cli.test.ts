@@ -1,0 +1,88 @@
+// The Deno CLI end to end: the same token ids as llama.cpp (and as the Node engine, which
+// test/model.test.ts checks against the same references), clean exit codes, clear usage errors.
+import { spawnSync } from 'node:child_process';
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { reference, referenceModelPath } from './helpers/models.ts';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const deno = resolve(root, 'node_modules/.bin/deno');
+
+function task(...args: string[]): { code: number | null; stdout: string; stderr: string } {
+  const result = spawnSync(deno, ['task', '-q', ...args], {
+    cwd: root,
+    encoding: 'utf8',
+    timeout: 180_000,
+    env: { ...process.env, XDG_RUNTIME_DIR: '/tmp', NO_COLOR: '1' },
+  });
+  return { code: result.status, stdout: result.stdout, stderr: result.stderr };
+}
+
+describe('deno CLI', () => {
+  const cases = reference().generation_cases.filter((c) => c.model === 'stories260K-f32' && c.n_predict === 64).slice(0, 2);
+  for (const c of cases) {
+    it(`run --json gives llama.cpp's ids: ${c.name}`, () => {
+      const r = task('run', '-m', referenceModelPath(c.model), '-p', c.prompt, '-n', '64', '--temperature', '0', '--ignore-eos', '--json');
+      expect(r.code, r.stderr).toBe(0);
+      const out = JSON.parse(r.stdout) as { prompt_ids: number[]; generated_ids: number[]; text: string };
+      expect(out.prompt_ids).toEqual(c.prompt_ids);
+      expect(out.generated_ids).toEqual(c.generated_ids);
+      expect(out.text).toBe(c.generated_text);
+    });
+  }
+
+  it('quantized model through the CLI matches up to the stable prefix', () => {
+    const c = reference().generation_cases.find((x) => x.model === 'stories260K-q8_0' && x.name === 'once-upon-a-time')!;
+    const r = task('run', '-m', referenceModelPath(c.model), '-p', c.prompt, '-n', '64', '--temperature', '0', '--json');
+    expect(r.code, r.stderr).toBe(0);
+    const n = c.stable_prefix_len['0.1'];
+    expect((JSON.parse(r.stdout) as { generated_ids: number[] }).generated_ids.slice(0, n)).toEqual(c.generated_ids.slice(0, n));
+  });
+
+  it('tokenize --json adds BOS as llama.cpp does', () => {
+    const c = reference().tokenizer_cases.find((x) => x.vocab === 'stories260K' && x.text === 'Hello world')!;
+    const r = task('tokenize', '-m', referenceModelPath('stories260K-f32'), '--text', c.text, '--json');
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toEqual({ ids: c.ids });
+  });
+
+  it('runs with no arguments on the built-in random model, streams text and timings, exits 0', () => {
+    const r = task('run', '-n', '8');
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/RANDOM-WEIGHT/);
+    expect(r.stderr).toMatch(/decode: +\d+ tokens .* tok\/s/);
+    expect(r.stdout.startsWith('Once upon a time')).toBe(true);
+  });
+
+  it('same seed, same text', () => {
+    const args = ['run', '-m', referenceModelPath('stories260K-f32'), '-n', '24', '--seed', '7', '--temperature', '1', '--json'];
+    const a = task(...args);
+    const b = task(...args);
+    expect(a.code, a.stderr).toBe(0);
+    expect(a.stdout).toBe(b.stdout);
+  });
+
+  it('info lists metadata, tensor types and adapters', () => {
+    const r = task('info', '-m', referenceModelPath('stories260K-q4_0'));
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/dim 64, 5 layers, 8 heads \(4 KV\)/);
+    expect(r.stdout).toMatch(/Q4_0 ×31/);
+    expect(r.stdout).toMatch(/adapters:\n {2}\S/);
+  });
+
+  it('bad arguments and bad files exit non-zero with a clear message', () => {
+    const unknown = task('run', '--bogus');
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr).toMatch(/unknown option "--bogus"/);
+    const badNumber = task('run', '-n', 'many');
+    expect(badNumber.code).toBe(2);
+    expect(badNumber.stderr).toMatch(/--max-tokens must be an integer/);
+    const notGguf = task('run', '-m', resolve(root, 'package.json'));
+    expect(notGguf.code).toBe(1);
+    expect(notGguf.stderr).toMatch(/ModelFormatError: .*not a GGUF file/);
+    const missing = task('run', '-m', '/nonexistent/model.gguf');
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(/model\.gguf/);
+  });
+});
