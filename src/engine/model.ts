@@ -7,7 +7,7 @@ import { readGGUF, type GGUFFile } from '../model/gguf.ts';
 import { openSource, type ModelSource } from '../model/source.ts';
 import { LlamaTokenizer } from '../model/tokenizer.ts';
 import { generateTokens, type FinishReason, type GeneratedToken, type GenerateOptions, type GenerationBackend } from './generate.ts';
-import { LlamaRunner } from './runner.ts';
+import { LlamaRunner, type StepResult } from './runner.ts';
 import { wholeModelView } from './shard-view.ts';
 
 export interface LoadProgressEvent {
@@ -35,9 +35,39 @@ export interface Completion {
   timings: { prefillMs: number; decodeMs: number; promptTokens: number; generatedTokens: number };
 }
 
+/** Liveness of the whole model: can a forward step still complete? */
+export interface HealthReport {
+  ok: boolean;
+  /** What was checked, e.g. "probe step 3.1 ms" or "busy; last step 12 ms ago". */
+  detail: string;
+}
+
+/** What the model is doing, for metrics. */
+export interface ModelStats {
+  /** Generations waiting for the model. */
+  queued: number;
+  /** Generations running now. */
+  running: number;
+  /** Forward steps completed, and the last one's wall time. */
+  steps: number;
+  lastStepMs: number;
+  /** Host submits and collective round trips, in total. */
+  submits: number;
+  collectives: number;
+}
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
 export class Model {
   private queue: Promise<unknown> = Promise.resolve();
   private disposed = false;
+  private waiting = 0;
+  private running = 0;
+  private steps = 0;
+  private lastStepMs = 0;
+  private lastStepEndedAt = 0;
+  /** Test hook: every forward step first waits this long (simulates a wedged GPU). */
+  stepDelayMs = 0;
 
   private constructor(
     readonly config: LlamaConfig,
@@ -125,10 +155,46 @@ export class Model {
   async nextTokenLogits(ids: readonly number[]): Promise<Float32Array> {
     const release = await this.acquire();
     try {
-      return (await this.runner.forward(ids, 0, true)).logits!;
+      return (await this.step(ids, 0, true)).logits!;
     } finally {
       release();
     }
+  }
+
+  /**
+   * Liveness: when idle, runs a one-token forward step and waits for it; when busy, checks that
+   * the running generation completed a step recently. Either must happen within `deadlineMs`.
+   */
+  async health(deadlineMs = 5000): Promise<HealthReport> {
+    const deadline = new Promise<HealthReport>((resolve) =>
+      setTimeout(() => resolve({ ok: false, detail: `no forward step completed within ${deadlineMs} ms` }), deadlineMs),
+    );
+    if (this.running > 0) {
+      const sinceLastStep = performance.now() - this.lastStepEndedAt;
+      if (sinceLastStep <= deadlineMs) return { ok: true, detail: `busy; last step ${sinceLastStep.toFixed(0)} ms ago` };
+    }
+    const probe = (async (): Promise<HealthReport> => {
+      const release = await this.acquire();
+      try {
+        const start = performance.now();
+        await this.step([this.tokenizer.bosId], 0, false);
+        return { ok: true, detail: `probe step ${(performance.now() - start).toFixed(1)} ms` };
+      } finally {
+        release();
+      }
+    })();
+    return Promise.race([probe, deadline]);
+  }
+
+  stats(): ModelStats {
+    return {
+      queued: this.waiting,
+      running: this.running,
+      steps: this.steps,
+      lastStepMs: this.lastStepMs,
+      submits: this.runner.counters.submits,
+      collectives: this.runner.counters.collectives,
+    };
   }
 
   async dispose(): Promise<void> {
@@ -143,10 +209,20 @@ export class Model {
   private backend(): GenerationBackend {
     return {
       contextLength: this.runner.contextLength,
-      forward: (tokens, startPos, wantLogits) => this.runner.forward(tokens, startPos, wantLogits),
+      forward: (tokens, startPos, wantLogits) => this.step(tokens, startPos, wantLogits),
       isEndOfGeneration: (id) => this.tokenizer.isEog(id),
       createStreamDecoder: () => this.tokenizer.createStreamDecoder(),
     };
+  }
+
+  private async step(tokens: readonly number[], startPos: number, wantLogits: boolean): Promise<StepResult> {
+    if (this.stepDelayMs > 0) await sleep(this.stepDelayMs);
+    const start = performance.now();
+    const result = await this.runner.forward(tokens, startPos, wantLogits);
+    this.lastStepEndedAt = performance.now();
+    this.lastStepMs = this.lastStepEndedAt - start;
+    this.steps++;
+    return result;
   }
 
   /** One sequence at a time: the KV cache belongs to the running generation. */
@@ -155,8 +231,14 @@ export class Model {
     let release!: () => void;
     const previous = this.queue;
     this.queue = new Promise<void>((resolve) => (release = resolve));
+    this.waiting++;
     await previous.catch(() => undefined);
-    return release;
+    this.waiting--;
+    this.running++;
+    return () => {
+      this.running--;
+      release();
+    };
   }
 }
 
