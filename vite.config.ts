@@ -1,4 +1,7 @@
+import { fileURLToPath } from 'node:url';
 import { defineConfig } from 'vitest/config';
+
+const projectRoot = fileURLToPath(new URL('.', import.meta.url));
 
 // SharedArrayBuffer needs cross-origin isolation in the browser (COOP + COEP).
 const crossOriginIsolation = {
@@ -7,10 +10,21 @@ const crossOriginIsolation = {
 };
 
 export default defineConfig({
-  root: '.',
-  server: { headers: crossOriginIsolation },
+  // `vite` / `vite build` / `vite preview` serve and build the demo page (demo/ → demo/dist/);
+  // it imports the library straight from src/.
+  root: fileURLToPath(new URL('./demo', import.meta.url)),
+  base: './',
+  server: { headers: crossOriginIsolation, fs: { allow: [projectRoot] } },
   preview: { headers: crossOriginIsolation },
+  build: {
+    outDir: 'dist',
+    emptyOutDir: true,
+    target: 'es2022',
+    // Shard workers are ES modules (they import the engine).
+  },
+  worker: { format: 'es' },
   test: {
+    root: projectRoot,
     include: ['test/**/*.test.ts'],
     // A native crash in Dawn must fail one file, not the whole run.
     pool: 'forks',

@@ -184,11 +184,27 @@ async function run(flags: Flags): Promise<void> {
     await err(
       `\nprefill: ${promptIds.length} tokens in ${(firstAt - start).toFixed(1)} ms (${((promptIds.length * 1000) / (firstAt - start)).toFixed(1)} tok/s)\n` +
         `decode:  ${decodeTokens} tokens in ${(end - firstAt).toFixed(1)} ms (${decodeTokens ? ((decodeTokens * 1000) / (end - firstAt)).toFixed(1) : '0'} tok/s)\n` +
-        `device:  ${model.gpu.adapterDescription} (${model.gpu.backend})\n`,
+        (model.gpu ? `device:  ${model.gpu.adapterDescription} (${model.gpu.backend})\n` : shardReport(model)),
     );
   } finally {
     await model.dispose();
   }
+}
+
+/** Per shard, after a sharded run: weights held, step time, all-reduce time and its waiting share. */
+function shardReport(model: Model): string {
+  const group = model.shards!;
+  const lines = [`shards:  tp ${model.plan!.tp} × pp ${model.plan!.pp}`];
+  for (const s of model.stats().devices) {
+    const load = group.reports[s.rank]!;
+    const perStep = (ms: number) => (s.steps ? ms / s.steps : 0).toFixed(2);
+    lines.push(
+      `  shard ${s.rank}: ${(s.gpuBytes / 2 ** 20).toFixed(2)} MiB on GPU, read ${(load.fileBytesRead / 2 ** 20).toFixed(2)} MiB of the file; ` +
+        `step ${perStep(s.stepMs)} ms, collectives ${perStep(s.collectiveMs)} ms/step (${s.collectives} in all, ` +
+        `${((100 * s.collectiveWaitMs) / Math.max(s.stepMs, 1e-9)).toFixed(0)}% of the step waiting) — ${load.adapter}`,
+    );
+  }
+  return lines.join('\n') + '\n';
 }
 
 async function tokenize(flags: Flags): Promise<void> {

@@ -2,7 +2,7 @@
 // an end-of-generation token or a stop string. Text streams out as soon as its UTF-8 is whole.
 
 import { InvalidOptionError, isGreedy, resolveSampling, Sampler, type SamplingOptions } from './sampler.ts';
-import type { StepResult } from './runner.ts';
+import { ContextOverflowError, type StepResult } from './runner.ts';
 
 export interface GenerateOptions extends SamplingOptions {
   /** Most tokens to generate. Default 256; never past the context. */
@@ -70,9 +70,22 @@ export class StopStringFilter {
   }
 }
 
+function resolveStops(stop: unknown): string[] {
+  if (stop === undefined) return [];
+  const stops = typeof stop === 'string' ? [stop] : stop;
+  if (!Array.isArray(stops) || !stops.every((s) => typeof s === 'string')) {
+    throw new InvalidOptionError(`stop must be a string or an array of strings; got ${JSON.stringify(stop)}.`);
+  }
+  return stops.filter((s) => s.length > 0);
+}
+
 /**
  * Generates after `promptIds`. Yields each token with the text it completes; `result.finish`
  * tells why it ended once the iterator is done.
+ *
+ * The prompt and the generated tokens together never exceed the backend's context: a prompt that
+ * leaves no room for one more token is refused with `ContextOverflowError`, and generation that
+ * fills the context ends with finish reason 'context'.
  */
 export async function* generateTokens(
   backend: GenerationBackend,
@@ -83,42 +96,78 @@ export async function* generateTokens(
   const sampling = resolveSampling(options);
   const maxTokens = options.maxTokens ?? 256;
   if (!Number.isInteger(maxTokens) || maxTokens < 0) throw new InvalidOptionError(`maxTokens must be an integer ≥ 0; got ${maxTokens}.`);
-  const stops = (options.stop ?? []).filter((s) => s.length > 0);
+  const stops = resolveStops(options.stop);
+  if (promptIds.length === 0) {
+    throw new InvalidOptionError('the prompt must have at least one token (a string prompt gets BOS; a token-id prompt must not be empty).');
+  }
+  if (maxTokens === 0) {
+    result.finish = 'length';
+    return;
+  }
+  if (promptIds.length >= backend.contextLength) {
+    throw new ContextOverflowError(
+      `the prompt has ${promptIds.length} tokens but the context holds ${backend.contextLength}, leaving no room to generate; ` +
+        'load the model with a larger contextLength (--ctx) or shorten the prompt.',
+    );
+  }
   const greedy = isGreedy(sampling);
   const sampler = new Sampler(sampling);
   const decoder = backend.createStreamDecoder();
   const filter = new StopStringFilter(stops);
   const history = [...promptIds];
 
-  if (maxTokens === 0) {
-    result.finish = 'length';
+  /** The text still held back by the decoder and the stop filter, at the end. */
+  const drain = (): { text: string; stopped: boolean } => {
+    const last = filter.push(decoder.flush());
+    return last.stopped ? last : { text: last.text + filter.flush(), stopped: false };
+  };
+
+  if (options.signal?.aborted) {
+    result.finish = 'abort';
     return;
   }
   let step = await backend.forward(promptIds, 0, !greedy);
   for (let generated = 1; ; generated++) {
-    const id = greedy ? step.argmaxId : sampler.sample(step.logits!, history);
+    const id = greedy ? step.argmaxId : sampler.sample(requireLogits(step), history);
     history.push(id);
     // The end-of-generation token is yielded too (its text is only what was still held back).
     if (!options.ignoreEos && backend.isEndOfGeneration(id)) {
-      yield { id, text: filter.push(decoder.flush()).text + filter.flush() };
-      result.finish = 'eos';
+      const tail = drain();
+      result.finish = tail.stopped ? 'stop' : 'eos';
+      yield { id, text: tail.text };
       return;
     }
     const { text, stopped } = filter.push(decoder.push(id));
-    const finish: FinishReason | undefined =
+    let finish: FinishReason | undefined =
       stopped ? 'stop'
       : generated >= maxTokens ? 'length'
       : history.length >= backend.contextLength ? 'context'
       : options.signal?.aborted ? 'abort'
       : undefined;
     if (finish) {
-      // The last token carries whatever text was still held back.
-      const tail = stopped ? '' : filter.push(decoder.flush()).text + filter.flush();
-      yield { id, text: text + tail };
+      // The last token carries whatever text was still held back (unless a stop string cut it).
+      let tail = '';
+      if (!stopped) {
+        const drained = drain();
+        tail = drained.text;
+        if (drained.stopped) finish = 'stop';
+      }
+      // Known as soon as the last token is, even to a caller that stops iterating there.
       result.finish = finish;
+      yield { id, text: text + tail };
       return;
     }
     yield { id, text };
+    // Aborted while the caller held the token: stop before spending another step on the device.
+    if (options.signal?.aborted) {
+      result.finish = 'abort';
+      return;
+    }
     step = await backend.forward([id], history.length - 1, !greedy);
   }
+}
+
+function requireLogits(step: StepResult): Float32Array {
+  if (!step.logits) throw new Error('the backend returned no logits although sampling asked for them');
+  return step.logits;
 }

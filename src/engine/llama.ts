@@ -13,7 +13,7 @@ import { addOp, swigluOp } from '../shaders/elementwise.ts';
 import { matmulOps } from '../shaders/matmul.ts';
 import { rmsnormOp } from '../shaders/rmsnorm.ts';
 import { ropeOp } from '../shaders/rope.ts';
-import { argmaxOp } from '../shaders/sampling.ts';
+import { argmaxOp, topKOp } from '../shaders/sampling.ts';
 import type { KvCache } from './kv-cache.ts';
 import { ProgramRecorder, type ProgramStep } from './program.ts';
 import { rangeLength, type ShardView } from './shard-view.ts';
@@ -36,7 +36,7 @@ export interface Activations {
   lastHidden: GPUBuffer; // [1][dim]: the last token's hidden state
   lastNorm: GPUBuffer; // [1][dim]
   logits: GPUBuffer; // [localVocab]
-  sampledId: GPUBuffer; // u32 [1]
+  best: GPUBuffer; // u32 [2]: the best token id (local to the vocab slice) and its logit's bits
 }
 
 export function createActivations(gpu: GpuContext, config: LlamaConfig, view: ShardView, maxTokens: number): Activations {
@@ -61,7 +61,7 @@ export function createActivations(gpu: GpuContext, config: LlamaConfig, view: Sh
     lastHidden: f32('last hidden', dim),
     lastNorm: f32('last normed', dim),
     logits: f32('logits', rangeLength(view.vocab)),
-    sampledId: f32('sampled id', 1),
+    best: f32('best token', 2),
   };
 }
 
@@ -71,7 +71,7 @@ export function destroyActivations(a: Activations): void {
 
 /**
  * Records one forward step over `nTokens` tokens (ids and positions already in `a`).
- * Leaves the last token's logits in `a.logits` and its argmax in `a.sampledId`.
+ * Leaves the last token's logits in `a.logits` and the best of them in `a.best`.
  */
 export function recordLlamaForward(
   gpu: GpuContext,
@@ -138,6 +138,10 @@ export function recordLlamaForward(
   f.copy(a.x, (T - 1) * dim * 4, a.lastHidden, 0, dim * 4);
   f.run(rmsnormOp(gpu, a.lastHidden, weights.outputNorm!, a.lastNorm, 1, dim, eps));
   f.run(...matmulOps(gpu, weights.output!, a.lastNorm, a.logits, 1));
-  f.run(argmaxOp(gpu, a.logits, a.sampledId, 1, rangeLength(view.vocab)));
+  // The best token: over the whole vocabulary the argmax id is enough; over a slice the shards
+  // also need its logit, to agree on the global winner without gathering all logits.
+  const localVocab = rangeLength(view.vocab);
+  if (localVocab === config.vocabSize) f.run(argmaxOp(gpu, a.logits, a.best, 1, localVocab));
+  else f.run(topKOp(gpu, a.logits, a.best, 1, localVocab, 1));
   return f.steps;
 }

@@ -1,12 +1,16 @@
-// The user-facing model: tokenizer + one runner on one device (sharded models plug a group of
-// shard workers in behind the same GenerationBackend).
+// The user-facing model: a tokenizer and a forward engine — one runner on one device, or a
+// group of shard workers (tensor and/or pipeline parallel) behind the same interface.
 
-import { requestGpu, type GpuContext, type GpuOptions } from '../gpu/device.ts';
+import { probeAdapter, requestGpu, type GpuContext, type GpuOptions } from '../gpu/device.ts';
 import { llamaConfig, validateLlamaTensors, type LlamaConfig } from '../model/config.ts';
 import { readGGUF, type GGUFFile } from '../model/gguf.ts';
 import { openSource, type ModelSource } from '../model/source.ts';
 import { LlamaTokenizer } from '../model/tokenizer.ts';
+import { ShardGroup } from '../sharding/group.ts';
+import { planShards, type DeviceDescription, type ShardPlan } from '../sharding/plan.ts';
+import type { DeviceStats, ForwardEngine } from './forward-engine.ts';
 import { generateTokens, type FinishReason, type GeneratedToken, type GenerateOptions, type GenerationBackend } from './generate.ts';
+import { InvalidOptionError } from './sampler.ts';
 import { LlamaRunner, type StepResult } from './runner.ts';
 import { wholeModelView } from './shard-view.ts';
 
@@ -25,6 +29,20 @@ export interface LoadOptions {
   /** Use this already-open device instead of opening one (it is not destroyed by dispose()). */
   device?: GpuContext;
   onProgress?: (progress: LoadProgressEvent) => void;
+  /** Tensor-parallel shards per pipeline stage (default 1). */
+  tp?: number;
+  /** Pipeline stages (default 1). tp × pp shards run in one worker each, one device each. */
+  pp?: number;
+  /** Per-shard GPU options (e.g. a different adapter each); default: `gpu` for every shard. */
+  devices?: GpuOptions[];
+  /** Per-device memory budget in bytes for the planner (WebGPU does not report device memory). */
+  gpuMemoryBytes?: number;
+  /** Split weights for unequal devices, one per shard. */
+  shardWeights?: number[];
+  /** Longest a shard step or collective may take before it becomes a ShardTimeoutError. Default 30 s. */
+  shardDeadlineMs?: number;
+  /** Called with notes worth telling a user (e.g. several shards share one GPU). */
+  onWarning?: (message: string) => void;
 }
 
 export interface Completion {
@@ -51,9 +69,8 @@ export interface ModelStats {
   /** Forward steps completed, and the last one's wall time. */
   steps: number;
   lastStepMs: number;
-  /** Host submits and collective round trips, in total. */
-  submits: number;
-  collectives: number;
+  /** Per device (per shard): steps, step time, collective (all-reduce/hand-off) time, memory. */
+  devices: DeviceStats[];
 }
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
@@ -73,12 +90,20 @@ export class Model {
     readonly config: LlamaConfig,
     readonly file: GGUFFile,
     readonly tokenizer: LlamaTokenizer,
-    readonly gpu: GpuContext,
-    private readonly runner: LlamaRunner,
+    private readonly engine: ForwardEngine,
+    /** The device of a one-device model (undefined when sharded: each worker has its own). */
+    readonly gpu: GpuContext | undefined,
+    /** The shard plan of a sharded model. */
+    readonly plan: ShardPlan | undefined,
     private readonly ownsDevice: boolean,
   ) {}
 
   static async load(source: ModelSource, options: LoadOptions = {}): Promise<Model> {
+    const tp = options.tp ?? 1;
+    const pp = options.pp ?? 1;
+    for (const [name, value] of [['tp', tp], ['pp', pp]] as const) {
+      if (!Number.isInteger(value) || value < 1) throw new InvalidOptionError(`${name} must be an integer ≥ 1; got ${value}.`);
+    }
     const bytes = await openSource(source);
     try {
       const file = await readGGUF(bytes);
@@ -86,13 +111,29 @@ export class Model {
       validateLlamaTensors(file, config);
       const tokenizer = LlamaTokenizer.fromGGUFMetadata(file.metadata);
       const contextLength = options.contextLength ?? Math.min(config.contextLength, 4096);
-      const gpu = options.device ?? (await requestGpu(options.gpu));
-      const runner = await LlamaRunner.load(gpu, file, config, wholeModelView(config), {
+      const maxBatchTokens = Math.min(options.maxBatchTokens ?? 512, contextLength);
+      const onProgress = (bytesLoaded: number, bytesTotal: number) => options.onProgress?.({ bytesLoaded, bytesTotal });
+      if (tp * pp === 1) {
+        const gpu = options.device ?? (await requestGpu(options.gpu));
+        const runner = await LlamaRunner.load(gpu, file, config, wholeModelView(config), { contextLength, maxBatchTokens, onProgress });
+        return new Model(config, file, tokenizer, runner, gpu, undefined, !options.device);
+      }
+      const shardSource = workerSource(source);
+      const shardGpus = Array.from({ length: tp * pp }, (_, i) => options.devices?.[i] ?? options.gpu ?? {});
+      const devices = await describeDevices(shardGpus, options);
+      const plan = planShards(file, config, { tp, pp, contextLength, maxBatchTokens, devices, weights: options.shardWeights });
+      const group = await ShardGroup.start({
+        source: shardSource,
+        plan,
         contextLength,
-        maxBatchTokens: options.maxBatchTokens,
-        onProgress: (bytesLoaded, bytesTotal) => options.onProgress?.({ bytesLoaded, bytesTotal }),
+        maxBatchTokens,
+        dim: config.dim,
+        vocabSize: config.vocabSize,
+        gpu: shardGpus,
+        deadlineMs: options.shardDeadlineMs,
+        onProgress,
       });
-      return new Model(config, file, tokenizer, gpu, runner, !options.device);
+      return new Model(config, file, tokenizer, group, undefined, plan, false);
     } catch (error) {
       await bytes.close();
       throw error;
@@ -100,7 +141,12 @@ export class Model {
   }
 
   get contextLength(): number {
-    return this.runner.contextLength;
+    return this.engine.contextLength;
+  }
+
+  /** The shard group of a sharded model (per-shard load reports, test hooks). */
+  get shards(): ShardGroup | undefined {
+    return this.engine instanceof ShardGroup ? this.engine : undefined;
   }
 
   /** Token ids of `text`, with BOS prepended as llama.cpp does (unless addBos is false). */
@@ -192,8 +238,7 @@ export class Model {
       running: this.running,
       steps: this.steps,
       lastStepMs: this.lastStepMs,
-      submits: this.runner.counters.submits,
-      collectives: this.runner.counters.collectives,
+      devices: this.engine.deviceStats(),
     };
   }
 
@@ -201,14 +246,14 @@ export class Model {
     if (this.disposed) return;
     this.disposed = true;
     await this.queue.catch(() => undefined);
-    this.runner.dispose();
-    if (this.ownsDevice) this.gpu.device.destroy();
+    await this.engine.dispose();
+    if (this.ownsDevice) this.gpu?.device.destroy();
     await this.file.source.close();
   }
 
   private backend(): GenerationBackend {
     return {
-      contextLength: this.runner.contextLength,
+      contextLength: this.engine.contextLength,
       forward: (tokens, startPos, wantLogits) => this.step(tokens, startPos, wantLogits),
       isEndOfGeneration: (id) => this.tokenizer.isEog(id),
       createStreamDecoder: () => this.tokenizer.createStreamDecoder(),
@@ -218,7 +263,7 @@ export class Model {
   private async step(tokens: readonly number[], startPos: number, wantLogits: boolean): Promise<StepResult> {
     if (this.stepDelayMs > 0) await sleep(this.stepDelayMs);
     const start = performance.now();
-    const result = await this.runner.forward(tokens, startPos, wantLogits);
+    const result = await this.engine.forward(tokens, startPos, wantLogits);
     this.lastStepEndedAt = performance.now();
     this.lastStepMs = this.lastStepEndedAt - start;
     this.steps++;
@@ -242,7 +287,38 @@ export class Model {
   }
 }
 
-/** Loads a GGUF model from a path, URL, Blob or File onto one WebGPU device. */
+/** What a shard worker can open itself: it reads its own byte ranges, so it gets a path, URL, Blob or bytes. */
+function workerSource(source: ModelSource): string | Blob | Uint8Array {
+  if (source instanceof URL) return source.href;
+  if (typeof source === 'string' || source instanceof Blob || source instanceof Uint8Array) return source;
+  throw new InvalidOptionError('A sharded model needs a path, URL, Blob/File or bytes as its source (each shard worker opens it itself), not an open ByteSource.');
+}
+
+/** What the planner needs to know about each shard's device, asked before anything is allocated. */
+async function describeDevices(shardGpus: GpuOptions[], options: LoadOptions): Promise<DeviceDescription[]> {
+  const probes = new Map<string, Awaited<ReturnType<typeof probeAdapter>>>();
+  const devices: DeviceDescription[] = [];
+  for (const gpu of shardGpus) {
+    const key = JSON.stringify(gpu);
+    if (!probes.has(key)) probes.set(key, await probeAdapter(gpu));
+    const probe = probes.get(key)!;
+    devices.push({
+      name: probe.description,
+      maxBufferSize: probe.limits.maxBufferSize,
+      maxStorageBufferBindingSize: probe.limits.maxStorageBufferBindingSize,
+      memoryBudgetBytes: options.gpuMemoryBytes,
+    });
+  }
+  if (probes.size === 1 && shardGpus.length > 1) {
+    options.onWarning?.(
+      `All ${shardGpus.length} shards share one adapter (${devices[0]!.name}): several devices on one GPU pay for switching ` +
+        'between them at every all-reduce. Pass one adapter per shard (devices / --devices) when you have several GPUs.',
+    );
+  }
+  return devices;
+}
+
+/** Loads a GGUF model from a path, URL, Blob or File onto one WebGPU device, or split over tp × pp devices. */
 export function loadModel(source: ModelSource, options: LoadOptions = {}): Promise<Model> {
   return Model.load(source, options);
 }

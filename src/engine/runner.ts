@@ -8,6 +8,7 @@ import type { LlamaConfig } from '../model/config.ts';
 import type { GGUFFile } from '../model/gguf.ts';
 import { createKvCache, destroyKvCache, type KvCache } from './kv-cache.ts';
 import { createActivations, destroyActivations, recordLlamaForward, type Activations } from './llama.ts';
+import type { DeviceStats, ForwardEngine } from './forward-engine.ts';
 import { aloneCommunicator, runProgram, type Communicator, type ProgramStep, type StepCounters } from './program.ts';
 import { rangeLength, type ShardView } from './shard-view.ts';
 import { destroyWeights, loadLlamaWeights, type LlamaWeights, type LoadProgress } from './weights.ts';
@@ -24,14 +25,20 @@ export interface RunnerOptions {
   onProgress?: LoadProgress;
 }
 
-/** What a step hands back: the sampled (argmax) id, and the logits when asked for. */
+/** What a step hands back: the best (argmax) token, and the logits when asked for. */
 export interface StepResult {
+  /** Index into this shard's vocabulary slice (the whole vocabulary on one device). */
   argmaxId: number;
+  /** The best token's logit; only known when the shard holds a vocabulary slice. */
+  argmaxLogit?: number;
   logits?: Float32Array;
 }
 
-export class LlamaRunner {
+export class LlamaRunner implements ForwardEngine {
   readonly counters: StepCounters = { submits: 0, collectives: 0 };
+  private steps = 0;
+  private stepMs = 0;
+  private lastStepMs = 0;
   private readonly programs = new Map<number, ProgramStep[]>();
 
   private constructor(
@@ -70,6 +77,7 @@ export class LlamaRunner {
       );
     }
     const a = this.activations;
+    const start = performance.now();
     for (let done = 0; done < tokens.length; done += a.maxTokens) {
       const chunk = tokens.slice(done, done + a.maxTokens);
       const positions = Uint32Array.from(chunk, (_, i) => startPos + done + i);
@@ -77,12 +85,40 @@ export class LlamaRunner {
       writeBuffer(this.gpu.device, a.positions, 0, positions);
       await runProgram(this.gpu.device, this.program(chunk.length), this.communicator, this.counters);
     }
-    if (!this.view.samples) return { argmaxId: -1 };
-    const argmaxId = new Uint32Array(await readBuffer(this.gpu.device, a.sampledId, 4))[0]!;
+    if (!this.view.samples) {
+      this.countStep(start);
+      return { argmaxId: -1 };
+    }
+    const best = await readBuffer(this.gpu.device, a.best, 8);
+    const argmaxId = new Uint32Array(best)[0]!;
+    const argmaxLogit = rangeLength(this.view.vocab) === this.config.vocabSize ? undefined : new Float32Array(best)[1]!;
     const logits = wantLogits
       ? new Float32Array(await readBuffer(this.gpu.device, a.logits, rangeLength(this.view.vocab) * 4))
       : undefined;
-    return { argmaxId, logits };
+    this.countStep(start);
+    return { argmaxId, argmaxLogit, logits };
+  }
+
+  private countStep(start: number): void {
+    this.lastStepMs = performance.now() - start;
+    this.stepMs += this.lastStepMs;
+    this.steps++;
+  }
+
+  deviceStats(): DeviceStats[] {
+    return [
+      {
+        rank: 0,
+        steps: this.steps,
+        stepMs: this.stepMs,
+        lastStepMs: this.lastStepMs,
+        submits: this.counters.submits,
+        collectives: this.counters.collectives,
+        collectiveMs: 0,
+        collectiveWaitMs: 0,
+        gpuBytes: this.weights.gpuBytes + this.cache.bytes,
+      },
+    ];
   }
 
   private program(nTokens: number): ProgramStep[] {
@@ -94,7 +130,7 @@ export class LlamaRunner {
     return steps;
   }
 
-  dispose(): void {
+  async dispose(): Promise<void> {
     destroyWeights(this.weights);
     destroyKvCache(this.cache);
     destroyActivations(this.activations);

@@ -40,16 +40,18 @@ export function resolveSampling(o: SamplingOptions): ResolvedSampling {
   const minP = o.minP ?? 0.05;
   const repeatPenalty = o.repeatPenalty ?? 1;
   const repeatLastN = o.repeatLastN ?? 64;
+  const seed = o.seed ?? Math.floor(Math.random() * 2 ** 32);
   return {
     temperature: check('temperature', t, t >= 0, 'a number ≥ 0 (0 = greedy)'),
     topK: check('topK', topK, Number.isInteger(topK) && topK >= 0, 'an integer ≥ 0 (0 = off)'),
-    topP: check('topP', topP, topP > 0 && topP <= 1, 'in (0, 1]'),
-    minP: check('minP', minP, minP >= 0 && minP <= 1, 'in [0, 1]'),
+    topP: check('topP', topP, topP > 0 && topP <= 1, 'in (0, 1] (1 = off)'),
+    minP: check('minP', minP, minP >= 0 && minP <= 1, 'in [0, 1] (0 = off)'),
     repeatPenalty: check('repeatPenalty', repeatPenalty, repeatPenalty > 0, '> 0 (1 = off)'),
-    repeatLastN: check('repeatLastN', repeatLastN, Number.isInteger(repeatLastN) && repeatLastN >= 0, 'an integer ≥ 0'),
-    frequencyPenalty: check('frequencyPenalty', o.frequencyPenalty ?? 0, true, 'a number'),
-    presencePenalty: check('presencePenalty', o.presencePenalty ?? 0, true, 'a number'),
-    seed: o.seed ?? Math.floor(Math.random() * 2 ** 32),
+    repeatLastN: check('repeatLastN', repeatLastN, Number.isInteger(repeatLastN) && repeatLastN >= 0, 'an integer ≥ 0 (0 = off)'),
+    frequencyPenalty: check('frequencyPenalty', o.frequencyPenalty ?? 0, true, 'a finite number (0 = off)'),
+    presencePenalty: check('presencePenalty', o.presencePenalty ?? 0, true, 'a finite number (0 = off)'),
+    // A fractional seed would silently collide with its integer part, so it is refused.
+    seed: check('seed', seed, Number.isSafeInteger(seed), 'an integer'),
   };
 }
 
@@ -60,7 +62,10 @@ export function isGreedy(s: ResolvedSampling): boolean {
 
 /** A small, fast, seedable generator (mulberry32): the same seed gives the same draws everywhere. */
 export function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
+  // Seeds in [0, 2^32) are used as they are; the high bits of larger (or negative) integers are
+  // folded in, so that e.g. 1 and 2^32 + 1 give different streams.
+  const high = Math.floor(seed / 2 ** 32) | 0;
+  let state = ((seed >>> 0) ^ Math.imul(high, 0x9e3779b9)) >>> 0;
   return () => {
     state = (state + 0x6d2b79f5) >>> 0;
     let t = state;
@@ -88,6 +93,71 @@ export function argmax(values: ArrayLike<number>): number {
   return best;
 }
 
+/** Top-k with a small k: one pass keeping the k best ids sorted (most likely first, lower id on ties). */
+function topKSorted(logits: Float32Array, k: number): number[] {
+  const kept: number[] = [];
+  for (let id = 0; id < logits.length; id++) {
+    const logit = logits[id]!;
+    // Ids arrive in increasing order, so on a tie the one already kept wins.
+    if (kept.length === k && !(logit > logits[kept[k - 1]!]!)) continue;
+    let lo = 0;
+    let hi = kept.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (logits[kept[mid]!]! >= logit) lo = mid + 1;
+      else hi = mid;
+    }
+    kept.splice(lo, 0, id);
+    if (kept.length > k) kept.pop();
+  }
+  return kept;
+}
+
+/**
+ * The tokens that may be drawn after top-k → top-p → min-p, most likely first (lower id on ties).
+ *
+ * Equal to llama.cpp's chain, but cheap on large vocabularies: top-p and min-p both keep a prefix
+ * of the sorted candidates (min-p's floor only depends on the maximum), so min-p filters first and
+ * only its survivors are sorted; top-p still measures its mass against all top-k candidates.
+ */
+export function candidateIds(logits: Float32Array, s: Pick<ResolvedSampling, 'topK' | 'topP' | 'minP'>): number[] {
+  const n = logits.length;
+  const byLikelihood = (a: number, b: number): number => logits[b]! - logits[a]! || a - b;
+  let ids: number[];
+  let sorted = false;
+  if (s.topK > 0 && s.topK < n) {
+    ids = s.topK <= 256 ? topKSorted(logits, s.topK) : Array.from(logits.keys()).sort(byLikelihood).slice(0, s.topK);
+    sorted = true;
+  } else {
+    ids = Array.from(logits.keys());
+  }
+  if (ids.length === 0) return ids;
+
+  let max = -Infinity;
+  for (const id of ids) if (logits[id]! > max) max = logits[id]!;
+
+  // The softmax mass of all top-k candidates, which top-p measures against.
+  let total = 0;
+  if (s.topP < 1) for (const id of ids) total += Math.exp(logits[id]! - max);
+
+  // min-p: keep tokens with p ≥ minP · p_max, i.e. logit ≥ max + ln(minP) (never empty: max passes).
+  if (s.minP > 0) {
+    const floor = max + Math.log(s.minP);
+    ids = ids.filter((id) => logits[id]! >= floor);
+  }
+  if (!sorted) ids.sort(byLikelihood);
+
+  // top-p: the smallest prefix whose probability reaches p.
+  if (s.topP < 1) {
+    let cumulative = 0;
+    for (let i = 0; i < ids.length; i++) {
+      cumulative += Math.exp(logits[ids[i]!]! - max) / total;
+      if (cumulative >= s.topP) return ids.slice(0, i + 1);
+    }
+  }
+  return ids;
+}
+
 /** A sampler for one sequence: owns its random stream so a seed replays exactly. */
 export class Sampler {
   private readonly random: () => number;
@@ -102,42 +172,21 @@ export class Sampler {
     applyPenalties(logits, history, s);
     if (s.temperature === 0) return argmax(logits);
 
-    // Candidates, most likely first; top-k bounds the sort.
-    let ids = Array.from(logits.keys()).sort((a, b) => logits[b]! - logits[a]! || a - b);
-    if (s.topK > 0) ids = ids.slice(0, s.topK);
-
-    // top-p on the softmax of the remaining candidates.
-    const max = logits[ids[0]!]!;
-    const weights = ids.map((id) => Math.exp(logits[id]! - max));
-    const total = weights.reduce((a, b) => a + b, 0);
-    if (s.topP < 1) {
-      let cumulative = 0;
-      let keep = ids.length;
-      for (let i = 0; i < ids.length; i++) {
-        cumulative += weights[i]! / total;
-        if (cumulative >= s.topP) {
-          keep = i + 1;
-          break;
-        }
-      }
-      ids = ids.slice(0, keep);
-    }
-
-    // min-p: keep tokens with p ≥ minP · p_max, i.e. logit ≥ max + ln(minP).
-    if (s.minP > 0) {
-      const floor = max + Math.log(s.minP);
-      const kept = ids.filter((id) => logits[id]! >= floor);
-      if (kept.length > 0) ids = kept;
-    }
+    const ids = candidateIds(logits, s);
+    if (ids.length === 0) throw new RangeError('cannot sample from empty logits');
 
     // Temperature, then draw.
+    const max = logits[ids[0]!]!;
     const scaled = ids.map((id) => Math.exp((logits[id]! - max) / s.temperature));
     const sum = scaled.reduce((a, b) => a + b, 0);
     let r = this.random() * sum;
+    let last = 0;
     for (let i = 0; i < ids.length; i++) {
+      if (scaled[i]! > 0) last = i;
       r -= scaled[i]!;
       if (r < 0) return ids[i]!;
     }
-    return ids.at(-1)!;
+    // Rounding left a sliver of r: the last token that had any probability.
+    return ids[last]!;
   }
 }

@@ -46,9 +46,9 @@ export interface LlamaWeights {
 export type LoadProgress = (bytesDone: number, bytesTotal: number) => void;
 
 /** What part of a tensor a shard reads: a range of rows, or a range of columns of every row. */
-type Slice = { rows?: Range; columns?: Range };
+export type Slice = { rows?: Range; columns?: Range };
 
-interface TensorRead {
+export interface TensorRead {
   name: string;
   slice: Slice;
 }
@@ -104,12 +104,12 @@ async function readSlice(file: GGUFFile, t: GGUFTensorInfo, slice: Slice): Promi
 }
 
 /** A tied output head over the whole vocabulary is the embedding table itself: upload it once. */
-function outputHeadIsEmbedding(config: LlamaConfig, view: ShardView): boolean {
+export function outputHeadIsEmbedding(config: LlamaConfig, view: ShardView): boolean {
   return config.tiedEmbeddings && view.embeds && view.vocab.start === 0 && view.vocab.end === config.vocabSize;
 }
 
 /** The tensor reads a shard needs, in file order of use. */
-function plannedReads(config: LlamaConfig, view: ShardView): TensorRead[] {
+export function plannedReads(config: LlamaConfig, view: ShardView): TensorRead[] {
   const hd = config.headDim;
   const headRows = { start: view.heads.start * hd, end: view.heads.end * hd };
   const kvRows = { start: view.kvHeads.start * hd, end: view.kvHeads.end * hd };

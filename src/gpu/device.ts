@@ -113,6 +113,19 @@ async function pickAdapter(gpu: GPU, options: GpuOptions): Promise<GPUAdapter> {
   return adapter;
 }
 
+/** An adapter's name and limits, without opening a device (for planning before allocating). */
+export interface AdapterProbe {
+  description: string;
+  limits: GPUSupportedLimits;
+}
+
+export async function probeAdapter(options: GpuOptions = {}): Promise<AdapterProbe> {
+  const backend = options.backend && options.backend !== 'auto' ? options.backend : isBrowser() ? 'browser' : 'dawn';
+  const adapter = await pickAdapter(await gpuFor(backend, options), options);
+  const i = adapter.info;
+  return { description: [i.vendor, i.architecture, i.device, i.description].filter(Boolean).join(' | '), limits: adapter.limits };
+}
+
 /** Describes the adapters this runtime can see, for `info` commands. */
 export async function describeAdapters(options: GpuOptions = {}): Promise<string[]> {
   const backend = options.backend && options.backend !== 'auto' ? options.backend : isBrowser() ? 'browser' : 'dawn';

@@ -1,0 +1,169 @@
+// The shard group: spawns one worker per shard, loads each with its view, and drives steps.
+// The coordinator (this thread) never waits on a barrier; it sends each step to every shard,
+// and the shards meet each other through shared memory. A failing or hanging shard becomes a
+// typed error here within the deadline, and the group is stopped for good.
+
+import * as Comlink from 'comlink';
+import type { GpuOptions } from '../gpu/device.ts';
+import type { DeviceStats, ForwardEngine } from '../engine/forward-engine.ts';
+import type { StepResult } from '../engine/runner.ts';
+import { ShardError, ShardGroupStoppedError, ShardTimeoutError } from './errors.ts';
+import type { ShardPlan } from './plan.ts';
+import { AbortReason, createSharedMemory, ShardCounter, SharedViews } from './shared-memory.ts';
+import { spawnShardWorker, type ShardWorkerHandle } from './spawn.ts';
+import type { ShardLoadReport } from './worker.ts';
+
+export interface ShardGroupOptions {
+  /** What each worker opens: a path, URL, Blob/File or bytes. */
+  source: string | Blob | Uint8Array;
+  plan: ShardPlan;
+  contextLength: number;
+  maxBatchTokens: number;
+  dim: number;
+  vocabSize: number;
+  /** GPU options per shard (e.g. an adapter name each); one entry is used for all. */
+  gpu: GpuOptions[];
+  /** Longest one step (or one collective inside it) may take. Default 30 s. */
+  deadlineMs?: number;
+  onProgress?: (bytesDone: number, bytesTotal: number) => void;
+}
+
+const withDeadline = <T>(promise: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> =>
+  new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(onTimeout()), ms);
+    promise.then(
+      (value) => (clearTimeout(timer), resolve(value)),
+      (error) => (clearTimeout(timer), reject(error)),
+    );
+  });
+
+export class ShardGroup implements ForwardEngine {
+  private stopped?: Error;
+  private closed = false;
+
+  private constructor(
+    readonly plan: ShardPlan,
+    readonly contextLength: number,
+    readonly reports: ShardLoadReport[],
+    private readonly workers: ShardWorkerHandle[],
+    private readonly views: SharedViews,
+    private readonly deadlineMs: number,
+  ) {}
+
+  static async start(options: ShardGroupOptions): Promise<ShardGroup> {
+    const { plan } = options;
+    const deadlineMs = options.deadlineMs ?? 30_000;
+    const memory = createSharedMemory({
+      tp: plan.tp,
+      pp: plan.pp,
+      slotFloats: options.maxBatchTokens * options.dim,
+      vocabSize: options.vocabSize,
+    });
+    const workers = await Promise.all(plan.shards.map(() => spawnShardWorker()));
+    const progress = plan.shards.map(() => ({ done: 0, total: 0 }));
+    const report = () =>
+      options.onProgress?.(
+        progress.reduce((sum, p) => sum + p.done, 0),
+        progress.reduce((sum, p) => sum + p.total, 0),
+      );
+    try {
+      const reports = await Promise.all(
+        plan.shards.map((shard, i) =>
+          workers[i]!.api.load(
+            {
+              source: options.source,
+              position: { rank: shard.rank, stage: shard.stage, tpRank: shard.tpRank, tp: plan.tp, pp: plan.pp },
+              view: shard.view,
+              memory,
+              contextLength: options.contextLength,
+              maxBatchTokens: options.maxBatchTokens,
+              gpu: options.gpu[i] ?? options.gpu[0] ?? {},
+              deadlineMs,
+            },
+            Comlink.proxy((done: number, total: number) => {
+              progress[i] = { done, total };
+              report();
+            }),
+          ),
+        ),
+      );
+      return new ShardGroup(plan, options.contextLength, reports, workers, new SharedViews(memory), deadlineMs);
+    } catch (error) {
+      await Promise.allSettled(workers.map((w) => shutdownWorker(w, deadlineMs)));
+      throw error;
+    }
+  }
+
+  /** One step on every shard; the sampling shards' best tokens decide the global winner. */
+  async forward(tokens: readonly number[], startPos: number, wantLogits: boolean): Promise<StepResult> {
+    if (this.stopped) throw new ShardGroupStoppedError(-1, `the shard group stopped earlier: ${this.stopped.message}`, { cause: this.stopped });
+    const ids = [...tokens];
+    const steps = this.workers.map((w, rank) =>
+      withDeadline(w.api.forward(ids, startPos, wantLogits), this.deadlineMs * 2, () =>
+        new ShardTimeoutError(rank, `shard ${rank} did not finish a step within ${this.deadlineMs * 2} ms`),
+      ),
+    );
+    const settled = await Promise.allSettled(steps);
+    const failure = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+    if (failure) {
+      this.views.abort(AbortReason.failed);
+      // Report the shard that failed first, not the ones it stopped.
+      const errors = settled.flatMap((s) => (s.status === 'rejected' ? [s.reason as Error] : []));
+      const root = errors.find((e) => !(e instanceof ShardGroupStoppedError) && !/ShardGroupStoppedError/.test(e?.name ?? '')) ?? errors[0]!;
+      this.stopped = root instanceof ShardError ? root : new ShardError(-1, String(root?.message ?? root), { cause: root });
+      throw this.stopped;
+    }
+    let best = { argmaxId: -1, argmaxLogit: -Infinity };
+    for (const s of settled) {
+      const r = (s as PromiseFulfilledResult<{ argmaxId: number; argmaxLogit: number }>).value;
+      if (r.argmaxId < 0) continue;
+      if (r.argmaxLogit > best.argmaxLogit || (r.argmaxLogit === best.argmaxLogit && r.argmaxId < best.argmaxId)) best = r;
+    }
+    return { argmaxId: best.argmaxId, logits: wantLogits ? this.views.logits().slice() : undefined };
+  }
+
+  /** Per-shard counters, read from shared memory (no round trip to the workers). */
+  deviceStats(): DeviceStats[] {
+    return this.plan.shards.map(({ rank }) => {
+      const c = this.views.shardCounters(rank);
+      return {
+        rank,
+        steps: c[ShardCounter.steps]!,
+        stepMs: c[ShardCounter.stepMs]!,
+        lastStepMs: c[ShardCounter.lastStepMs]!,
+        submits: c[ShardCounter.submits]!,
+        collectives: c[ShardCounter.collectives]!,
+        collectiveMs: c[ShardCounter.collectiveMs]!,
+        collectiveWaitMs: c[ShardCounter.collectiveWaitMs]!,
+        gpuBytes: c[ShardCounter.gpuBytes]!,
+      };
+    });
+  }
+
+  /** Test hook: lose one shard's device mid-run. */
+  destroyDevice(rank: number): Promise<void> {
+    return this.workers[rank]!.api.destroyDevice();
+  }
+
+  /** Shuts every shard down by message and waits until each has ended. */
+  async dispose(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.views.abort(AbortReason.shutdown);
+    await Promise.allSettled(this.workers.map((w) => shutdownWorker(w, this.deadlineMs)));
+  }
+}
+
+/** Never terminate() a worker with a Dawn promise pending (it aborts Node): ask it to shut down. */
+async function shutdownWorker(worker: ShardWorkerHandle, deadlineMs: number): Promise<void> {
+  try {
+    await withDeadline(worker.api.shutdown().then(() => worker.exited), deadlineMs, () => new Error('shutdown timed out'));
+  } catch {
+    worker.abandon();
+  }
+  try {
+    worker.api[Comlink.releaseProxy]();
+  } catch {
+    // The worker's port is already closed: nothing left to release.
+  }
+}

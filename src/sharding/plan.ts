@@ -1,0 +1,526 @@
+// The sharding plan: for tp × pp devices, which layers, heads, KV heads, FFN columns and vocabulary
+// rows every shard holds, and whether its weights, KV cache and activations fit its device, all
+// decided from the file's header before any byte of weights is read or any buffer allocated.
+//
+// Ranks are stage-major: rank = stage * tp + tpRank. Pipeline stages hold contiguous layer ranges;
+// within a stage, tensor parallelism follows Megatron-LM (see src/engine/weights.ts for how a view's
+// byte ranges are read). The rules, and why:
+//
+// * Layers: contiguous per stage, in proportion to each stage's weight (the sum of its shards'
+//   weights), at least one layer per stage. Stage 0 embeds, the last stage samples.
+// * Query heads: contiguous ranges, each either
+//     (a) whole KV groups: the shard holds those KV heads and every query head that uses them
+//         (local heads / local KV heads = the global group size), or
+//     (b) part of one KV group: the shard holds one KV head (a 1-wide `kvHeads` range) that other
+//         shards hold too ("replicated"), and whole query heads that all use it.
+//   Either way local head h uses local KV head h / (localHeads / localKvHeads), which is what the
+//   attention kernel computes, and every query head is computed by exactly one shard, so the sum
+//   after the output projection is right. A range that straddles a group boundary without covering
+//   whole groups would break that mapping and is never made. Among the valid splits the planner takes
+//   the one closest (least squares) to the shards' weights; ties go to earlier shards holding more.
+//   So 8 heads / 4 KV heads give tp=2 → 4/4, tp=3 → 4/2/2 (KV 2/1/1), tp=5 → 2/2/2/1/1 (the last
+//   KV head is replicated on two shards), tp=8 → one head each (each KV head on two shards), and
+//   tp > 8 is refused.
+// * The attention output projection is split by input columns (heads × headDim) and the FFN down
+//   projection by FFN columns; a column slice must be whole quantization blocks of that tensor's
+//   type (32 for Q4_0/Q8_0, 256 for K-quants, 1 for float types). Split points are rounded to the
+//   blocks of every layer the stage holds; a split that cannot give every shard at least one block
+//   is refused, naming the tensor, its type and block size.
+// * Vocabulary rows of the output head: split across the last stage's shards (rows need no
+//   alignment). Norms are replicated. The embedding table is whole on every stage-0 shard.
+//
+// Memory per shard mirrors what the loader allocates: every planned read's GPU layout (split over
+// storage bindings as `uploadWeightSplit` does), the KV cache (`kvCacheBytes`), and the scratch
+// activations of `createActivations`. Limits are checked here, so a plan that would not fit fails
+// with the numbers instead of an out-of-memory in the middle of a load.
+
+import { kvCacheBytes } from '../engine/kv-cache.ts';
+import { rangeLength, type Range, type ShardView } from '../engine/shard-view.ts';
+import { plannedReads, shardReadBytes } from '../engine/weights.ts';
+import type { LlamaConfig } from '../model/config.ts';
+import { blockGeometry, ggmlTypeName, type GGMLType } from '../model/ggml-type.ts';
+import type { GGUFFile, GGUFTensorInfo } from '../model/gguf.ts';
+import { gpuLayout, gpuRowBytes, repackableTypes } from '../model/repack.ts';
+
+export interface DeviceDescription {
+  name: string;
+  maxBufferSize: number;
+  maxStorageBufferBindingSize: number;
+  /** From --gpu-memory: WebGPU does not expose how much memory a device has. */
+  memoryBudgetBytes?: number;
+  /** Weight for uneven splits (a faster device gets more work); default 1. */
+  relativeSpeed?: number;
+}
+
+export interface ShardPlanOptions {
+  /** Tensor-parallel shards per stage. */
+  tp: number;
+  /** Pipeline stages. */
+  pp: number;
+  /** KV cache positions per sequence. */
+  contextLength: number;
+  /** Most tokens in one forward step (sizes the activations). */
+  maxBatchTokens: number;
+  /** One per shard, tp * pp of them; index = shard rank. */
+  devices: DeviceDescription[];
+  /** Optional per-shard split weights (index = rank); default each device's relativeSpeed. */
+  weights?: number[];
+}
+
+export interface ShardSpec {
+  rank: number;
+  stage: number;
+  tpRank: number;
+  view: ShardView;
+  /** GPU bytes this shard allocates. */
+  bytes: { weights: number; kvCache: number; activations: number; total: number };
+  /** Bytes of the model file this shard reads. */
+  fileBytesRead: number;
+}
+
+export interface ShardPlan {
+  tp: number;
+  pp: number;
+  shards: ShardSpec[];
+  /** Human lines: who holds what, bytes per shard. */
+  summary: string[];
+}
+
+export interface ShardPlanErrorDetails {
+  /** What does not work, with the numbers. */
+  problem: string;
+  /** What to do: more shards, a smaller --ctx, a smaller quant type, a valid tp... */
+  suggestion: string;
+  /** The shard at fault, when one is. */
+  rank?: number;
+}
+
+/** A split that cannot work: no valid assignment, or a shard that does not fit its device. */
+export class ShardPlanError extends Error {
+  override name = 'ShardPlanError';
+  readonly problem: string;
+  readonly suggestion: string;
+  readonly rank?: number;
+
+  constructor(details: ShardPlanErrorDetails) {
+    super(`${details.problem}. ${details.suggestion}`);
+    this.problem = details.problem;
+    this.suggestion = details.suggestion;
+    this.rank = details.rank;
+  }
+}
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const GiB = 1024 * MiB;
+
+/** Bytes for people: "1.50 GiB", "12.00 MiB", "3.2 KiB", "17 B". */
+export function formatBytes(bytes: number): string {
+  if (bytes >= GiB) return `${(bytes / GiB).toFixed(2)} GiB`;
+  if (bytes >= MiB) return `${(bytes / MiB).toFixed(2)} MiB`;
+  if (bytes >= KiB) return `${(bytes / KiB).toFixed(1)} KiB`;
+  return `${bytes} B`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Splitting numbers
+
+const gcd = (a: number, b: number): number => (b === 0 ? a : gcd(b, a % b));
+const lcm = (a: number, b: number): number => (a / gcd(a, b)) * b;
+
+/**
+ * Splits `total` units into `weights.length` positive integer counts in proportion to the weights
+ * (largest remainder; ties to earlier shares). Needs total ≥ weights.length.
+ */
+export function splitProportionally(total: number, weights: readonly number[]): number[] {
+  const sum = weights.reduce((a, b) => a + b, 0);
+  const ideal = weights.map((w) => (total * w) / sum);
+  const counts = ideal.map((x) => Math.max(1, Math.floor(x)));
+  const shortfall = (i: number) => ideal[i]! - counts[i]!;
+  let assigned = counts.reduce((a, b) => a + b, 0);
+  while (assigned < total) {
+    let best = 0;
+    for (let i = 1; i < counts.length; i++) if (shortfall(i) > shortfall(best)) best = i;
+    counts[best]!++;
+    assigned++;
+  }
+  while (assigned > total) {
+    // Only reachable when the minimum of one unit pushed the sum over: take from the most over-served.
+    let best = -1;
+    for (let i = 0; i < counts.length; i++) if (counts[i]! > 1 && (best < 0 || shortfall(i) < shortfall(best))) best = i;
+    counts[best]!--;
+    assigned--;
+  }
+  return counts;
+}
+
+/** Consecutive ranges with the given lengths, each scaled by `unit`. */
+function rangesFromCounts(counts: readonly number[], unit = 1): Range[] {
+  const ranges: Range[] = [];
+  let start = 0;
+  for (const count of counts) {
+    ranges.push({ start, end: start + count * unit });
+    start += count * unit;
+  }
+  return ranges;
+}
+
+/** The block size a column split of these tensors must respect, and the tensor that needs the largest. */
+function columnAlignment(file: GGUFFile, names: readonly string[]): { values: number; tensor: GGUFTensorInfo } {
+  let values = 1;
+  let widest = file.tensor(names[0]!);
+  for (const name of names) {
+    const t = file.tensor(name);
+    const block = blockGeometry[t.type]?.blockSize ?? 1;
+    values = lcm(values, block);
+    if (block > (blockGeometry[widest.type]?.blockSize ?? 1)) widest = t;
+  }
+  return { values, tensor: widest };
+}
+
+const describeBlock = (t: GGUFTensorInfo) => `${t.name} is ${ggmlTypeName(t.type)}, stored in blocks of ${blockGeometry[t.type]?.blockSize ?? 1} values`;
+
+/**
+ * Query-head ranges for one stage's `weights.length` shards (see the rules at the top), or
+ * undefined when no valid split exists. `headStep`: split points must be multiples of it (from
+ * the attention output's quantization blocks).
+ */
+export function splitHeads(nHeads: number, nKvHeads: number, headStep: number, weights: readonly number[]): Range[] | undefined {
+  const tp = weights.length;
+  const group = nHeads / nKvHeads;
+  const sum = weights.reduce((a, b) => a + b, 0);
+  const target = weights.map((w) => (nHeads * w) / sum);
+  const isBoundary = (b: number) => b === 0 || b === nHeads || b % headStep === 0;
+  const wholeGroups = (a: number, b: number) => a % group === 0 && b % group === 0;
+  const insideOneGroup = (a: number, b: number) => Math.floor(a / group) === Math.floor((b - 1) / group);
+  // Replicating a KV head costs its K/V projection and cache twice: break exact ties against it.
+  const REPLICATION_PENALTY = 1e-6;
+
+  // cost[i][b]: best cost of heads [0, b) over the first i shards; from[i][b]: where shard i-1 starts.
+  const cost = Array.from({ length: tp + 1 }, () => new Array<number>(nHeads + 1).fill(Infinity));
+  const from = Array.from({ length: tp + 1 }, () => new Array<number>(nHeads + 1).fill(-1));
+  cost[0]![0] = 0;
+  for (let i = 1; i <= tp; i++) {
+    for (let b = 1; b <= nHeads; b++) {
+      if (!isBoundary(b)) continue;
+      // Later starts first, with a strict improvement: ties leave the earlier shards the larger ranges.
+      for (let a = b - 1; a >= 0; a--) {
+        if (!isBoundary(a) || cost[i - 1]![a] === Infinity) continue;
+        const whole = wholeGroups(a, b);
+        if (!whole && !insideOneGroup(a, b)) continue;
+        const c = cost[i - 1]![a]! + (b - a - target[i - 1]!) ** 2 + (whole ? 0 : REPLICATION_PENALTY);
+        if (c < cost[i]![b]! - 1e-12) {
+          cost[i]![b] = c;
+          from[i]![b] = a;
+        }
+      }
+    }
+  }
+  if (cost[tp]![nHeads] === Infinity) return undefined;
+  const ranges: Range[] = [];
+  for (let i = tp, end = nHeads; i > 0; i--) {
+    const start = from[i]![end]!;
+    ranges.unshift({ start, end });
+    end = start;
+  }
+  return ranges;
+}
+
+/** The KV heads the query heads `heads` use. */
+function kvHeadsFor(heads: Range, nHeads: number, nKvHeads: number): Range {
+  const group = nHeads / nKvHeads;
+  return { start: Math.floor(heads.start / group), end: Math.floor((heads.end - 1) / group) + 1 };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory
+
+/** GPU bytes of a `rows × cols` weight uploaded as `uploadWeightSplit` does (parts under one binding). */
+function gpuMatrixBytes(type: GGMLType, rows: number, cols: number, maxBindingBytes: number): number {
+  const rowsPerPart = Math.floor((maxBindingBytes - 16) / gpuRowBytes(type, cols));
+  let bytes = 0;
+  for (let first = 0; first < rows; first += rowsPerPart) {
+    bytes += gpuLayout(type, Math.min(rowsPerPart, rows - first), cols).totalWords * 4;
+  }
+  return bytes;
+}
+
+const f32Buffer = (values: number) => Math.max(4, values * 4); // storageBuffer: ≥ 4 bytes, whole words
+
+/** Buffer sizes `createActivations` (src/engine/llama.ts) allocates; keep the two in step. */
+function activationBuffers(config: LlamaConfig, view: ShardView, maxTokens: number): Array<{ label: string; bytes: number }> {
+  const { dim, headDim } = config;
+  const headsWidth = rangeLength(view.heads) * headDim;
+  const kvWidth = rangeLength(view.kvHeads) * headDim;
+  const ffn = rangeLength(view.ffn);
+  const T = maxTokens;
+  const sizes: Array<[string, number]> = [
+    ['token ids', T],
+    ['positions', T],
+    ['x', T * dim],
+    ['x normed', T * dim],
+    ['q', T * headsWidth],
+    ['k', T * kvWidth],
+    ['v', T * kvWidth],
+    ['attention', T * headsWidth],
+    ['block out', T * dim],
+    ['ffn gate', T * ffn],
+    ['ffn up', T * ffn],
+    ['last hidden', dim],
+    ['last normed', dim],
+    ['logits', rangeLength(view.vocab)],
+    ['sampled id', 1],
+  ];
+  return sizes.map(([label, values]) => ({ label, bytes: f32Buffer(values) }));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The plan
+
+function describeShard(spec: { rank: number; stage: number; tpRank: number }, device: DeviceDescription): string {
+  return `shard ${spec.rank} (stage ${spec.stage}, tp rank ${spec.tpRank}, ${device.name})`;
+}
+
+function checkOptions(config: LlamaConfig, options: ShardPlanOptions): void {
+  const { tp, pp, devices, weights } = options;
+  const positiveInteger = (x: number) => Number.isInteger(x) && x >= 1;
+  if (!positiveInteger(tp) || !positiveInteger(pp)) {
+    throw new ShardPlanError({ problem: `tp=${tp} and pp=${pp} must be positive integers`, suggestion: 'Use e.g. --tp 2 --pp 1' });
+  }
+  if (devices.length !== tp * pp) {
+    throw new ShardPlanError({
+      problem: `tp=${tp} × pp=${pp} needs ${tp * pp} devices, but ${devices.length} ${devices.length === 1 ? 'is' : 'are'} given`,
+      suggestion: `Choose tp and pp with tp × pp = ${devices.length}`,
+    });
+  }
+  if (weights && (weights.length !== tp * pp || !weights.every((w) => Number.isFinite(w) && w > 0))) {
+    throw new ShardPlanError({
+      problem: `split weights [${weights.join(', ')}] must be ${tp * pp} positive numbers, one per shard`,
+      suggestion: 'Give one weight per shard, e.g. 3,1 to give the first of two shards three quarters',
+    });
+  }
+  for (const d of devices) {
+    if (d.relativeSpeed !== undefined && !(Number.isFinite(d.relativeSpeed) && d.relativeSpeed > 0)) {
+      throw new ShardPlanError({ problem: `device ${d.name} has relativeSpeed ${d.relativeSpeed}`, suggestion: 'Relative speeds must be positive numbers' });
+    }
+  }
+  if (!positiveInteger(options.contextLength) || !positiveInteger(options.maxBatchTokens)) {
+    throw new ShardPlanError({
+      problem: `context length ${options.contextLength} and batch ${options.maxBatchTokens} tokens must be positive integers`,
+      suggestion: 'Use e.g. --ctx 2048',
+    });
+  }
+  if (pp > config.nLayers) {
+    throw new ShardPlanError({
+      problem: `pp=${pp} pipeline stages, but the model has only ${config.nLayers} layers (each stage needs at least one)`,
+      suggestion: `Use pp ≤ ${config.nLayers}, and tensor parallelism for the remaining devices`,
+    });
+  }
+  if (tp > config.vocabSize) {
+    throw new ShardPlanError({ problem: `tp=${tp} exceeds the ${config.vocabSize}-row vocabulary`, suggestion: 'Use fewer tensor-parallel shards' });
+  }
+}
+
+/** tp values (1..nHeads) for which `splitHeads` finds a valid head split with this alignment. */
+function validTpValues(config: LlamaConfig, headStep: number): number[] {
+  const valid: number[] = [];
+  for (let tp = 1; tp <= config.nHeads; tp++) {
+    if (splitHeads(config.nHeads, config.nKvHeads, headStep, new Array<number>(tp).fill(1))) valid.push(tp);
+  }
+  return valid;
+}
+
+/** The tensor-parallel split of one stage: heads, KV heads and FFN columns per shard. */
+function splitStage(file: GGUFFile, config: LlamaConfig, layers: Range, stage: number, weights: readonly number[]): Array<Pick<ShardView, 'heads' | 'kvHeads' | 'ffn'>> {
+  const tp = weights.length;
+  const layerNames = (suffix: string) => Array.from({ length: rangeLength(layers) }, (_, i) => `blk.${layers.start + i}.${suffix}`);
+  const stageLayers = `layers ${layers.start}-${layers.end - 1}`;
+
+  // Heads: a split point b puts b·headDim columns of attn_output before it: whole blocks only.
+  const attnOutput = columnAlignment(file, layerNames('attn_output.weight'));
+  const headStep = attnOutput.values / gcd(attnOutput.values, config.headDim);
+  const heads = tp > config.nHeads ? undefined : splitHeads(config.nHeads, config.nKvHeads, headStep, weights);
+  if (!heads) {
+    const valid = validTpValues(config, headStep);
+    const why =
+      tp > config.nHeads
+        ? `the model has only ${config.nHeads} query heads and each shard needs at least one whole head`
+        : headStep > 1
+          ? `${describeBlock(attnOutput.tensor)}, so its columns (heads × headDim ${config.headDim}) can only be split every ${headStep} heads`
+          : `${config.nHeads} query heads in ${config.nKvHeads} KV groups cannot be split into ${tp} valid ranges`;
+    throw new ShardPlanError({
+      problem: `tp=${tp} cannot split the attention of stage ${stage} (${stageLayers}): ${why}`,
+      suggestion: `Valid tp for these heads: ${valid.join(', ')}; use one of them (with pipeline parallelism for the other devices)${headStep > 1 ? ', or a file whose attention output is F16/F32 or has smaller blocks' : ''}`,
+    });
+  }
+
+  // FFN: split points on whole blocks of every ffn_down the stage holds.
+  const ffnDown = columnAlignment(file, layerNames('ffn_down.weight'));
+  const ffnUnits = config.ffnDim / ffnDown.values;
+  if (!Number.isInteger(ffnUnits) || ffnUnits < tp) {
+    throw new ShardPlanError({
+      problem: `tp=${tp} cannot split the FFN of stage ${stage} (${stageLayers}): ${describeBlock(ffnDown.tensor)}, so its ${config.ffnDim} columns make only ${Math.floor(ffnUnits)} whole blocks`,
+      suggestion: `Use tp ≤ ${Math.max(1, Math.floor(ffnUnits))}, pipeline parallelism, or a file with a smaller block size for ffn_down`,
+    });
+  }
+  const ffn = rangesFromCounts(splitProportionally(ffnUnits, weights), ffnDown.values);
+
+  return heads.map((h, i) => ({ heads: h, kvHeads: kvHeadsFor(h, config.nHeads, config.nKvHeads), ffn: ffn[i]! }));
+}
+
+/** GPU bytes of a shard's weights; throws when one row of a weight does not fit a storage binding. */
+function shardWeightBytes(file: GGUFFile, config: LlamaConfig, view: ShardView, device: DeviceDescription, who: string, rank: number): number {
+  const maxBinding = Math.min(device.maxStorageBufferBindingSize, device.maxBufferSize);
+  const known = new Set<number>(repackableTypes());
+  let bytes = 0;
+  for (const { name, slice } of plannedReads(config, view)) {
+    const t = file.tensor(name);
+    if (t.shape.length === 1) {
+      bytes += f32Buffer(t.shape[0]!); // 1-D weights (norms) are uploaded as f32
+      continue;
+    }
+    if (!known.has(t.type)) {
+      throw new ShardPlanError({
+        rank,
+        problem: `${who}: tensor ${name} is ${ggmlTypeName(t.type)}, which has no GPU layout`,
+        suggestion: `Use a file quantized to one of ${[...known].map(ggmlTypeName).join(', ')}`,
+      });
+    }
+    const rows = slice.rows ? rangeLength(slice.rows) : t.shape.slice(1).reduce((a, b) => a * b, 1);
+    const cols = slice.columns ? rangeLength(slice.columns) : t.shape[0]!;
+    const rowBytes = gpuRowBytes(t.type, cols);
+    if (rowBytes + 16 > maxBinding) {
+      throw new ShardPlanError({
+        rank,
+        problem: `${who}: one row of ${name} (${cols} ${ggmlTypeName(t.type)} values, ${formatBytes(rowBytes)} on the GPU) does not fit the device's ${formatBytes(maxBinding)} storage binding`,
+        suggestion: 'Use a device with larger maxStorageBufferBindingSize/maxBufferSize, or more tensor-parallel shards',
+      });
+    }
+    bytes += gpuMatrixBytes(t.type, rows, cols, maxBinding);
+  }
+  return bytes;
+}
+
+/** Checks one shard's buffers against its device's limits and budget (before anything is allocated). */
+function checkShardFits(
+  config: LlamaConfig,
+  options: ShardPlanOptions,
+  spec: ShardSpec,
+  device: DeviceDescription,
+  who: string,
+): void {
+  const { view, rank } = spec;
+  const maxBinding = Math.min(device.maxStorageBufferBindingSize, device.maxBufferSize);
+  const limitName = device.maxStorageBufferBindingSize <= device.maxBufferSize ? 'maxStorageBufferBindingSize' : 'maxBufferSize';
+  const kvHeads = rangeLength(view.kvHeads);
+
+  // One layer's keys (or values) is one buffer: [context][kvHeads · headDim] f32.
+  const kvRowBytes = kvHeads * config.headDim * 4;
+  const kvLayerBytes = options.contextLength * kvRowBytes;
+  if (kvLayerBytes > maxBinding) {
+    const moreShards = kvHeads > 1 ? ', or more tensor-parallel shards (fewer KV heads per shard)' : '';
+    throw new ShardPlanError({
+      rank,
+      problem: `${who}: one layer's KV buffer needs ${formatBytes(kvLayerBytes)} (context ${options.contextLength} × ${kvHeads} KV heads × headDim ${config.headDim} × 4 bytes), over the device's ${limitName} of ${formatBytes(maxBinding)}`,
+      suggestion: `Use a smaller --ctx (up to ${Math.floor(maxBinding / kvRowBytes)} fits)${moreShards}`,
+    });
+  }
+
+  const buffers = activationBuffers(config, view, options.maxBatchTokens);
+  const largest = buffers.reduce((a, b) => (b.bytes > a.bytes ? b : a));
+  if (largest.bytes > maxBinding) {
+    throw new ShardPlanError({
+      rank,
+      problem: `${who}: the "${largest.label}" activation buffer for ${options.maxBatchTokens} tokens needs ${formatBytes(largest.bytes)}, over the device's ${limitName} of ${formatBytes(maxBinding)}`,
+      suggestion: 'Use a smaller batch (fewer tokens per step)',
+    });
+  }
+
+  const budget = device.memoryBudgetBytes;
+  if (budget !== undefined && spec.bytes.total > budget) {
+    const { weights, kvCache, activations, total } = spec.bytes;
+    const kvPerPosition = kvCache / options.contextLength;
+    const fittingContext = Math.floor((budget - weights - activations) / kvPerPosition);
+    const remedies = [`more shards (now ${options.tp * options.pp})`];
+    if (fittingContext >= 1) remedies.push(`a smaller --ctx (up to ${fittingContext} fits)`);
+    // Activations grow with the tokens per step: worth naming when they are a real share.
+    if (activations > total / 4) remedies.push(`fewer tokens per step (now ${options.maxBatchTokens})`);
+    remedies.push('a smaller quant type');
+    throw new ShardPlanError({
+      rank,
+      problem: `${who} needs ${formatBytes(total)} (weights ${formatBytes(weights)} + KV cache ${formatBytes(kvCache)} for context ${options.contextLength} + activations ${formatBytes(activations)}), over its memory budget of ${formatBytes(budget)}`,
+      suggestion: `Use ${remedies.slice(0, -1).join(', ')} or ${remedies.at(-1)}`,
+    });
+  }
+}
+
+const showRange = (r: Range) => (rangeLength(r) === 0 ? 'none' : rangeLength(r) === 1 ? `${r.start}` : `${r.start}-${r.end - 1}`);
+
+function summarize(config: LlamaConfig, options: ShardPlanOptions, shards: ShardSpec[]): string[] {
+  const lines = [
+    `${options.tp * options.pp} shard${shards.length > 1 ? 's' : ''}: tp=${options.tp} × pp=${options.pp}; context ${options.contextLength}, up to ${options.maxBatchTokens} tokens per step`,
+  ];
+  for (const s of shards) {
+    const v = s.view;
+    const sharing = shards.filter((o) => o.stage === s.stage && o.rank !== s.rank && o.view.kvHeads.start < v.kvHeads.end && v.kvHeads.start < o.view.kvHeads.end);
+    const replicated = sharing.length > 0 ? ` (replicated with shard ${sharing.map((o) => o.rank).join(', ')})` : '';
+    const roles = [v.embeds ? 'embeds' : '', v.samples ? `samples vocab ${showRange(v.vocab)}` : ''].filter(Boolean).join(', ');
+    const budget = options.devices[s.rank]!.memoryBudgetBytes;
+    lines.push(
+      `${describeShard(s, options.devices[s.rank]!)}: layers ${showRange(v.layers)}, heads ${showRange(v.heads)}, ` +
+        `KV heads ${showRange(v.kvHeads)}${replicated}, FFN ${showRange(v.ffn)} of ${config.ffnDim}${roles ? `, ${roles}` : ''}; ` +
+        `GPU ${formatBytes(s.bytes.total)} = weights ${formatBytes(s.bytes.weights)} + KV ${formatBytes(s.bytes.kvCache)} + activations ${formatBytes(s.bytes.activations)}` +
+        `${budget !== undefined ? ` of ${formatBytes(budget)}` : ''}; reads ${formatBytes(s.fileBytesRead)} of the file`,
+    );
+  }
+  return lines;
+}
+
+/**
+ * Decides which part of the model every shard holds and checks that each fits its device.
+ * Throws ShardPlanError (with the numbers and what to change) when no valid split exists or a
+ * shard does not fit.
+ */
+export function planShards(file: GGUFFile, config: LlamaConfig, options: ShardPlanOptions): ShardPlan {
+  checkOptions(config, options);
+  const { tp, pp, devices } = options;
+  const shardWeight = (rank: number) => options.weights?.[rank] ?? devices[rank]!.relativeSpeed ?? 1;
+  const stageShardWeights = (stage: number) => Array.from({ length: tp }, (_, t) => shardWeight(stage * tp + t));
+
+  const stageWeights = Array.from({ length: pp }, (_, s) => stageShardWeights(s).reduce((a, b) => a + b, 0));
+  const layerRanges = rangesFromCounts(splitProportionally(config.nLayers, stageWeights));
+  const vocabRanges = rangesFromCounts(splitProportionally(config.vocabSize, stageShardWeights(pp - 1)));
+
+  const shards: ShardSpec[] = [];
+  for (let stage = 0; stage < pp; stage++) {
+    const layers = layerRanges[stage]!;
+    const tensorSplit = splitStage(file, config, layers, stage, stageShardWeights(stage));
+    for (let tpRank = 0; tpRank < tp; tpRank++) {
+      const rank = stage * tp + tpRank;
+      const samples = stage === pp - 1;
+      const view: ShardView = {
+        layers,
+        ...tensorSplit[tpRank]!,
+        vocab: samples ? vocabRanges[tpRank]! : { start: 0, end: 0 },
+        embeds: stage === 0,
+        samples,
+      };
+      const device = devices[rank]!;
+      const who = describeShard({ rank, stage, tpRank }, device);
+      const weights = shardWeightBytes(file, config, view, device, who, rank);
+      const kvCache = kvCacheBytes(config, view, options.contextLength);
+      const activations = activationBuffers(config, view, options.maxBatchTokens).reduce((sum, b) => sum + b.bytes, 0);
+      const spec: ShardSpec = {
+        rank,
+        stage,
+        tpRank,
+        view,
+        bytes: { weights, kvCache, activations, total: weights + kvCache + activations },
+        fileBytesRead: shardReadBytes(file, config, view),
+      };
+      checkShardFits(config, options, spec, device, who);
+      shards.push(spec);
+    }
+  }
+  return { tp, pp, shards, summary: summarize(config, options, shards) };
+}

@@ -1,0 +1,64 @@
+// Starting shard workers, per runtime. The only runtime-specific code of the sharding layer:
+// Node uses worker_threads (with comlink's node adapter), Deno and browsers use module Workers.
+
+import * as Comlink from 'comlink';
+import type { ShardWorkerApi } from './worker.ts';
+
+export interface ShardWorkerHandle {
+  api: Comlink.Remote<ShardWorkerApi>;
+  /** Resolves when the worker thread has ended (Node), or when it replied to shutdown (elsewhere). */
+  exited: Promise<void>;
+  /** Lets the process exit even if this worker never ends (last resort after a failed shutdown). */
+  abandon(): void;
+}
+
+const isNode = typeof (globalThis as { process?: { versions?: { node?: string } } }).process?.versions?.node === 'string' &&
+  typeof (globalThis as { Deno?: unknown }).Deno === 'undefined';
+
+/** Running from TypeScript sources (tests, Deno) or from the built package (dist/*.js). */
+const fromSource = import.meta.url.endsWith('.ts');
+
+// Specifiers in variables keep browser bundlers away from Node-only modules.
+const nodeWorkerThreads = 'node:worker_threads';
+const comlinkNodeAdapter = 'comlink/dist/esm/node-adapter.mjs';
+
+export async function spawnShardWorker(): Promise<ShardWorkerHandle> {
+  if (isNode) {
+    const { Worker } = (await import(/* @vite-ignore */ nodeWorkerThreads)) as typeof import('node:worker_threads');
+    const nodeEndpoint = ((await import(/* @vite-ignore */ comlinkNodeAdapter)) as { default: (x: unknown) => Comlink.Endpoint }).default;
+    // Node 20 cannot run TypeScript in a worker: from sources, a small bootstrap loads it through tsx.
+    const worker = fromSource
+      ? new Worker(new URL('./node-ts-worker.mjs', import.meta.url), { workerData: { entry: new URL('./worker.ts', import.meta.url).href } })
+      : new Worker(new URL('./worker.js', import.meta.url));
+    const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
+    return { api: Comlink.wrap<ShardWorkerApi>(nodeEndpoint(worker)), exited, abandon: () => worker.unref() };
+  }
+  const worker = fromSource
+    ? new Worker(new URL('./worker.ts', import.meta.url), { type: 'module', name: 'webshard shard' })
+    : new Worker(new URL('./worker.js', import.meta.url), { type: 'module', name: 'webshard shard' });
+  // Deno and browsers have no exit event: a worker has ended once it answered shutdown.
+  return { api: Comlink.wrap<ShardWorkerApi>(worker), exited: Promise.resolve(), abandon: () => worker.terminate() };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inside the worker
+
+let closeSelf: () => void = () => {};
+
+/** Exposes `api` to the thread that spawned this worker. */
+export async function exposeToParent(api: object): Promise<void> {
+  if (isNode) {
+    const { parentPort } = (await import(/* @vite-ignore */ nodeWorkerThreads)) as typeof import('node:worker_threads');
+    const nodeEndpoint = ((await import(/* @vite-ignore */ comlinkNodeAdapter)) as { default: (x: unknown) => Comlink.Endpoint }).default;
+    Comlink.expose(api, nodeEndpoint(parentPort));
+    closeSelf = () => parentPort!.close();
+  } else {
+    Comlink.expose(api, globalThis as unknown as Comlink.Endpoint);
+    closeSelf = () => (globalThis as unknown as { close(): void }).close();
+  }
+}
+
+/** Ends this worker once the current reply has been posted. */
+export function closeWorker(): void {
+  setTimeout(() => closeSelf(), 0);
+}

@@ -1,0 +1,141 @@
+// A shard worker: owns one GPUDevice and one shard of the model. The same code runs as a Deno
+// Web Worker, a Node worker_thread and a browser dedicated Worker; comlink carries control
+// (load, forward, stats, shutdown), the SharedArrayBuffer carries the data.
+
+import { requestGpu, type GpuContext, type GpuOptions } from '../gpu/device.ts';
+import { LlamaRunner } from '../engine/runner.ts';
+import type { ShardView } from '../engine/shard-view.ts';
+import { llamaConfig } from '../model/config.ts';
+import { readGGUF } from '../model/gguf.ts';
+import { openSource, type ByteSource } from '../model/source.ts';
+import { SharedMemoryCommunicator, type ShardPosition } from './communicator.ts';
+import { ShardError } from './errors.ts';
+import { AbortReason, ShardCounter, SharedViews, type SharedMemory } from './shared-memory.ts';
+import { exposeToParent, closeWorker } from './spawn.ts';
+
+/** What a worker needs to load its shard. Everything here is structured-cloneable. */
+export interface ShardLoadSpec {
+  /** A path, URL, Blob/File or bytes: each worker reads its own byte ranges. */
+  source: string | Blob | Uint8Array;
+  position: ShardPosition;
+  view: ShardView;
+  memory: SharedMemory;
+  contextLength: number;
+  maxBatchTokens: number;
+  gpu: GpuOptions;
+  /** Longest a shard waits for the others at one collective. */
+  deadlineMs: number;
+}
+
+export interface ShardLoadReport {
+  rank: number;
+  adapter: string;
+  gpuBytes: number;
+  kvCacheBytes: number;
+  /** Bytes of the model file this shard read (its own share, plus the header). */
+  fileBytesRead: number;
+  loadMs: number;
+}
+
+export interface ShardStepReport {
+  /** The best token in the whole vocabulary's numbering (only from shards that sample). */
+  argmaxId: number;
+  argmaxLogit: number;
+}
+
+export type ShardProgress = (bytesDone: number, bytesTotal: number) => void;
+
+class ShardWorker {
+  private gpu?: GpuContext;
+  private source?: ByteSource;
+  private runner?: LlamaRunner;
+  private communicator?: SharedMemoryCommunicator;
+  private spec?: ShardLoadSpec;
+  private views?: SharedViews;
+  private lost?: string;
+
+  async load(spec: ShardLoadSpec, onProgress?: ShardProgress): Promise<ShardLoadReport> {
+    const start = performance.now();
+    this.spec = spec;
+    this.views = new SharedViews(spec.memory);
+    this.gpu = await requestGpu(spec.gpu);
+    void this.gpu.device.lost.then((info) => (this.lost = `device lost (${info.reason}): ${info.message}`));
+    this.source = await openSource(spec.source);
+    const file = await readGGUF(this.source);
+    const config = llamaConfig(file);
+    this.communicator = new SharedMemoryCommunicator(spec.memory, spec.position, spec.deadlineMs);
+    this.runner = await LlamaRunner.load(this.gpu, file, config, spec.view, {
+      contextLength: spec.contextLength,
+      maxBatchTokens: spec.maxBatchTokens,
+      communicator: this.communicator,
+      onProgress,
+    });
+    this.views.shardCounters(spec.position.rank)[ShardCounter.gpuBytes] = this.runner.weights.gpuBytes + this.runner.cache.bytes;
+    return {
+      rank: spec.position.rank,
+      adapter: this.gpu.adapterDescription,
+      gpuBytes: this.runner.weights.gpuBytes,
+      kvCacheBytes: this.runner.cache.bytes,
+      fileBytesRead: this.source.bytesRead,
+      loadMs: performance.now() - start,
+    };
+  }
+
+  async forward(tokens: number[], startPos: number, wantLogits: boolean): Promise<ShardStepReport> {
+    const runner = this.loaded();
+    const spec = this.spec!;
+    const start = performance.now();
+    try {
+      const result = await runner.forward(tokens, startPos, wantLogits);
+      this.publishCounters(performance.now() - start);
+      if (!spec.view.samples) return { argmaxId: -1, argmaxLogit: -Infinity };
+      if (wantLogits) this.views!.logits().set(result.logits!, spec.view.vocab.start);
+      return { argmaxId: spec.view.vocab.start + result.argmaxId, argmaxLogit: result.argmaxLogit ?? Infinity };
+    } catch (error) {
+      // Wake the other shards now rather than letting them wait out their deadlines.
+      this.views!.abort(AbortReason.failed);
+      if (error instanceof ShardError) throw error;
+      throw new ShardError(spec.position.rank, `shard ${spec.position.rank} failed: ${this.lost ?? (error as Error).message}`, { cause: error });
+    }
+  }
+
+  /** Counters in shared memory, so the coordinator reads them without a message round trip. */
+  private publishCounters(stepMs: number): void {
+    const c = this.views!.shardCounters(this.spec!.position.rank);
+    const timings = this.communicator!.timings;
+    c[ShardCounter.steps]!++;
+    c[ShardCounter.stepMs]! += stepMs;
+    c[ShardCounter.lastStepMs] = stepMs;
+    c[ShardCounter.submits] = this.runner!.counters.submits;
+    c[ShardCounter.collectives] = timings.count;
+    c[ShardCounter.collectiveMs] = timings.totalMs;
+    c[ShardCounter.collectiveWaitMs] = timings.waitMs;
+  }
+
+  /** Test hook: lose this shard's device, as a crashed or reset GPU would. */
+  destroyDevice(): void {
+    this.gpu?.device.destroy();
+  }
+
+  /** Drain, destroy the device, then let the worker end (never terminate() it: DESIGN.md hazards). */
+  async shutdown(): Promise<void> {
+    await this.runner?.dispose();
+    this.communicator?.dispose();
+    this.gpu?.device.destroy();
+    await this.source?.close();
+    this.runner = undefined;
+    this.gpu = undefined;
+    closeWorker();
+  }
+
+  private loaded(): LlamaRunner {
+    if (this.lost) throw new ShardError(this.spec?.position.rank ?? -1, `shard ${this.spec?.position.rank}: ${this.lost}`);
+    if (!this.runner) throw new ShardError(-1, 'shard worker used before load()');
+    return this.runner;
+  }
+}
+
+export type ShardWorkerApi = Pick<ShardWorker, 'load' | 'forward' | 'destroyDevice' | 'shutdown'>;
+
+const worker = new ShardWorker();
+await exposeToParent(worker);
