@@ -47,6 +47,10 @@ Options:
       --text TEXT         (tokenize) text to tokenize
       --json              machine-readable output
       --gpu dawn|deno     WebGPU implementation (default dawn; deno = Deno's built-in WebGPU)
+      --tp N              tensor-parallel shards (one worker and one GPU device each)
+      --pp N              pipeline stages (tp × pp shards in all)
+      --devices LIST      adapter names, comma-separated, one per shard (default: all on one adapter)
+      --gpu-memory SIZE   memory budget per device for the planner, e.g. 8GiB or 512MiB
   -h, --help`;
 
 type Flags = Map<string, string[]>;
@@ -55,7 +59,7 @@ const aliases: Record<string, string> = { m: 'model', p: 'prompt', n: 'max-token
 const booleanFlags = new Set(['json', 'ignore-eos', 'help']);
 const knownFlags = new Set([
   'model', 'prompt', 'max-tokens', 'temperature', 'top-k', 'top-p', 'min-p', 'repeat-penalty', 'seed', 'ctx',
-  'stop', 'text', 'json', 'gpu', 'ignore-eos', 'help',
+  'stop', 'text', 'json', 'gpu', 'ignore-eos', 'help', 'tp', 'pp', 'devices', 'gpu-memory',
 ]);
 
 function parseFlags(args: string[]): Flags {
@@ -87,6 +91,15 @@ function numberFlag(flags: Flags, name: string, integer = false): number | undef
     throw new UsageError(`--${name} must be ${integer ? 'an integer' : 'a number'}; got "${text}"`);
   }
   return value;
+}
+
+function byteSize(flags: Flags, name: string): number | undefined {
+  const text = flag(flags, name);
+  if (text === undefined) return undefined;
+  const match = /^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)?$/i.exec(text.trim());
+  if (!match) throw new UsageError(`--${name} must be a size such as 8GiB or 512MiB; got "${text}"`);
+  const units: Record<string, number> = { b: 1, kib: 2 ** 10, mib: 2 ** 20, gib: 2 ** 30, tib: 2 ** 40, kb: 1e3, mb: 1e6, gb: 1e9, tb: 1e12 };
+  return Math.round(Number(match[1]) * units[(match[2] ?? 'b').toLowerCase()]!);
 }
 
 function gpuBackend(flags: Flags): GpuBackend {
@@ -138,13 +151,23 @@ async function openModel(flags: Flags): Promise<Model> {
     );
     source = randomLlamaGGUF(shape, 1);
   }
+  const backend = gpuBackend(flags);
+  const adapterNames = flag(flags, 'devices')?.split(',').map((name) => name.trim()).filter(Boolean);
+  const tp = numberFlag(flags, 'tp', true);
+  const pp = numberFlag(flags, 'pp', true);
   const progress = progressReporter();
   const model = await loadModel(source, {
     contextLength: numberFlag(flags, 'ctx', true),
-    gpu: { backend: gpuBackend(flags) },
+    gpu: { backend },
+    tp,
+    pp,
+    devices: adapterNames?.map((adapterName) => ({ backend, adapterName })),
+    gpuMemoryBytes: byteSize(flags, 'gpu-memory'),
     onProgress: ({ bytesLoaded, bytesTotal }) => progress.update(bytesLoaded, bytesTotal),
+    onWarning: (message) => void err(`warning: ${message}\n`),
   });
   await progress.finish();
+  if (model.plan) await err(model.plan.summary.join('\n') + '\n');
   return model;
 }
 

@@ -1,13 +1,15 @@
 // The sharding plan on the real stories260K files: who holds which layers / heads / KV heads / FFN
 // columns / vocabulary rows, the memory each shard needs, and the splits that are refused.
-import { beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { wholeModelView, rangeLength, type Range } from '../src/engine/shard-view.ts';
+import { destroyWeights, loadLlamaWeights } from '../src/engine/weights.ts';
 import { llamaConfig, type LlamaConfig } from '../src/model/config.ts';
 import { GGMLType } from '../src/model/ggml-type.ts';
 import { readGGUF, type GGUFFile } from '../src/model/gguf.ts';
 import { randomLlamaGGUF } from '../src/model/random-llama.ts';
 import { bytesSource, fileSource } from '../src/model/source.ts';
 import { planShards, ShardPlanError, splitHeads, splitProportionally, type DeviceDescription, type ShardPlan, type ShardPlanOptions } from '../src/sharding/plan.ts';
+import { testGpu } from './helpers/gpu.ts';
 import { modelPath } from './helpers/models.ts';
 
 const MiB = 1024 * 1024;
@@ -26,8 +28,14 @@ function options(tp: number, pp: number, more: Partial<ShardPlanOptions> = {}): 
   return { tp, pp, contextLength: 512, maxBatchTokens: 64, devices: devices(tp * pp), ...more };
 }
 
+const opened: GGUFFile[] = [];
+afterAll(async () => {
+  for (const file of opened) await file.source.close();
+});
+
 async function open(name: string): Promise<{ file: GGUFFile; config: LlamaConfig }> {
   const file = await readGGUF(await fileSource(modelPath(name)));
+  opened.push(file);
   return { file, config: llamaConfig(file) };
 }
 
@@ -387,5 +395,37 @@ describe('split helpers', () => {
     // Block alignment of 2 heads with groups of 1 (MHA): only even split points.
     expect(splitHeads(8, 8, 2, [1, 1, 1])!.map(rangeLength)).toEqual([4, 2, 2]);
     expect(splitHeads(8, 8, 4, [1, 1, 1])).toBeUndefined();
+  });
+});
+
+describe('the plan against the real loader', () => {
+  it('planned weight bytes are exactly what loadLlamaWeights uploads, for every shard', async () => {
+    const gpu = await testGpu();
+    // The device's real limits, with 4 KiB bindings so big weights are uploaded in several parts.
+    const limits = { maxBufferSize: gpu.limits.maxBufferSize, maxStorageBufferBindingSize: 4096 };
+    // The loader reads only these two limits (in uploadWeightSplit).
+    const gpuWithSmallBindings = { ...gpu, limits: limits as GPUSupportedLimits };
+    for (const [name, tp, pp] of [
+      ['stories260K.gguf', 2, 2],
+      ['stories260K-Q4_0.gguf', 2, 1],
+      ['stories260K-Q4_K_M.gguf', 1, 2],
+      ['stories260K-Q8_0.gguf', 2, 1],
+      ['stories260K-F16.gguf', 4, 1],
+      ['stories260K.gguf', 8, 1],
+    ] as const) {
+      const { file, config } = await open(name);
+      const plan = planShards(file, config, options(tp, pp, { contextLength: 16, maxBatchTokens: 4, devices: devices(tp * pp, limits) }));
+      for (const shard of plan.shards) {
+        const before = file.source.bytesRead;
+        const weights = await loadLlamaWeights(gpuWithSmallBindings, file, config, shard.view);
+        destroyWeights(weights);
+        expect({ name, rank: shard.rank, gpuBytes: weights.gpuBytes, read: file.source.bytesRead - before }).toEqual({
+          name,
+          rank: shard.rank,
+          gpuBytes: shard.bytes.weights,
+          read: shard.fileBytesRead,
+        });
+      }
+    }
   });
 });

@@ -101,8 +101,11 @@ export class Model {
   static async load(source: ModelSource, options: LoadOptions = {}): Promise<Model> {
     const tp = options.tp ?? 1;
     const pp = options.pp ?? 1;
-    for (const [name, value] of [['tp', tp], ['pp', pp]] as const) {
-      if (!Number.isInteger(value) || value < 1) throw new InvalidOptionError(`${name} must be an integer ≥ 1; got ${value}.`);
+    const counts = { tp, pp, contextLength: options.contextLength, maxBatchTokens: options.maxBatchTokens };
+    for (const [name, value] of Object.entries(counts)) {
+      if (value !== undefined && (!Number.isInteger(value) || value < 1)) {
+        throw new InvalidOptionError(`${name} must be an integer ≥ 1; got ${value}.`);
+      }
     }
     const bytes = await openSource(source);
     try {
@@ -115,8 +118,13 @@ export class Model {
       const onProgress = (bytesLoaded: number, bytesTotal: number) => options.onProgress?.({ bytesLoaded, bytesTotal });
       if (tp * pp === 1) {
         const gpu = options.device ?? (await requestGpu(options.gpu));
-        const runner = await LlamaRunner.load(gpu, file, config, wholeModelView(config), { contextLength, maxBatchTokens, onProgress });
-        return new Model(config, file, tokenizer, runner, gpu, undefined, !options.device);
+        try {
+          const runner = await LlamaRunner.load(gpu, file, config, wholeModelView(config), { contextLength, maxBatchTokens, onProgress });
+          return new Model(config, file, tokenizer, runner, gpu, undefined, !options.device);
+        } catch (error) {
+          if (!options.device) gpu.device.destroy();
+          throw error;
+        }
       }
       const shardSource = workerSource(source);
       const shardGpus = Array.from({ length: tp * pp }, (_, i) => options.devices?.[i] ?? options.gpu ?? {});

@@ -52,14 +52,14 @@ export class ProgramRecorder {
  * it with the other shards and write the result; it runs after everything before it was submitted.
  */
 export interface Communicator {
-  /** True when there is nobody to talk to: collective steps are skipped entirely. */
-  readonly alone: boolean;
+  /** Whether this shard takes part in `step` (e.g. no all-reduce without tensor-parallel peers). */
+  participates(step: CollectiveStep): boolean;
   collective(device: GPUDevice, step: CollectiveStep): Promise<void>;
 }
 
 /** The communicator of a model that fits one device: every collective is a no-op. */
 export const aloneCommunicator: Communicator = {
-  alone: true,
+  participates: () => false,
   collective: () => Promise.resolve(),
 };
 
@@ -97,7 +97,8 @@ export async function runProgram(
         encoder.copyBufferToBuffer(step.source, step.sourceOffset, step.target, step.targetOffset, step.size);
         break;
       default:
-        if (communicator.alone) break;
+        // A collective this shard takes no part in costs nothing: the kernels keep flowing into one submit.
+        if (!communicator.participates(step)) break;
         submit();
         await communicator.collective(device, step);
         if (counters) counters.collectives++;

@@ -28,7 +28,6 @@ const MAP_READ = 0x0001;
 const COPY_DST = 0x0008;
 
 export class SharedMemoryCommunicator implements Communicator {
-  readonly alone = false;
   readonly timings: CollectiveTimings = { count: 0, totalMs: 0, waitMs: 0 };
   private readonly views: SharedViews;
   private allReduceRound = 0;
@@ -44,11 +43,15 @@ export class SharedMemoryCommunicator implements Communicator {
     this.views = new SharedViews(memory);
   }
 
+  participates(step: CollectiveStep): boolean {
+    return step.kind !== 'allReduceSum' || this.position.tp > 1;
+  }
+
   async collective(device: GPUDevice, step: CollectiveStep): Promise<void> {
     const start = performance.now();
     switch (step.kind) {
       case 'allReduceSum':
-        if (this.position.tp > 1) await this.allReduceSum(device, step.buffer, step.count, step.label);
+        await this.allReduceSum(device, step.buffer, step.count, step.label);
         break;
       case 'sendHidden':
         await this.sendHidden(device, step.buffer, step.count);

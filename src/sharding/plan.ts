@@ -321,10 +321,10 @@ function checkOptions(config: LlamaConfig, options: ShardPlanOptions): void {
   }
 }
 
-/** tp values (1..nHeads) for which `splitHeads` finds a valid head split with this alignment. */
+/** tp values (1..nHeads, at most 64: for the error message) for which `splitHeads` finds a valid split. */
 function validTpValues(config: LlamaConfig, headStep: number): number[] {
   const valid: number[] = [];
-  for (let tp = 1; tp <= config.nHeads; tp++) {
+  for (let tp = 1; tp <= Math.min(config.nHeads, 64); tp++) {
     if (splitHeads(config.nHeads, config.nKvHeads, headStep, new Array<number>(tp).fill(1))) valid.push(tp);
   }
   return valid;

@@ -1,0 +1,265 @@
+// `deno task serve`: the OpenAI-compatible server on Deno.serve. Everything Deno-specific lives
+// here (flags, Deno.serve, signals); the HTTP logic is the runtime-neutral InferenceServer.
+//
+//   deno task serve --model model.gguf [--host 127.0.0.1] [--port 8080] [--parallel 8] ...
+//
+// The server listens at once (GET /ready says 503 until the model is loaded). SIGINT/SIGTERM stop
+// it gracefully: no new requests, in-flight ones get --shutdown-grace seconds to finish and are
+// cancelled after that (a second signal cancels them at once), then the model is released and
+// main returns: exit code 0. Never Deno.exit: Dawn devices must be released first (DESIGN.md).
+// Exit codes: 0 after a clean shutdown, 2 for bad arguments, 1 when the model cannot be loaded.
+
+import { loadModel, type LoadOptions, type Model } from '../engine/model.ts';
+import { DEFAULT_LIMITS, InferenceServer, type ServerLimits } from './server.ts';
+
+interface DenoServer {
+  finished: Promise<void>;
+  shutdown(): Promise<void>;
+}
+
+type DenoSignal = 'SIGINT' | 'SIGTERM';
+
+declare const Deno: {
+  args: string[];
+  pid: number;
+  exitCode: number;
+  env: { get(name: string): string | undefined };
+  serve(
+    options: { hostname: string; port: number; onListen?: (address: { hostname: string; port: number }) => void },
+    handler: (request: Request) => Promise<Response>,
+  ): DenoServer;
+  addSignalListener(signal: DenoSignal, handler: () => void): void;
+  removeSignalListener(signal: DenoSignal, handler: () => void): void;
+};
+
+class UsageError extends Error {
+  override name = 'UsageError';
+}
+
+const USAGE = `webshard serve — an OpenAI-compatible HTTP server
+
+  deno task serve --model PATH|URL [options]
+
+Endpoints: POST /v1/completions, POST /v1/chat/completions, GET /v1/models,
+           GET /health, GET /ready, GET /metrics
+
+Options:
+  -m, --model PATH|URL        GGUF model (required)
+      --model-name NAME       the id clients send as "model" (default: the file name without .gguf)
+      --host HOST             address to listen on (default 127.0.0.1)
+      --port N                port (default 8080; 0 = any free port, printed at startup)
+  -c, --ctx N                 context length to allocate (default: model's, at most 4096)
+      --tp N                  tensor-parallel shards (one worker and one GPU device each; default 1)
+      --pp N                  pipeline stages (tp × pp shards in all; default 1)
+      --devices LIST          adapter names, comma-separated, one per shard (default: all on one adapter)
+      --gpu-memory SIZE       memory budget per device for the shard planner, e.g. 8GiB
+      --parallel N            sequences handed to the engine at once (default ${DEFAULT_LIMITS.maxRunning})
+      --max-queue N           sequences that may wait beyond those; more get 429 (default ${DEFAULT_LIMITS.maxQueued})
+      --max-body-bytes N      request body limit (default ${DEFAULT_LIMITS.maxBodyBytes})
+      --max-header-bytes N    request header limit (default ${DEFAULT_LIMITS.maxHeaderBytes})
+      --request-timeout S     deadline of one generation request, queueing included (default ${DEFAULT_LIMITS.requestTimeoutMs / 1000})
+      --health-deadline-ms N  /health fails when no forward step completes within N ms (default 5000)
+      --shutdown-grace S      on SIGINT/SIGTERM, time in-flight requests get to finish (default 10)
+      --api-key KEY           require "Authorization: Bearer KEY" on /v1/* (or env WEBSHARD_API_KEY)
+      --gpu dawn|deno         WebGPU implementation (default dawn)
+      --test-hooks            enable POST /admin/step-delay {"ms": N} (tests only; never in production)
+  -h, --help`;
+
+// Flag parsing in the style of src/cli.ts.
+type Flags = Map<string, string[]>;
+
+const aliases: Record<string, string> = { m: 'model', c: 'ctx', h: 'help' };
+const booleanFlags = new Set(['test-hooks', 'help']);
+const knownFlags = new Set([
+  'model', 'model-name', 'host', 'port', 'ctx', 'tp', 'pp', 'devices', 'gpu-memory', 'parallel', 'max-queue', 'max-body-bytes', 'max-header-bytes',
+  'request-timeout', 'health-deadline-ms', 'shutdown-grace', 'api-key', 'gpu', 'test-hooks', 'help',
+]);
+
+function parseFlags(args: string[]): Flags {
+  const flags: Flags = new Map();
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]!;
+    const match = /^--?([^=]+)(?:=(.*))?$/s.exec(arg);
+    if (!match) throw new UsageError(`unexpected argument "${arg}"`);
+    const name = aliases[match[1]!] ?? match[1]!;
+    if (!knownFlags.has(name)) throw new UsageError(`unknown option "${arg}"`);
+    let value = match[2];
+    if (booleanFlags.has(name)) value ??= 'true';
+    else if (value === undefined) {
+      if (i + 1 >= args.length) throw new UsageError(`option --${name} needs a value`);
+      value = args[++i]!;
+    }
+    flags.set(name, [...(flags.get(name) ?? []), value]);
+  }
+  return flags;
+}
+
+const flag = (flags: Flags, name: string): string | undefined => flags.get(name)?.at(-1);
+
+function numberFlag(flags: Flags, name: string, options: { integer?: boolean; min?: number } = {}): number | undefined {
+  const text = flag(flags, name);
+  if (text === undefined) return undefined;
+  const value = Number(text);
+  const min = options.min ?? 0;
+  if (text.trim() === '' || !Number.isFinite(value) || (options.integer && !Number.isInteger(value)) || value < min) {
+    throw new UsageError(`--${name} must be ${options.integer ? 'an integer' : 'a number'} ≥ ${min}; got "${text}"`);
+  }
+  return value;
+}
+
+function byteSize(flags: Flags, name: string): number | undefined {
+  const text = flag(flags, name);
+  if (text === undefined) return undefined;
+  const match = /^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)?$/i.exec(text.trim());
+  if (!match) throw new UsageError(`--${name} must be a size such as 8GiB or 512MiB; got "${text}"`);
+  const units: Record<string, number> = { b: 1, kib: 2 ** 10, mib: 2 ** 20, gib: 2 ** 30, tib: 2 ** 40, kb: 1e3, mb: 1e6, gb: 1e9, tb: 1e12 };
+  return Math.round(Number(match[1]) * units[(match[2] ?? 'b').toLowerCase()]!);
+}
+
+interface ServeConfig {
+  model: string;
+  modelName: string;
+  host: string;
+  port: number;
+  load: LoadOptions;
+  limits: Partial<ServerLimits>;
+  healthDeadlineMs: number;
+  shutdownGraceMs: number;
+  apiKey?: string;
+  testHooks: boolean;
+}
+
+/** "path/to/stories260K.gguf" or "https://host/x/model.gguf?download=1" → "stories260K", "model". */
+function defaultModelName(source: string): string {
+  const path = /^[a-z]+:\/\//i.test(source) ? new URL(source).pathname : source;
+  return (path.split(/[\\/]/).at(-1) ?? path).replace(/\.gguf$/i, '') || 'model';
+}
+
+function serveConfig(flags: Flags): ServeConfig {
+  const model = flag(flags, 'model');
+  if (!model) throw new UsageError('serve needs --model PATH|URL');
+  const backend = flag(flags, 'gpu') ?? 'dawn';
+  if (backend !== 'dawn' && backend !== 'deno') throw new UsageError(`--gpu must be "dawn" or "deno"; got "${backend}"`);
+  const adapterNames = flag(flags, 'devices')?.split(',').map((name) => name.trim()).filter(Boolean);
+  const seconds = (name: string) => {
+    const s = numberFlag(flags, name, { min: 0.001 });
+    return s === undefined ? undefined : Math.round(s * 1000);
+  };
+  const limits: Partial<ServerLimits> = {
+    maxRunning: numberFlag(flags, 'parallel', { integer: true, min: 1 }),
+    maxQueued: numberFlag(flags, 'max-queue', { integer: true }),
+    maxBodyBytes: numberFlag(flags, 'max-body-bytes', { integer: true, min: 1 }),
+    maxHeaderBytes: numberFlag(flags, 'max-header-bytes', { integer: true, min: 1 }),
+    requestTimeoutMs: seconds('request-timeout'),
+  };
+  return {
+    model,
+    modelName: flag(flags, 'model-name') ?? defaultModelName(model),
+    host: flag(flags, 'host') ?? '127.0.0.1',
+    port: numberFlag(flags, 'port', { integer: true }) ?? 8080,
+    load: {
+      contextLength: numberFlag(flags, 'ctx', { integer: true, min: 1 }),
+      gpu: { backend },
+      tp: numberFlag(flags, 'tp', { integer: true, min: 1 }),
+      pp: numberFlag(flags, 'pp', { integer: true, min: 1 }),
+      devices: adapterNames?.map((adapterName) => ({ backend, adapterName })),
+      gpuMemoryBytes: byteSize(flags, 'gpu-memory'),
+      onWarning: (message) => log(`warning: ${message}`),
+    },
+    limits: Object.fromEntries(Object.entries(limits).filter(([, v]) => v !== undefined)),
+    healthDeadlineMs: numberFlag(flags, 'health-deadline-ms', { integer: true, min: 1 }) ?? 5000,
+    shutdownGraceMs: seconds('shutdown-grace') ?? 10_000,
+    apiKey: flag(flags, 'api-key') ?? Deno.env.get('WEBSHARD_API_KEY'),
+    testHooks: flags.has('test-hooks'),
+  };
+}
+
+const log = (line: string) => console.error(`webshard serve: ${line}`);
+
+async function serve(config: ServeConfig): Promise<void> {
+  const server = new InferenceServer({
+    modelName: config.modelName,
+    limits: config.limits,
+    healthDeadlineMs: config.healthDeadlineMs,
+    apiKey: config.apiKey,
+    testHooks: config.testHooks,
+    log,
+  });
+
+  let requestStop!: () => void;
+  const stopRequested = new Promise<void>((resolve) => (requestStop = resolve));
+  let signals = 0;
+  const onSignal = (name: DenoSignal) => () => {
+    if (++signals === 1) {
+      log(`${name}: shutting down (in-flight requests get ${config.shutdownGraceMs / 1000} s)`);
+      requestStop();
+    } else {
+      log(`${name} again: cancelling in-flight requests now`);
+      void server.shutdown(0);
+    }
+  };
+  const handlers = { SIGINT: onSignal('SIGINT'), SIGTERM: onSignal('SIGTERM') } as const;
+  for (const [name, handler] of Object.entries(handlers)) Deno.addSignalListener(name as DenoSignal, handler);
+
+  // A bug that leaves a promise rejected must not take every other request down with it.
+  const onUnhandled = (event: PromiseRejectionEvent) => {
+    event.preventDefault();
+    log(`unhandled rejection: ${event.reason instanceof Error ? (event.reason.stack ?? event.reason.message) : String(event.reason)}`);
+  };
+  globalThis.addEventListener('unhandledrejection', onUnhandled);
+
+  if (config.testHooks) log('--test-hooks: POST /admin/step-delay is enabled; never use this in production');
+  const http = Deno.serve(
+    {
+      hostname: config.host,
+      port: config.port,
+      onListen: ({ hostname, port }) => console.log(`webshard serve: listening on http://${hostname}:${port} (pid ${Deno.pid})`),
+    },
+    server.handle,
+  );
+
+  let model: Model | undefined;
+  try {
+    const started = performance.now();
+    model = await loadModel(config.model, config.load);
+    for (const line of model.plan?.summary ?? []) log(line);
+    server.attach(model);
+    const { plan } = model;
+    const device = plan ? `${plan.tp * plan.pp} shards (tp ${plan.tp}, pp ${plan.pp})` : (model.gpu?.adapterDescription ?? 'one device');
+    log(`ready: "${config.modelName}" (context ${model.contextLength}) on ${device}, loaded in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+    await stopRequested;
+  } catch (error) {
+    const e = error as Error;
+    log(`cannot serve ${config.model}: ${e.name ?? 'Error'}: ${e.message}`);
+    Deno.exitCode = 1;
+  }
+
+  const closing = http.shutdown(); // no new connections; open ones finish their requests
+  await server.shutdown(config.shutdownGraceMs);
+  await closing;
+  await http.finished;
+  await model?.dispose();
+  for (const [name, handler] of Object.entries(handlers)) Deno.removeSignalListener(name as DenoSignal, handler);
+  globalThis.removeEventListener('unhandledrejection', onUnhandled);
+  log('stopped');
+}
+
+async function main(args: string[]): Promise<void> {
+  let config: ServeConfig;
+  try {
+    const flags = parseFlags(args);
+    if (flags.has('help')) {
+      console.log(USAGE);
+      return;
+    }
+    config = serveConfig(flags);
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error;
+    console.error(`webshard serve: ${error.message}\n\n${USAGE}`);
+    Deno.exitCode = 2;
+    return;
+  }
+  await serve(config);
+}
+
+await main(Deno.args);

@@ -1,0 +1,203 @@
+// One choice of one request, from prompt ids to finished text: runs the engine's generate loop
+// under the request's abort signal, reports each token as it comes, works out why it finished,
+// and (when asked) the log-probabilities of the tokens it chose.
+
+import type { SamplingParams } from './openai-schema.ts';
+import type { GeneratedToken, GenerateOptions, ServedModel, ServedTokenizer } from './served-model.ts';
+import type { Slot } from './scheduler.ts';
+
+export type FinishReason = 'stop' | 'length';
+
+export interface SequenceSpec {
+  promptIds: number[];
+  /** Already clamped to what the context leaves after the prompt. */
+  maxTokens: number;
+  stop: string[];
+  ignoreEos: boolean;
+  sampling: SamplingParams;
+  /** Alternatives to report per token; undefined = no logprobs. */
+  logprobs?: number;
+}
+
+export interface TokenAlternative {
+  id: number;
+  logprob: number;
+}
+
+export interface TokenLogprob extends TokenAlternative {
+  /** The most likely tokens at this step, most likely first. */
+  top: TokenAlternative[];
+}
+
+export interface SequenceResult {
+  ids: number[];
+  text: string;
+  /** Text of each token as streamed (a stop string's held-back text is never in it). */
+  pieces: string[];
+  finishReason: FinishReason;
+  logprobs?: TokenLogprob[];
+  /** performance.now() of the first and the last token (undefined when none was generated). */
+  firstTokenAt?: number;
+  lastTokenAt?: number;
+}
+
+export function generateOptions(spec: SequenceSpec, signal: AbortSignal): GenerateOptions {
+  const s = spec.sampling;
+  return {
+    maxTokens: spec.maxTokens,
+    stop: spec.stop,
+    ignoreEos: spec.ignoreEos,
+    temperature: s.temperature,
+    topK: s.topK,
+    topP: s.topP,
+    minP: s.minP,
+    repeatPenalty: s.repetitionPenalty,
+    presencePenalty: s.presencePenalty,
+    frequencyPenalty: s.frequencyPenalty,
+    seed: s.seed,
+    signal,
+  };
+}
+
+/** Rejects with `signal.reason` as soon as the signal aborts. */
+function unlessAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(value);
+      },
+      (error: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(error);
+      },
+    );
+  });
+}
+
+/**
+ * Why the engine stopped. The engine's generate() does not say, so it is read off the tokens:
+ * an end-of-generation token or a stop string is "stop", running out of tokens is "length".
+ * (max_tokens is clamped to the context beforehand, so the context running out is "length" too.)
+ */
+export function finishReasonOf(ids: readonly number[], spec: SequenceSpec, tokenizer: ServedTokenizer): FinishReason {
+  const last = ids.at(-1);
+  if (last !== undefined && !spec.ignoreEos && tokenizer.isEog(last)) return 'stop';
+  if (ids.length < spec.maxTokens) return 'stop'; // only a stop string ends a sequence early
+  // At the limit, a stop string may have ended it on the very last token.
+  const stops = spec.stop.filter((s) => s !== '');
+  if (stops.length === 0) return 'length';
+  const fullText = new TextDecoder().decode(concatBytes(ids.map((id) => tokenizer.tokenToPiece(id))));
+  return stops.some((stop) => fullText.includes(stop)) ? 'stop' : 'length';
+}
+
+function concatBytes(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let offset = 0;
+  for (const part of parts) {
+    out.set(part, offset);
+    offset += part.length;
+  }
+  return out;
+}
+
+/**
+ * Runs one sequence in `slot`, calling `onToken` for each token. Resolves with the finished
+ * sequence; rejects with `signal.reason` as soon as the signal aborts. The slot is released when
+ * the engine has let go of the sequence, which after an abort is at the end of its current step.
+ */
+export async function runSequence(
+  model: ServedModel,
+  spec: SequenceSpec,
+  slot: Slot,
+  signal: AbortSignal,
+  onToken: (token: GeneratedToken) => void = () => undefined,
+): Promise<SequenceResult> {
+  const iterator = model.generate(spec.promptIds, generateOptions(spec, signal))[Symbol.asyncIterator]();
+  let finished = false;
+  try {
+    const ids: number[] = [];
+    const pieces: string[] = [];
+    let firstTokenAt: number | undefined;
+    let lastTokenAt: number | undefined;
+    for (;;) {
+      // Checked before next(): the first next() is what hands the sequence to the engine.
+      if (signal.aborted) throw signal.reason;
+      const next = await unlessAborted(iterator.next(), signal);
+      if (next.done) break;
+      lastTokenAt = performance.now();
+      firstTokenAt ??= lastTokenAt;
+      ids.push(next.value.id);
+      pieces.push(next.value.text);
+      if (!signal.aborted) onToken(next.value);
+    }
+    finished = true;
+    const result: SequenceResult = {
+      ids,
+      text: pieces.join(''),
+      pieces,
+      finishReason: finishReasonOf(ids, spec, model.tokenizer),
+      firstTokenAt,
+      lastTokenAt,
+    };
+    if (spec.logprobs !== undefined) result.logprobs = await scoreTokens(model, spec.promptIds, ids, spec.logprobs, signal);
+    return result;
+  } finally {
+    if (finished) slot.release();
+    // An async generator queues return() behind a pending next(): it runs once the engine's
+    // current step ends, and its `finally` hands the model back. Only then is the slot free.
+    else void Promise.resolve(iterator.return?.()).catch(() => undefined).finally(() => slot.release());
+  }
+}
+
+/**
+ * Log-probabilities of the chosen tokens and the `top` most likely alternatives at each step,
+ * from the model's raw logits (before penalties and temperature, as vLLM reports them).
+ *
+ * The engine's generate() does not hand out logits, so each step is scored again afterwards:
+ * one forward pass over the prefix per generated token. Fine for short answers; an engine that
+ * returns logprobs with each token would make this free.
+ */
+export async function scoreTokens(
+  model: Pick<ServedModel, 'nextTokenLogits'>,
+  promptIds: readonly number[],
+  ids: readonly number[],
+  top: number,
+  signal: AbortSignal,
+): Promise<TokenLogprob[]> {
+  const scored: TokenLogprob[] = [];
+  for (let i = 0; i < ids.length; i++) {
+    const logits = await unlessAborted(model.nextTokenLogits([...promptIds, ...ids.slice(0, i)]), signal);
+    scored.push(logprobsOf(logits, ids[i]!, top));
+  }
+  return scored;
+}
+
+/** log-softmax of `logits` at `chosen`, and the `top` best alternatives. */
+export function logprobsOf(logits: Float32Array, chosen: number, top: number): TokenLogprob {
+  let max = -Infinity;
+  for (const x of logits) if (x > max) max = x;
+  let sum = 0;
+  for (const x of logits) sum += Math.exp(x - max);
+  const logZ = max + Math.log(sum);
+  const best: TokenAlternative[] = [];
+  if (top > 0) {
+    // A partial selection: keep the `top` largest seen so far, sorted.
+    for (let id = 0; id < logits.length; id++) {
+      const logit = logits[id]!;
+      if (best.length === top && logit <= best[top - 1]!.logprob) continue;
+      let at = best.length === top ? top - 1 : best.length;
+      while (at > 0 && best[at - 1]!.logprob < logit) at--;
+      best.splice(at, 0, { id, logprob: logit });
+      if (best.length > top) best.pop();
+    }
+  }
+  return {
+    id: chosen,
+    logprob: logits[chosen]! - logZ,
+    top: best.map(({ id, logprob }) => ({ id, logprob: logprob - logZ })),
+  };
+}

@@ -1,0 +1,59 @@
+// The server's metrics, by name. Latency buckets span a fast GPU (milliseconds) to a software
+// adapter under load (tens of seconds).
+
+import { MetricsRegistry, renderNumericFields, type Counter, type Histogram } from './metrics.ts';
+
+export type CancelReason = 'client_disconnect' | 'deadline' | 'shutdown';
+
+export interface MetricSources {
+  queued(): number;
+  running(): number;
+  ready(): boolean;
+  /** The engine's `stats()`, or undefined before the model is loaded. */
+  engineStats(): object | undefined;
+}
+
+export class ServerMetrics {
+  readonly registry = new MetricsRegistry();
+  readonly requests: Counter;
+  readonly cancelled: Counter;
+  readonly promptTokens: Counter;
+  readonly generationTokens: Counter;
+  readonly timeToFirstToken: Histogram;
+  readonly timePerOutputToken: Histogram;
+  readonly requestLatency: Histogram;
+
+  constructor(sources: MetricSources) {
+    const r = this.registry;
+    this.requests = r.counter('webshard_requests_total', 'HTTP requests by endpoint and final status (a stream counts when it ends).');
+    this.cancelled = r.counter('webshard_requests_cancelled_total', 'Generation requests cancelled before they finished, by reason.');
+    this.promptTokens = r.counter('webshard_prompt_tokens_total', 'Prompt tokens prefilled.');
+    this.generationTokens = r.counter('webshard_generation_tokens_total', 'Tokens generated.');
+    this.timeToFirstToken = r.histogram(
+      'webshard_time_to_first_token_seconds',
+      'From request arrival (queueing included) to the first generated token.',
+      [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+    );
+    this.timePerOutputToken = r.histogram(
+      'webshard_time_per_output_token_seconds',
+      'Mean time between generated tokens, per sequence.',
+      [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    );
+    this.requestLatency = r.histogram(
+      'webshard_e2e_request_latency_seconds',
+      'From request arrival to the last byte of a successful generation request.',
+      [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300],
+    );
+    r.gauge('webshard_queue_depth', 'Sequences waiting for a place in the engine.', sources.queued);
+    r.gauge('webshard_sequences_running', 'Sequences handed to the engine and not yet finished.', sources.running);
+    r.gauge('webshard_model_ready', '1 once the model is loaded and the server accepts requests.', () => (sources.ready() ? 1 : 0));
+    r.addCollector(() => {
+      const stats = sources.engineStats();
+      return stats ? renderNumericFields('webshard_engine', stats) : '';
+    });
+  }
+
+  render(): string {
+    return this.registry.render();
+  }
+}

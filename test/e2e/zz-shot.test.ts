@@ -1,0 +1,24 @@
+import { it } from 'vitest';
+import { build } from 'vite';
+import { launchChromium } from './browser.ts';
+import { serveStatic } from './static-server.ts';
+it('shot', async () => {
+  await build({ configFile: '/work/main/vite.config.ts', logLevel: 'warn' });
+  const srv = await serveStatic({ '/': '/work/main/demo/dist', '/models/': '/work/shared/models' });
+  const chrome = await launchChromium();
+  const page = await chrome.newPage();
+  await page.goto(srv.origin + '/?shards=' + (process.env.SHARDS ?? '1'));
+  await page.waitForTimeout(1500);
+  await page.screenshot({ path: '/tmp/shot0.png', fullPage: true });
+  await page.fill('#model-url', '/models/stories260K.gguf');
+  await page.click('#load-url');
+  await page.waitForSelector('#model-info:not([hidden])', { timeout: 60000 }).catch(() => {});
+  await page.fill('#temperature', '0').catch(()=>{});
+  await page.evaluate(() => { const t = document.querySelector('#temperature') as HTMLInputElement; t.value = '0'; t.dispatchEvent(new Event('input')); (document.querySelector('#max-tokens') as HTMLInputElement).value = '24'; });
+  await page.click('#generate').catch(() => {});
+  await page.waitForSelector('#transcript[data-state="done"]', { timeout: 120000 }).catch(() => {});
+  await page.screenshot({ path: '/tmp/shot1-' + (process.env.SHARDS ?? '1') + '.png', fullPage: true });
+  console.log(chrome.log.join('\n'));
+  console.log(await page.textContent('#output')); console.log(await page.textContent('#error'));
+  await chrome.close(); await srv.close();
+}, 300000);
