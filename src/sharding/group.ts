@@ -104,13 +104,11 @@ export class ShardGroup implements ForwardEngine {
       ),
     );
     const settled = await Promise.allSettled(steps);
-    const failure = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
-    if (failure) {
+    const errors = settled.flatMap((s, rank) => (s.status === 'rejected' ? [reviveShardError(s.reason, rank)] : []));
+    if (errors.length > 0) {
       this.views.abort(AbortReason.failed);
-      // Report the shard that failed first, not the ones it stopped.
-      const errors = settled.flatMap((s) => (s.status === 'rejected' ? [s.reason as Error] : []));
-      const root = errors.find((e) => !(e instanceof ShardGroupStoppedError) && !/ShardGroupStoppedError/.test(e?.name ?? '')) ?? errors[0]!;
-      this.stopped = root instanceof ShardError ? root : new ShardError(-1, String(root?.message ?? root), { cause: root });
+      // Report the shard that failed first, not the ones its failure stopped.
+      this.stopped = errors.find((e) => !(e instanceof ShardGroupStoppedError)) ?? errors[0]!;
       throw this.stopped;
     }
     let best = { argmaxId: -1, argmaxLogit: -Infinity };
@@ -140,6 +138,11 @@ export class ShardGroup implements ForwardEngine {
     });
   }
 
+  /** Test hook: make one shard stall before each step. */
+  setStepDelay(rank: number, ms: number): Promise<void> {
+    return this.workers[rank]!.api.setStepDelay(ms);
+  }
+
   /** Test hook: lose one shard's device mid-run. */
   destroyDevice(rank: number): Promise<void> {
     return this.workers[rank]!.api.destroyDevice();
@@ -152,6 +155,16 @@ export class ShardGroup implements ForwardEngine {
     this.views.abort(AbortReason.shutdown);
     await Promise.allSettled(this.workers.map((w) => shutdownWorker(w, this.deadlineMs)));
   }
+}
+
+/** Errors lose their class crossing the worker boundary (only name and message survive): restore it. */
+function reviveShardError(error: unknown, rank: number): ShardError {
+  if (error instanceof ShardError) return error;
+  const { name, message } = error instanceof Error ? error : { name: 'Error', message: String(error) };
+  const options = { cause: error };
+  if (name === 'ShardTimeoutError') return new ShardTimeoutError(rank, message, options);
+  if (name === 'ShardGroupStoppedError') return new ShardGroupStoppedError(rank, message, options);
+  return new ShardError(rank, name === 'ShardError' ? message : `shard ${rank} failed: ${name}: ${message}`, options);
 }
 
 /** Never terminate() a worker with a Dawn promise pending (it aborts Node): ask it to shut down. */

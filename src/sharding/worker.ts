@@ -83,13 +83,21 @@ class ShardWorker {
   private spec?: ShardLoadSpec;
   private views?: SharedViews;
   private lost?: string;
+  /** Rejects when the device is lost: a step racing it fails at once instead of hanging on the GPU. */
+  private deviceLost: Promise<never> = new Promise(() => {});
+  private stepDelayMs = 0;
 
   async load(spec: ShardLoadSpec, onProgress?: ShardProgress): Promise<ShardLoadReport> {
     const start = performance.now();
     this.spec = spec;
     this.views = new SharedViews(spec.memory);
     this.gpu = await requestGpu(spec.gpu);
-    void this.gpu.device.lost.then((info) => (this.lost = `device lost (${info.reason}): ${info.message}`));
+    this.deviceLost = this.gpu.device.lost.then((info) => {
+      this.lost = `device lost (${info.reason}): ${info.message}`;
+      this.views?.abort(AbortReason.failed); // wake the other shards now
+      throw new ShardError(spec.position.rank, `shard ${spec.position.rank}: ${this.lost}`);
+    });
+    this.deviceLost.catch(() => {}); // observed by forward(); never an unhandled rejection
     this.source = await openSource(spec.source);
     const file = await readGGUF(this.source);
     const config = llamaConfig(file);
@@ -116,7 +124,8 @@ class ShardWorker {
     const spec = this.spec!;
     const start = performance.now();
     try {
-      const result = await runner.forward(tokens, startPos, wantLogits);
+      if (this.stepDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, this.stepDelayMs));
+      const result = await Promise.race([runner.forward(tokens, startPos, wantLogits), this.deviceLost]);
       this.publishCounters(performance.now() - start);
       if (!spec.view.samples) return { argmaxId: -1, argmaxLogit: -Infinity };
       if (wantLogits) this.views!.logits().set(result.logits!, spec.view.vocab.start);
@@ -202,6 +211,11 @@ class ShardWorker {
     }
   }
 
+  /** Test hook: make every following step of this shard stall this long first (a wedged GPU). */
+  setStepDelay(ms: number): void {
+    this.stepDelayMs = ms;
+  }
+
   /** Test hook: lose this shard's device, as a crashed or reset GPU would. */
   destroyDevice(): void {
     this.gpu?.device.destroy();
@@ -225,7 +239,7 @@ class ShardWorker {
   }
 }
 
-export type ShardWorkerApi = Pick<ShardWorker, 'load' | 'forward' | 'benchCollective' | 'destroyDevice' | 'shutdown'>;
+export type ShardWorkerApi = Pick<ShardWorker, 'load' | 'forward' | 'benchCollective' | 'setStepDelay' | 'destroyDevice' | 'shutdown'>;
 
 const worker = new ShardWorker();
 await exposeToParent(worker);
