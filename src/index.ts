@@ -7,3 +7,7 @@ export { requestGpu, describeAdapters, GpuUnavailableError, type GpuBackend, typ
 export { ModelFormatError, ModelSourceError, UnsupportedModelError } from './model/errors.ts';
 export type { LlamaConfig } from './model/config.ts';
 export type { ByteSource } from './model/source.ts';
+export { ShardError, ShardGroupStoppedError, ShardTimeoutError } from './sharding/errors.ts';
+export { ShardPlanError, type ShardPlan, type ShardSpec } from './sharding/plan.ts';
+export type { DeviceStats } from './engine/forward-engine.ts';
+export { QueueFullError } from './engine/scheduler.ts';

@@ -5,8 +5,8 @@ import { readBuffer, readF32, readU32, runOps, storageBuffer } from '../src/gpu/
 import type { GpuContext } from '../src/gpu/device.ts';
 import { rmsnormOp } from '../src/shaders/rmsnorm.ts';
 import { ropeOp, type RopeStyle } from '../src/shaders/rope.ts';
-import { attentionOp, kvCacheWriteOp } from '../src/shaders/attention.ts';
-import { addOp, copyOp, scaleOp, swigluOp } from '../src/shaders/elementwise.ts';
+import { attentionOp, kvCacheWriteOp, type KvPaging } from '../src/shaders/attention.ts';
+import { addOp, copyOp, gatherRowsOp, scaleOp, swigluOp } from '../src/shaders/elementwise.ts';
 import { argmaxOp, packPenalties, repetitionPenaltyOp, topKOp, unpackTopK } from '../src/shaders/sampling.ts';
 import {
   addRef,
@@ -82,10 +82,22 @@ describe('rope', () => {
   });
 });
 
+/** One sequence whose blocks are laid out in order: cache row = position, as the reference assumes. */
+function contiguousPaging(gpu: GpuContext, nTokens: number, contextLength: number, blockSize = 16): KvPaging {
+  const blocksPerSequence = Math.ceil(contextLength / blockSize);
+  return {
+    tokenSlots: upload(gpu, 'slots', new Uint32Array(nTokens)),
+    blockTable: upload(gpu, 'blocks', Uint32Array.from({ length: blocksPerSequence }, (_, i) => i)),
+    blockSize,
+    blocksPerSequence,
+  };
+}
+
 describe('kv cache and attention', () => {
   it('writes each token row at its own position', async () => {
     const gpu = await testGpu();
     const shape = { nTokens: 5, nKvHeads: 2, headDim: 12, contextLength: 40 };
+    const paging = contiguousPaging(gpu, shape.nTokens, shape.contextLength, 8);
     const width = shape.nKvHeads * shape.headDim;
     const positions = Uint32Array.of(9, 0, 31, 4, 39);
     const k = randomF32(shape.nTokens * width, 1);
@@ -94,7 +106,7 @@ describe('kv cache and attention', () => {
     const vCache = randomF32(shape.contextLength * width, 4);
     const kBuffer = upload(gpu, 'kc', kCache);
     const vBuffer = upload(gpu, 'vc', vCache);
-    runOps(gpu.device, [kvCacheWriteOp(gpu, upload(gpu, 'k', k), upload(gpu, 'v', v), upload(gpu, 'pos', positions), kBuffer, vBuffer, shape)]);
+    runOps(gpu.device, [kvCacheWriteOp(gpu, upload(gpu, 'k', k), upload(gpu, 'v', v), upload(gpu, 'pos', positions), paging, kBuffer, vBuffer, shape)]);
     kvCacheWriteRef(k, v, positions, kCache, vCache, width);
     expect(await readF32(gpu.device, kBuffer, kCache.length)).toEqual(kCache);
     expect(await readF32(gpu.device, vBuffer, vCache.length)).toEqual(vCache);
@@ -123,9 +135,10 @@ describe('kv cache and attention', () => {
       const positionBuffer = upload(gpu, 'pos', positions);
       const out = storageBuffer(gpu.device, 'out', q.length * 4);
       const shape = { ...c, contextLength };
+      const paging = contiguousPaging(gpu, c.nTokens, contextLength);
       runOps(gpu.device, [
-        kvCacheWriteOp(gpu, upload(gpu, 'k', k), upload(gpu, 'v', v), positionBuffer, kBuffer, vBuffer, shape),
-        attentionOp(gpu, upload(gpu, 'q', q), kBuffer, vBuffer, positionBuffer, out, shape),
+        kvCacheWriteOp(gpu, upload(gpu, 'k', k), upload(gpu, 'v', v), positionBuffer, paging, kBuffer, vBuffer, shape),
+        attentionOp(gpu, upload(gpu, 'q', q), kBuffer, vBuffer, positionBuffer, paging, out, shape),
       ]);
       kvCacheWriteRef(k, v, positions, kCache, vCache, kvWidth);
       const got = await readF32(gpu.device, out, q.length);
@@ -144,11 +157,55 @@ describe('kv cache and attention', () => {
     const outputs: Float32Array[] = [];
     for (const [kc, vc] of [[kCache, vCache], [poisoned(kCache), poisoned(vCache)]] as const) {
       const out = storageBuffer(gpu.device, 'out', q.length * 4);
-      runOps(gpu.device, [attentionOp(gpu, upload(gpu, 'q', q), upload(gpu, 'kc', kc), upload(gpu, 'vc', vc), upload(gpu, 'pos', positions), out, shape)]);
+      const paging = contiguousPaging(gpu, shape.nTokens, shape.contextLength);
+      runOps(gpu.device, [attentionOp(gpu, upload(gpu, 'q', q), upload(gpu, 'kc', kc), upload(gpu, 'vc', vc), upload(gpu, 'pos', positions), paging, out, shape)]);
       outputs.push(await readF32(gpu.device, out, q.length));
     }
     expect(outputs[1]).toEqual(outputs[0]);
     expect(maxRelativeError(outputs[0]!, attentionRef(q, kCache, vCache, positions, shape), 1e-2)).toBeLessThan(1e-4);
+  });
+});
+
+describe('paged kv cache', () => {
+  it('serves a batch of two sequences whose blocks are scattered through the cache', async () => {
+    const gpu = await testGpu();
+    const [nHeads, nKvHeads, headDim, blockSize, blocksPerSequence] = [4, 2, 16, 4, 6];
+    const kvWidth = nKvHeads * headDim;
+    const totalBlocks = 2 * blocksPerSequence;
+    // Slot 0 owns physical blocks 11, 3, 7, ...; slot 1 owns the rest, also shuffled.
+    const order = [11, 3, 7, 0, 9, 5, 2, 10, 4, 8, 1, 6];
+    const blockTable = Uint32Array.from(order);
+    const physicalRow = (slot: number, position: number) =>
+      order[slot * blocksPerSequence + Math.floor(position / blockSize)]! * blockSize + (position % blockSize);
+    // Each sequence's logical cache (row = position), as the reference sees it.
+    const logical = [0, 1].map((slot) => ({
+      k: randomF32(blocksPerSequence * blockSize * kvWidth, 70 + slot),
+      v: randomF32(blocksPerSequence * blockSize * kvWidth, 72 + slot),
+    }));
+    const kCache = new Float32Array(totalBlocks * blockSize * kvWidth);
+    const vCache = new Float32Array(totalBlocks * blockSize * kvWidth);
+    logical.forEach(({ k, v }, slot) => {
+      for (let position = 0; position < blocksPerSequence * blockSize; position++) {
+        const from = position * kvWidth;
+        kCache.set(k.subarray(from, from + kvWidth), physicalRow(slot, position) * kvWidth);
+        vCache.set(v.subarray(from, from + kvWidth), physicalRow(slot, position) * kvWidth);
+      }
+    });
+    // Token 0: slot 1 decoding at position 17; tokens 1-3: slot 0 prefilling positions 5-7.
+    const slots = Uint32Array.of(1, 0, 0, 0);
+    const positions = Uint32Array.of(17, 5, 6, 7);
+    const q = randomF32(4 * nHeads * headDim, 74);
+    const out = storageBuffer(gpu.device, 'out', q.length * 4);
+    const paging = { tokenSlots: upload(gpu, 'slots', slots), blockTable: upload(gpu, 'blocks', blockTable), blockSize, blocksPerSequence };
+    const shape = { nTokens: 4, nHeads, nKvHeads, headDim };
+    runOps(gpu.device, [attentionOp(gpu, upload(gpu, 'q', q), upload(gpu, 'kc', kCache), upload(gpu, 'vc', vCache), upload(gpu, 'pos', positions), paging, out, shape)]);
+    const got = await readF32(gpu.device, out, q.length);
+    const width = nHeads * headDim;
+    for (let t = 0; t < 4; t++) {
+      const { k, v } = logical[slots[t]!]!;
+      const want = attentionRef(q.subarray(t * width, (t + 1) * width), k, v, positions.subarray(t, t + 1), { ...shape, nTokens: 1 });
+      expect(maxRelativeError(got.subarray(t * width, (t + 1) * width), want, 1e-2), `token ${t}`).toBeLessThan(1e-4);
+    }
   });
 });
 
@@ -190,6 +247,18 @@ describe('elementwise', () => {
     const want = swigluRef(gate, up);
     expect(maxRelativeError(await readF32(gpu.device, intoGate, 300), want, 1e-3)).toBeLessThan(1e-5);
     expect(maxRelativeError(await readF32(gpu.device, intoUp, 300), want, 1e-3)).toBeLessThan(1e-5);
+  });
+
+  it('gathers rows (the sampled tokens of a batch)', async () => {
+    const gpu = await testGpu();
+    const [width, nRows] = [70, 9];
+    const x = randomF32(nRows * width, 61);
+    const rows = Uint32Array.of(8, 0, 3, 3);
+    const out = storageBuffer(gpu.device, 'gathered', rows.length * width * 4);
+    runOps(gpu.device, [gatherRowsOp(gpu, upload(gpu, 'x', x), upload(gpu, 'rows', rows), out, rows.length, width)]);
+    const want = new Float32Array(rows.length * width);
+    rows.forEach((row, r) => want.set(x.subarray(row * width, (row + 1) * width), r * width));
+    expect(await readF32(gpu.device, out, want.length)).toEqual(want);
   });
 
   it('copies and scales', async () => {

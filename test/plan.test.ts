@@ -111,9 +111,10 @@ describe('stories260K F32 (8 heads, 4 KV heads, 5 layers, FFN 172, vocab 512)', 
     expect(shard!.bytes.weights).toBe(expected);
     expect(shard!.fileBytesRead).toBe(fileBytes);
     expect(shard!.bytes.kvCache).toBe(2 * 5 * 512 * 4 * 8 * 4);
-    // createActivations for 64 tokens: ids, positions, x, xNorm, q, k, v, attention, blockOut, gate, up, last×2, logits, id.
+    // createActivations for 64 tokens of one sequence: ids, positions, slots, block table (512 / 16 blocks),
+    // sample rows, x, xNorm, q, attention, blockOut, k, v, gate, up, sampled hidden ×2, logits, best (id, logit).
     const T = 64;
-    expect(shard!.bytes.activations).toBe(4 * (T + T + 3 * T * 64 + 2 * T * 64 + 2 * T * 32 + 2 * T * 172 + 64 + 64 + 512 + 1));
+    expect(shard!.bytes.activations).toBe(4 * (3 * T + 32 + 1 + 5 * T * 64 + 2 * T * 32 + 2 * T * 172 + 64 + 64 + 512 + 2));
   });
 
   it('TP=2 splits heads, KV heads, FFN columns and vocabulary in halves', () => {
@@ -238,9 +239,11 @@ describe('stories260K F32 (8 heads, 4 KV heads, 5 layers, FFN 172, vocab 512)', 
   it('a memory budget too small is refused with the numbers, the shard and the --ctx that would fit', () => {
     const roomy = planShards(file, config, options(2, 1)).shards[1]!.bytes;
     const kvPerPosition = roomy.kvCache / 512;
-    const budget = roomy.weights + roomy.activations + 100 * kvPerPosition + 3; // room for exactly 100 positions
+    // Room for exactly 112 positions: 7 KV blocks of 16 (a context of 100 takes 7 blocks).
+    const budget = roomy.weights + roomy.activations + 112 * kvPerPosition + 3;
     const tight = (contextLength: number) => options(2, 1, { contextLength, devices: devices(2, { memoryBudgetBytes: budget }) });
     expect(() => planShards(file, config, tight(100))).not.toThrow();
+    expect(() => planShards(file, config, tight(113))).toThrow(ShardPlanError);
     let error: unknown;
     try {
       planShards(file, config, tight(512));
@@ -252,7 +255,10 @@ describe('stories260K F32 (8 heads, 4 KV heads, 5 layers, FFN 172, vocab 512)', 
     expect(e.rank).toBe(0);
     expect(e.message).toContain('shard 0 (stage 0, tp rank 0, gpu0)');
     expect(e.message).toMatch(/needs [\d.]+ (KiB|MiB) \(weights [\d.]+ (KiB|MiB) \+ KV cache [\d.]+ KiB for context 512 \+ activations [\d.]+ KiB\), over its memory budget of [\d.]+ KiB/);
-    expect(e.message).toContain('up to 100 fits');
+    // The context it suggests really fits.
+    const suggested = Number(/up to (\d+) fits/.exec(e.message)?.[1]);
+    expect(suggested).toBeGreaterThanOrEqual(96);
+    expect(() => planShards(file, config, tight(suggested))).not.toThrow();
     expect(e.message).toMatch(/more shards \(now 2\)/);
     expect(e.message).toMatch(/smaller quant type/);
   });
@@ -263,7 +269,7 @@ describe('stories260K F32 (8 heads, 4 KV heads, 5 layers, FFN 172, vocab 512)', 
     const attempt = () => planShards(file, config, options(1, 1, { contextLength: 1 << 24, devices: browser }));
     expect(attempt).toThrow(ShardPlanError);
     expect(attempt).toThrow(/one layer's KV buffer needs 2\.00 GiB .*maxStorageBufferBindingSize of 128\.00 MiB/);
-    expect(attempt).toThrow(/up to 1048576 fits/);
+    expect(attempt).toThrow(/up to 1048576 cache positions fit/);
     expect(() => planShards(file, config, options(1, 1, { contextLength: 1 << 20, devices: browser }))).not.toThrow();
   });
 

@@ -1,8 +1,9 @@
 // What the model runs its steps on: one runner on one device, or a group of shard workers.
-// Both take the same tokens and give the same StepResult, so everything above is unaware of
-// how the model is split.
+// Both take the same batches and give the same results, so everything above is unaware of how
+// the model is split.
 
-import type { StepResult } from './runner.ts';
+import type { KvGeometry } from './kv-cache.ts';
+import type { StepBatch, StepResult } from './runner.ts';
 
 /** What one device (one shard) has done so far. Times in milliseconds. */
 export interface DeviceStats {
@@ -21,9 +22,11 @@ export interface DeviceStats {
 }
 
 export interface ForwardEngine {
-  readonly contextLength: number;
-  /** Runs `tokens` at positions `startPos...`; returns the last token's best id (and logits if asked). */
-  forward(tokens: readonly number[], startPos: number, wantLogits: boolean): Promise<StepResult>;
+  /** The KV cache pool every shard holds its part of. */
+  readonly geometry: KvGeometry;
+  readonly maxBatchTokens: number;
+  /** Runs one batch; returns the best token (and logits if asked) of each sampled row. */
+  forward(batch: StepBatch): Promise<StepResult[]>;
   deviceStats(): DeviceStats[];
   dispose(): Promise<void>;
 }

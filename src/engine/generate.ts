@@ -4,6 +4,8 @@
 import { InvalidOptionError, isGreedy, resolveSampling, Sampler, type SamplingOptions } from './sampler.ts';
 import { ContextOverflowError, type StepResult } from './runner.ts';
 
+export const DEFAULT_MAX_TOKENS = 256;
+
 export interface GenerateOptions extends SamplingOptions {
   /** Most tokens to generate. Default 256; never past the context. */
   maxTokens?: number;
@@ -94,7 +96,7 @@ export async function* generateTokens(
   result: { finish?: FinishReason } = {},
 ): AsyncGenerator<GeneratedToken> {
   const sampling = resolveSampling(options);
-  const maxTokens = options.maxTokens ?? 256;
+  const maxTokens = options.maxTokens ?? DEFAULT_MAX_TOKENS;
   if (!Number.isInteger(maxTokens) || maxTokens < 0) throw new InvalidOptionError(`maxTokens must be an integer ≥ 0; got ${maxTokens}.`);
   const stops = resolveStops(options.stop);
   if (promptIds.length === 0) {

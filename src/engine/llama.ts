@@ -9,21 +9,25 @@ import { storageBuffer } from '../gpu/kernel.ts';
 import { ropePositionScale, type LlamaConfig } from '../model/config.ts';
 import { attentionOp, kvCacheWriteOp } from '../shaders/attention.ts';
 import { embeddingOps } from '../shaders/embedding.ts';
-import { addOp, swigluOp } from '../shaders/elementwise.ts';
+import { addOp, gatherRowsOp, swigluOp } from '../shaders/elementwise.ts';
 import { matmulOps } from '../shaders/matmul.ts';
 import { rmsnormOp } from '../shaders/rmsnorm.ts';
 import { ropeOp } from '../shaders/rope.ts';
 import { argmaxOp, topKOp } from '../shaders/sampling.ts';
-import type { KvCache } from './kv-cache.ts';
+import type { KvCache, KvGeometry } from './kv-cache.ts';
 import { ProgramRecorder, type ProgramStep } from './program.ts';
 import { rangeLength, type ShardView } from './shard-view.ts';
 import type { LlamaWeights } from './weights.ts';
 
-/** Scratch activations for up to `maxTokens` tokens per step, sized for this shard. */
+/** Scratch buffers for one step of up to `maxTokens` tokens from up to `maxSequences` sequences, sized for this shard. */
 export interface Activations {
   maxTokens: number;
+  maxSequences: number;
   tokenIds: GPUBuffer; // u32 [T]
-  positions: GPUBuffer; // u32 [T]
+  positions: GPUBuffer; // u32 [T]: each token's position in its own sequence
+  tokenSlots: GPUBuffer; // u32 [T]: each token's sequence slot
+  blockTable: GPUBuffer; // u32 [maxSequences][blocksPerSequence]
+  sampleRows: GPUBuffer; // u32 [S]: the tokens whose next-token logits are wanted
   x: GPUBuffer; // residual stream [T][dim]
   xNorm: GPUBuffer; // [T][dim]
   q: GPUBuffer; // [T][localHeads*headDim]
@@ -33,36 +37,55 @@ export interface Activations {
   blockOut: GPUBuffer; // [T][dim]: a block's (partial) output before the residual add
   gate: GPUBuffer; // [T][localFfn]
   up: GPUBuffer; // [T][localFfn]
-  lastHidden: GPUBuffer; // [1][dim]: the last token's hidden state
-  lastNorm: GPUBuffer; // [1][dim]
-  logits: GPUBuffer; // [localVocab]
-  best: GPUBuffer; // u32 [2]: the best token id (local to the vocab slice) and its logit's bits
+  sampledHidden: GPUBuffer; // [S][dim]: the hidden states of the sampled tokens
+  sampledNorm: GPUBuffer; // [S][dim]
+  logits: GPUBuffer; // [S][localVocab]
+  best: GPUBuffer; // u32 [S][2]: the best token id (local to the vocab slice) and its logit's bits
 }
 
-export function createActivations(gpu: GpuContext, config: LlamaConfig, view: ShardView, maxTokens: number): Activations {
-  const f32 = (label: string, count: number) => storageBuffer(gpu.device, label, count * 4);
+type BufferName = Exclude<keyof Activations, 'maxTokens' | 'maxSequences'>;
+
+/** Bytes of every activation buffer; the memory planner counts the same list. */
+export function activationSizes(
+  config: LlamaConfig,
+  view: ShardView,
+  maxTokens: number,
+  geometry: KvGeometry,
+): Record<BufferName, number> {
   const { dim, headDim } = config;
+  const [T, S] = [maxTokens, geometry.maxSequences];
   const headsWidth = rangeLength(view.heads) * headDim;
   const kvWidth = rangeLength(view.kvHeads) * headDim;
   const ffn = rangeLength(view.ffn);
-  return {
-    maxTokens,
-    tokenIds: f32('token ids', maxTokens),
-    positions: f32('positions', maxTokens),
-    x: f32('x', maxTokens * dim),
-    xNorm: f32('x normed', maxTokens * dim),
-    q: f32('q', maxTokens * headsWidth),
-    k: f32('k', maxTokens * kvWidth),
-    v: f32('v', maxTokens * kvWidth),
-    attention: f32('attention', maxTokens * headsWidth),
-    blockOut: f32('block out', maxTokens * dim),
-    gate: f32('ffn gate', maxTokens * ffn),
-    up: f32('ffn up', maxTokens * ffn),
-    lastHidden: f32('last hidden', dim),
-    lastNorm: f32('last normed', dim),
-    logits: f32('logits', rangeLength(view.vocab)),
-    best: f32('best token', 2),
+  const words = {
+    tokenIds: T,
+    positions: T,
+    tokenSlots: T,
+    blockTable: S * geometry.blocksPerSequence,
+    sampleRows: S,
+    x: T * dim,
+    xNorm: T * dim,
+    q: T * headsWidth,
+    k: T * kvWidth,
+    v: T * kvWidth,
+    attention: T * headsWidth,
+    blockOut: T * dim,
+    gate: T * ffn,
+    up: T * ffn,
+    sampledHidden: S * dim,
+    sampledNorm: S * dim,
+    logits: S * Math.max(1, rangeLength(view.vocab)),
+    best: S * 2,
   };
+  return Object.fromEntries(Object.entries(words).map(([name, n]) => [name, Math.max(4, n * 4)])) as Record<BufferName, number>;
+}
+
+export function createActivations(gpu: GpuContext, config: LlamaConfig, view: ShardView, maxTokens: number, geometry: KvGeometry): Activations {
+  const sizes = activationSizes(config, view, maxTokens, geometry);
+  const buffers = Object.fromEntries(
+    Object.entries(sizes).map(([name, bytes]) => [name, storageBuffer(gpu.device, name, bytes)]),
+  ) as Record<BufferName, GPUBuffer>;
+  return { maxTokens, maxSequences: geometry.maxSequences, ...buffers };
 }
 
 export function destroyActivations(a: Activations): void {
@@ -70,8 +93,9 @@ export function destroyActivations(a: Activations): void {
 }
 
 /**
- * Records one forward step over `nTokens` tokens (ids and positions already in `a`).
- * Leaves the last token's logits in `a.logits` and the best of them in `a.best`.
+ * Records one forward step over `nTokens` tokens of any number of sequences (ids, positions,
+ * slots, block table and sample rows already in `a`). Leaves the logits of the `nSamples`
+ * sampled tokens in `a.logits` and the best of each in `a.best`.
  */
 export function recordLlamaForward(
   gpu: GpuContext,
@@ -81,9 +105,10 @@ export function recordLlamaForward(
   cache: KvCache,
   a: Activations,
   nTokens: number,
+  nSamples: number,
 ): ProgramStep[] {
   const f = new ProgramRecorder();
-  const T = nTokens;
+  const [T, S] = [nTokens, nSamples];
   const { dim, headDim, rmsEps: eps } = config;
   const heads = rangeLength(view.heads);
   const kvHeads = rangeLength(view.kvHeads);
@@ -96,7 +121,13 @@ export function recordLlamaForward(
     positionScale: ropePositionScale(config),
     style: 'normal' as const,
   };
-  const attentionShape = { nTokens: T, nHeads: heads, nKvHeads: kvHeads, headDim, contextLength: cache.contextLength };
+  const attentionShape = { nTokens: T, nHeads: heads, nKvHeads: kvHeads, headDim };
+  const paging = {
+    tokenSlots: a.tokenSlots,
+    blockTable: a.blockTable,
+    blockSize: cache.geometry.blockSize,
+    blocksPerSequence: cache.geometry.blocksPerSequence,
+  };
 
   // x = embedding[token]   (or the previous stage's hidden state)
   if (view.embeds) f.run(...embeddingOps(gpu, weights.tokenEmbedding!, a.tokenIds, a.x, T));
@@ -113,8 +144,8 @@ export function recordLlamaForward(
     f.run(...matmulOps(gpu, w.value, a.xNorm, a.v, T));
     f.run(ropeOp(gpu, a.q, a.positions, { ...rope, nHeads: heads }));
     f.run(ropeOp(gpu, a.k, a.positions, { ...rope, nHeads: kvHeads }));
-    f.run(kvCacheWriteOp(gpu, a.k, a.v, a.positions, keys, values, attentionShape));
-    f.run(attentionOp(gpu, a.q, keys, values, a.positions, a.attention, attentionShape));
+    f.run(kvCacheWriteOp(gpu, a.k, a.v, a.positions, paging, keys, values, attentionShape));
+    f.run(attentionOp(gpu, a.q, keys, values, a.positions, paging, a.attention, attentionShape));
     f.run(...matmulOps(gpu, w.output, a.attention, a.blockOut, T));
     f.allReduceSum(a.blockOut, T * dim, `layer ${layer} attention`); // each shard summed only its heads
     f.run(addOp(gpu, a.x, a.blockOut, a.x, T * dim));
@@ -133,15 +164,17 @@ export function recordLlamaForward(
     f.sendHidden(a.x, T * dim);
     return f.steps;
   }
+  if (S === 0) return f.steps; // a prompt chunk that is not its prompt's end: nothing to sample yet
 
-  // logits = Wout · rmsnorm(x_last): only the last token's, which is all that sampling needs.
-  f.copy(a.x, (T - 1) * dim * 4, a.lastHidden, 0, dim * 4);
-  f.run(rmsnormOp(gpu, a.lastHidden, weights.outputNorm!, a.lastNorm, 1, dim, eps));
-  f.run(...matmulOps(gpu, weights.output!, a.lastNorm, a.logits, 1));
+  // logits = Wout · rmsnorm(x) for the sampled tokens only (each sequence's last), which is all
+  // that sampling needs.
+  f.run(gatherRowsOp(gpu, a.x, a.sampleRows, a.sampledHidden, S, dim));
+  f.run(rmsnormOp(gpu, a.sampledHidden, weights.outputNorm!, a.sampledNorm, S, dim, eps));
+  f.run(...matmulOps(gpu, weights.output!, a.sampledNorm, a.logits, S));
   // The best token: over the whole vocabulary the argmax id is enough; over a slice the shards
   // also need its logit, to agree on the global winner without gathering all logits.
   const localVocab = rangeLength(view.vocab);
-  if (localVocab === config.vocabSize) f.run(argmaxOp(gpu, a.logits, a.best, 1, localVocab));
-  else f.run(topKOp(gpu, a.logits, a.best, 1, localVocab, 1));
+  if (localVocab === config.vocabSize) f.run(argmaxOp(gpu, a.logits, a.best, S, localVocab));
+  else f.run(topKOp(gpu, a.logits, a.best, S, localVocab, 1));
   return f.steps;
 }

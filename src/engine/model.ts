@@ -9,9 +9,11 @@ import { LlamaTokenizer } from '../model/tokenizer.ts';
 import { ShardGroup } from '../sharding/group.ts';
 import { planShards, type DeviceDescription, type ShardPlan } from '../sharding/plan.ts';
 import type { DeviceStats, ForwardEngine } from './forward-engine.ts';
-import { generateTokens, type FinishReason, type GeneratedToken, type GenerateOptions, type GenerationBackend } from './generate.ts';
+import { DEFAULT_MAX_TOKENS, generateTokens, type FinishReason, type GeneratedToken, type GenerateOptions, type GenerationBackend } from './generate.ts';
+import { kvGeometry } from './kv-cache.ts';
 import { InvalidOptionError } from './sampler.ts';
-import { LlamaRunner, type StepResult } from './runner.ts';
+import { LlamaRunner } from './runner.ts';
+import { Scheduler, type SchedulerStats, type Sequence } from './scheduler.ts';
 import { wholeModelView } from './shard-view.ts';
 
 export interface LoadProgressEvent {
@@ -39,6 +41,12 @@ export interface LoadOptions {
   gpuMemoryBytes?: number;
   /** Split weights for unequal devices, one per shard. */
   shardWeights?: number[];
+  /** Sequences that can generate at once (continuous batching). Default 1. */
+  maxSequences?: number;
+  /** KV cache positions shared by all sequences. Default maxSequences × contextLength. */
+  kvCacheTokens?: number;
+  /** Generations that may wait for a free sequence slot before new ones get QueueFullError. Default unlimited. */
+  maxWaiting?: number;
   /** Longest a shard step or collective may take before it becomes a ShardTimeoutError. Default 30 s. */
   shardDeadlineMs?: number;
   /** Called with notes worth telling a user (e.g. several shards share one GPU). */
@@ -61,13 +69,8 @@ export interface HealthReport {
 }
 
 /** What the model is doing, for metrics. */
-export interface ModelStats {
-  /** Generations waiting for the model. */
-  queued: number;
-  /** Generations running now. */
-  running: number;
-  /** Forward steps completed, and the last one's wall time. */
-  steps: number;
+export interface ModelStats extends SchedulerStats {
+  /** Wall time of the last batched step. */
   lastStepMs: number;
   /** Per device (per shard): steps, step time, collective (all-reduce/hand-off) time, memory. */
   devices: DeviceStats[];
@@ -76,13 +79,10 @@ export interface ModelStats {
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 export class Model {
-  private queue: Promise<unknown> = Promise.resolve();
   private disposed = false;
-  private waiting = 0;
-  private running = 0;
-  private steps = 0;
   private lastStepMs = 0;
   private lastStepEndedAt = 0;
+  private readonly scheduler: Scheduler;
   /** Test hook: every forward step first waits this long (simulates a wedged GPU). */
   stepDelayMs = 0;
 
@@ -91,17 +91,29 @@ export class Model {
     readonly file: GGUFFile,
     readonly tokenizer: LlamaTokenizer,
     private readonly engine: ForwardEngine,
+    /** Positions one sequence may hold (prompt + generated). */
+    readonly contextLength: number,
     /** The device of a one-device model (undefined when sharded: each worker has its own). */
     readonly gpu: GpuContext | undefined,
     /** The shard plan of a sharded model. */
     readonly plan: ShardPlan | undefined,
     private readonly ownsDevice: boolean,
-  ) {}
+    maxWaiting: number | undefined,
+  ) {
+    this.scheduler = new Scheduler(this.timedEngine(), { maxWaiting });
+  }
 
   static async load(source: ModelSource, options: LoadOptions = {}): Promise<Model> {
     const tp = options.tp ?? 1;
     const pp = options.pp ?? 1;
-    const counts = { tp, pp, contextLength: options.contextLength, maxBatchTokens: options.maxBatchTokens };
+    const counts = {
+      tp,
+      pp,
+      contextLength: options.contextLength,
+      maxBatchTokens: options.maxBatchTokens,
+      maxSequences: options.maxSequences,
+      kvCacheTokens: options.kvCacheTokens,
+    };
     for (const [name, value] of Object.entries(counts)) {
       if (value !== undefined && (!Number.isInteger(value) || value < 1)) {
         throw new InvalidOptionError(`${name} must be an integer ≥ 1; got ${value}.`);
@@ -114,13 +126,16 @@ export class Model {
       validateLlamaTensors(file, config);
       const tokenizer = LlamaTokenizer.fromGGUFMetadata(file.metadata);
       const contextLength = options.contextLength ?? Math.min(config.contextLength, 4096);
-      const maxBatchTokens = Math.min(options.maxBatchTokens ?? 512, contextLength);
+      const maxBatchTokens = Math.min(options.maxBatchTokens ?? 512, contextLength * (options.maxSequences ?? 1));
+      const geometry = kvGeometry(contextLength, options.maxSequences ?? 1, options.kvCacheTokens);
       const onProgress = (bytesLoaded: number, bytesTotal: number) => options.onProgress?.({ bytesLoaded, bytesTotal });
+      const create = (engine: ForwardEngine, gpu: GpuContext | undefined, plan: ShardPlan | undefined, ownsDevice: boolean) =>
+        new Model(config, file, tokenizer, engine, contextLength, gpu, plan, ownsDevice, options.maxWaiting);
       if (tp * pp === 1) {
         const gpu = options.device ?? (await requestGpu(options.gpu));
         try {
-          const runner = await LlamaRunner.load(gpu, file, config, wholeModelView(config), { contextLength, maxBatchTokens, onProgress });
-          return new Model(config, file, tokenizer, runner, gpu, undefined, !options.device);
+          const runner = await LlamaRunner.load(gpu, file, config, wholeModelView(config), { geometry, maxBatchTokens, onProgress });
+          return create(runner, gpu, undefined, !options.device);
         } catch (error) {
           if (!options.device) gpu.device.destroy();
           throw error;
@@ -129,11 +144,20 @@ export class Model {
       const shardSource = workerSource(source);
       const shardGpus = Array.from({ length: tp * pp }, (_, i) => options.devices?.[i] ?? options.gpu ?? {});
       const devices = await describeDevices(shardGpus, options);
-      const plan = planShards(file, config, { tp, pp, contextLength, maxBatchTokens, devices, weights: options.shardWeights });
+      const plan = planShards(file, config, {
+        tp,
+        pp,
+        contextLength,
+        maxSequences: options.maxSequences,
+        kvCacheTokens: options.kvCacheTokens,
+        maxBatchTokens,
+        devices,
+        weights: options.shardWeights,
+      });
       const group = await ShardGroup.start({
         source: shardSource,
         plan,
-        contextLength,
+        geometry,
         maxBatchTokens,
         dim: config.dim,
         vocabSize: config.vocabSize,
@@ -141,15 +165,11 @@ export class Model {
         deadlineMs: options.shardDeadlineMs,
         onProgress,
       });
-      return new Model(config, file, tokenizer, group, undefined, plan, false);
+      return create(group, undefined, plan, false);
     } catch (error) {
       await bytes.close();
       throw error;
     }
-  }
-
-  get contextLength(): number {
-    return this.engine.contextLength;
   }
 
   /** The shard group of a sharded model (per-shard load reports, test hooks). */
@@ -166,131 +186,131 @@ export class Model {
     return this.tokenizer.decode([...ids]);
   }
 
-  /** Streams generated tokens. Calls on one model run one after another. */
-  async *generate(prompt: string | readonly number[], options: GenerateOptions = {}): AsyncGenerator<GeneratedToken> {
+  /**
+   * Streams generated tokens. Many generations may run at once: each waits for a sequence slot
+   * and KV blocks, then joins the running batch at the next step (continuous batching).
+   */
+  async *generate(
+    prompt: string | readonly number[],
+    options: GenerateOptions = {},
+    result: { finish?: FinishReason } = {},
+  ): AsyncGenerator<GeneratedToken> {
     const promptIds = typeof prompt === 'string' ? this.tokenize(prompt) : [...prompt];
-    const release = await this.acquire();
+    this.checkAlive();
+    const maxTokens = options.maxTokens ?? DEFAULT_MAX_TOKENS;
+    const sequence = await this.scheduler.admit(Math.min(this.contextLength, promptIds.length + (Number.isFinite(maxTokens) ? maxTokens : 0)));
     try {
-      yield* generateTokens(this.backend(), promptIds, options);
+      yield* generateTokens(this.backend(sequence), promptIds, options, result);
     } finally {
-      release();
+      sequence.release();
     }
   }
 
   /** Generates to the end and returns ids, text and timings. */
   async complete(prompt: string | readonly number[], options: GenerateOptions = {}): Promise<Completion> {
     const promptIds = typeof prompt === 'string' ? this.tokenize(prompt) : [...prompt];
-    const release = await this.acquire();
-    try {
-      const result: { finish?: FinishReason } = {};
-      const ids: number[] = [];
-      let text = '';
-      const start = performance.now();
-      let firstTokenAt = start;
-      for await (const token of generateTokens(this.backend(), promptIds, options, result)) {
-        if (ids.length === 0) firstTokenAt = performance.now();
-        ids.push(token.id);
-        text += token.text;
-      }
-      const end = performance.now();
-      return {
-        promptIds,
-        ids,
-        text,
-        finishReason: result.finish ?? 'length',
-        timings: { prefillMs: firstTokenAt - start, decodeMs: end - firstTokenAt, promptTokens: promptIds.length, generatedTokens: ids.length },
-      };
-    } finally {
-      release();
+    const result: { finish?: FinishReason } = {};
+    const ids: number[] = [];
+    let text = '';
+    const start = performance.now();
+    let firstTokenAt = start;
+    for await (const token of this.generate(promptIds, options, result)) {
+      if (ids.length === 0) firstTokenAt = performance.now();
+      ids.push(token.id);
+      text += token.text;
     }
+    const end = performance.now();
+    return {
+      promptIds,
+      ids,
+      text,
+      finishReason: result.finish ?? 'length',
+      timings: { prefillMs: firstTokenAt - start, decodeMs: end - firstTokenAt, promptTokens: promptIds.length, generatedTokens: ids.length },
+    };
   }
 
   /** Logits of the next token after `ids` (for tests and scoring). */
   async nextTokenLogits(ids: readonly number[]): Promise<Float32Array> {
-    const release = await this.acquire();
+    this.checkAlive();
+    const sequence = await this.scheduler.admit(ids.length);
     try {
-      return (await this.step(ids, 0, true)).logits!;
+      return (await sequence.forward(ids, 0, true)).logits!;
     } finally {
-      release();
+      sequence.release();
     }
   }
 
   /**
    * Liveness: when idle, runs a one-token forward step and waits for it; when busy, checks that
-   * the running generation completed a step recently. Either must happen within `deadlineMs`.
+   * the running generations completed a step recently. Either must happen within `deadlineMs`.
    */
   async health(deadlineMs = 5000): Promise<HealthReport> {
     const deadline = new Promise<HealthReport>((resolve) =>
       setTimeout(() => resolve({ ok: false, detail: `no forward step completed within ${deadlineMs} ms` }), deadlineMs),
     );
-    if (this.running > 0) {
+    if (this.scheduler.stats().running > 0) {
       const sinceLastStep = performance.now() - this.lastStepEndedAt;
       if (sinceLastStep <= deadlineMs) return { ok: true, detail: `busy; last step ${sinceLastStep.toFixed(0)} ms ago` };
     }
     const probe = (async (): Promise<HealthReport> => {
-      const release = await this.acquire();
+      const start = performance.now();
+      const sequence = await this.scheduler.admit(1);
       try {
-        const start = performance.now();
-        await this.step([this.tokenizer.bosId], 0, false);
-        return { ok: true, detail: `probe step ${(performance.now() - start).toFixed(1)} ms` };
+        await sequence.forward([this.tokenizer.bosId], 0, false);
       } finally {
-        release();
+        sequence.release();
       }
+      return { ok: true, detail: `probe step ${(performance.now() - start).toFixed(1)} ms` };
     })();
-    return Promise.race([probe, deadline]);
+    probe.catch(() => {}); // a probe that loses the race must not become an unhandled rejection
+    return Promise.race([probe.catch((e: Error) => ({ ok: false, detail: `probe failed: ${e.message}` })), deadline]);
   }
 
   stats(): ModelStats {
-    return {
-      queued: this.waiting,
-      running: this.running,
-      steps: this.steps,
-      lastStepMs: this.lastStepMs,
-      devices: this.engine.deviceStats(),
-    };
+    return { ...this.scheduler.stats(), lastStepMs: this.lastStepMs, devices: this.engine.deviceStats() };
   }
 
+  /** Refuses new generations, lets running ones finish, then frees the devices. */
   async dispose(): Promise<void> {
     if (this.disposed) return;
     this.disposed = true;
-    await this.queue.catch(() => undefined);
+    // Nothing new starts; what is running finishes (nothing is lost), then the devices go.
+    this.scheduler.close(new Error('This model was disposed; load it again to use it.'));
+    await this.scheduler.idle();
     await this.engine.dispose();
     if (this.ownsDevice) this.gpu?.device.destroy();
     await this.file.source.close();
   }
 
-  private backend(): GenerationBackend {
+  private checkAlive(): void {
+    if (this.disposed) throw new Error('This model was disposed; load it again to use it.');
+  }
+
+  private backend(sequence: Sequence): GenerationBackend {
     return {
-      contextLength: this.engine.contextLength,
-      forward: (tokens, startPos, wantLogits) => this.step(tokens, startPos, wantLogits),
+      contextLength: this.contextLength,
+      forward: (tokens, startPos, wantLogits) => sequence.forward(tokens, startPos, wantLogits),
       isEndOfGeneration: (id) => this.tokenizer.isEog(id),
       createStreamDecoder: () => this.tokenizer.createStreamDecoder(),
     };
   }
 
-  private async step(tokens: readonly number[], startPos: number, wantLogits: boolean): Promise<StepResult> {
-    if (this.stepDelayMs > 0) await sleep(this.stepDelayMs);
-    const start = performance.now();
-    const result = await this.engine.forward(tokens, startPos, wantLogits);
-    this.lastStepEndedAt = performance.now();
-    this.lastStepMs = this.lastStepEndedAt - start;
-    this.steps++;
-    return result;
-  }
-
-  /** One sequence at a time: the KV cache belongs to the running generation. */
-  private async acquire(): Promise<() => void> {
-    if (this.disposed) throw new Error('This model was disposed; load it again to use it.');
-    let release!: () => void;
-    const previous = this.queue;
-    this.queue = new Promise<void>((resolve) => (release = resolve));
-    this.waiting++;
-    await previous.catch(() => undefined);
-    this.waiting--;
-    this.running++;
-    return () => {
-      this.running--;
-      release();
+  /** The engine with the step timing (and the wedged-GPU test hook) that health checks use. */
+  private timedEngine(): ForwardEngine {
+    const engine = this.engine;
+    return {
+      geometry: engine.geometry,
+      maxBatchTokens: engine.maxBatchTokens,
+      deviceStats: () => engine.deviceStats(),
+      dispose: () => engine.dispose(),
+      forward: async (batch) => {
+        if (this.stepDelayMs > 0) await sleep(this.stepDelayMs);
+        const start = performance.now();
+        const results = await engine.forward(batch);
+        this.lastStepEndedAt = performance.now();
+        this.lastStepMs = this.lastStepEndedAt - start;
+        return results;
+      },
     };
   }
 }

@@ -1,14 +1,15 @@
-// One device's share of the model, ready to run steps: weights, KV cache, scratch buffers and
-// the recorded forward programs. The single-device model uses one runner over the whole-model
-// view; a shard worker uses one runner over its view with a communicator to the other shards.
+// One device's share of the model, ready to run steps: weights, paged KV cache, scratch buffers
+// and the recorded forward programs. The single-device model uses one runner over the
+// whole-model view; a shard worker uses one runner over its view with a communicator to the
+// other shards. A step is a batch: tokens of several sequences, each at its own position.
 
 import type { GpuContext } from '../gpu/device.ts';
 import { readBuffer, writeBuffer } from '../gpu/kernel.ts';
 import type { LlamaConfig } from '../model/config.ts';
 import type { GGUFFile } from '../model/gguf.ts';
-import { createKvCache, destroyKvCache, type KvCache } from './kv-cache.ts';
-import { createActivations, destroyActivations, recordLlamaForward, type Activations } from './llama.ts';
 import type { DeviceStats, ForwardEngine } from './forward-engine.ts';
+import { createKvCache, destroyKvCache, type KvCache, type KvGeometry } from './kv-cache.ts';
+import { createActivations, destroyActivations, recordLlamaForward, type Activations } from './llama.ts';
 import { aloneCommunicator, runProgram, type Communicator, type ProgramStep, type StepCounters } from './program.ts';
 import { rangeLength, type ShardView } from './shard-view.ts';
 import { destroyWeights, loadLlamaWeights, type LlamaWeights, type LoadProgress } from './weights.ts';
@@ -17,29 +18,47 @@ export class ContextOverflowError extends Error {
   override name = 'ContextOverflowError';
 }
 
-export interface RunnerOptions {
-  contextLength: number;
-  /** Most tokens one forward step processes (longer prompts run in several steps). */
-  maxBatchTokens?: number;
-  communicator?: Communicator;
-  onProgress?: LoadProgress;
+/** One forward step: tokens of one or more sequences, and which of them to sample. */
+export interface StepBatch {
+  tokens: number[];
+  /** Each token's position in its own sequence. */
+  positions: number[];
+  /** Each token's sequence slot (its row of the block table). */
+  slots: number[];
+  /** Indices into `tokens` whose next-token logits are wanted (a sequence's last token). */
+  sampleRows: number[];
+  /** [maxSequences][blocksPerSequence]: physical KV block of each logical block of each slot. */
+  blockTable: Uint32Array;
+  /** Read the sampled rows' logits back (non-greedy sampling) rather than only their best ids. */
+  wantLogits: boolean;
 }
 
-/** What a step hands back: the best (argmax) token, and the logits when asked for. */
+/** What a step hands back for one sampled row. */
 export interface StepResult {
-  /** Index into this shard's vocabulary slice (the whole vocabulary on one device). */
+  /** The best token (in the whole vocabulary's numbering once a shard group has combined its slices). */
   argmaxId: number;
-  /** The best token's logit; only known when the shard holds a vocabulary slice. */
+  /** The best token's logit; known when a shard holds a vocabulary slice. */
   argmaxLogit?: number;
   logits?: Float32Array;
 }
 
+export interface RunnerOptions {
+  geometry: KvGeometry;
+  /** Most tokens one forward step processes. */
+  maxBatchTokens: number;
+  communicator?: Communicator;
+  onProgress?: LoadProgress;
+}
+
+/** Recorded programs kept per (tokens, samples) shape; more than this and the oldest go. */
+const MAX_PROGRAMS = 64;
+
 export class LlamaRunner implements ForwardEngine {
   readonly counters: StepCounters = { submits: 0, collectives: 0 };
+  private readonly programs = new Map<string, ProgramStep[]>();
   private steps = 0;
   private stepMs = 0;
   private lastStepMs = 0;
-  private readonly programs = new Map<number, ProgramStep[]>();
 
   private constructor(
     readonly gpu: GpuContext,
@@ -53,56 +72,70 @@ export class LlamaRunner implements ForwardEngine {
 
   static async load(gpu: GpuContext, file: GGUFFile, config: LlamaConfig, view: ShardView, options: RunnerOptions): Promise<LlamaRunner> {
     const weights = await loadLlamaWeights(gpu, file, config, view, options.onProgress);
-    const cache = createKvCache(gpu, config, view, options.contextLength);
-    const maxBatch = Math.min(options.maxBatchTokens ?? 512, options.contextLength);
-    const activations = createActivations(gpu, config, view, maxBatch);
+    const cache = createKvCache(gpu, config, view, options.geometry);
+    const activations = createActivations(gpu, config, view, options.maxBatchTokens, options.geometry);
     return new LlamaRunner(gpu, config, view, weights, cache, activations, options.communicator ?? aloneCommunicator);
   }
 
-  get contextLength(): number {
-    return this.cache.contextLength;
+  get geometry(): KvGeometry {
+    return this.cache.geometry;
+  }
+
+  get maxBatchTokens(): number {
+    return this.activations.maxTokens;
   }
 
   /**
-   * Runs `tokens` at positions `startPos...` through this shard, in chunks of at most
-   * `maxBatchTokens`, and returns what the last token produced. Only the final chunk's result
-   * is read back: one host round trip per call on a single device.
+   * Runs one batch through this shard and returns, per sampled row, the best token (and logits
+   * if asked). One submit between collectives, one read-back at the end.
    */
-  async forward(tokens: readonly number[], startPos: number, wantLogits: boolean): Promise<StepResult> {
-    if (tokens.length === 0) throw new RangeError('forward() needs at least one token');
-    if (startPos + tokens.length > this.contextLength) {
-      throw new ContextOverflowError(
-        `${startPos + tokens.length} tokens do not fit the context of ${this.contextLength}; ` +
-          'load the model with a larger contextLength (--ctx) or shorten the prompt.',
-      );
-    }
+  async forward(batch: StepBatch): Promise<StepResult[]> {
     const a = this.activations;
+    const T = batch.tokens.length;
+    const S = batch.sampleRows.length;
+    if (T === 0 || T > a.maxTokens) throw new RangeError(`a step takes 1..${a.maxTokens} tokens; got ${T}`);
+    if (S > a.maxSequences) throw new RangeError(`a step samples at most ${a.maxSequences} rows; got ${S}`);
     const start = performance.now();
-    for (let done = 0; done < tokens.length; done += a.maxTokens) {
-      const chunk = tokens.slice(done, done + a.maxTokens);
-      const positions = Uint32Array.from(chunk, (_, i) => startPos + done + i);
-      writeBuffer(this.gpu.device, a.tokenIds, 0, Uint32Array.from(chunk));
-      writeBuffer(this.gpu.device, a.positions, 0, positions);
-      await runProgram(this.gpu.device, this.program(chunk.length), this.communicator, this.counters);
-    }
-    if (!this.view.samples) {
-      this.countStep(start);
-      return { argmaxId: -1 };
-    }
-    const best = await readBuffer(this.gpu.device, a.best, 8);
-    const argmaxId = new Uint32Array(best)[0]!;
-    const argmaxLogit = rangeLength(this.view.vocab) === this.config.vocabSize ? undefined : new Float32Array(best)[1]!;
-    const logits = wantLogits
-      ? new Float32Array(await readBuffer(this.gpu.device, a.logits, rangeLength(this.view.vocab) * 4))
-      : undefined;
-    this.countStep(start);
-    return { argmaxId, argmaxLogit, logits };
-  }
+    const device = this.gpu.device;
+    writeBuffer(device, a.tokenIds, 0, Uint32Array.from(batch.tokens));
+    writeBuffer(device, a.positions, 0, Uint32Array.from(batch.positions));
+    writeBuffer(device, a.tokenSlots, 0, Uint32Array.from(batch.slots));
+    writeBuffer(device, a.blockTable, 0, batch.blockTable);
+    if (S > 0) writeBuffer(device, a.sampleRows, 0, Uint32Array.from(batch.sampleRows));
+    await runProgram(device, this.program(T, S), this.communicator, this.counters);
 
-  private countStep(start: number): void {
+    const results: StepResult[] = [];
+    if (this.view.samples && S > 0) {
+      const localVocab = rangeLength(this.view.vocab);
+      const wholeVocabulary = localVocab === this.config.vocabSize;
+      // argmax writes one id per row; over a vocabulary slice top-1 writes (id, logit) pairs.
+      const best = await readBuffer(device, a.best, S * (wholeVocabulary ? 4 : 8));
+      const ids = new Uint32Array(best);
+      const logitsOfBest = new Float32Array(best);
+      const logits = batch.wantLogits ? new Float32Array(await readBuffer(device, a.logits, S * localVocab * 4)) : undefined;
+      for (let s = 0; s < S; s++) {
+        results.push({
+          argmaxId: wholeVocabulary ? ids[s]! : ids[2 * s]!,
+          argmaxLogit: wholeVocabulary ? undefined : logitsOfBest[2 * s + 1]!,
+          logits: logits?.subarray(s * localVocab, (s + 1) * localVocab),
+        });
+      }
+    }
     this.lastStepMs = performance.now() - start;
     this.stepMs += this.lastStepMs;
     this.steps++;
+    return results;
+  }
+
+  private program(nTokens: number, nSamples: number): ProgramStep[] {
+    const key = `${nTokens}/${nSamples}`;
+    let steps = this.programs.get(key);
+    if (!steps) {
+      steps = recordLlamaForward(this.gpu, this.config, this.view, this.weights, this.cache, this.activations, nTokens, nSamples);
+      if (this.programs.size >= MAX_PROGRAMS) this.programs.delete(this.programs.keys().next().value!);
+      this.programs.set(key, steps);
+    }
+    return steps;
   }
 
   deviceStats(): DeviceStats[] {
@@ -119,15 +152,6 @@ export class LlamaRunner implements ForwardEngine {
         gpuBytes: this.weights.gpuBytes + this.cache.bytes,
       },
     ];
-  }
-
-  private program(nTokens: number): ProgramStep[] {
-    let steps = this.programs.get(nTokens);
-    if (!steps) {
-      steps = recordLlamaForward(this.gpu, this.config, this.view, this.weights, this.cache, this.activations, nTokens);
-      this.programs.set(nTokens, steps);
-    }
-    return steps;
   }
 
   async dispose(): Promise<void> {

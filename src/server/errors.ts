@@ -5,6 +5,7 @@
 
 import { InvalidOptionError } from '../engine/sampler.ts';
 import { ContextOverflowError } from '../engine/runner.ts';
+import { QueueFullError as EngineQueueFullError } from '../engine/scheduler.ts';
 import { GpuUnavailableError } from '../gpu/device.ts';
 
 export interface OpenAIErrorBody {
@@ -122,6 +123,9 @@ export function toHttpError(error: unknown): HttpError {
   if (error instanceof HttpError) return error;
   if (error instanceof InvalidOptionError) return new InvalidRequestError(error.message, { code: 'invalid_value' });
   if (error instanceof ContextOverflowError) return new InvalidRequestError(error.message, { code: 'context_length_exceeded' });
+  if (error instanceof EngineQueueFullError) {
+    return new QueueFullError(error.message, { code: 'queue_full', headers: { 'retry-after': String(error.retryAfterSeconds) } });
+  }
   if (error instanceof GpuUnavailableError) return new ServiceUnavailableError(`GPU unavailable: ${error.message}`, { code: 'gpu_unavailable' });
   const message = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
   return new EngineError(`The engine failed: ${message}`, { code: 'engine_error' });

@@ -53,7 +53,8 @@ Options:
       --pp N                  pipeline stages (tp × pp shards in all; default 1)
       --devices LIST          adapter names, comma-separated, one per shard (default: all on one adapter)
       --gpu-memory SIZE       memory budget per device for the shard planner, e.g. 8GiB
-      --parallel N            sequences handed to the engine at once (default ${DEFAULT_LIMITS.maxRunning})
+      --parallel N            sequences the engine batches together (default ${DEFAULT_LIMITS.maxRunning})
+      --kv-cache-tokens N     KV cache positions shared by those sequences (default parallel × context)
       --max-queue N           sequences that may wait beyond those; more get 429 (default ${DEFAULT_LIMITS.maxQueued})
       --max-body-bytes N      request body limit (default ${DEFAULT_LIMITS.maxBodyBytes})
       --max-header-bytes N    request header limit (default ${DEFAULT_LIMITS.maxHeaderBytes})
@@ -71,7 +72,7 @@ type Flags = Map<string, string[]>;
 const aliases: Record<string, string> = { m: 'model', c: 'ctx', h: 'help' };
 const booleanFlags = new Set(['test-hooks', 'help']);
 const knownFlags = new Set([
-  'model', 'model-name', 'host', 'port', 'ctx', 'tp', 'pp', 'devices', 'gpu-memory', 'parallel', 'max-queue', 'max-body-bytes', 'max-header-bytes',
+  'model', 'model-name', 'host', 'port', 'ctx', 'tp', 'pp', 'devices', 'gpu-memory', 'parallel', 'kv-cache-tokens', 'max-queue', 'max-body-bytes', 'max-header-bytes',
   'request-timeout', 'health-deadline-ms', 'shutdown-grace', 'api-key', 'gpu', 'test-hooks', 'help',
 ]);
 
@@ -145,8 +146,9 @@ function serveConfig(flags: Flags): ServeConfig {
     const s = numberFlag(flags, name, { min: 0.001 });
     return s === undefined ? undefined : Math.round(s * 1000);
   };
+  const parallel = numberFlag(flags, 'parallel', { integer: true, min: 1 }) ?? DEFAULT_LIMITS.maxRunning;
   const limits: Partial<ServerLimits> = {
-    maxRunning: numberFlag(flags, 'parallel', { integer: true, min: 1 }),
+    maxRunning: parallel,
     maxQueued: numberFlag(flags, 'max-queue', { integer: true }),
     maxBodyBytes: numberFlag(flags, 'max-body-bytes', { integer: true, min: 1 }),
     maxHeaderBytes: numberFlag(flags, 'max-header-bytes', { integer: true, min: 1 }),
@@ -164,6 +166,9 @@ function serveConfig(flags: Flags): ServeConfig {
       pp: numberFlag(flags, 'pp', { integer: true, min: 1 }),
       devices: adapterNames?.map((adapterName) => ({ backend, adapterName })),
       gpuMemoryBytes: byteSize(flags, 'gpu-memory'),
+      // The server hands the engine at most `parallel` sequences, and the engine batches them all.
+      maxSequences: parallel,
+      kvCacheTokens: numberFlag(flags, 'kv-cache-tokens', { integer: true, min: 1 }),
       onWarning: (message) => log(`warning: ${message}`),
     },
     limits: Object.fromEntries(Object.entries(limits).filter(([, v]) => v !== undefined)),

@@ -3,8 +3,8 @@
 // refused at once with 429. A sequence that is cancelled while it waits leaves the queue without
 // ever reaching the engine.
 //
-// The engine serializes generations today and will batch them later; either way it sees at most
-// `maxRunning` sequences, so raising `maxRunning` is how the server uses a batching engine.
+// The engine batches the sequences it is given (continuous batching); it never sees more than
+// `maxRunning`, so a request cancelled while it waits here costs the GPU nothing.
 
 import { QueueFullError } from './errors.ts';
 

@@ -3,7 +3,7 @@
 // and (when asked) the log-probabilities of the tokens it chose.
 
 import type { SamplingParams } from './openai-schema.ts';
-import type { GeneratedToken, GenerateOptions, ServedModel, ServedTokenizer } from './served-model.ts';
+import type { EngineFinishReason, GeneratedToken, GenerateOptions, ServedModel } from './served-model.ts';
 import type { Slot } from './scheduler.ts';
 
 export type FinishReason = 'stop' | 'length';
@@ -59,49 +59,23 @@ export function generateOptions(spec: SequenceSpec, signal: AbortSignal): Genera
   };
 }
 
-/** Rejects with `signal.reason` as soon as the signal aborts. */
+/** Rejects with `signal.reason` as soon as the signal aborts (`promise` is still awaited quietly). */
 function unlessAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason);
   return new Promise<T>((resolve, reject) => {
     const onAbort = () => reject(signal.reason);
-    signal.addEventListener('abort', onAbort, { once: true });
-    promise.then(
-      (value) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(value);
-      },
-      (error: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(error);
-      },
-    );
+    if (signal.aborted) onAbort();
+    else signal.addEventListener('abort', onAbort, { once: true });
+    void promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
   });
 }
 
 /**
- * Why the engine stopped. The engine's generate() does not say, so it is read off the tokens:
- * an end-of-generation token or a stop string is "stop", running out of tokens is "length".
- * (max_tokens is clamped to the context beforehand, so the context running out is "length" too.)
+ * OpenAI's name for why the engine stopped: an end-of-generation token or a stop string is
+ * "stop"; running out of tokens is "length" (max_tokens is clamped to the context beforehand, so
+ * the context running out is "length" too).
  */
-export function finishReasonOf(ids: readonly number[], spec: SequenceSpec, tokenizer: ServedTokenizer): FinishReason {
-  const last = ids.at(-1);
-  if (last !== undefined && !spec.ignoreEos && tokenizer.isEog(last)) return 'stop';
-  if (ids.length < spec.maxTokens) return 'stop'; // only a stop string ends a sequence early
-  // At the limit, a stop string may have ended it on the very last token.
-  const stops = spec.stop.filter((s) => s !== '');
-  if (stops.length === 0) return 'length';
-  const fullText = new TextDecoder().decode(concatBytes(ids.map((id) => tokenizer.tokenToPiece(id))));
-  return stops.some((stop) => fullText.includes(stop)) ? 'stop' : 'length';
-}
-
-function concatBytes(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let offset = 0;
-  for (const part of parts) {
-    out.set(part, offset);
-    offset += part.length;
-  }
-  return out;
+export function finishReasonOf(finish: EngineFinishReason | undefined): FinishReason {
+  return finish === 'eos' || finish === 'stop' ? 'stop' : 'length';
 }
 
 /**
@@ -116,7 +90,8 @@ export async function runSequence(
   signal: AbortSignal,
   onToken: (token: GeneratedToken) => void = () => undefined,
 ): Promise<SequenceResult> {
-  const iterator = model.generate(spec.promptIds, generateOptions(spec, signal))[Symbol.asyncIterator]();
+  const engineResult: { finish?: EngineFinishReason } = {};
+  const iterator = model.generate(spec.promptIds, generateOptions(spec, signal), engineResult)[Symbol.asyncIterator]();
   let finished = false;
   try {
     const ids: number[] = [];
@@ -132,14 +107,15 @@ export async function runSequence(
       firstTokenAt ??= lastTokenAt;
       ids.push(next.value.id);
       pieces.push(next.value.text);
-      if (!signal.aborted) onToken(next.value);
+      if (signal.aborted) throw signal.reason;
+      onToken(next.value);
     }
     finished = true;
     const result: SequenceResult = {
       ids,
       text: pieces.join(''),
       pieces,
-      finishReason: finishReasonOf(ids, spec, model.tokenizer),
+      finishReason: finishReasonOf(engineResult.finish),
       firstTokenAt,
       lastTokenAt,
     };
@@ -170,6 +146,7 @@ export async function scoreTokens(
 ): Promise<TokenLogprob[]> {
   const scored: TokenLogprob[] = [];
   for (let i = 0; i < ids.length; i++) {
+    if (signal.aborted) throw signal.reason;
     const logits = await unlessAborted(model.nextTokenLogits([...promptIds, ...ids.slice(0, i)]), signal);
     scored.push(logprobsOf(logits, ids[i]!, top));
   }

@@ -2,11 +2,11 @@
 // this interface keeps it honest about what it needs, lets tests drive the HTTP layer with a
 // stand-in model, and leaves the engine free to change behind it (batching, sharding).
 
-import type { GeneratedToken, GenerateOptions } from '../engine/generate.ts';
+import type { FinishReason as EngineFinishReason, GeneratedToken, GenerateOptions } from '../engine/generate.ts';
 import type { HealthReport } from '../engine/model.ts';
 import type { LlamaTokenizer } from '../model/tokenizer.ts';
 
-export type { GeneratedToken, GenerateOptions, HealthReport };
+export type { EngineFinishReason, GeneratedToken, GenerateOptions, HealthReport };
 
 export type ServedTokenizer = Pick<
   LlamaTokenizer,
@@ -17,8 +17,11 @@ export interface ServedModel {
   readonly contextLength: number;
   readonly tokenizer: ServedTokenizer;
   readonly file: { readonly metadata: ReadonlyMap<string, unknown> };
-  /** Streams the tokens after `promptIds`; honours `options.signal` between steps. */
-  generate(promptIds: readonly number[], options: GenerateOptions): AsyncIterable<GeneratedToken>;
+  /**
+   * Streams the tokens after `promptIds`; honours `options.signal` between steps, and says in
+   * `result.finish` why it ended.
+   */
+  generate(promptIds: readonly number[], options: GenerateOptions, result: { finish?: EngineFinishReason }): AsyncIterable<GeneratedToken>;
   /** Raw logits of the token after `ids` (used to report logprobs). */
   nextTokenLogits(ids: readonly number[]): Promise<Float32Array>;
   health(deadlineMs: number): Promise<HealthReport>;

@@ -22,7 +22,7 @@ import {
 } from './errors.ts';
 import { HealthMonitor } from './health.ts';
 import { checkRequestSize, readJsonBody } from './http.ts';
-import { ChatFormat, CompletionFormat, usageOf, type ChoiceFormat, type ResponseMeta } from './openai-format.ts';
+import { ChatFormat, CompletionFormat, usageOf, type ChoiceFormat, type ResponseMeta, type Usage } from './openai-format.ts';
 import { parseChatRequest, parseCompletionRequest, type ChatMessage, type GenerationParams, type Prompt } from './openai-schema.ts';
 import { Scheduler, type Slot } from './scheduler.ts';
 import { runSequence, type SequenceResult, type SequenceSpec } from './sequence.ts';
@@ -35,7 +35,7 @@ export interface ServerLimits {
   maxBodyBytes: number;
   maxHeaderBytes: number;
   maxUrlBytes: number;
-  /** Sequences handed to the engine at once (raise it for a batching engine). */
+  /** Sequences handed to the engine at once (the engine batches them: load it with as many sequence slots). */
   maxRunning: number;
   /** Sequences that may wait beyond those; more is refused with 429. */
   maxQueued: number;
@@ -47,7 +47,7 @@ export const DEFAULT_LIMITS: ServerLimits = {
   maxBodyBytes: 1 << 20,
   maxHeaderBytes: 16 << 10,
   maxUrlBytes: 8 << 10,
-  maxRunning: 8,
+  maxRunning: 4,
   maxQueued: 64,
   requestTimeoutMs: 600_000,
 };
@@ -67,18 +67,12 @@ export interface ServerOptions {
 
 type State = 'loading' | 'ready' | 'draining' | 'stopped';
 
-const CANCEL_REASONS = new Map<new (...args: never[]) => HttpError, CancelReason>([
-  [ClientClosedError, 'client_disconnect'],
-  [DeadlineExceededError, 'deadline'],
-  [ServiceUnavailableError, 'shutdown'],
-]);
-
 /** One generation request in flight: its cancellation, its deadline, and when it is over. */
 class InFlight {
   readonly startedAt = performance.now();
   private readonly controller = new AbortController();
   private readonly deadline: ReturnType<typeof setTimeout>;
-  private readonly onClientGone = () => this.cancel(new ClientClosedError('The client closed the connection.'));
+  private readonly onClientGone = () => this.cancel('client_disconnect', new ClientClosedError('The client closed the connection.'));
   private ended = false;
   private resolveDone!: () => void;
   readonly done = new Promise<void>((resolve) => (this.resolveDone = resolve));
@@ -89,7 +83,7 @@ class InFlight {
     private readonly onCancel: (reason: CancelReason) => void,
   ) {
     this.deadline = setTimeout(
-      () => this.cancel(new DeadlineExceededError(`The request did not finish within its deadline of ${timeoutMs / 1000} s.`, { code: 'deadline_exceeded' })),
+      () => this.cancel('deadline', new DeadlineExceededError(`The request did not finish within its deadline of ${timeoutMs / 1000} s.`, { code: 'deadline_exceeded' })),
       timeoutMs,
     );
     request.signal.addEventListener('abort', this.onClientGone, { once: true });
@@ -99,12 +93,11 @@ class InFlight {
     return this.controller.signal;
   }
 
-  /** Stops every sequence of this request; the first reason wins. */
-  cancel(reason: HttpError): void {
+  /** Stops every sequence of this request, which then fails with `error`; the first cancel wins. */
+  cancel(reason: CancelReason, error: HttpError): void {
     if (this.ended || this.signal.aborted) return;
-    const kind = CANCEL_REASONS.get(reason.constructor as new (...args: never[]) => HttpError);
-    if (kind) this.onCancel(kind);
-    this.controller.abort(reason);
+    this.onCancel(reason);
+    this.controller.abort(error);
   }
 
   clientGone(): void {
@@ -129,6 +122,18 @@ class InFlight {
 interface SequenceHooks {
   token?(index: number, token: GeneratedToken): void;
   finished?(index: number, result: SequenceResult): void;
+}
+
+/** Everything needed to produce the answer to one admitted generation request. */
+interface Answer {
+  model: ServedModel;
+  /** One per choice, in choice order. */
+  specs: SequenceSpec[];
+  slots: Array<Promise<Slot>>;
+  flight: InFlight;
+  format: ChoiceFormat;
+  meta: ResponseMeta;
+  usage(results: readonly SequenceResult[]): Usage;
 }
 
 interface Route {
@@ -227,7 +232,7 @@ export class InferenceServer {
     const allDone = () => Promise.all([...this.inFlight].map((f) => f.done)).then(() => undefined);
     if (!(await settlesWithin(allDone(), graceMs))) {
       this.log(`shutdown: cancelling ${this.inFlight.size} request(s) still running after ${graceMs} ms`);
-      for (const flight of this.inFlight) flight.cancel(new ServiceUnavailableError('The server is shutting down.', { code: 'shutting_down' }));
+      for (const flight of this.inFlight) flight.cancel('shutdown', new ServiceUnavailableError('The server is shutting down.', { code: 'shutting_down' }));
       await allDone();
     }
     await this.scheduler.whenIdle();
@@ -362,17 +367,32 @@ export class InferenceServer {
     this.inFlight.add(flight);
     void flight.done.then(() => this.inFlight.delete(flight));
 
-    const meta: ResponseMeta = { id: format.idPrefix + crypto.randomUUID().replaceAll('-', ''), created: Math.floor(Date.now() / 1000), model: this.modelName, includeUsage: params.includeUsage };
     const promptTokens = prompts.reduce((n, ids) => n + ids.length, 0);
-    const usage = (results: readonly SequenceResult[]) => usageOf(promptTokens, results.reduce((n, r) => n + r.ids.length, 0));
+    const answer: Answer = {
+      model,
+      specs,
+      slots,
+      flight,
+      format,
+      meta: { id: format.idPrefix + crypto.randomUUID().replaceAll('-', ''), created: Math.floor(Date.now() / 1000), model: this.modelName, includeUsage: params.includeUsage },
+      usage: (results) => usageOf(promptTokens, results.reduce((n, r) => n + r.ids.length, 0)),
+    };
+    return params.stream ? this.streamAnswer(new URL(request.url).pathname, answer) : this.jsonAnswer(answer);
+  }
 
-    if (!params.stream) {
-      return this.respondWhenDone(flight, async () => {
-        const results = await this.runAll(model, specs, slots, flight);
-        return jsonResponse(format.response(meta, results, usage(results)));
-      });
+  /** The answer as one JSON body; the request is over when it is built (or failed). */
+  private async jsonAnswer(answer: Answer): Promise<Response> {
+    try {
+      const results = await this.runAll(answer);
+      return jsonResponse(answer.format.response(answer.meta, results, answer.usage(results)));
+    } finally {
+      answer.flight.end();
     }
+  }
 
+  /** The answer as server-sent events, pushed as tokens come; counted in the metrics when it ends. */
+  private streamAnswer(endpoint: string, answer: Answer): Response {
+    const { format, meta, specs, flight } = answer;
     const stream = new SseStream(() => flight.clientGone());
     const response = new Response(stream.readable, { headers: SSE_HEADERS });
     this.streams.add(response);
@@ -381,23 +401,21 @@ export class InferenceServer {
         const opening = format.opening(meta, index);
         if (opening !== undefined) stream.send(opening);
       }
-      const results = await this.runAll(model, specs, slots, flight, {
+      const results = await this.runAll(answer, {
         token: (index, token) => {
           if (specs[index]!.logprobs === undefined && token.text !== '') stream.send(format.delta(meta, index, token.text));
         },
         finished: (index, result) => {
           // Logprobs are only known once the sequence is scored: its tokens go out now.
-          if (result.logprobs) {
-            let offset = 0;
-            result.logprobs.forEach((logprob, k) => {
-              stream.send(format.delta(meta, index, result.pieces[k]!, logprob, offset));
-              offset += result.pieces[k]!.length;
-            });
-          }
+          let offset = 0;
+          result.logprobs?.forEach((logprob, k) => {
+            stream.send(format.delta(meta, index, result.pieces[k]!, logprob, offset));
+            offset += result.pieces[k]!.length;
+          });
           stream.send(format.finish(meta, index, result.finishReason));
         },
       });
-      if (params.includeUsage) stream.send(format.usage(meta, usage(results)));
+      if (meta.includeUsage) stream.send(format.usage(meta, answer.usage(results)));
       return 200;
     };
     void produce()
@@ -410,25 +428,16 @@ export class InferenceServer {
       .then((status) => {
         stream.done();
         flight.end();
-        this.metrics.requests.inc({ endpoint: new URL(request.url).pathname, status: String(status) });
+        this.metrics.requests.inc({ endpoint, status: String(status) });
       });
     return response;
-  }
-
-  /** For a JSON answer: the request is over when the body is built (or failed). */
-  private async respondWhenDone(flight: InFlight, build: () => Promise<Response>): Promise<Response> {
-    try {
-      return await build();
-    } finally {
-      flight.end();
-    }
   }
 
   /**
    * Runs each spec in its slot, all at once (the scheduler decides who waits). The first failure
    * stops the others and is thrown.
    */
-  private async runAll(model: ServedModel, specs: SequenceSpec[], slots: Array<Promise<Slot>>, flight: InFlight, hooks: SequenceHooks = {}): Promise<SequenceResult[]> {
+  private async runAll({ model, specs, slots, flight }: Answer, hooks: SequenceHooks = {}): Promise<SequenceResult[]> {
     const runs = specs.map(async (spec, index) => {
       const slot = await slots[index]!;
       let generated = 0;

@@ -91,3 +91,25 @@ export function scaleOp(gpu: GpuContext, x: GPUBuffer, out: GPUBuffer, count: nu
     ? elementwiseOp(gpu, 'scale in place', scaleInPlaceWgsl, [x], count, [{ f32: factor }])
     : elementwiseOp(gpu, 'scale', scaleWgsl, [x, out], count, [{ f32: factor }]);
 }
+
+export const gatherRowsWgsl = /* wgsl */ `
+struct Params { count: u32, width: u32 }
+@group(0) @binding(0) var<storage, read> source: array<f32>;
+@group(0) @binding(1) var<storage, read> rows: array<u32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<uniform> p: Params;
+
+const WG = ${WORKGROUP_SIZE}u;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = gid.x + gid.y * nwg.x * WG;
+  if (i >= p.count) { return; }
+  out[i] = source[rows[i / p.width] * p.width + i % p.width];
+}
+`;
+
+/** `out[r] = source[rows[r]]` for `nRows` rows of `width` f32 (e.g. each sequence's last hidden state). */
+export function gatherRowsOp(gpu: GpuContext, source: GPUBuffer, rows: GPUBuffer, out: GPUBuffer, nRows: number, width: number): KernelOp {
+  return elementwiseOp(gpu, 'gather rows', gatherRowsWgsl, [source, rows, out], nRows * width, [width]);
+}

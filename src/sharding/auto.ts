@@ -24,6 +24,9 @@ export interface AutoSplitOptions {
   devices?: GpuOptions[];
   contextLength: number;
   maxBatchTokens: number;
+  /** Sequences generating at once and the KV positions they share (as loadModel's; they size the KV cache). */
+  maxSequences?: number;
+  kvCacheTokens?: number;
   /** Per-device memory budget for the planner (WebGPU does not report device memory). */
   gpuMemoryBytes?: number;
   /** Split weights for unequal devices, one per shard (as loadModel's shardWeights). */
@@ -157,6 +160,8 @@ export async function chooseShardSplit(file: GGUFFile, config: LlamaConfig, opti
   const descriptions = await describeShardDevices(gpus, options.gpuMemoryBytes);
   const candidates = planCandidates(file, config, {
     contextLength: options.contextLength,
+    maxSequences: options.maxSequences,
+    kvCacheTokens: options.kvCacheTokens,
     maxBatchTokens: options.maxBatchTokens,
     devices: descriptions,
     weights: options.shardWeights,
@@ -173,7 +178,8 @@ export async function chooseShardSplit(file: GGUFFile, config: LlamaConfig, opti
   if (!measurements) {
     const bytes = config.dim * 4;
     const groupSizes = [...new Set(fitting.filter((c) => c.tp > 1).map((c) => c.tp))];
-    if (fitting.some((c) => c.pp > 1)) groupSizes.unshift(1);
+    if (fitting.some((c) => c.pp > 1)) groupSizes.push(1);
+    groupSizes.sort((a, b) => a - b);
     let interconnect: InterconnectMeasurement | undefined;
     if (groupSizes.length > 0) {
       options.onStatus?.(`measuring collectives of ${formatBytes(bytes)} on ${groupSizes.join(', ')} device${Math.max(...groupSizes) > 1 ? 's' : ''}...`);
@@ -181,7 +187,7 @@ export async function chooseShardSplit(file: GGUFFile, config: LlamaConfig, opti
         devices: gpus.slice(0, Math.max(...groupSizes)),
         bytes,
         iterations: options.iterations ?? 40,
-        groupSizes: groupSizes.sort((a, b) => a - b),
+        groupSizes,
       });
     }
     options.onStatus?.('measuring a decode step on one device...');

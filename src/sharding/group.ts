@@ -6,18 +6,19 @@
 import * as Comlink from 'comlink';
 import type { GpuOptions } from '../gpu/device.ts';
 import type { DeviceStats, ForwardEngine } from '../engine/forward-engine.ts';
-import type { StepResult } from '../engine/runner.ts';
+import type { KvGeometry } from '../engine/kv-cache.ts';
+import type { StepBatch, StepResult } from '../engine/runner.ts';
 import { ShardError, ShardGroupStoppedError, ShardTimeoutError } from './errors.ts';
 import type { ShardPlan } from './plan.ts';
 import { AbortReason, createSharedMemory, ShardCounter, SharedViews } from './shared-memory.ts';
 import { spawnShardWorker, type ShardWorkerHandle } from './spawn.ts';
-import type { ShardLoadReport } from './worker.ts';
+import type { ShardLoadReport, ShardStepReport } from './worker.ts';
 
 export interface ShardGroupOptions {
   /** What each worker opens: a path, URL, Blob/File or bytes. */
   source: string | Blob | Uint8Array;
   plan: ShardPlan;
-  contextLength: number;
+  geometry: KvGeometry;
   maxBatchTokens: number;
   dim: number;
   vocabSize: number;
@@ -43,7 +44,8 @@ export class ShardGroup implements ForwardEngine {
 
   private constructor(
     readonly plan: ShardPlan,
-    readonly contextLength: number,
+    readonly geometry: KvGeometry,
+    readonly maxBatchTokens: number,
     readonly reports: ShardLoadReport[],
     private readonly workers: ShardWorkerHandle[],
     private readonly views: SharedViews,
@@ -58,6 +60,7 @@ export class ShardGroup implements ForwardEngine {
       pp: plan.pp,
       slotFloats: options.maxBatchTokens * options.dim,
       vocabSize: options.vocabSize,
+      maxSequences: options.geometry.maxSequences,
     });
     const workers = await Promise.all(plan.shards.map(() => spawnShardWorker()));
     const progress = plan.shards.map(() => ({ done: 0, total: 0 }));
@@ -75,7 +78,7 @@ export class ShardGroup implements ForwardEngine {
               position: { rank: shard.rank, stage: shard.stage, tpRank: shard.tpRank, tp: plan.tp, pp: plan.pp },
               view: shard.view,
               memory,
-              contextLength: options.contextLength,
+              geometry: options.geometry,
               maxBatchTokens: options.maxBatchTokens,
               gpu: options.gpu[i] ?? options.gpu[0] ?? {},
               deadlineMs,
@@ -87,19 +90,18 @@ export class ShardGroup implements ForwardEngine {
           ),
         ),
       );
-      return new ShardGroup(plan, options.contextLength, reports, workers, new SharedViews(memory), deadlineMs);
+      return new ShardGroup(plan, options.geometry, options.maxBatchTokens, reports, workers, new SharedViews(memory), deadlineMs);
     } catch (error) {
       await Promise.allSettled(workers.map((w) => shutdownWorker(w, deadlineMs)));
       throw error;
     }
   }
 
-  /** One step on every shard; the sampling shards' best tokens decide the global winner. */
-  async forward(tokens: readonly number[], startPos: number, wantLogits: boolean): Promise<StepResult> {
+  /** One step on every shard; per sampled row, the sampling shards' best tokens decide the global winner. */
+  async forward(batch: StepBatch): Promise<StepResult[]> {
     if (this.stopped) throw new ShardGroupStoppedError(-1, `the shard group stopped earlier: ${this.stopped.message}`, { cause: this.stopped });
-    const ids = [...tokens];
     const steps = this.workers.map((w, rank) =>
-      withDeadline(w.api.forward(ids, startPos, wantLogits), this.deadlineMs * 2, () =>
+      withDeadline(w.api.forward(batch), this.deadlineMs * 2, () =>
         new ShardTimeoutError(rank, `shard ${rank} did not finish a step within ${this.deadlineMs * 2} ms`),
       ),
     );
@@ -111,13 +113,16 @@ export class ShardGroup implements ForwardEngine {
       this.stopped = errors.find((e) => !(e instanceof ShardGroupStoppedError)) ?? errors[0]!;
       throw this.stopped;
     }
-    let best = { argmaxId: -1, argmaxLogit: -Infinity };
-    for (const s of settled) {
-      const r = (s as PromiseFulfilledResult<{ argmaxId: number; argmaxLogit: number }>).value;
-      if (r.argmaxId < 0) continue;
-      if (r.argmaxLogit > best.argmaxLogit || (r.argmaxLogit === best.argmaxLogit && r.argmaxId < best.argmaxId)) best = r;
-    }
-    return { argmaxId: best.argmaxId, logits: wantLogits ? this.views.logits().slice() : undefined };
+    const reports = settled.map((s) => (s as PromiseFulfilledResult<ShardStepReport[]>).value);
+    return batch.sampleRows.map((_, row) => {
+      let best = { argmaxId: -1, argmaxLogit: -Infinity };
+      for (const shardRows of reports) {
+        const r = shardRows[row];
+        if (!r) continue; // a shard that does not sample
+        if (r.argmaxLogit > best.argmaxLogit || (r.argmaxLogit === best.argmaxLogit && r.argmaxId < best.argmaxId)) best = r;
+      }
+      return { argmaxId: best.argmaxId, logits: batch.wantLogits ? this.views.logits(row).slice() : undefined };
+    });
   }
 
   /** Per-shard counters, read from shared memory (no round trip to the workers). */

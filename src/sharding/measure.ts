@@ -6,8 +6,9 @@
 // * Collectives: shard workers started by spawnShardWorker, each with its own device, run
 //   SharedMemoryCommunicator.collective on a GPU buffer (GPU read-back → shared memory → barrier →
 //   sum → write-back), as the forward pass does after every attention and FFN block. One worker
-//   alone has nothing to add (the communicator skips a one-shard all-reduce), so it times a
-//   pipeline hand-off instead: sendHidden then receiveHidden, the same read-back and write-back.
+//   alone has nothing to add (a shard without tensor-parallel peers takes no part in all-reduces),
+//   so it times a pipeline hand-off instead: sendHidden then receiveHidden, the same read-back and
+//   write-back.
 // * Kernels: a shard worker loads the model (or, for a large model, its embedding, head and first
 //   layers) on one device and runs real decode steps through LlamaRunner. The step of the whole
 //   model is the probe's step scaled by the weight bytes each reads: decode reads every weight once.
@@ -16,6 +17,7 @@
 
 import * as Comlink from 'comlink';
 import type { GpuOptions } from '../gpu/device.ts';
+import { kvGeometry } from '../engine/kv-cache.ts';
 import { wholeModelView, type ShardView } from '../engine/shard-view.ts';
 import { shardReadBytes } from '../engine/weights.ts';
 import type { LlamaConfig } from '../model/config.ts';
@@ -182,13 +184,15 @@ export async function measureInterconnect(options: InterconnectOptions): Promise
   return { adapters, roundTripMs: headline.roundTripMs, measurements, spawnMs, workersStoppedCleanly: stoppedCleanly };
 }
 
-function benchGroup(workers: ShardWorkerHandle[], options: InterconnectOptions, bytes: number, warmup: number, deadlineMs: number): Promise<CollectiveBenchReport[]> {
+async function benchGroup(workers: ShardWorkerHandle[], options: InterconnectOptions, bytes: number, warmup: number, deadlineMs: number): Promise<CollectiveBenchReport[]> {
   const tp = workers.length;
   const handOff = tp === 1;
   const count = Math.ceil(bytes / 4);
   // A hand-off needs two stages (tp=1 × pp=2), played by one worker; an all-reduce one stage of tp.
-  const memory = createSharedMemory({ tp, pp: handOff ? 2 : 1, slotFloats: count, vocabSize: 1 });
-  return Promise.all(
+  const memory = createSharedMemory({ tp, pp: handOff ? 2 : 1, slotFloats: count, vocabSize: 1, maxSequences: 1 });
+  // Settle every worker before reporting a failure: a failing worker wakes the others (it aborts
+  // the shared memory), and none may be asked to shut down while its GPU work is still pending.
+  const settled = await Promise.allSettled(
     workers.map((worker, tpRank) =>
       worker.api.benchCollective({
         kind: handOff ? 'handOff' : 'allReduceSum',
@@ -202,6 +206,9 @@ function benchGroup(workers: ShardWorkerHandle[], options: InterconnectOptions, 
       }),
     ),
   );
+  const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+  if (failed) throw failed.reason;
+  return settled.map((s) => (s as PromiseFulfilledResult<CollectiveBenchReport>).value);
 }
 
 function summarizeGroup(reports: CollectiveBenchReport[], workers: number, bytes: number, iterations: number): CollectiveMeasurement {
@@ -262,9 +269,9 @@ export function decodeProbeView(file: GGUFFile, config: LlamaConfig, maxBytes: n
 }
 
 /**
- * Times decode steps of the model on one device, in a shard worker through the production runner
- * (so each step pays what a shard's step pays: its kernels, one submit per collective point, the
- * read-back of the sampled token).
+ * Times decode steps of the model on one device, in a shard worker through the production runner:
+ * each step pays its kernels, their submit and the read-back of the sampled token, as every
+ * sampling shard's step does. Collectives are left to measureInterconnect.
  */
 export async function measureDecodeStep(options: DecodeStepOptions): Promise<DecodeStepMeasurement> {
   const { file, config } = options;
@@ -278,9 +285,11 @@ export async function measureDecodeStep(options: DecodeStepOptions): Promise<Dec
   const probeBytes = shardReadBytes(file, config, view);
   const wholeBytes = shardReadBytes(file, config, wholeModelView(config));
   // One shard of a one-shard group: its collectives have nobody to meet, so nothing waits.
-  const memory = createSharedMemory({ tp: 1, pp: 1, slotFloats: config.dim, vocabSize: config.vocabSize });
+  const memory = createSharedMemory({ tp: 1, pp: 1, slotFloats: config.dim, vocabSize: config.vocabSize, maxSequences: 1 });
   const counters = new SharedViews(memory).shardCounters(0);
-  const contextLength = warmup + steps; // the probe's own KV cache: one position per step
+  // The probe's own KV cache: one sequence, one position per step, its blocks in order.
+  const geometry = kvGeometry(warmup + steps, 1);
+  const blockTable = Uint32Array.from({ length: geometry.blocksPerSequence }, (_, block) => block);
   const token = Math.min(1, config.vocabSize - 1);
   const { result, stoppedCleanly } = await withShardWorkers(1, deadlineMs, async ([worker]) => {
     const report = await worker!.api.load({
@@ -288,14 +297,14 @@ export async function measureDecodeStep(options: DecodeStepOptions): Promise<Dec
       position: { rank: 0, stage: 0, tpRank: 0, tp: 1, pp: 1 },
       view,
       memory,
-      contextLength,
+      geometry,
       maxBatchTokens: 1,
       gpu: options.gpu ?? {},
       deadlineMs,
     });
     const stepMs: number[] = [];
     for (let pos = 0; pos < warmup + steps; pos++) {
-      await worker!.api.forward([token], pos, false);
+      await worker!.api.forward({ tokens: [token], positions: [pos], slots: [0], sampleRows: [0], blockTable, wantLogits: false });
       if (pos >= warmup) stepMs.push(counters[ShardCounter.lastStepMs]!); // the worker's time, not the message's
     }
     return { adapter: report.adapter, stepMs };

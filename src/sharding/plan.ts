@@ -34,7 +34,8 @@
 // activations of `createActivations`. Limits are checked here, so a plan that would not fit fails
 // with the numbers instead of an out-of-memory in the middle of a load.
 
-import { kvCacheBytes } from '../engine/kv-cache.ts';
+import { kvCacheBytes, kvGeometry, kvLayerBytes as kvLayerBufferBytes, type KvGeometry } from '../engine/kv-cache.ts';
+import { activationSizes } from '../engine/llama.ts';
 import { rangeLength, type Range, type ShardView } from '../engine/shard-view.ts';
 import { plannedReads, shardReadBytes } from '../engine/weights.ts';
 import type { LlamaConfig } from '../model/config.ts';
@@ -59,6 +60,9 @@ export interface ShardPlanOptions {
   pp: number;
   /** KV cache positions per sequence. */
   contextLength: number;
+  /** Sequences generating at once (default 1), and the KV positions they share (default maxSequences × contextLength). */
+  maxSequences?: number;
+  kvCacheTokens?: number;
   /** Most tokens in one forward step (sizes the activations). */
   maxBatchTokens: number;
   /** One per shard, tp * pp of them; index = shard rank. */
@@ -247,31 +251,9 @@ function gpuMatrixBytes(type: GGMLType, rows: number, cols: number, maxBindingBy
 
 const f32Buffer = (values: number) => Math.max(4, values * 4); // storageBuffer: ≥ 4 bytes, whole words
 
-/** Buffer sizes `createActivations` (src/engine/llama.ts) allocates; keep the two in step. */
-function activationBuffers(config: LlamaConfig, view: ShardView, maxTokens: number): Array<{ label: string; bytes: number }> {
-  const { dim, headDim } = config;
-  const headsWidth = rangeLength(view.heads) * headDim;
-  const kvWidth = rangeLength(view.kvHeads) * headDim;
-  const ffn = rangeLength(view.ffn);
-  const T = maxTokens;
-  const sizes: Array<[string, number]> = [
-    ['token ids', T],
-    ['positions', T],
-    ['x', T * dim],
-    ['x normed', T * dim],
-    ['q', T * headsWidth],
-    ['k', T * kvWidth],
-    ['v', T * kvWidth],
-    ['attention', T * headsWidth],
-    ['block out', T * dim],
-    ['ffn gate', T * ffn],
-    ['ffn up', T * ffn],
-    ['last hidden', dim],
-    ['last normed', dim],
-    ['logits', rangeLength(view.vocab)],
-    ['sampled id', 1],
-  ];
-  return sizes.map(([label, values]) => ({ label, bytes: f32Buffer(values) }));
+/** The buffers `createActivations` (src/engine/llama.ts) allocates, from the same size list. */
+function activationBuffers(config: LlamaConfig, view: ShardView, maxTokens: number, geometry: KvGeometry): Array<{ label: string; bytes: number }> {
+  return Object.entries(activationSizes(config, view, maxTokens, geometry)).map(([label, bytes]) => ({ label, bytes }));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -401,6 +383,8 @@ function shardWeightBytes(file: GGUFFile, config: LlamaConfig, view: ShardView, 
   return bytes;
 }
 
+const geometryOf = (options: ShardPlanOptions): KvGeometry => kvGeometry(options.contextLength, options.maxSequences ?? 1, options.kvCacheTokens);
+
 /** Checks one shard's buffers against its device's limits and budget (before anything is allocated). */
 function checkShardFits(
   config: LlamaConfig,
@@ -414,19 +398,20 @@ function checkShardFits(
   const limitName = device.maxStorageBufferBindingSize <= device.maxBufferSize ? 'maxStorageBufferBindingSize' : 'maxBufferSize';
   const kvHeads = rangeLength(view.kvHeads);
 
-  // One layer's keys (or values) is one buffer: [context][kvHeads · headDim] f32.
+  // One layer's keys (or values) is one buffer: [cache positions][kvHeads · headDim] f32.
+  const geometry = geometryOf(options);
   const kvRowBytes = kvHeads * config.headDim * 4;
-  const kvLayerBytes = options.contextLength * kvRowBytes;
+  const kvLayerBytes = kvLayerBufferBytes(config, view, geometry);
   if (kvLayerBytes > maxBinding) {
     const moreShards = kvHeads > 1 ? ', or more tensor-parallel shards (fewer KV heads per shard)' : '';
     throw new ShardPlanError({
       rank,
-      problem: `${who}: one layer's KV buffer needs ${formatBytes(kvLayerBytes)} (context ${options.contextLength} × ${kvHeads} KV heads × headDim ${config.headDim} × 4 bytes), over the device's ${limitName} of ${formatBytes(maxBinding)}`,
-      suggestion: `Use a smaller --ctx (up to ${Math.floor(maxBinding / kvRowBytes)} fits)${moreShards}`,
+      problem: `${who}: one layer's KV buffer needs ${formatBytes(kvLayerBytes)} (${geometry.totalBlocks * geometry.blockSize} cache positions × ${kvHeads} KV heads × headDim ${config.headDim} × 4 bytes), over the device's ${limitName} of ${formatBytes(maxBinding)}`,
+      suggestion: `Use a smaller --ctx or fewer parallel sequences (up to ${Math.floor(maxBinding / kvRowBytes)} cache positions fit)${moreShards}`,
     });
   }
 
-  const buffers = activationBuffers(config, view, options.maxBatchTokens);
+  const buffers = activationBuffers(config, view, options.maxBatchTokens, geometry);
   const largest = buffers.reduce((a, b) => (b.bytes > a.bytes ? b : a));
   if (largest.bytes > maxBinding) {
     throw new ShardPlanError({
@@ -439,8 +424,10 @@ function checkShardFits(
   const budget = device.memoryBudgetBytes;
   if (budget !== undefined && spec.bytes.total > budget) {
     const { weights, kvCache, activations, total } = spec.bytes;
-    const kvPerPosition = kvCache / options.contextLength;
-    const fittingContext = Math.floor((budget - weights - activations) / kvPerPosition);
+    // KV bytes per cache position, and the largest whole-block context that fits what is left.
+    const kvPerPosition = kvCache / (geometry.totalBlocks * geometry.blockSize);
+    const fittingPositions = Math.floor((budget - weights - activations) / kvPerPosition / (options.maxSequences ?? 1));
+    const fittingContext = Math.floor(fittingPositions / geometry.blockSize) * geometry.blockSize;
     const remedies = [`more shards (now ${options.tp * options.pp})`];
     if (fittingContext >= 1) remedies.push(`a smaller --ctx (up to ${fittingContext} fits)`);
     // Activations grow with the tokens per step: worth naming when they are a real share.
@@ -508,8 +495,8 @@ export function planShards(file: GGUFFile, config: LlamaConfig, options: ShardPl
       const device = devices[rank]!;
       const who = describeShard({ rank, stage, tpRank }, device);
       const weights = shardWeightBytes(file, config, view, device, who, rank);
-      const kvCache = kvCacheBytes(config, view, options.contextLength);
-      const activations = activationBuffers(config, view, options.maxBatchTokens).reduce((sum, b) => sum + b.bytes, 0);
+      const kvCache = kvCacheBytes(config, view, geometryOf(options));
+      const activations = activationBuffers(config, view, options.maxBatchTokens, geometryOf(options)).reduce((sum, b) => sum + b.bytes, 0);
       const spec: ShardSpec = {
         rank,
         stage,

@@ -11,6 +11,8 @@ export interface SharedLayoutShape {
   /** f32 values in one all-reduce slot or one hidden-state hand-off (maxBatchTokens × dim). */
   slotFloats: number;
   vocabSize: number;
+  /** Sequences sampled in one step: the logits region holds this many rows of the vocabulary. */
+  maxSequences: number;
 }
 
 export interface SharedMemory {
@@ -58,7 +60,7 @@ export function createSharedMemory(shape: SharedLayoutShape): SharedMemory {
         '(Cross-Origin-Opener-Policy: same-origin and Cross-Origin-Embedder-Policy: require-corp).',
     );
   }
-  const floats = logitsRegion(shape) + shape.vocabSize;
+  const floats = logitsRegion(shape) + shape.maxSequences * shape.vocabSize;
   return {
     shape,
     control: new SharedArrayBuffer(controlCells(shape) * 4),
@@ -105,9 +107,9 @@ export class SharedViews {
     return this.data.subarray(start, start + count);
   }
 
-  /** The whole vocabulary's logits, each last-stage shard writing its own rows. */
-  logits(): Float32Array {
-    const start = logitsRegion(this.shape);
+  /** The whole vocabulary's logits of sampled row `row`; each last-stage shard writes its own slice. */
+  logits(row: number): Float32Array {
+    const start = logitsRegion(this.shape) + row * this.shape.vocabSize;
     return this.data.subarray(start, start + this.shape.vocabSize);
   }
 

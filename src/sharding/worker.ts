@@ -3,7 +3,8 @@
 // (load, forward, stats, shutdown), the SharedArrayBuffer carries the data.
 
 import { requestGpu, type GpuContext, type GpuOptions } from '../gpu/device.ts';
-import { LlamaRunner } from '../engine/runner.ts';
+import type { KvGeometry } from '../engine/kv-cache.ts';
+import { LlamaRunner, type StepBatch } from '../engine/runner.ts';
 import type { ShardView } from '../engine/shard-view.ts';
 import { readBuffer, writeBuffer } from '../gpu/kernel.ts';
 import { llamaConfig } from '../model/config.ts';
@@ -21,7 +22,7 @@ export interface ShardLoadSpec {
   position: ShardPosition;
   view: ShardView;
   memory: SharedMemory;
-  contextLength: number;
+  geometry: KvGeometry;
   maxBatchTokens: number;
   gpu: GpuOptions;
   /** Longest a shard waits for the others at one collective. */
@@ -103,7 +104,7 @@ class ShardWorker {
     const config = llamaConfig(file);
     this.communicator = new SharedMemoryCommunicator(spec.memory, spec.position, spec.deadlineMs);
     this.runner = await LlamaRunner.load(this.gpu, file, config, spec.view, {
-      contextLength: spec.contextLength,
+      geometry: spec.geometry,
       maxBatchTokens: spec.maxBatchTokens,
       communicator: this.communicator,
       onProgress,
@@ -119,17 +120,21 @@ class ShardWorker {
     };
   }
 
-  async forward(tokens: number[], startPos: number, wantLogits: boolean): Promise<ShardStepReport> {
+  /** Runs a batch; a sampling shard returns its best token per sampled row (and writes its logits slice to shared memory). */
+  async forward(batch: StepBatch): Promise<ShardStepReport[]> {
     const runner = this.loaded();
     const spec = this.spec!;
     const start = performance.now();
     try {
       if (this.stepDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, this.stepDelayMs));
-      const result = await Promise.race([runner.forward(tokens, startPos, wantLogits), this.deviceLost]);
+      const results = await Promise.race([runner.forward(batch), this.deviceLost]);
       this.publishCounters(performance.now() - start);
-      if (!spec.view.samples) return { argmaxId: -1, argmaxLogit: -Infinity };
-      if (wantLogits) this.views!.logits().set(result.logits!, spec.view.vocab.start);
-      return { argmaxId: spec.view.vocab.start + result.argmaxId, argmaxLogit: result.argmaxLogit ?? Infinity };
+      if (!spec.view.samples) return [];
+      const { vocab } = spec.view;
+      return results.map((result, row) => {
+        if (batch.wantLogits) this.views!.logits(row).set(result.logits!, vocab.start);
+        return { argmaxId: vocab.start + result.argmaxId, argmaxLogit: result.argmaxLogit ?? Infinity };
+      });
     } catch (error) {
       // Wake the other shards now rather than letting them wait out their deadlines.
       this.views!.abort(AbortReason.failed);
@@ -153,9 +158,9 @@ class ShardWorker {
 
   /**
    * Times `iterations` collectives through the production communicator (GPU read-back → shared
-   * memory → barrier → sum → write-back) on a GPU buffer of this worker's device. A one-shard
-   * all-reduce is skipped by the communicator (nothing to add), so one worker times a pipeline
-   * hand-off instead: sendHidden then receiveHidden, the same read-back and write-back.
+   * memory → barrier → sum → write-back) on a GPU buffer of this worker's device. A shard with no
+   * tensor-parallel peers takes no part in all-reduces (nothing to add), so one worker times a
+   * pipeline hand-off instead: sendHidden then receiveHidden, the same read-back and write-back.
    */
   async benchCollective(request: CollectiveBenchRequest): Promise<CollectiveBenchReport> {
     this.gpu ??= await requestGpu(request.gpu);

@@ -1,0 +1,243 @@
+// Continuous batching. Every running sequence asks for its next forward step on its own (the
+// generate loop does not know about batching); the scheduler gathers what all sequences asked
+// for into one batched step — decode tokens first, then prompt chunks up to the token budget —
+// runs it, and hands each sequence its result. A sequence joins at the next step after it is
+// admitted and leaves when it ends; admission waits for a free slot and enough free KV blocks.
+
+import type { ForwardEngine } from './forward-engine.ts';
+import { BlockAllocator } from './kv-cache.ts';
+import type { StepBatch, StepResult } from './runner.ts';
+
+/** Too many requests are already waiting for the model. */
+export class QueueFullError extends Error {
+  override name = 'QueueFullError';
+  constructor(
+    message: string,
+    /** A hint for clients: when a retry may succeed. */
+    readonly retryAfterSeconds: number,
+  ) {
+    super(message);
+  }
+}
+
+/** A request for one forward step of one sequence (a prompt, or one generated token). */
+interface StepRequest {
+  sequence: Sequence;
+  tokens: readonly number[];
+  startPos: number;
+  wantLogits: boolean;
+  /** Tokens already run (a long prompt is split over several steps). */
+  done: number;
+  resolve(result: StepResult): void;
+  reject(error: unknown): void;
+}
+
+export interface SchedulerStats {
+  /** Sequences holding a slot. */
+  running: number;
+  /** Sequences waiting for a slot and KV blocks. */
+  waiting: number;
+  kvBlocksUsed: number;
+  kvBlocksFree: number;
+  steps: number;
+  /** Sequences and tokens in the last step. */
+  lastBatchSequences: number;
+  lastBatchTokens: number;
+  /** How many steps ran with 1, 2, 3, ... sequences (index = sequences in the step). */
+  batchSequencesHistogram: number[];
+}
+
+/** One admitted sequence: a slot and KV blocks, and a way to ask for forward steps. */
+export class Sequence {
+  private released = false;
+
+  constructor(
+    private readonly scheduler: Scheduler,
+    readonly allocation: { slot: number; blocks: number[] },
+  ) {}
+
+  get slot(): number {
+    return this.allocation.slot;
+  }
+
+  /** Runs `tokens` at positions startPos... of this sequence in the next batched step(s). */
+  forward(tokens: readonly number[], startPos: number, wantLogits: boolean): Promise<StepResult> {
+    if (this.released) return Promise.reject(new Error('this sequence has ended'));
+    return this.scheduler.enqueue(this, tokens, startPos, wantLogits);
+  }
+
+  /** Gives the slot and blocks back. Safe to call twice. */
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    this.scheduler.release(this);
+  }
+}
+
+export interface SchedulerOptions {
+  /** Most sequences waiting for admission before new ones are refused with QueueFullError. Default unlimited. */
+  maxWaiting?: number;
+}
+
+export class Scheduler {
+  private readonly allocator: BlockAllocator;
+  private readonly pending: StepRequest[] = [];
+  private readonly admissions: Array<{ positions: number; admit: (s: Sequence) => void; reject: (e: unknown) => void }> = [];
+  private readonly active = new Set<Sequence>();
+  private looping = false;
+  private wakeGather?: () => void;
+  private readonly counters = { steps: 0, lastBatchSequences: 0, lastBatchTokens: 0, histogram: [] as number[] };
+
+  constructor(
+    private readonly engine: ForwardEngine,
+    private readonly options: SchedulerOptions = {},
+  ) {
+    this.allocator = new BlockAllocator(engine.geometry);
+  }
+
+  /** Reserves a slot and KV blocks for up to `positions` positions; waits while the pool is full. */
+  admit(positions: number): Promise<Sequence> {
+    const capacity = this.engine.geometry.blocksPerSequence * this.engine.geometry.blockSize;
+    const wanted = Math.min(Math.max(1, positions), capacity);
+    if (this.admissions.length === 0) {
+      const allocation = this.allocator.allocate(wanted);
+      if (allocation) return Promise.resolve(this.start(allocation));
+    }
+    const maxWaiting = this.options.maxWaiting ?? Infinity;
+    if (this.admissions.length >= maxWaiting) {
+      return Promise.reject(new QueueFullError(`${this.admissions.length} requests are already waiting for the model; try again shortly.`, 1));
+    }
+    return new Promise((admit, reject) => this.admissions.push({ positions: wanted, admit, reject }));
+  }
+
+  stats(): SchedulerStats {
+    return {
+      running: this.active.size,
+      waiting: this.admissions.length,
+      kvBlocksUsed: this.allocator.blocksUsed,
+      kvBlocksFree: this.allocator.blocksFree,
+      steps: this.counters.steps,
+      lastBatchSequences: this.counters.lastBatchSequences,
+      lastBatchTokens: this.counters.lastBatchTokens,
+      batchSequencesHistogram: [...this.counters.histogram].map((n) => n ?? 0),
+    };
+  }
+
+  /** Refuses sequences still waiting for admission (the model is going away); running ones go on. */
+  close(error: Error): void {
+    for (const waiting of this.admissions.splice(0)) waiting.reject(error);
+  }
+
+  /** Resolves once every running sequence has ended and no step is in flight. */
+  async idle(): Promise<void> {
+    while (this.active.size > 0 || this.looping) {
+      await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+    }
+  }
+
+  private readonly idleWaiters: Array<() => void> = [];
+
+  private notifyIdle(): void {
+    if (this.active.size === 0 && !this.looping) for (const wake of this.idleWaiters.splice(0)) wake();
+  }
+
+  enqueue(sequence: Sequence, tokens: readonly number[], startPos: number, wantLogits: boolean): Promise<StepResult> {
+    if (tokens.length === 0) return Promise.reject(new RangeError('a forward step needs at least one token'));
+    return new Promise((resolve, reject) => {
+      this.pending.push({ sequence, tokens, startPos, wantLogits, done: 0, resolve, reject });
+      this.wakeGather?.();
+      if (!this.looping) void this.loop();
+    });
+  }
+
+  release(sequence: Sequence): void {
+    if (!this.active.delete(sequence)) return;
+    this.allocator.release(sequence.allocation);
+    this.notifyIdle();
+    // Admit waiting sequences in order while the pool has room for the first of them.
+    while (this.admissions.length > 0) {
+      const allocation = this.allocator.allocate(this.admissions[0]!.positions);
+      if (!allocation) break;
+      this.admissions.shift()!.admit(this.start(allocation));
+    }
+  }
+
+  private start(allocation: { slot: number; blocks: number[] }): Sequence {
+    const sequence = new Sequence(this, allocation);
+    this.active.add(sequence);
+    return sequence;
+  }
+
+  private async loop(): Promise<void> {
+    this.looping = true;
+    try {
+      while (this.pending.length > 0) {
+        await this.gather();
+        const { batch, completing } = this.takeBatch();
+        let results: StepResult[];
+        try {
+          results = await this.engine.forward(batch);
+        } catch (error) {
+          // Everything in the failed step fails with it, including prompts only partly run.
+          const partlyRun = this.pending.filter((r) => r.done > 0);
+          for (const request of partlyRun) this.pending.splice(this.pending.indexOf(request), 1);
+          for (const request of [...completing, ...partlyRun]) request.reject(error);
+          continue;
+        }
+        completing.forEach((request, row) => request.resolve(results[row]!));
+      }
+    } finally {
+      this.looping = false;
+      this.notifyIdle();
+    }
+  }
+
+  /**
+   * Waits (briefly) until every running sequence has asked for its next step, so they share one
+   * step instead of taking turns. A sequence whose consumer is slow is not waited for long.
+   */
+  private async gather(): Promise<void> {
+    const everyoneAsked = () => new Set(this.pending.map((r) => r.sequence)).size >= this.active.size;
+    if (everyoneAsked()) return;
+    const deadline = performance.now() + 2;
+    while (!everyoneAsked() && performance.now() < deadline) {
+      await new Promise<void>((resolve) => {
+        this.wakeGather = resolve;
+        setTimeout(resolve, 1);
+      });
+      this.wakeGather = undefined;
+    }
+  }
+
+  /** Decode tokens first (one per sequence), then prompt chunks, up to the step's token budget. */
+  private takeBatch(): { batch: StepBatch; completing: StepRequest[] } {
+    const budget = this.engine.maxBatchTokens;
+    const ordered = [...this.pending.filter((r) => remaining(r) === 1), ...this.pending.filter((r) => remaining(r) > 1)];
+    const batch: StepBatch = { tokens: [], positions: [], slots: [], sampleRows: [], blockTable: this.allocator.table, wantLogits: false };
+    const completing: StepRequest[] = [];
+    for (const request of ordered) {
+      const room = budget - batch.tokens.length;
+      if (room <= 0) break;
+      const n = Math.min(room, remaining(request));
+      for (let i = 0; i < n; i++) {
+        batch.tokens.push(request.tokens[request.done + i]!);
+        batch.positions.push(request.startPos + request.done + i);
+        batch.slots.push(request.sequence.slot);
+      }
+      request.done += n;
+      if (request.done === request.tokens.length) {
+        batch.sampleRows.push(batch.tokens.length - 1);
+        batch.wantLogits ||= request.wantLogits;
+        completing.push(request);
+        this.pending.splice(this.pending.indexOf(request), 1);
+      }
+    }
+    this.counters.steps++;
+    this.counters.lastBatchTokens = batch.tokens.length;
+    this.counters.lastBatchSequences = new Set(batch.slots).size;
+    this.counters.histogram[this.counters.lastBatchSequences] = (this.counters.histogram[this.counters.lastBatchSequences] ?? 0) + 1;
+    return { batch, completing };
+  }
+}
+
+const remaining = (r: StepRequest) => r.tokens.length - r.done;
