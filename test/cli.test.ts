@@ -81,6 +81,12 @@ describe('deno CLI', () => {
     const notGguf = task('run', '-m', resolve(root, 'package.json'));
     expect(notGguf.code).toBe(1);
     expect(notGguf.stderr).toMatch(/ModelFormatError: .*not a GGUF file/);
+    const noAdapter = task('run', '-m', referenceModelPath('stories260K-f32'), '--devices', 'nosuchgpu');
+    expect(noAdapter.code).toBe(1);
+    expect(noAdapter.stderr).toMatch(/GpuUnavailableError: No adapter matches "nosuchgpu"/);
+    const badSplit = task('run', '-m', referenceModelPath('stories260K-q4_0'), '--tp', '4');
+    expect(badSplit.code).toBe(1);
+    expect(badSplit.stderr).toMatch(/ShardPlanError: .*Q4_0.*blocks of 32/);
     const missing = task('run', '-m', '/nonexistent/model.gguf');
     expect(missing.code).toBe(1);
     expect(missing.stderr).toMatch(/model\.gguf/);

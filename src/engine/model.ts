@@ -132,7 +132,7 @@ export class Model {
       const create = (engine: ForwardEngine, gpu: GpuContext | undefined, plan: ShardPlan | undefined, ownsDevice: boolean) =>
         new Model(config, file, tokenizer, engine, contextLength, gpu, plan, ownsDevice, options.maxWaiting);
       if (tp * pp === 1) {
-        const gpu = options.device ?? (await requestGpu(options.gpu));
+        const gpu = options.device ?? (await requestGpu(options.devices?.[0] ?? options.gpu));
         try {
           const runner = await LlamaRunner.load(gpu, file, config, wholeModelView(config), { geometry, maxBatchTokens, onProgress });
           return create(runner, gpu, undefined, !options.device);

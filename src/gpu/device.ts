@@ -42,7 +42,8 @@ function isBrowser(): boolean {
 }
 
 async function gpuFor(backend: Exclude<GpuBackend, 'auto'>, options: GpuOptions): Promise<GPU> {
-  if (backend === 'dawn') return dawnGpu(options.dawnFlags ?? []);
+  // Dawn picks among several GPUs by name when asked (`adapter=NAME`); we check the match below too.
+  if (backend === 'dawn') return dawnGpu([...(options.dawnFlags ?? []), ...(options.adapterName ? [`adapter=${options.adapterName}`] : [])]);
   const gpu = (globalThis.navigator as Navigator | undefined)?.gpu;
   if (!gpu) {
     throw new GpuUnavailableError(
@@ -97,7 +98,14 @@ export async function requestGpu(options: GpuOptions = {}): Promise<GpuContext> 
 }
 
 async function pickAdapter(gpu: GPU, options: GpuOptions): Promise<GPUAdapter> {
-  const adapter = await gpu.requestAdapter({ powerPreference: options.powerPreference });
+  let adapter: GPUAdapter | null;
+  try {
+    adapter = await gpu.requestAdapter({ powerPreference: options.powerPreference });
+  } catch (error) {
+    // Dawn rejects when no adapter matches `adapter=NAME`; its message lists the ones it has.
+    const wanted = options.adapterName ? `No adapter matches "${options.adapterName}". ` : '';
+    throw new GpuUnavailableError(`${wanted}${(error as Error).message}`, { cause: error });
+  }
   if (!adapter) {
     throw new GpuUnavailableError(
       'No WebGPU adapter found. On Linux without a GPU install Mesa lavapipe (mesa-vulkan-drivers from bookworm-backports) and libvulkan1.',

@@ -239,11 +239,15 @@ async function serve(config: ServeConfig): Promise<void> {
     Deno.exitCode = 1;
   }
 
+  const t0 = performance.now();
   const closing = http.shutdown(); // no new connections; open ones finish their requests
   await server.shutdown(config.shutdownGraceMs);
+  log(`DEBUG drained ${performance.now() - t0}`);
   await closing;
+  log(`DEBUG closed ${performance.now() - t0}`);
   await http.finished;
   await model?.dispose();
+  log(`DEBUG disposed ${performance.now() - t0}`);
   for (const [name, handler] of Object.entries(handlers)) Deno.removeSignalListener(name as DenoSignal, handler);
   globalThis.removeEventListener('unhandledrejection', onUnhandled);
   log('stopped');
