@@ -1,7 +1,7 @@
 // The generate loop: prefill the prompt in one pass, then one token per step until a limit,
 // an end-of-generation token or a stop string. Text streams out as soon as its UTF-8 is whole.
 
-import { InvalidOptionError, isGreedy, resolveSampling, Sampler, type SamplingOptions } from './sampler.ts';
+import { InvalidOptionError, isGreedy, resolveSampling, Sampler, tokenLogprobs, type SamplingOptions, type TokenLogprob } from './sampler.ts';
 import { ContextOverflowError, type StepResult } from './runner.ts';
 
 export const DEFAULT_MAX_TOKENS = 256;
@@ -15,12 +15,16 @@ export interface GenerateOptions extends SamplingOptions {
   ignoreEos?: boolean;
   /** Abort generation between steps. */
   signal?: AbortSignal;
+  /** Report each token's log-probability and this many most likely alternatives (0 = just the token's). */
+  logprobs?: number;
 }
 
 export interface GeneratedToken {
   id: number;
   /** Text this token completed (may be empty while a multi-byte character is still partial). */
   text: string;
+  /** With `logprobs`: the token's log-probability and the top alternatives, from the raw logits. */
+  logprobs?: TokenLogprob;
 }
 
 export type FinishReason = 'length' | 'stop' | 'eos' | 'context' | 'abort';
@@ -113,6 +117,12 @@ export async function* generateTokens(
     );
   }
   const greedy = isGreedy(sampling);
+  const logprobs = options.logprobs;
+  if (logprobs !== undefined && (!Number.isInteger(logprobs) || logprobs < 0 || logprobs > 20)) {
+    throw new InvalidOptionError(`logprobs must be an integer from 0 to 20; got ${logprobs}.`);
+  }
+  // Greedy decoding reads back only the argmax id, unless log-probabilities need the logits.
+  const wantLogits = !greedy || logprobs !== undefined;
   const sampler = new Sampler(sampling);
   const decoder = backend.createStreamDecoder();
   const filter = new StopStringFilter(stops);
@@ -128,15 +138,18 @@ export async function* generateTokens(
     result.finish = 'abort';
     return;
   }
-  let step = await backend.forward(promptIds, 0, !greedy);
+  let step = await backend.forward(promptIds, 0, wantLogits);
   for (let generated = 1; ; generated++) {
+    // Log-probabilities come from the raw logits: take them before the sampler's penalties.
+    const raw = logprobs !== undefined ? requireLogits(step).slice() : undefined;
     const id = greedy ? step.argmaxId : sampler.sample(requireLogits(step), history);
+    const scored = raw ? { logprobs: tokenLogprobs(raw, id, logprobs!) } : {};
     history.push(id);
     // The end-of-generation token is yielded too (its text is only what was still held back).
     if (!options.ignoreEos && backend.isEndOfGeneration(id)) {
       const tail = drain();
       result.finish = tail.stopped ? 'stop' : 'eos';
-      yield { id, text: tail.text };
+      yield { id, text: tail.text, ...scored };
       return;
     }
     const { text, stopped } = filter.push(decoder.push(id));
@@ -156,16 +169,16 @@ export async function* generateTokens(
       }
       // Known as soon as the last token is, even to a caller that stops iterating there.
       result.finish = finish;
-      yield { id, text: text + tail };
+      yield { id, text: text + tail, ...scored };
       return;
     }
-    yield { id, text };
+    yield { id, text, ...scored };
     // Aborted while the caller held the token: stop before spending another step on the device.
     if (options.signal?.aborted) {
       result.finish = 'abort';
       return;
     }
-    step = await backend.forward([id], history.length - 1, !greedy);
+    step = await backend.forward([id], history.length - 1, wantLogits);
   }
 }
 

@@ -197,8 +197,17 @@ export class Model {
   ): AsyncGenerator<GeneratedToken> {
     const promptIds = typeof prompt === 'string' ? this.tokenize(prompt) : [...prompt];
     this.checkAlive();
+    if (options.signal?.aborted) {
+      result.finish = 'abort';
+      return;
+    }
     const maxTokens = options.maxTokens ?? DEFAULT_MAX_TOKENS;
-    const sequence = await this.scheduler.admit(Math.min(this.contextLength, promptIds.length + (Number.isFinite(maxTokens) ? maxTokens : 0)));
+    const positions = promptIds.length + (Number.isFinite(maxTokens) ? maxTokens : 0);
+    const sequence = await this.scheduler.admit(Math.min(this.contextLength, positions), options.signal);
+    if (!sequence) {
+      result.finish = 'abort'; // aborted while waiting for a slot: it never cost a step
+      return;
+    }
     try {
       yield* generateTokens(this.backend(sequence), promptIds, options, result);
     } finally {
@@ -232,7 +241,7 @@ export class Model {
   /** Logits of the next token after `ids` (for tests and scoring). */
   async nextTokenLogits(ids: readonly number[]): Promise<Float32Array> {
     this.checkAlive();
-    const sequence = await this.scheduler.admit(ids.length);
+    const sequence = (await this.scheduler.admit(ids.length))!;
     try {
       return (await sequence.forward(ids, 0, true)).logits!;
     } finally {
@@ -245,16 +254,17 @@ export class Model {
    * the running generations completed a step recently. Either must happen within `deadlineMs`.
    */
   async health(deadlineMs = 5000): Promise<HealthReport> {
-    const deadline = new Promise<HealthReport>((resolve) =>
-      setTimeout(() => resolve({ ok: false, detail: `no forward step completed within ${deadlineMs} ms` }), deadlineMs),
-    );
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const deadline = new Promise<HealthReport>((resolve) => {
+      timer = setTimeout(() => resolve({ ok: false, detail: `no forward step completed within ${deadlineMs} ms` }), deadlineMs);
+    });
     if (this.scheduler.stats().running > 0) {
       const sinceLastStep = performance.now() - this.lastStepEndedAt;
       if (sinceLastStep <= deadlineMs) return { ok: true, detail: `busy; last step ${sinceLastStep.toFixed(0)} ms ago` };
     }
     const probe = (async (): Promise<HealthReport> => {
       const start = performance.now();
-      const sequence = await this.scheduler.admit(1);
+      const sequence = (await this.scheduler.admit(1))!;
       try {
         await sequence.forward([this.tokenizer.bosId], 0, false);
       } finally {
@@ -263,7 +273,11 @@ export class Model {
       return { ok: true, detail: `probe step ${(performance.now() - start).toFixed(1)} ms` };
     })();
     probe.catch(() => {}); // a probe that loses the race must not become an unhandled rejection
-    return Promise.race([probe.catch((e: Error) => ({ ok: false, detail: `probe failed: ${e.message}` })), deadline]);
+    try {
+      return await Promise.race([probe.catch((e: Error) => ({ ok: false, detail: `probe failed: ${e.message}` })), deadline]);
+    } finally {
+      clearTimeout(timer); // a pending timer would keep the process alive after the answer
+    }
   }
 
   stats(): ModelStats {

@@ -190,3 +190,37 @@ export class Sampler {
     return ids[last]!;
   }
 }
+
+/** One alternative token and its log-probability. */
+export interface TokenAlternative {
+  id: number;
+  logprob: number;
+}
+
+/** The log-probability of the chosen token and of the `top` most likely ones at one step. */
+export interface TokenLogprob extends TokenAlternative {
+  /** Most likely first. */
+  top: TokenAlternative[];
+}
+
+/** log-softmax of raw `logits` at `chosen`, and the `top` best alternatives (as vLLM reports them: before penalties and temperature). */
+export function tokenLogprobs(logits: Float32Array, chosen: number, top: number): TokenLogprob {
+  let max = -Infinity;
+  for (const x of logits) if (x > max) max = x;
+  let sum = 0;
+  for (const x of logits) sum += Math.exp(x - max);
+  const logZ = max + Math.log(sum);
+  const best: TokenAlternative[] = [];
+  if (top > 0) {
+    // A partial selection: keep the `top` largest seen so far, sorted.
+    for (let id = 0; id < logits.length; id++) {
+      const logit = logits[id]!;
+      if (best.length === top && logit <= best[top - 1]!.logprob) continue;
+      let at = best.length === top ? top - 1 : best.length;
+      while (at > 0 && best[at - 1]!.logprob < logit) at--;
+      best.splice(at, 0, { id, logprob: logit });
+      if (best.length > top) best.pop();
+    }
+  }
+  return { id: chosen, logprob: logits[chosen]! - logZ, top: best.map(({ id, logprob }) => ({ id, logprob: logprob - logZ })) };
+}

@@ -82,7 +82,7 @@ export interface SchedulerOptions {
 export class Scheduler {
   private readonly allocator: BlockAllocator;
   private readonly pending: StepRequest[] = [];
-  private readonly admissions: Array<{ positions: number; admit: (s: Sequence) => void; reject: (e: unknown) => void }> = [];
+  private readonly admissions: Array<{ positions: number; admit: (s: Sequence | undefined) => void; reject: (e: unknown) => void }> = [];
   private readonly active = new Set<Sequence>();
   private looping = false;
   private wakeGather?: () => void;
@@ -95,8 +95,11 @@ export class Scheduler {
     this.allocator = new BlockAllocator(engine.geometry);
   }
 
-  /** Reserves a slot and KV blocks for up to `positions` positions; waits while the pool is full. */
-  admit(positions: number): Promise<Sequence> {
+  /**
+   * Reserves a slot and KV blocks for up to `positions` positions; waits while the pool is full.
+   * Resolves undefined if `signal` aborts while waiting.
+   */
+  admit(positions: number, signal?: AbortSignal): Promise<Sequence | undefined> {
     const capacity = this.engine.geometry.blocksPerSequence * this.engine.geometry.blockSize;
     const wanted = Math.min(Math.max(1, positions), capacity);
     if (this.admissions.length === 0) {
@@ -107,7 +110,19 @@ export class Scheduler {
     if (this.admissions.length >= maxWaiting) {
       return Promise.reject(new QueueFullError(`${this.admissions.length} requests are already waiting for the model; try again shortly.`, 1));
     }
-    return new Promise((admit, reject) => this.admissions.push({ positions: wanted, admit, reject }));
+    return new Promise((admit, reject) => {
+      const waiting = { positions: wanted, admit, reject };
+      this.admissions.push(waiting);
+      signal?.addEventListener(
+        'abort',
+        () => {
+          const at = this.admissions.indexOf(waiting);
+          if (at >= 0) this.admissions.splice(at, 1);
+          admit(undefined);
+        },
+        { once: true },
+      );
+    });
   }
 
   stats(): SchedulerStats {

@@ -142,8 +142,8 @@ function serveConfig(flags: Flags): ServeConfig {
   const backend = flag(flags, 'gpu') ?? 'dawn';
   if (backend !== 'dawn' && backend !== 'deno') throw new UsageError(`--gpu must be "dawn" or "deno"; got "${backend}"`);
   const adapterNames = flag(flags, 'devices')?.split(',').map((name) => name.trim()).filter(Boolean);
-  const seconds = (name: string) => {
-    const s = numberFlag(flags, name, { min: 0.001 });
+  const seconds = (name: string, min: number) => {
+    const s = numberFlag(flags, name, { min });
     return s === undefined ? undefined : Math.round(s * 1000);
   };
   const parallel = numberFlag(flags, 'parallel', { integer: true, min: 1 }) ?? DEFAULT_LIMITS.maxRunning;
@@ -152,7 +152,7 @@ function serveConfig(flags: Flags): ServeConfig {
     maxQueued: numberFlag(flags, 'max-queue', { integer: true }),
     maxBodyBytes: numberFlag(flags, 'max-body-bytes', { integer: true, min: 1 }),
     maxHeaderBytes: numberFlag(flags, 'max-header-bytes', { integer: true, min: 1 }),
-    requestTimeoutMs: seconds('request-timeout'),
+    requestTimeoutMs: seconds('request-timeout', 0.001),
   };
   return {
     model,
@@ -173,7 +173,7 @@ function serveConfig(flags: Flags): ServeConfig {
     },
     limits: Object.fromEntries(Object.entries(limits).filter(([, v]) => v !== undefined)),
     healthDeadlineMs: numberFlag(flags, 'health-deadline-ms', { integer: true, min: 1 }) ?? 5000,
-    shutdownGraceMs: seconds('shutdown-grace') ?? 10_000,
+    shutdownGraceMs: seconds('shutdown-grace', 0) ?? 10_000,
     apiKey: flag(flags, 'api-key') ?? Deno.env.get('WEBSHARD_API_KEY'),
     testHooks: flags.has('test-hooks'),
   };
@@ -239,15 +239,11 @@ async function serve(config: ServeConfig): Promise<void> {
     Deno.exitCode = 1;
   }
 
-  const t0 = performance.now();
   const closing = http.shutdown(); // no new connections; open ones finish their requests
   await server.shutdown(config.shutdownGraceMs);
-  log(`DEBUG drained ${performance.now() - t0}`);
   await closing;
-  log(`DEBUG closed ${performance.now() - t0}`);
   await http.finished;
   await model?.dispose();
-  log(`DEBUG disposed ${performance.now() - t0}`);
   for (const [name, handler] of Object.entries(handlers)) Deno.removeSignalListener(name as DenoSignal, handler);
   globalThis.removeEventListener('unhandledrejection', onUnhandled);
   log('stopped');

@@ -19,15 +19,8 @@ export interface SequenceSpec {
   logprobs?: number;
 }
 
-export interface TokenAlternative {
-  id: number;
-  logprob: number;
-}
-
-export interface TokenLogprob extends TokenAlternative {
-  /** The most likely tokens at this step, most likely first. */
-  top: TokenAlternative[];
-}
+export type { TokenAlternative, TokenLogprob } from '../engine/sampler.ts';
+import type { TokenLogprob } from '../engine/sampler.ts';
 
 export interface SequenceResult {
   ids: number[];
@@ -56,6 +49,7 @@ export function generateOptions(spec: SequenceSpec, signal: AbortSignal): Genera
     frequencyPenalty: s.frequencyPenalty,
     seed: s.seed,
     signal,
+    logprobs: spec.logprobs,
   };
 }
 
@@ -95,6 +89,7 @@ export async function runSequence(
   let finished = false;
   try {
     const ids: number[] = [];
+    const scored: TokenLogprob[] = [];
     const pieces: string[] = [];
     let firstTokenAt: number | undefined;
     let lastTokenAt: number | undefined;
@@ -107,6 +102,7 @@ export async function runSequence(
       firstTokenAt ??= lastTokenAt;
       ids.push(next.value.id);
       pieces.push(next.value.text);
+      if (next.value.logprobs) scored.push(next.value.logprobs);
       if (signal.aborted) throw signal.reason;
       onToken(next.value);
     }
@@ -119,7 +115,7 @@ export async function runSequence(
       firstTokenAt,
       lastTokenAt,
     };
-    if (spec.logprobs !== undefined) result.logprobs = await scoreTokens(model, spec.promptIds, ids, spec.logprobs, signal);
+    if (spec.logprobs !== undefined) result.logprobs = scored;
     return result;
   } finally {
     if (finished) slot.release();
@@ -129,52 +125,4 @@ export async function runSequence(
   }
 }
 
-/**
- * Log-probabilities of the chosen tokens and the `top` most likely alternatives at each step,
- * from the model's raw logits (before penalties and temperature, as vLLM reports them).
- *
- * The engine's generate() does not hand out logits, so each step is scored again afterwards:
- * one forward pass over the prefix per generated token. Fine for short answers; an engine that
- * returns logprobs with each token would make this free.
- */
-export async function scoreTokens(
-  model: Pick<ServedModel, 'nextTokenLogits'>,
-  promptIds: readonly number[],
-  ids: readonly number[],
-  top: number,
-  signal: AbortSignal,
-): Promise<TokenLogprob[]> {
-  const scored: TokenLogprob[] = [];
-  for (let i = 0; i < ids.length; i++) {
-    if (signal.aborted) throw signal.reason;
-    const logits = await unlessAborted(model.nextTokenLogits([...promptIds, ...ids.slice(0, i)]), signal);
-    scored.push(logprobsOf(logits, ids[i]!, top));
-  }
-  return scored;
-}
-
-/** log-softmax of `logits` at `chosen`, and the `top` best alternatives. */
-export function logprobsOf(logits: Float32Array, chosen: number, top: number): TokenLogprob {
-  let max = -Infinity;
-  for (const x of logits) if (x > max) max = x;
-  let sum = 0;
-  for (const x of logits) sum += Math.exp(x - max);
-  const logZ = max + Math.log(sum);
-  const best: TokenAlternative[] = [];
-  if (top > 0) {
-    // A partial selection: keep the `top` largest seen so far, sorted.
-    for (let id = 0; id < logits.length; id++) {
-      const logit = logits[id]!;
-      if (best.length === top && logit <= best[top - 1]!.logprob) continue;
-      let at = best.length === top ? top - 1 : best.length;
-      while (at > 0 && best[at - 1]!.logprob < logit) at--;
-      best.splice(at, 0, { id, logprob: logit });
-      if (best.length > top) best.pop();
-    }
-  }
-  return {
-    id: chosen,
-    logprob: logits[chosen]! - logZ,
-    top: best.map(({ id, logprob }) => ({ id, logprob: logprob - logZ })),
-  };
-}
+export { tokenLogprobs as logprobsOf } from '../engine/sampler.ts';
