@@ -78,6 +78,8 @@ export async function runProgram(
   steps: readonly ProgramStep[],
   communicator: Communicator,
   counters?: StepCounters,
+  /** Appends to the last command buffer (e.g. the copies for the step's read-back), saving a submit. */
+  finish?: (encoder: GPUCommandEncoder) => void,
 ): Promise<void> {
   let encoder: GPUCommandEncoder | undefined;
   const submit = () => {
@@ -103,6 +105,10 @@ export async function runProgram(
         await communicator.collective(device, step);
         if (counters) counters.collectives++;
     }
+  }
+  if (finish) {
+    encoder ??= device.createCommandEncoder({ label: 'forward' });
+    finish(encoder);
   }
   submit();
 }

@@ -4,7 +4,7 @@
 // other shards. A step is a batch: tokens of several sequences, each at its own position.
 
 import type { GpuContext } from '../gpu/device.ts';
-import { readBuffer, writeBuffer } from '../gpu/kernel.ts';
+import { writeBuffer } from '../gpu/kernel.ts';
 import type { LlamaConfig } from '../model/config.ts';
 import type { GGUFFile } from '../model/gguf.ts';
 import type { DeviceStats, ForwardEngine } from './forward-engine.ts';
@@ -49,6 +49,9 @@ export interface RunnerOptions {
   communicator?: Communicator;
   onProgress?: LoadProgress;
 }
+
+const MAP_READ = 0x0001; // GPUMapMode.READ and GPUBufferUsage.MAP_READ
+const COPY_DST = 0x0008;
 
 /** Recorded programs kept per (tokens, samples) shape; more than this and the oldest go. */
 const MAX_PROGRAMS = 64;
@@ -102,17 +105,28 @@ export class LlamaRunner implements ForwardEngine {
     writeBuffer(device, a.tokenSlots, 0, Uint32Array.from(batch.slots));
     writeBuffer(device, a.blockTable, 0, batch.blockTable);
     if (S > 0) writeBuffer(device, a.sampleRows, 0, Uint32Array.from(batch.sampleRows));
-    await runProgram(device, this.program(T, S), this.communicator, this.counters);
-
     const results: StepResult[] = [];
-    if (this.view.samples && S > 0) {
+    if (!this.view.samples || S === 0) {
+      await runProgram(device, this.program(T, S), this.communicator, this.counters);
+    } else {
       const localVocab = rangeLength(this.view.vocab);
       const wholeVocabulary = localVocab === this.config.vocabSize;
       // argmax writes one id per row; over a vocabulary slice top-1 writes (id, logit) pairs.
-      const best = await readBuffer(device, a.best, S * (wholeVocabulary ? 4 : 8));
-      const ids = new Uint32Array(best);
-      const logitsOfBest = new Float32Array(best);
-      const logits = batch.wantLogits ? new Float32Array(await readBuffer(device, a.logits, S * localVocab * 4)) : undefined;
+      const bestBytes = S * (wholeVocabulary ? 4 : 8);
+      const logitsAt = Math.ceil(bestBytes / 256) * 256;
+      const logitsBytes = batch.wantLogits ? S * localVocab * 4 : 0;
+      // The read-back copies ride in the step's last submit; one map per step, into a reused buffer.
+      const staging = this.stagingBuffer(logitsAt + logitsBytes);
+      await runProgram(device, this.program(T, S), this.communicator, this.counters, (encoder) => {
+        encoder.copyBufferToBuffer(a.best, 0, staging, 0, bestBytes);
+        if (logitsBytes) encoder.copyBufferToBuffer(a.logits, 0, staging, logitsAt, logitsBytes);
+      });
+      await staging.mapAsync(MAP_READ, 0, logitsAt + logitsBytes);
+      const mapped = staging.getMappedRange(0, logitsAt + logitsBytes);
+      const ids = new Uint32Array(mapped.slice(0, bestBytes));
+      const logitsOfBest = new Float32Array(ids.buffer);
+      const logits = logitsBytes ? new Float32Array(mapped.slice(logitsAt, logitsAt + logitsBytes)) : undefined;
+      staging.unmap();
       for (let s = 0; s < S; s++) {
         results.push({
           argmaxId: wholeVocabulary ? ids[s]! : ids[2 * s]!,
@@ -125,6 +139,16 @@ export class LlamaRunner implements ForwardEngine {
     this.stepMs += this.lastStepMs;
     this.steps++;
     return results;
+  }
+
+  private staging?: GPUBuffer;
+
+  private stagingBuffer(bytes: number): GPUBuffer {
+    if (!this.staging || this.staging.size < bytes) {
+      this.staging?.destroy();
+      this.staging = this.gpu.device.createBuffer({ label: 'step read-back', size: Math.max(256, bytes), usage: MAP_READ | COPY_DST });
+    }
+    return this.staging;
   }
 
   private program(nTokens: number, nSamples: number): ProgramStep[] {
@@ -158,6 +182,7 @@ export class LlamaRunner implements ForwardEngine {
     destroyWeights(this.weights);
     destroyKvCache(this.cache);
     destroyActivations(this.activations);
+    this.staging?.destroy();
     this.programs.clear();
   }
 }
