@@ -7,37 +7,39 @@
 //    all on the default adapter, through the production communicator (src/sharding/measure.ts).
 //    One worker has nothing to add: its row is a pipeline hand-off (read-back + write-back).
 // 2. Decode tokens/s for TP=1, 2, 4 and PP=2 on one model, measured end to end with loadModel +
-//    complete, next to what choose.ts predicts from the measured round trips and decode step.
+//    generate (every step timed), next to what choose.ts predicts from the measured round trips
+//    and decode step.
 //
 // Prints both tables (markdown) and writes everything to bench/results/allreduce-<date>.json.
 // Default model: the random-weight demo Llama at BENCH_SHAPE, written once to bench/results/.
 
+import os from 'node:os';
 import process from 'node:process';
 import { parseArgs } from 'node:util';
 import { probeAdapter } from '../src/gpu/device.ts';
 import { loadModel } from '../src/engine/model.ts';
 import { llamaConfig } from '../src/model/config.ts';
-import { readGGUF } from '../src/model/gguf.ts';
+import { readGGUF, type GGUFFile } from '../src/model/gguf.ts';
 import { GGMLType } from '../src/model/ggml-type.ts';
 import type { RandomLlamaShape } from '../src/model/random-llama.ts';
 import { fileSource } from '../src/model/source.ts';
 import { describeShardDevices, splitMeasurementsFrom } from '../src/sharding/auto.ts';
 import { chooseSplit, planCandidates, type CandidateScore, type SplitMeasurements } from '../src/sharding/choose.ts';
-import { measureDecodeStep, measureInterconnect, type CollectiveMeasurement } from '../src/sharding/measure.ts';
+import { latencyStats, measureDecodeStep, measureInterconnect, type CollectiveMeasurement, type LatencyMs } from '../src/sharding/measure.ts';
 import { formatMs, formatSize, randomModelFile, runtimeDescription, table, today, writeResults } from './common.ts';
 
 /**
- * Big enough that kernels are real work (about 60 MB of Q8_0 weights, 8 layers, so TP=2 pays 17
- * all-reduces a token), small enough that every split decodes in seconds on lavapipe. 8 heads
- * over 4 KV heads split evenly for TP=2 and TP=4.
+ * Big enough that kernels are real work (about 28 MB of Q8_0 weights; 8 layers, so TP=2 pays 17
+ * all-reduces a token), small enough that every split decodes a token in about 0.1 s on lavapipe.
+ * 8 heads over 4 KV heads split evenly for TP=2 and TP=4.
  */
 const BENCH_SHAPE: RandomLlamaShape = {
-  dim: 768,
+  dim: 512,
   nLayers: 8,
   nHeads: 8,
   nKvHeads: 4,
-  ffnDim: 2048,
-  vocabSize: 8192,
+  ffnDim: 1536,
+  vocabSize: 4096,
   contextLength: 2048,
   weightType: GGMLType.Q8_0,
 };
@@ -51,6 +53,9 @@ const SPLITS = [
   { tp: 1, pp: 2 },
 ];
 const PROMPT = 'Once upon a time';
+/** KV positions and tokens per step for every load (the prompt is short, decode is one token). */
+const CONTEXT = 256;
+const BATCH = 32;
 
 interface DecodeRow {
   tp: number;
@@ -59,10 +64,9 @@ interface DecodeRow {
   predictedStepMs: number;
   prediction: string;
   measuredTokensPerSecond: number;
-  measuredStepMs: number;
+  /** Wall time of each decode step as the caller sees it (tokens/s above is 1000 / its mean). */
+  measuredStepMs: LatencyMs;
   decodeTokens: number;
-  /** Per shard and step: time inside collectives (all-reduces, hand-offs), the worst shard. */
-  collectiveMsPerStep: number;
   sameIdsAsOneDevice: boolean;
   loadMs: number;
 }
@@ -91,21 +95,44 @@ async function main(): Promise<void> {
     return n;
   };
   const iterations = count(values.iterations, values.quick ? 20 : 100, 'iterations');
-  const tokens = count(values.tokens, values.quick ? 12 : 32, 'tokens');
+  const tokens = count(values.tokens, values.quick ? 12 : 24, 'tokens');
 
+  const modelPath = values.model ?? (await randomModelFile(BENCH_SHAPE));
+  const file = await readGGUF(await fileSource(modelPath));
+  try {
+    await benchmark(file, modelPath, { quick: values.quick, iterations, tokens, modelGiven: values.model !== undefined });
+  } finally {
+    await file.source.close();
+  }
+}
+
+interface BenchSettings {
+  quick: boolean;
+  /** Timed collectives per payload and group size. */
+  iterations: number;
+  /** Timed decode steps per split. */
+  tokens: number;
+  /** --model was given (else the random demo model). */
+  modelGiven: boolean;
+}
+
+/** The CPUs matter on a software adapter, and so does whatever else runs on them. */
+const machine = () => ({ cpus: os.cpus().length, loadAverage: os.loadavg().map((x) => Number(x.toFixed(2))) });
+
+async function benchmark(file: GGUFFile, modelPath: string, settings: BenchSettings): Promise<void> {
+  const { quick, iterations, tokens } = settings;
   const date = today();
   const adapter = (await probeAdapter()).description;
   const runtime = runtimeDescription();
-  const modelPath = values.model ?? (await randomModelFile(BENCH_SHAPE));
-  const file = await readGGUF(await fileSource(modelPath));
+  const machineAtStart = machine();
   const config = llamaConfig(file);
-  await file.source.close();
-  const modelName = values.model
+  const modelName = settings.modelGiven
     ? modelPath
     : `random demo Llama (dim ${config.dim}, ${config.nLayers} layers, ${config.nHeads}/${config.nKvHeads} heads, FFN ${config.ffnDim}, vocab ${config.vocabSize}, Q8_0)`;
   const decodeBytes = config.dim * 4; // what one decode collective carries
-  console.log(`bench:allreduce  ${date}  ${runtime}${values.quick ? '  (--quick)' : ''}`);
+  console.log(`bench:allreduce  ${date}  ${runtime}${quick ? '  (--quick)' : ''}`);
   console.log(`adapter: ${adapter}  (every worker's device on this one adapter)`);
+  console.log(`machine: ${machineAtStart.cpus} CPUs, load average ${machineAtStart.loadAverage.join(' ')}`);
   console.log(`model:   ${modelName}\n`);
 
   // 1. Collectives: one set of 4 workers for every size and group.
@@ -129,74 +156,79 @@ async function main(): Promise<void> {
   if (!interconnect.measurements.every((m) => m.verified)) process.exitCode = 1;
 
   // 2. The cost model's inputs, measured on one device, and its predictions.
-  const decodeStep = await measureDecodeStep({ source: modelPath, file, config, steps: values.quick ? 6 : 16 });
+  const decodeStep = await measureDecodeStep({ source: modelPath, file, config, steps: quick ? 10 : 24 });
   const measurements: SplitMeasurements = splitMeasurementsFrom(interconnect, decodeStep, decodeBytes, 1);
   const predictions = new Map<string, CandidateScore>();
   const autoChoices: string[] = [];
-  const fileForPlans = await readGGUF(await fileSource(modelPath));
-  try {
-    for (const deviceCount of [1, 2, 4]) {
-      const devices = await describeShardDevices(Array.from({ length: deviceCount }, () => ({})));
-      const candidates = planCandidates(fileForPlans, config, { contextLength: 256, maxBatchTokens: 32, devices });
-      const choice = chooseSplit({ deviceCount, config, measurements, candidates });
-      for (const c of choice.candidates) if (c.fits) predictions.set(`${c.tp}x${c.pp}`, c);
-      if (deviceCount > 1) autoChoices.push(`${deviceCount} devices: ${choice.reason.split('\n')[0]}`);
-    }
-  } finally {
-    await fileForPlans.source.close();
+  for (const deviceCount of [1, 2, 4]) {
+    const devices = await describeShardDevices(Array.from({ length: deviceCount }, () => ({})));
+    const candidates = planCandidates(file, config, { contextLength: CONTEXT, maxBatchTokens: BATCH, devices });
+    if (!candidates.some((c) => c.plan)) continue;
+    const choice = chooseSplit({ deviceCount, config, measurements, candidates });
+    for (const c of choice.candidates) if (c.fits) predictions.set(`${c.tp}x${c.pp}`, c);
+    if (deviceCount > 1) autoChoices.push(`${deviceCount} devices: ${choice.reason.split('\n')[0]}`);
   }
 
   // 3. Decode end to end, every split on the same model and prompt.
   const rows: DecodeRow[] = [];
   let reference: number[] | undefined;
+  const notRun: string[] = [];
   for (const { tp, pp } of SPLITS) {
+    const predicted = predictions.get(`${tp}x${pp}`);
+    if (!predicted) {
+      notRun.push(`tp=${tp} × pp=${pp} (does not fit or cannot split this model)`);
+      continue;
+    }
     const loadStart = performance.now();
-    const model = await loadModel(modelPath, { tp, pp, contextLength: 256, maxBatchTokens: 32 });
+    const model = await loadModel(modelPath, { tp, pp, contextLength: CONTEXT, maxBatchTokens: BATCH });
     const loadMs = performance.now() - loadStart;
     try {
       await model.complete(PROMPT, { maxTokens: 3, temperature: 0, ignoreEos: true }); // compiles the programs
-      const statsBefore = model.stats().devices;
-      const run = await model.complete(PROMPT, { maxTokens: tokens, temperature: 0, ignoreEos: true });
-      const decodeTokens = run.timings.generatedTokens - 1; // the first token comes from the prefill step
-      const measuredTokensPerSecond = (decodeTokens / run.timings.decodeMs) * 1000;
-      const statsAfter = model.stats().devices;
-      const collectiveMsPerStep = Math.max(
-        ...statsAfter.map((s, i) => (s.collectiveMs - statsBefore[i]!.collectiveMs) / Math.max(1, s.steps - statsBefore[i]!.steps)),
-      );
-      reference ??= run.ids;
-      const predicted = predictions.get(`${tp}x${pp}`);
+      // Each token after the first is one decode step: time them one by one, since a shared
+      // machine stalls some steps and the mean alone would hide what a step usually costs.
+      const ids: number[] = [];
+      const stepMs: number[] = [];
+      let last = 0;
+      for await (const token of model.generate(PROMPT, { maxTokens: tokens + 1, temperature: 0, ignoreEos: true })) {
+        const now = performance.now();
+        if (ids.length > 0) stepMs.push(now - last);
+        ids.push(token.id);
+        last = now;
+      }
+      reference ??= ids;
+      const step = latencyStats(stepMs);
       rows.push({
         tp,
         pp,
-        predictedTokensPerSecond: predicted?.tokensPerSecond ?? NaN,
-        predictedStepMs: predicted?.stepMs ?? NaN,
-        prediction: predicted?.reason ?? 'does not fit',
-        measuredTokensPerSecond,
-        measuredStepMs: run.timings.decodeMs / decodeTokens,
-        decodeTokens,
-        collectiveMsPerStep,
-        sameIdsAsOneDevice: run.ids.every((id, i) => id === reference![i]),
+        predictedTokensPerSecond: predicted.tokensPerSecond!,
+        predictedStepMs: predicted.stepMs!,
+        prediction: predicted.reason,
+        measuredTokensPerSecond: 1000 / step.mean,
+        measuredStepMs: step,
+        decodeTokens: stepMs.length,
+        sameIdsAsOneDevice: ids.every((id, i) => id === reference![i]),
         loadMs,
       });
     } finally {
       await model.dispose();
     }
   }
-  console.log(`\nDecode, ${tokens} tokens after "${PROMPT}" (greedy), measured vs predicted by choose.ts:`);
+  console.log(`\nDecode, ${tokens} steps after "${PROMPT}" (greedy), measured vs predicted by choose.ts:`);
   console.log(
     table(
-      ['split', 'measured tok/s', 'predicted tok/s', 'measured ms/token', 'predicted ms/token', 'collectives ms/token', 'same ids'],
+      ['split', 'measured tok/s', 'predicted tok/s', 'ms/token p50', 'ms/token p90', 'predicted ms/token', 'same ids'],
       rows.map((r) => [
         r.pp > 1 ? `PP=${r.pp}` : `TP=${r.tp}`,
         r.measuredTokensPerSecond.toFixed(1),
         r.predictedTokensPerSecond.toFixed(1),
-        formatMs(r.measuredStepMs),
+        formatMs(r.measuredStepMs.p50),
+        formatMs(r.measuredStepMs.p90),
         formatMs(r.predictedStepMs),
-        formatMs(r.collectiveMsPerStep),
         r.sameIdsAsOneDevice ? 'yes' : 'NO',
       ]),
     ),
   );
+  if (notRun.length > 0) console.log(`not run: ${notRun.join('; ')}`);
   if (!rows.every((r) => r.sameIdsAsOneDevice)) process.exitCode = 1;
   console.log(
     `\ncost model inputs: decode step on one device ${formatMs(decodeStep.stepMs)} ms ` +
@@ -205,18 +237,22 @@ async function main(): Promise<void> {
       `hand-off ${formatMs(measurements.handoffMs ?? NaN)} ms; all devices on one GPU (no kernel speed-up from TP)`,
   );
   console.log(`--shard auto would choose, for\n  ${autoChoices.join('\n  ')}`);
+  const machineAtEnd = machine();
+  console.log(`load average at the end: ${machineAtEnd.loadAverage.join(' ')}`);
 
   const path = await writeResults('allreduce', {
     date,
     runtime,
     adapter,
-    quick: values.quick,
-    model: { path: values.model ?? null, description: modelName, config },
+    machine: { atStart: machineAtStart, atEnd: machineAtEnd },
+    quick,
+    model: { path: settings.modelGiven ? modelPath : null, description: modelName, config },
     iterations,
     interconnect,
     decodeStep,
     measurements,
     decode: rows,
+    notRun,
     autoChoices,
   });
   console.log(`\nwrote ${path}`);

@@ -5,6 +5,8 @@ import { h } from './dom.ts';
 
 export interface ChartOptions {
   title: string;
+  /** A tooltip: what exactly is measured. */
+  hint?: string;
   /** CSS color of the line and fill. */
   color: string;
   format: (value: number) => string;
@@ -41,7 +43,7 @@ export class Sparkline {
     this.valueLabel = h('span', { class: 'chart-value' }, '—');
     this.element = h(
       'figure',
-      { class: 'chart', style: `--chart-color: ${options.color}` },
+      { class: 'chart', style: `--chart-color: ${options.color}`, title: options.hint },
       h('figcaption', {}, h('span', { class: 'chart-title' }, options.title), this.valueLabel),
       this.canvas,
     );

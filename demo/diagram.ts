@@ -161,7 +161,7 @@ export class SplitDiagram {
       { class: active ? 'dg-reduce' : 'dg-reduce ghost' },
       s('circle', { cx, cy: y + 12, r: 11 }),
       s('text', { x: cx, y: y + 17, 'text-anchor': 'middle', class: 'dg-sigma' }, 'Σ'),
-      s('text', { x: cx + 22, y: y + 16, class: 'dg-label' }, active ? `all-reduce after the ${after}` : `no all-reduce: one device holds the whole ${after}`),
+      s('text', { x: cx + 22, y: y + 16, class: 'dg-label' }, active ? `all-reduce after the ${after}` : `${after}: whole, no all-reduce`),
     );
     svg.append(node);
     if (active) this.reduceNodes.push(node);

@@ -1,13 +1,13 @@
 // The demo page: pick a model (URL or local file), pick devices and a split, generate, and watch
 // every device work. Plain TypeScript over the DOM; the library is imported from its sources.
 
-import { loadModel, type GenerateOptions, type GpuContext, type LoadOptions, type Model } from '../src/index.ts';
+import { loadModel, type FinishReason, type GenerateOptions, type GpuContext, type LoadOptions, type Model } from '../src/index.ts';
 import { gpuOptionsFor, listAdapters, openFallbackDevice, type AdapterEntry, type AdapterKind } from './adapters.ts';
 import { $, h } from './dom.ts';
 import { formatBytes, formatCount, formatDuration, formatRate, formatTokensPerSecond } from './format.ts';
-import { ModelCache, parseSha256, type CachedModel } from './opfs-cache.ts';
+import { CacheIntegrityError, ModelCache, parseSha256, type CachedModel } from './opfs-cache.ts';
 import { SplitDiagram } from './diagram.ts';
-import { explainSplit, modelShape, splitLayout, type ModelShape, type SplitLayout } from './split.ts';
+import { exampleShape, explainSplit, modelShape, previewLayout, splitLayout, type ModelShape, type SplitLayout } from './split.ts';
 import { DevicePanel } from './telemetry.ts';
 
 type SplitMode = 'tensor' | 'pipeline' | 'both';
@@ -103,8 +103,9 @@ const state = {
   split: 'tensor' as SplitMode,
 };
 
-function setBusy(busy: boolean): void {
+function setBusy(busy: boolean, what: 'loading' | 'generating' = 'loading'): void {
   state.busy = busy;
+  el.loadUrl.textContent = busy && what === 'loading' ? 'Loading…' : 'Load from URL';
   document.body.classList.toggle('busy', busy);
   for (const control of [el.loadUrl, el.file, el.contextLength]) control.disabled = busy;
   el.generate.disabled = busy || !state.loaded;
@@ -113,10 +114,15 @@ function setBusy(busy: boolean): void {
 // ---------------------------------------------------------------------------------------------
 // Environment badges
 
-function renderEnvironment(): void {
+/** `adapters`: how many WebGPU adapters the page got (undefined while still asking). */
+function renderEnvironment(adapters?: number): void {
   const badge = (ok: boolean, text: string, title: string) => h('li', { class: ok ? 'ok' : 'missing', title }, text);
+  const webgpu =
+    !('gpu' in navigator) ? 'This browser has no WebGPU'
+    : adapters === 0 ? 'navigator.gpu offers no adapter (Chromium on Linux needs --enable-unsafe-webgpu)'
+    : 'navigator.gpu is available';
   el.env.replaceChildren(
-    badge('gpu' in navigator, 'WebGPU', 'gpu' in navigator ? 'navigator.gpu is available' : 'This browser has no WebGPU (Chromium on Linux needs --enable-unsafe-webgpu)'),
+    badge('gpu' in navigator && adapters !== 0, 'WebGPU', webgpu),
     badge(crossOriginIsolated, 'cross-origin isolated', crossOriginIsolated ? 'COOP/COEP headers are set' : 'Serve the page with COOP: same-origin and COEP: require-corp'),
     badge(typeof SharedArrayBuffer !== 'undefined', 'SharedArrayBuffer', 'Shards add their partial sums in shared memory'),
     badge(ModelCache.supported(), 'OPFS', 'Origin Private File System, for the model cache'),
@@ -168,6 +174,7 @@ function checkSegment(group: HTMLElement, value: string): void {
 
 async function renderAdapters(): Promise<void> {
   state.adapters = await listAdapters();
+  renderEnvironment(state.adapters.length);
   if (state.adapters.length === 0) {
     el.adapters.replaceChildren(h('li', { class: 'adapter missing' }, 'No WebGPU adapter: this browser cannot run the model.'));
     return;
@@ -246,6 +253,18 @@ function renderSplitHint(): void {
   const loaded = state.loaded?.layout;
   const pending = loaded && (loaded.tp !== tp || loaded.pp !== pp) ? ' Load the model again to apply.' : '';
   el.splitHint.textContent = text + pending;
+  if (!state.loaded) renderPreview(tp, pp, adapters);
+}
+
+/** Before a model is loaded: the chosen split, drawn for an example model. */
+function renderPreview(tp: number, pp: number, adapters: AdapterEntry[]): void {
+  const layout = previewLayout(exampleShape, tp, pp);
+  diagram.render(exampleShape, layout, adapters.map((a) => a.name));
+  el.story.replaceChildren(
+    ...explainSplit(exampleShape, layout),
+    h('p', { class: 'muted' }, 'This is a preview on an example shape; load a model to see its real split.'),
+  );
+  el.explainNote.textContent = `preview · ${tp * pp === 1 ? 'one device' : `tp ${tp} × pp ${pp}`}`;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -337,7 +356,14 @@ function showNotice(message: string): void {
 // ---------------------------------------------------------------------------------------------
 // Loading a model
 
-const fileNameOf = (url: string) => decodeURIComponent(new URL(url, location.href).pathname.split('/').pop() || url);
+function fileNameOf(url: string): string {
+  const last = new URL(url, location.href).pathname.split('/').pop() || url;
+  try {
+    return decodeURIComponent(last);
+  } catch {
+    return last;
+  }
+}
 
 async function cachedCopy(url: string, meter: LoadMeter): Promise<File> {
   const expectedSha256 = parseSha256(el.expectedSha.value);
@@ -348,9 +374,11 @@ async function cachedCopy(url: string, meter: LoadMeter): Promise<File> {
     try {
       await cache.verify(entry, { expectedSha256, onProgress: (d, t) => meter.update(d, t) });
     } catch (error) {
-      // A damaged copy is dropped and downloaded again; a wrong expected digest is the user's to fix.
+      if (!(error instanceof CacheIntegrityError)) throw error;
+      // Damaged, or not the file the user expects (an older version?): download it again; the
+      // fresh download is checked against the expected digest in turn.
+      showNotice(`The cached copy failed its check (${error.message}); downloading it again.`);
       await cache.remove(entry.key);
-      if (expectedSha256 && !/damaged|cut short/.test((error as Error).message)) throw error;
       entry = undefined;
     }
   }
@@ -366,7 +394,6 @@ async function cachedCopy(url: string, meter: LoadMeter): Promise<File> {
 
 async function load(pick: ModelPick): Promise<void> {
   if (state.busy) return;
-  stopGeneration();
   setBusy(true);
   clearError();
   el.notice.hidden = true;
@@ -437,9 +464,9 @@ async function unload(loaded: Loaded): Promise<void> {
 
 function deviceNames(loaded: Loaded): string[] {
   const reports = loaded.model.shards?.reports;
-  if (reports) return loaded.layout.shards.map((s) => reports.find((r) => r.rank === s.rank)?.adapter || 'WebGPU device');
-  const name = loaded.model.gpu?.adapterDescription ?? shardAdapters(1)[0]?.name ?? 'WebGPU device';
-  return [name.replaceAll(' | ', ' · ')];
+  const tidy = (name: string) => name.replaceAll(' | ', ' · ');
+  if (reports) return loaded.layout.shards.map((s) => tidy(reports.find((r) => r.rank === s.rank)?.adapter || 'WebGPU device'));
+  return [tidy(loaded.model.gpu?.adapterDescription ?? shardAdapters(1)[0]?.name ?? 'WebGPU device')];
 }
 
 function showModel(loaded: Loaded): void {
@@ -486,6 +513,14 @@ function samplingOptions(): GenerateOptions {
   };
 }
 
+const finishLabels: Record<FinishReason, string> = {
+  length: 'token limit',
+  stop: 'stop string',
+  eos: 'end of text',
+  context: 'context full',
+  abort: 'stop button',
+};
+
 function stopGeneration(): void {
   state.generation?.abort();
 }
@@ -498,7 +533,7 @@ async function generate(): Promise<void> {
   const options = samplingOptions();
   const controller = new AbortController();
   state.generation = controller;
-  setBusy(true);
+  setBusy(true, 'generating');
   el.generate.hidden = true;
   el.stop.hidden = false;
   clearError();
@@ -511,11 +546,11 @@ async function generate(): Promise<void> {
   const started = performance.now();
   let firstAt = 0;
   let count = 0;
-  let lastId = -1;
   let promptTokens = 0;
+  const result: { finish?: FinishReason } = {};
   try {
     promptTokens = model.tokenize(prompt).length;
-    for await (const token of model.generate(prompt, { ...options, signal: controller.signal })) {
+    for await (const token of model.generate(prompt, { ...options, signal: controller.signal }, result)) {
       const now = performance.now();
       if (count === 0) {
         firstAt = now;
@@ -523,19 +558,18 @@ async function generate(): Promise<void> {
         el.mPrefill.textContent = formatTokensPerSecond(promptTokens / ((firstAt - started) / 1000));
       }
       count++;
-      lastId = token.id;
-      if (token.text) el.output.append(token.text);
+      if (token.text) {
+        const follow = el.transcript.scrollHeight - el.transcript.scrollTop - el.transcript.clientHeight < 24;
+        el.output.append(token.text);
+        if (follow) el.transcript.scrollTop = el.transcript.scrollHeight;
+      }
       el.mTokens.textContent = String(count);
       if (count > 1) el.mDecode.textContent = formatTokensPerSecond((count - 1) / ((now - firstAt) / 1000));
       // The first token's step is the prompt's prefill: counted, not charted.
       const samples = devicePanel.update(model.stats(), count > 1);
       if (samples.length > 0) diagram.pulse(Math.max(...samples.map((s) => s.stepMs)), loaded.shape.nLayers);
     }
-    el.mFinish.textContent =
-      controller.signal.aborted ? 'stop button'
-      : count >= (options.maxTokens ?? Infinity) ? 'token limit'
-      : lastId >= 0 && model.tokenizer.isEog(lastId) ? 'end of text'
-      : 'context full';
+    el.mFinish.textContent = result.finish ? finishLabels[result.finish] : '—';
   } catch (error) {
     showError(error);
     el.mFinish.textContent = 'error';
@@ -676,6 +710,5 @@ wire();
 applyQuery();
 renderSplitHint();
 devicePanel.clear('Charts appear when a model is loaded: memory, step time, all-reduce time and the share of each step spent waiting for the other shards.');
-diagram.clear('Load a model to see how its layers, heads and feed-forward columns are split across devices.');
 void renderAdapters().catch(showError);
 void renderCache().catch(() => undefined);

@@ -50,6 +50,18 @@ export const shardColors = ['#38d5c4', '#f5b948', '#a78bfa', '#fb7185', '#60a5fa
 export const shardColor = (rank: number): string => shardColors[rank % shardColors.length]!;
 
 export const rangeLength = (r: Range): number => r.end - r.start;
+
+/** "https://host/models/stories260K.gguf?x=1" → "stories260K". */
+function fileStem(name: string): string {
+  const last = name.split(/[?#]/)[0]!.split('/').pop() ?? '';
+  let decoded = last;
+  try {
+    decoded = decodeURIComponent(last);
+  } catch {
+    // Not percent-encoded after all (a file named "100%.gguf"): keep it as it is.
+  }
+  return decoded.replace(/\.gguf$/i, '');
+}
 const covers = (r: Range, i: number) => i >= r.start && i < r.end;
 
 export function modelShape(model: Model): ModelShape {
@@ -57,7 +69,7 @@ export function modelShape(model: Model): ModelShape {
   const name = model.file.metadata.get('general.name');
   const parameters = model.file.tensors.reduce((sum, t) => sum + t.shape.reduce((a, b) => a * b, 1), 0);
   return {
-    name: typeof name === 'string' && name.length > 0 ? name : c.architecture,
+    name: typeof name === 'string' && name.length > 0 ? name : fileStem(model.file.source.name) || c.architecture,
     nLayers: c.nLayers,
     nHeads: c.nHeads,
     nKvHeads: c.nKvHeads,
@@ -100,6 +112,50 @@ export function splitLayout(model: Model): SplitLayout {
     ],
   };
 }
+
+/** The shape the page illustrates before a model is loaded. */
+export const exampleShape: ModelShape = {
+  name: 'A Llama 3.2 1B-shaped model',
+  nLayers: 16,
+  nHeads: 32,
+  nKvHeads: 8,
+  headDim: 64,
+  dim: 2048,
+  ffnDim: 8192,
+  vocabSize: 128256,
+  parameters: 1.24e9,
+};
+
+/**
+ * An even split of `shape` over tp × pp identical devices, drawn before anything is loaded.
+ * (The engine's planner makes the real one: it also weighs devices and checks their memory.)
+ */
+export function previewLayout(shape: ModelShape, tp: number, pp: number): SplitLayout {
+  const cut = (total: number, parts: number, i: number): Range => ({ start: Math.floor((total * i) / parts), end: Math.floor((total * (i + 1)) / parts) });
+  const group = shape.nHeads / shape.nKvHeads;
+  const shards: ShardLayout[] = [];
+  for (let stage = 0; stage < pp; stage++) {
+    for (let tpRank = 0; tpRank < tp; tpRank++) {
+      // Whole KV heads per shard when there are enough; otherwise shards share (replicate) one.
+      const heads = tp <= shape.nKvHeads ? scale(cut(shape.nKvHeads, tp, tpRank), group) : cut(shape.nHeads, tp, tpRank);
+      shards.push({
+        rank: stage * tp + tpRank,
+        stage,
+        tpRank,
+        layers: cut(shape.nLayers, pp, stage),
+        heads,
+        kvHeads: { start: Math.floor(heads.start / group), end: Math.ceil(heads.end / group) },
+        ffn: cut(shape.ffnDim, tp, tpRank),
+        vocab: cut(shape.vocabSize, tp, tpRank),
+        embeds: stage === 0,
+        samples: stage === pp - 1,
+      });
+    }
+  }
+  return { tp, pp, shards };
+}
+
+const scale = (r: Range, factor: number): Range => ({ start: r.start * factor, end: r.end * factor });
 
 /** The shards that hold layer `layer`, in tensor-parallel order. */
 export function shardsOfLayer(layout: SplitLayout, layer: number): ShardLayout[] {
@@ -173,7 +229,7 @@ export function explainSplit(shape: ModelShape, layout: SplitLayout): HTMLElemen
         'p',
         {},
         h('strong', {}, 'Pipeline split'),
-        `: ${who}. The hidden state (${shape.dim} numbers per token) is handed on ${plural(handOffs, 'time')} per token; while one stage works the others wait, so a single sequence gains memory, not speed.`,
+        `: ${who}. The hidden state (${shape.dim} numbers per token) is handed on ${handOffs === 1 ? 'once' : `${handOffs} times`} per token; while one stage works the others wait, so a single sequence gains memory, not speed.`,
       ),
     );
   }

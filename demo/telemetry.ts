@@ -66,13 +66,19 @@ export class DevicePanel {
     this.cards.clear();
     this.previous.clear();
     const alone = layout.shards.length === 1;
+    // Tensor shards meet in all-reduces; pipeline stages only hand the hidden state on.
+    const collectiveTitle = layout.tp > 1 && layout.pp > 1 ? 'Collectives' : layout.pp > 1 ? 'Hand-off' : 'All-reduce';
+    const collectiveHint =
+      layout.pp > 1 && layout.tp === 1 ?
+        'Time per step passing the hidden state to the next stage, or waiting for it'
+      : 'Time per step in collectives: reading partial sums back, meeting the other shards, writing the sum back';
     const cards = layout.shards.map((shard) => {
       const color = shardColor(shard.rank);
       const card: DeviceCard = {
-        memory: new Sparkline({ title: 'Weights + KV cache', color, format: formatBytes }),
-        step: new Sparkline({ title: 'Step time', color, format: formatDuration }),
-        collective: new Sparkline({ title: 'All-reduce / step', color, format: formatDuration, idleText: alone ? 'none: one device' : 'none yet' }),
-        waiting: new Sparkline({ title: 'Waiting for others', color, format: percent, max: 1, idleText: alone ? '0%: nobody to wait for' : '0%' }),
+        memory: new Sparkline({ title: 'Memory', hint: 'GPU memory for weights and KV cache on this device', color, format: formatBytes }),
+        step: new Sparkline({ title: 'Step time', hint: 'Wall time of one decode step (one token) on this device', color, format: formatDuration }),
+        collective: new Sparkline({ title: collectiveTitle, hint: collectiveHint, color, format: formatDuration, idleText: alone ? 'none: one device' : 'none yet' }),
+        waiting: new Sparkline({ title: 'Waiting', hint: 'Share of each step spent waiting at barriers for the other shards', color, format: percent, max: 1, idleText: alone ? '0%: nobody to wait for' : '0%' }),
         stepsLabel: h('span', { class: 'muted' }, '0 steps'),
         element: h('article'),
       };

@@ -132,6 +132,11 @@ export class Model {
       const create = (engine: ForwardEngine, gpu: GpuContext | undefined, plan: ShardPlan | undefined, ownsDevice: boolean) =>
         new Model(config, file, tokenizer, engine, contextLength, gpu, plan, ownsDevice, options.maxWaiting);
       if (tp * pp === 1) {
+        // A memory budget is checked by the planner before anything is allocated, as for shards.
+        if (options.gpuMemoryBytes !== undefined) {
+          const devices = await describeDevices([options.devices?.[0] ?? options.gpu ?? {}], options);
+          planShards(file, config, { tp, pp, contextLength, maxSequences: options.maxSequences, kvCacheTokens: options.kvCacheTokens, maxBatchTokens, devices });
+        }
         const gpu = options.device ?? (await requestGpu(options.devices?.[0] ?? options.gpu));
         try {
           const runner = await LlamaRunner.load(gpu, file, config, wholeModelView(config), { geometry, maxBatchTokens, onProgress });

@@ -54,6 +54,8 @@ export class ProgramRecorder {
 export interface Communicator {
   /** Whether this shard takes part in `step` (e.g. no all-reduce without tensor-parallel peers). */
   participates(step: CollectiveStep): boolean;
+  /** Records the copies `step` will read back into the submit that precedes it (saves a submit per collective). */
+  encodeReadBack?(device: GPUDevice, encoder: GPUCommandEncoder, step: CollectiveStep): void;
   collective(device: GPUDevice, step: CollectiveStep): Promise<void>;
 }
 
@@ -101,6 +103,10 @@ export async function runProgram(
       default:
         // A collective this shard takes no part in costs nothing: the kernels keep flowing into one submit.
         if (!communicator.participates(step)) break;
+        if (communicator.encodeReadBack) {
+          encoder ??= device.createCommandEncoder({ label: 'forward' });
+          communicator.encodeReadBack(device, encoder, step);
+        }
         submit();
         await communicator.collective(device, step);
         if (counters) counters.collectives++;

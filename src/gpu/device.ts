@@ -9,6 +9,8 @@ export type GpuBackend = 'auto' | 'dawn' | 'deno' | 'browser';
 export interface GpuOptions {
   backend?: GpuBackend;
   powerPreference?: GPUPowerPreference;
+  /** Ask for the fallback (software) adapter, e.g. a browser's second adapter. */
+  forceFallbackAdapter?: boolean;
   /** Dawn only: pick an adapter whose name contains this text (e.g. one of several GPUs). */
   adapterName?: string;
   /** Dawn only: extra toggles passed to `create()`, e.g. `enable-dawn-features=allow_unsafe_apis`. */
@@ -100,7 +102,7 @@ export async function requestGpu(options: GpuOptions = {}): Promise<GpuContext> 
 async function pickAdapter(gpu: GPU, options: GpuOptions): Promise<GPUAdapter> {
   let adapter: GPUAdapter | null;
   try {
-    adapter = await gpu.requestAdapter({ powerPreference: options.powerPreference });
+    adapter = await gpu.requestAdapter({ powerPreference: options.powerPreference, forceFallbackAdapter: options.forceFallbackAdapter });
   } catch (error) {
     // Dawn rejects when no adapter matches `adapter=NAME`; its message lists the ones it has.
     const wanted = options.adapterName ? `No adapter matches "${options.adapterName}". ` : '';

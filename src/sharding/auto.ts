@@ -168,7 +168,8 @@ export async function chooseShardSplit(file: GGUFFile, config: LlamaConfig, opti
   });
   const fitting = candidates.filter((c) => c.plan);
   if (fitting.length === 0) {
-    // Nothing to measure: chooseSplit refuses with every candidate's reason before any number is used.
+    // Nothing to measure: chooseSplit throws ShardPlanError with every candidate's reason, and
+    // does so before it uses any measurement, so placeholders are enough.
     chooseSplit({ deviceCount, config, candidates, measurements: { roundTripMs: 0, stepKernelMs: 0 } });
   }
 
@@ -182,7 +183,8 @@ export async function chooseShardSplit(file: GGUFFile, config: LlamaConfig, opti
     groupSizes.sort((a, b) => a - b);
     let interconnect: InterconnectMeasurement | undefined;
     if (groupSizes.length > 0) {
-      options.onStatus?.(`measuring collectives of ${formatBytes(bytes)} on ${groupSizes.join(', ')} device${Math.max(...groupSizes) > 1 ? 's' : ''}...`);
+      const what = groupSizes.map((g) => (g === 1 ? 'a hand-off' : `an all-reduce among ${g} devices`));
+      options.onStatus?.(`measuring ${what.join(' and ')} of ${formatBytes(bytes)}...`);
       interconnect = await measureInterconnect({
         devices: gpus.slice(0, Math.max(...groupSizes)),
         bytes,

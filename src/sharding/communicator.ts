@@ -33,6 +33,7 @@ export class SharedMemoryCommunicator implements Communicator {
   private allReduceRound = 0;
   private handOffsReceived = 0;
   private staging?: GPUBuffer;
+  private readBackEncoded = false;
 
   constructor(
     memory: SharedMemory,
@@ -45,6 +46,13 @@ export class SharedMemoryCommunicator implements Communicator {
 
   participates(step: CollectiveStep): boolean {
     return step.kind !== 'allReduceSum' || this.position.tp > 1;
+  }
+
+  /** The buffer a collective sends is copied to the staging buffer in the submit before it. */
+  encodeReadBack(device: GPUDevice, encoder: GPUCommandEncoder, step: CollectiveStep): void {
+    if (step.kind === 'receiveHidden') return;
+    encoder.copyBufferToBuffer(step.buffer, 0, this.stagingBuffer(device, step.count * 4), 0, step.count * 4);
+    this.readBackEncoded = true;
   }
 
   async collective(device: GPUDevice, step: CollectiveStep): Promise<void> {
@@ -136,19 +144,30 @@ export class SharedMemoryCommunicator implements Communicator {
     this.timings.waitMs += performance.now() - start;
   }
 
-  /** Copies `count` floats of a GPU buffer to the host through a reused staging buffer. */
-  private async readBack(device: GPUDevice, buffer: GPUBuffer, count: number): Promise<Float32Array> {
-    const bytes = count * 4;
+  private stagingBuffer(device: GPUDevice, bytes: number): GPUBuffer {
     if (!this.staging || this.staging.size < bytes) {
       this.staging?.destroy();
       this.staging = device.createBuffer({ label: 'collective read-back', size: bytes, usage: MAP_READ | COPY_DST });
     }
-    const encoder = device.createCommandEncoder({ label: 'collective read-back' });
-    encoder.copyBufferToBuffer(buffer, 0, this.staging, 0, bytes);
-    device.queue.submit([encoder.finish()]);
-    await this.staging.mapAsync(MAP_READ, 0, bytes);
-    const values = new Float32Array(this.staging.getMappedRange(0, bytes).slice(0));
-    this.staging.unmap();
+    return this.staging;
+  }
+
+  /**
+   * Copies `count` floats of a GPU buffer to the host through a reused staging buffer. Usually
+   * the copy already rode in the previous submit (encodeReadBack); otherwise it is submitted here.
+   */
+  private async readBack(device: GPUDevice, buffer: GPUBuffer, count: number): Promise<Float32Array> {
+    const bytes = count * 4;
+    const staging = this.stagingBuffer(device, bytes);
+    if (!this.readBackEncoded) {
+      const encoder = device.createCommandEncoder({ label: 'collective read-back' });
+      encoder.copyBufferToBuffer(buffer, 0, staging, 0, bytes);
+      device.queue.submit([encoder.finish()]);
+    }
+    this.readBackEncoded = false;
+    await staging.mapAsync(MAP_READ, 0, bytes);
+    const values = new Float32Array(staging.getMappedRange(0, bytes).slice(0));
+    staging.unmap();
     return values;
   }
 

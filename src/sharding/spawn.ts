@@ -18,9 +18,15 @@ const isNode = typeof (globalThis as { process?: { versions?: { node?: string } 
 /** Running from TypeScript sources (tests, Deno) or from the built package (dist/*.js). */
 const fromSource = import.meta.url.endsWith('.ts');
 
-// Specifiers in variables keep browser bundlers away from Node-only modules.
+// Specifiers in variables keep browser bundlers away from Node-only modules, and away from worker
+// files that exist only in the sources or only in the build: bundlers bundle every
+// `new Worker(new URL('<literal>', import.meta.url))` they see.
 const nodeWorkerThreads = 'node:worker_threads';
 const comlinkNodeAdapter = 'comlink/dist/esm/node-adapter.mjs';
+const nodeBootstrapFile = './node-ts-worker.mjs';
+const sourceWorkerFile = './worker.ts';
+const builtWorkerFile = './worker.js';
+const isDeno = typeof (globalThis as { Deno?: unknown }).Deno !== 'undefined';
 
 export async function spawnShardWorker(): Promise<ShardWorkerHandle> {
   if (isNode) {
@@ -28,13 +34,15 @@ export async function spawnShardWorker(): Promise<ShardWorkerHandle> {
     const nodeEndpoint = ((await import(/* @vite-ignore */ comlinkNodeAdapter)) as { default: (x: unknown) => Comlink.Endpoint }).default;
     // Node 20 cannot run TypeScript in a worker: from sources, a small bootstrap loads it through tsx.
     const worker = fromSource
-      ? new Worker(new URL('./node-ts-worker.mjs', import.meta.url), { workerData: { entry: new URL('./worker.ts', import.meta.url).href } })
-      : new Worker(new URL('./worker.js', import.meta.url));
+      ? new Worker(new URL(nodeBootstrapFile, import.meta.url), { workerData: { entry: new URL(sourceWorkerFile, import.meta.url).href } })
+      : new Worker(new URL(builtWorkerFile, import.meta.url));
     const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
     return { api: Comlink.wrap<ShardWorkerApi>(nodeEndpoint(worker)), exited, abandon: () => worker.unref() };
   }
-  const worker = fromSource
-    ? new Worker(new URL('./worker.ts', import.meta.url), { type: 'module', name: 'webshard shard' })
+  // Deno runs the TypeScript source itself. Browsers get the literal './worker.js' that bundlers
+  // bundle (vite resolves it to worker.ts when building from the sources).
+  const worker = isDeno && fromSource
+    ? new Worker(new URL(sourceWorkerFile, import.meta.url), { type: 'module', name: 'webshard shard' })
     : new Worker(new URL('./worker.js', import.meta.url), { type: 'module', name: 'webshard shard' });
   // Deno and browsers have no exit event: a worker has ended once it answered shutdown.
   return { api: Comlink.wrap<ShardWorkerApi>(worker), exited: Promise.resolve(), abandon: () => worker.terminate() };

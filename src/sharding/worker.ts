@@ -246,5 +246,9 @@ class ShardWorker {
 
 export type ShardWorkerApi = Pick<ShardWorker, 'load' | 'forward' | 'benchCollective' | 'setStepDelay' | 'destroyDevice' | 'shutdown'>;
 
+// No top-level await: bundlers' classic worker format (vite's default) cannot have one.
 const worker = new ShardWorker();
-await exposeToParent(worker);
+exposeToParent(worker).catch((error: unknown) => {
+  console.error(error);
+  closeWorker();
+});

@@ -5,10 +5,13 @@ import { chromium, type Browser, type Page } from 'playwright-core';
 export const chromiumPath = process.env.WEBSHARD_CHROMIUM ?? '/usr/bin/chromium';
 
 /**
- * The flags WebGPU needs in headless Chromium on Linux. `--enable-unsafe-webgpu` is the only one
- * WebGPU itself needs here: it gives the SwiftShader adapter (Vulkan on CPU; no shader-f16,
- * 256 invocations per workgroup, 10 storage buffers per stage). `--disable-gpu` must NOT be
- * passed: it removes navigator.gpu's adapters. The rest keep Chromium off the network.
+ * Flags for headless Chromium on Linux (checked with Debian's Chromium 156). WebGPU needs only
+ * `--enable-unsafe-webgpu`: without it navigator.gpu exists but requestAdapter() resolves to null.
+ * With it every request (high-performance, low-power, fallback) gets the same SwiftShader adapter
+ * (Vulkan on the CPU: no shader-f16, 256 invocations per workgroup, 10 storage buffers per stage),
+ * with or without `--disable-gpu`; no `--use-webgpu-adapter` or `--enable-features=Vulkan` needed.
+ * The page must be on http://127.0.0.1 or localhost (a secure context), not about:blank.
+ * The other flags keep Chromium off the network.
  */
 export const chromiumArgs = [
   '--enable-unsafe-webgpu',
