@@ -7,7 +7,8 @@
 // Exit codes: 0 on success, 2 for bad arguments, 1 for anything else. The process ends by
 // returning from main (never Deno.exit) so Dawn devices are released cleanly first.
 
-import { describeAdapters, type GpuBackend } from './gpu/device.ts';
+import { describeAdapters, type GpuBackend, type GpuOptions } from './gpu/device.ts';
+import { chooseShardSplit } from './sharding/auto.ts';
 import { loadModel, type Model } from './engine/model.ts';
 import { llamaConfig } from './model/config.ts';
 import { readGGUF } from './model/gguf.ts';
@@ -49,7 +50,9 @@ Options:
       --gpu dawn|deno     WebGPU implementation (default dawn; deno = Deno's built-in WebGPU)
       --tp N              tensor-parallel shards (one worker and one GPU device each)
       --pp N              pipeline stages (tp × pp shards in all)
-      --devices LIST      adapter names, comma-separated, one per shard (default: all on one adapter)
+      --devices N|LIST    how many devices (on one adapter), or adapter names, one per shard;
+                          with more than one and no --tp/--pp, the split is chosen by measuring
+                          the all-reduce and the kernels on these devices (--shard auto)
       --gpu-memory SIZE   memory budget per device for the planner, e.g. 8GiB or 512MiB
   -h, --help`;
 
@@ -152,23 +155,60 @@ async function openModel(flags: Flags): Promise<Model> {
     source = randomLlamaGGUF(shape, 1);
   }
   const backend = gpuBackend(flags);
-  const adapterNames = flag(flags, 'devices')?.split(',').map((name) => name.trim()).filter(Boolean);
-  const tp = numberFlag(flags, 'tp', true);
-  const pp = numberFlag(flags, 'pp', true);
+  const devicesFlag = flag(flags, 'devices');
+  const deviceCount = devicesFlag && /^\d+$/.test(devicesFlag.trim()) ? Number(devicesFlag) : undefined;
+  const adapterNames = deviceCount ? undefined : devicesFlag?.split(',').map((name) => name.trim()).filter(Boolean);
+  const devices = adapterNames?.map((adapterName) => ({ backend, adapterName })) ?? (deviceCount ? Array.from({ length: deviceCount }, () => ({ backend })) : undefined);
+  let tp = numberFlag(flags, 'tp', true);
+  let pp = numberFlag(flags, 'pp', true);
+  const contextLength = numberFlag(flags, 'ctx', true);
+  const gpuMemoryBytes = byteSize(flags, 'gpu-memory');
+  if (devices && devices.length > 1 && tp === undefined && pp === undefined) {
+    ({ tp, pp } = await autoSplit(source, devices, contextLength, gpuMemoryBytes));
+  }
   const progress = progressReporter();
   const model = await loadModel(source, {
-    contextLength: numberFlag(flags, 'ctx', true),
+    contextLength,
     gpu: { backend },
     tp,
     pp,
-    devices: adapterNames?.map((adapterName) => ({ backend, adapterName })),
-    gpuMemoryBytes: byteSize(flags, 'gpu-memory'),
+    devices,
+    gpuMemoryBytes,
     onProgress: ({ bytesLoaded, bytesTotal }) => progress.update(bytesLoaded, bytesTotal),
     onWarning: (message) => void err(`warning: ${message}\n`),
   });
   await progress.finish();
   if (model.plan) await err(model.plan.summary.join('\n') + '\n');
   return model;
+}
+
+/** --shard auto: measure the devices, plan every split that fits, take the fastest; say why. */
+async function autoSplit(
+  source: ModelSource,
+  devices: GpuOptions[],
+  contextLength: number | undefined,
+  gpuMemoryBytes: number | undefined,
+): Promise<{ tp: number; pp: number }> {
+  if (typeof source !== 'string' && !(source instanceof Uint8Array)) throw new UsageError('--devices needs a model path or URL');
+  const bytes = await openSource(source);
+  try {
+    const file = await readGGUF(bytes);
+    const config = llamaConfig(file);
+    const context = contextLength ?? Math.min(config.contextLength, 4096);
+    const choice = await chooseShardSplit(file, config, {
+      source,
+      deviceCount: devices.length,
+      devices,
+      contextLength: context,
+      maxBatchTokens: Math.min(512, context),
+      gpuMemoryBytes,
+      onStatus: (message) => void err(`${message}\n`),
+    });
+    await err(`${choice.reason}\npredicted ${choice.predictedTokensPerSecond.toFixed(1)} tokens/s (--tp/--pp override this choice)\n`);
+    return { tp: choice.tp, pp: choice.pp };
+  } finally {
+    await bytes.close();
+  }
 }
 
 async function run(flags: Flags): Promise<void> {

@@ -6,7 +6,8 @@ import { loadModel } from '../src/engine/model.ts';
 import { llamaConfig, type LlamaConfig } from '../src/model/config.ts';
 import { readGGUF, type GGUFFile } from '../src/model/gguf.ts';
 import { fileSource } from '../src/model/source.ts';
-import { chooseShardSplit, distinctAdapters, type AutoSplit } from '../src/sharding/auto.ts';
+import { chooseShardSplit, type AutoSplit } from '../src/sharding/auto.ts';
+import { distinctAdapters } from '../src/sharding/devices.ts';
 import { ShardPlanError } from '../src/sharding/plan.ts';
 import { modelPath, reference } from './helpers/models.ts';
 

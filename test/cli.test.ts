@@ -40,6 +40,15 @@ describe('deno CLI', () => {
     expect((JSON.parse(r.stdout) as { generated_ids: number[] }).generated_ids.slice(0, n)).toEqual(c.generated_ids.slice(0, n));
   });
 
+  it('--devices 2 without --tp/--pp measures the devices, says which split it chose and why, and keeps the tokens', () => {
+    const c = reference().generation_cases.find((x) => x.id === 'stories260K-f32/once-upon-a-time')!;
+    const r = task('run', '-m', referenceModelPath(c.model), '-p', c.prompt, '-n', '16', '--temperature', '0', '--devices', '2', '--json');
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/chose tp=\d+ × pp=\d+: step [\d.]+ ms = kernels [\d.]+ ms/);
+    expect(r.stderr).toMatch(/predicted [\d.]+ tokens\/s/);
+    expect((JSON.parse(r.stdout) as { generated_ids: number[] }).generated_ids).toEqual(c.generated_ids.slice(0, 16));
+  });
+
   it('tokenize --json adds BOS as llama.cpp does', () => {
     const c = reference().tokenizer_cases.find((x) => x.vocab === 'stories260K' && x.text === 'Hello world')!;
     const r = task('tokenize', '-m', referenceModelPath('stories260K-f32'), '--text', c.text, '--json');

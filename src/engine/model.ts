@@ -1,11 +1,12 @@
 // The user-facing model: a tokenizer and a forward engine — one runner on one device, or a
 // group of shard workers (tensor and/or pipeline parallel) behind the same interface.
 
-import { probeAdapter, requestGpu, type GpuContext, type GpuOptions } from '../gpu/device.ts';
+import { requestGpu, type GpuContext, type GpuOptions } from '../gpu/device.ts';
 import { llamaConfig, validateLlamaTensors, type LlamaConfig } from '../model/config.ts';
 import { readGGUF, type GGUFFile } from '../model/gguf.ts';
 import { openSource, type ModelSource } from '../model/source.ts';
 import { LlamaTokenizer } from '../model/tokenizer.ts';
+import { describeShardDevices, distinctAdapters } from '../sharding/devices.ts';
 import { ShardGroup } from '../sharding/group.ts';
 import { planShards, type DeviceDescription, type ShardPlan } from '../sharding/plan.ts';
 import type { DeviceStats, ForwardEngine } from './forward-engine.ts';
@@ -341,22 +342,10 @@ function workerSource(source: ModelSource): string | Blob | Uint8Array {
   throw new InvalidOptionError('A sharded model needs a path, URL, Blob/File or bytes as its source (each shard worker opens it itself), not an open ByteSource.');
 }
 
-/** What the planner needs to know about each shard's device, asked before anything is allocated. */
+/** The planner's view of each shard's device, with a warning when several shards share one adapter. */
 async function describeDevices(shardGpus: GpuOptions[], options: LoadOptions): Promise<DeviceDescription[]> {
-  const probes = new Map<string, Awaited<ReturnType<typeof probeAdapter>>>();
-  const devices: DeviceDescription[] = [];
-  for (const gpu of shardGpus) {
-    const key = JSON.stringify(gpu);
-    if (!probes.has(key)) probes.set(key, await probeAdapter(gpu));
-    const probe = probes.get(key)!;
-    devices.push({
-      name: probe.description,
-      maxBufferSize: probe.limits.maxBufferSize,
-      maxStorageBufferBindingSize: probe.limits.maxStorageBufferBindingSize,
-      memoryBudgetBytes: options.gpuMemoryBytes,
-    });
-  }
-  if (probes.size === 1 && shardGpus.length > 1) {
+  const devices = await describeShardDevices(shardGpus, options.gpuMemoryBytes);
+  if (shardGpus.length > 1 && distinctAdapters(shardGpus) === 1) {
     options.onWarning?.(
       `All ${shardGpus.length} shards share one adapter (${devices[0]!.name}): several devices on one GPU pay for switching ` +
         'between them at every all-reduce. Pass one adapter per shard (devices / --devices) when you have several GPUs.',

@@ -8,12 +8,13 @@
 // parallel width that fits, a hand-off when a pipeline split fits, and always the decode step.
 // Collectives carry one token's hidden state (dim f32 values), as they do when decoding.
 
-import { probeAdapter, type GpuOptions } from '../gpu/device.ts';
+import type { GpuOptions } from '../gpu/device.ts';
 import type { LlamaConfig } from '../model/config.ts';
 import type { GGUFFile } from '../model/gguf.ts';
 import { chooseSplit, planCandidates, type CandidateScore, type SplitMeasurements } from './choose.ts';
 import { measureDecodeStep, measureInterconnect, type DecodeStepMeasurement, type InterconnectMeasurement } from './measure.ts';
-import { formatBytes, type DeviceDescription, type ShardPlan } from './plan.ts';
+import { describeShardDevices, distinctAdapters } from './devices.ts';
+import { formatBytes, type ShardPlan } from './plan.ts';
 
 export interface AutoSplitOptions {
   /** What the measuring worker opens, as for loadModel: a path, URL, Blob/File or bytes. */
@@ -63,29 +64,6 @@ export interface AutoSplit {
   measurements: SplitMeasurements;
   /** The raw measurements (absent when `measurements` was passed in). */
   measured?: { interconnect?: InterconnectMeasurement; decodeStep: DecodeStepMeasurement };
-}
-
-/** The planner's view of each device: its adapter's name and limits (no device is opened). */
-export async function describeShardDevices(gpus: readonly GpuOptions[], memoryBudgetBytes?: number): Promise<DeviceDescription[]> {
-  const probes = new Map<string, Awaited<ReturnType<typeof probeAdapter>>>();
-  const devices: DeviceDescription[] = [];
-  for (const gpu of gpus) {
-    const key = JSON.stringify(gpu);
-    if (!probes.has(key)) probes.set(key, await probeAdapter(gpu));
-    const probe = probes.get(key)!;
-    devices.push({
-      name: probe.description,
-      maxBufferSize: probe.limits.maxBufferSize,
-      maxStorageBufferBindingSize: probe.limits.maxStorageBufferBindingSize,
-      memoryBudgetBytes,
-    });
-  }
-  return devices;
-}
-
-/** Equal GPU options open devices on the same adapter: count the distinct ones. */
-export function distinctAdapters(gpus: readonly GpuOptions[]): number {
-  return new Set(gpus.map((gpu) => JSON.stringify(gpu))).size;
 }
 
 /**

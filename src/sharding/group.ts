@@ -11,7 +11,7 @@ import type { StepBatch, StepResult } from '../engine/runner.ts';
 import { ShardError, ShardGroupStoppedError, ShardTimeoutError } from './errors.ts';
 import type { ShardPlan } from './plan.ts';
 import { AbortReason, createSharedMemory, ShardCounter, SharedViews } from './shared-memory.ts';
-import { spawnShardWorker, type ShardWorkerHandle } from './spawn.ts';
+import { shutdownShardWorker, spawnShardWorker, type ShardWorkerHandle } from './spawn.ts';
 import type { ShardLoadReport, ShardStepReport } from './worker.ts';
 
 export interface ShardGroupOptions {
@@ -92,7 +92,7 @@ export class ShardGroup implements ForwardEngine {
       );
       return new ShardGroup(plan, options.geometry, options.maxBatchTokens, reports, workers, new SharedViews(memory), deadlineMs);
     } catch (error) {
-      await Promise.allSettled(workers.map((w) => shutdownWorker(w, deadlineMs)));
+      await Promise.allSettled(workers.map((w) => shutdownShardWorker(w, deadlineMs)));
       throw error;
     }
   }
@@ -158,7 +158,7 @@ export class ShardGroup implements ForwardEngine {
     if (this.closed) return;
     this.closed = true;
     this.views.abort(AbortReason.shutdown);
-    await Promise.allSettled(this.workers.map((w) => shutdownWorker(w, this.deadlineMs)));
+    await Promise.allSettled(this.workers.map((w) => shutdownShardWorker(w, this.deadlineMs)));
   }
 }
 
@@ -170,18 +170,4 @@ function reviveShardError(error: unknown, rank: number): ShardError {
   if (name === 'ShardTimeoutError') return new ShardTimeoutError(rank, message, options);
   if (name === 'ShardGroupStoppedError') return new ShardGroupStoppedError(rank, message, options);
   return new ShardError(rank, name === 'ShardError' ? message : `shard ${rank} failed: ${name}: ${message}`, options);
-}
-
-/** Never terminate() a worker with a Dawn promise pending (it aborts Node): ask it to shut down. */
-async function shutdownWorker(worker: ShardWorkerHandle, deadlineMs: number): Promise<void> {
-  try {
-    await withDeadline(worker.api.shutdown().then(() => worker.exited), deadlineMs, () => new Error('shutdown timed out'));
-  } catch {
-    worker.abandon();
-  }
-  try {
-    worker.api[Comlink.releaseProxy]();
-  } catch {
-    // The worker's port is already closed: nothing left to release.
-  }
 }

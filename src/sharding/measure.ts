@@ -15,7 +15,6 @@
 //
 // Workers are always shut down by message (never terminate(): DESIGN.md hazards), also on errors.
 
-import * as Comlink from 'comlink';
 import type { GpuOptions } from '../gpu/device.ts';
 import { kvGeometry } from '../engine/kv-cache.ts';
 import { wholeModelView, type ShardView } from '../engine/shard-view.ts';
@@ -23,7 +22,7 @@ import { shardReadBytes } from '../engine/weights.ts';
 import type { LlamaConfig } from '../model/config.ts';
 import type { GGUFFile } from '../model/gguf.ts';
 import { createSharedMemory, ShardCounter, SharedViews } from './shared-memory.ts';
-import { spawnShardWorker, type ShardWorkerHandle } from './spawn.ts';
+import { shutdownShardWorker, spawnShardWorker, type ShardWorkerHandle } from './spawn.ts';
 import type { CollectiveBenchReport } from './worker.ts';
 
 /** Latency percentiles of a set of samples, in ms. */
@@ -69,31 +68,9 @@ async function withShardWorkers<T>(count: number, deadlineMs: number, body: (wor
   }
 }
 
-/** As ShardGroup does: ask each worker to shut down (it drains and destroys its device), wait until it ended. */
-async function stopWorkers(workers: ShardWorkerHandle[], deadlineMs: number): Promise<boolean[]> {
-  return Promise.all(
-    workers.map(async (worker) => {
-      let clean = true;
-      try {
-        await new Promise<void>((resolve, reject) => {
-          const timer = setTimeout(() => reject(new Error('shutdown timed out')), deadlineMs);
-          worker.api.shutdown().then(() => worker.exited).then(
-            () => (clearTimeout(timer), resolve()),
-            (error: unknown) => (clearTimeout(timer), reject(error)),
-          );
-        });
-      } catch {
-        clean = false;
-        worker.abandon();
-      }
-      try {
-        worker.api[Comlink.releaseProxy]();
-      } catch {
-        // The worker's port is already closed: nothing left to release.
-      }
-      return clean;
-    }),
-  );
+/** Shuts every worker down by message (see shutdownShardWorker); true for each that ended cleanly. */
+function stopWorkers(workers: ShardWorkerHandle[], deadlineMs: number): Promise<boolean[]> {
+  return Promise.all(workers.map((worker) => shutdownShardWorker(worker, deadlineMs)));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -48,6 +48,33 @@ export async function spawnShardWorker(): Promise<ShardWorkerHandle> {
   return { api: Comlink.wrap<ShardWorkerApi>(worker), exited: Promise.resolve(), abandon: () => worker.terminate() };
 }
 
+/**
+ * Ends a worker the safe way: never terminate() one with a Dawn promise pending (that aborts
+ * Node); ask it to shut down (it drains and destroys its device) and wait until it ended.
+ * Returns false when it did not answer in time and was abandoned instead.
+ */
+export async function shutdownShardWorker(worker: ShardWorkerHandle, deadlineMs: number): Promise<boolean> {
+  let clean = true;
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('shutdown timed out')), deadlineMs);
+      worker.api.shutdown().then(() => worker.exited).then(
+        () => (clearTimeout(timer), resolve()),
+        (error: unknown) => (clearTimeout(timer), reject(error)),
+      );
+    });
+  } catch {
+    clean = false;
+    worker.abandon();
+  }
+  try {
+    worker.api[Comlink.releaseProxy]();
+  } catch {
+    // The worker's port is already closed: nothing left to release.
+  }
+  return clean;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Inside the worker
 
