@@ -369,7 +369,7 @@ describe('handler over a stand-in model', () => {
     expect(Object.keys(lp.top_logprobs[0]!)).toHaveLength(2);
     expect(lp.text_offset).toEqual([0, 1, 2]);
 
-    const chat = (await (await post('/v1/chat/completions', { model: 'fake', messages: [{ role: 'user', content: 'x' }], max_tokens: 2, logprobs: true, top_logprobs: 1 })).json()) as {
+    const chat = (await (await post('/v1/chat/completions', { model: 'fake', messages: [{ role: 'user', content: 'x' }], max_tokens: 2, temperature: 0, logprobs: true, top_logprobs: 1 })).json()) as {
       choices: Array<{ logprobs: { content: Array<{ token: string; logprob: number; bytes: number[]; top_logprobs: unknown[] }> } }>;
     };
     const first = chat.choices[0]!.logprobs.content[0]!;

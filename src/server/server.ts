@@ -401,19 +401,18 @@ export class InferenceServer {
         const opening = format.opening(meta, index);
         if (opening !== undefined) stream.send(opening);
       }
+      const textOffsets = specs.map(() => 0);
       const results = await this.runAll(answer, {
         token: (index, token) => {
-          if (specs[index]!.logprobs === undefined && token.text !== '') stream.send(format.delta(meta, index, token.text));
+          // With logprobs every token goes out with its log-probability, as it is generated.
+          if (token.logprobs) {
+            stream.send(format.delta(meta, index, token.text, token.logprobs, textOffsets[index]));
+            textOffsets[index]! += token.text.length;
+          } else if (token.text !== '') {
+            stream.send(format.delta(meta, index, token.text));
+          }
         },
-        finished: (index, result) => {
-          // Logprobs are only known once the sequence is scored: its tokens go out now.
-          let offset = 0;
-          result.logprobs?.forEach((logprob, k) => {
-            stream.send(format.delta(meta, index, result.pieces[k]!, logprob, offset));
-            offset += result.pieces[k]!.length;
-          });
-          stream.send(format.finish(meta, index, result.finishReason));
-        },
+        finished: (index, result) => stream.send(format.finish(meta, index, result.finishReason)),
       });
       if (meta.includeUsage) stream.send(format.usage(meta, answer.usage(results)));
       return 200;
