@@ -7,6 +7,7 @@
 // Exit codes: 0 on success, 2 for bad arguments, 1 for anything else. The process ends by
 // returning from main (never Deno.exit) so Dawn devices are released cleanly first.
 
+import { byteSize, flag, numberFlag, parseFlags, UsageError, type Flags, type FlagSpec } from './flags.ts';
 import { describeAdapters, type GpuBackend, type GpuOptions } from './gpu/device.ts';
 import { chooseShardSplit } from './sharding/auto.ts';
 import { loadModel, type Model } from './engine/model.ts';
@@ -22,10 +23,6 @@ declare const Deno: {
   stdout: { write(bytes: Uint8Array): Promise<number> };
   stderr: { write(bytes: Uint8Array): Promise<number>; isTerminal(): boolean };
 };
-
-class UsageError extends Error {
-  override name = 'UsageError';
-}
 
 const USAGE = `webshard — LLM inference on WebGPU
 
@@ -56,54 +53,14 @@ Options:
       --gpu-memory SIZE   memory budget per device for the planner, e.g. 8GiB or 512MiB
   -h, --help`;
 
-type Flags = Map<string, string[]>;
-
-const aliases: Record<string, string> = { m: 'model', p: 'prompt', n: 'max-tokens', s: 'seed', c: 'ctx', h: 'help', temp: 'temperature' };
-const booleanFlags = new Set(['json', 'ignore-eos', 'help']);
-const knownFlags = new Set([
-  'model', 'prompt', 'max-tokens', 'temperature', 'top-k', 'top-p', 'min-p', 'repeat-penalty', 'seed', 'ctx',
-  'stop', 'text', 'json', 'gpu', 'ignore-eos', 'help', 'tp', 'pp', 'devices', 'gpu-memory',
-]);
-
-function parseFlags(args: string[]): Flags {
-  const flags: Flags = new Map();
-  for (let i = 0; i < args.length; i++) {
-    const arg = args[i]!;
-    const match = /^--?([^=]+)(?:=(.*))?$/s.exec(arg);
-    if (!match) throw new UsageError(`unexpected argument "${arg}"`);
-    const name = aliases[match[1]!] ?? match[1]!;
-    if (!knownFlags.has(name)) throw new UsageError(`unknown option "${arg}"`);
-    let value = match[2];
-    if (booleanFlags.has(name)) value ??= 'true';
-    else if (value === undefined) {
-      if (i + 1 >= args.length) throw new UsageError(`option --${name} needs a value`);
-      value = args[++i]!;
-    }
-    flags.set(name, [...(flags.get(name) ?? []), value]);
-  }
-  return flags;
-}
-
-const flag = (flags: Flags, name: string): string | undefined => flags.get(name)?.at(-1);
-
-function numberFlag(flags: Flags, name: string, integer = false): number | undefined {
-  const text = flag(flags, name);
-  if (text === undefined) return undefined;
-  const value = Number(text);
-  if (text.trim() === '' || !Number.isFinite(value) || (integer && !Number.isInteger(value))) {
-    throw new UsageError(`--${name} must be ${integer ? 'an integer' : 'a number'}; got "${text}"`);
-  }
-  return value;
-}
-
-function byteSize(flags: Flags, name: string): number | undefined {
-  const text = flag(flags, name);
-  if (text === undefined) return undefined;
-  const match = /^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)?$/i.exec(text.trim());
-  if (!match) throw new UsageError(`--${name} must be a size such as 8GiB or 512MiB; got "${text}"`);
-  const units: Record<string, number> = { b: 1, kib: 2 ** 10, mib: 2 ** 20, gib: 2 ** 30, tib: 2 ** 40, kb: 1e3, mb: 1e6, gb: 1e9, tb: 1e12 };
-  return Math.round(Number(match[1]) * units[(match[2] ?? 'b').toLowerCase()]!);
-}
+const cliFlags: FlagSpec = {
+  aliases: { m: 'model', p: 'prompt', n: 'max-tokens', s: 'seed', c: 'ctx', h: 'help', temp: 'temperature' },
+  booleans: new Set(['json', 'ignore-eos', 'help']),
+  known: new Set([
+    'model', 'prompt', 'max-tokens', 'temperature', 'top-k', 'top-p', 'min-p', 'repeat-penalty', 'seed', 'ctx',
+    'stop', 'text', 'json', 'gpu', 'ignore-eos', 'help', 'tp', 'pp', 'devices', 'gpu-memory',
+  ]),
+};
 
 function gpuBackend(flags: Flags): GpuBackend {
   const gpu = flag(flags, 'gpu') ?? 'dawn';
@@ -159,9 +116,9 @@ async function openModel(flags: Flags): Promise<Model> {
   const deviceCount = devicesFlag && /^\d+$/.test(devicesFlag.trim()) ? Number(devicesFlag) : undefined;
   const adapterNames = deviceCount ? undefined : devicesFlag?.split(',').map((name) => name.trim()).filter(Boolean);
   const devices = adapterNames?.map((adapterName) => ({ backend, adapterName })) ?? (deviceCount ? Array.from({ length: deviceCount }, () => ({ backend })) : undefined);
-  let tp = numberFlag(flags, 'tp', true);
-  let pp = numberFlag(flags, 'pp', true);
-  const contextLength = numberFlag(flags, 'ctx', true);
+  let tp = numberFlag(flags, 'tp', { integer: true });
+  let pp = numberFlag(flags, 'pp', { integer: true });
+  const contextLength = numberFlag(flags, 'ctx', { integer: true });
   const gpuMemoryBytes = byteSize(flags, 'gpu-memory');
   if (devices && devices.length > 1 && tp === undefined && pp === undefined) {
     ({ tp, pp } = await autoSplit(source, devices, contextLength, gpuMemoryBytes));
@@ -217,13 +174,13 @@ async function run(flags: Flags): Promise<void> {
   try {
     const prompt = flag(flags, 'prompt') ?? 'Once upon a time';
     const options = {
-      maxTokens: numberFlag(flags, 'max-tokens', true) ?? 128,
+      maxTokens: numberFlag(flags, 'max-tokens', { integer: true }) ?? 128,
       temperature: numberFlag(flags, 'temperature'),
-      topK: numberFlag(flags, 'top-k', true),
+      topK: numberFlag(flags, 'top-k', { integer: true }),
       topP: numberFlag(flags, 'top-p'),
       minP: numberFlag(flags, 'min-p'),
       repeatPenalty: numberFlag(flags, 'repeat-penalty'),
-      seed: numberFlag(flags, 'seed', true),
+      seed: numberFlag(flags, 'seed', { integer: true }),
       stop: flags.get('stop'),
       ignoreEos: flags.has('ignore-eos'),
     };
@@ -320,7 +277,7 @@ async function info(flags: Flags): Promise<void> {
 async function main(args: string[]): Promise<void> {
   const [command, ...rest] = args;
   try {
-    const flags = parseFlags(rest);
+    const flags = parseFlags(rest, cliFlags);
     if (flags.has('help') || command === undefined || command === 'help') {
       await out(USAGE + '\n');
       return;

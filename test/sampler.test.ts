@@ -9,10 +9,10 @@ import {
   isGreedy,
   resolveSampling,
   Sampler,
-  seededRandom,
   type ResolvedSampling,
   type SamplingOptions,
 } from '../src/engine/sampler.ts';
+import { seededRandom } from '../src/random.ts';
 import { randomF32 } from './helpers/gpu.ts';
 
 /** Every filter off: a plain softmax draw at temperature 1 unless overridden. */

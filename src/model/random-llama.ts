@@ -6,6 +6,7 @@
 // Tiny shapes come back as one Uint8Array (`randomLlamaGGUF`); real shapes (Llama-3.2-1B is
 // 1.2 billion weights) stream row chunks to a sink (`writeRandomLlamaGGUF`) and never sit in
 // memory at once.
+import { seededRandom } from '../random.ts';
 import { GGMLType, blockGeometry } from './ggml-type.ts';
 import { ggufValue, writeGGUF, writeGGUFStream, type GGUFTypedValue, type GGUFWriteSpec, type TensorData } from './gguf-writer.ts';
 import { quantize } from './quant.ts';
@@ -133,18 +134,6 @@ function hashName(name: string): number {
   return hash >>> 0;
 }
 
-/** mulberry32: small, fast and good enough for weights; returns uniform values in [0, 1). */
-function mulberry32(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** Half-width of a uniform distribution with standard deviation 0.02. */
 const UNIFORM_HALF_WIDTH = 0.02 * Math.sqrt(3);
 /** Upper bound on the values generated (then encoded) at once. */
@@ -163,7 +152,7 @@ function* weightChunks(weight: WeightSpec, seed: number): Generator<Uint8Array> 
   const rowLength = weight.shape[0]!;
   const rows = weight.shape.slice(1).reduce((a, b) => a * b, 1);
   const rowsPerChunk = Math.max(1, Math.floor(CHUNK_VALUES / rowLength));
-  const random = mulberry32(hashName(weight.name) ^ Math.imul(seed, 0x9e3779b1));
+  const random = seededRandom((hashName(weight.name) ^ Math.imul(seed, 0x9e3779b1)) >>> 0);
   for (let row = 0; row < rows; row += rowsPerChunk) {
     const values = new Float32Array(Math.min(rowsPerChunk, rows - row) * rowLength);
     if (weight.isNorm) values.fill(1);

@@ -10,6 +10,7 @@
 // Exit codes: 0 after a clean shutdown, 2 for bad arguments, 1 when the model cannot be loaded.
 
 import { loadModel, type LoadOptions, type Model } from '../engine/model.ts';
+import { byteSize, flag, numberFlag, parseFlags, UsageError, type Flags, type FlagSpec } from '../flags.ts';
 import { DEFAULT_LIMITS, InferenceServer, type ServerLimits } from './server.ts';
 
 interface DenoServer {
@@ -31,10 +32,6 @@ declare const Deno: {
   addSignalListener(signal: DenoSignal, handler: () => void): void;
   removeSignalListener(signal: DenoSignal, handler: () => void): void;
 };
-
-class UsageError extends Error {
-  override name = 'UsageError';
-}
 
 const USAGE = `webshard serve — an OpenAI-compatible HTTP server
 
@@ -67,55 +64,14 @@ Options:
   -h, --help`;
 
 // Flag parsing in the style of src/cli.ts.
-type Flags = Map<string, string[]>;
-
-const aliases: Record<string, string> = { m: 'model', c: 'ctx', h: 'help' };
-const booleanFlags = new Set(['test-hooks', 'help']);
-const knownFlags = new Set([
-  'model', 'model-name', 'host', 'port', 'ctx', 'tp', 'pp', 'devices', 'gpu-memory', 'parallel', 'kv-cache-tokens', 'max-queue', 'max-body-bytes', 'max-header-bytes',
-  'request-timeout', 'health-deadline-ms', 'shutdown-grace', 'api-key', 'gpu', 'test-hooks', 'help',
-]);
-
-function parseFlags(args: string[]): Flags {
-  const flags: Flags = new Map();
-  for (let i = 0; i < args.length; i++) {
-    const arg = args[i]!;
-    const match = /^--?([^=]+)(?:=(.*))?$/s.exec(arg);
-    if (!match) throw new UsageError(`unexpected argument "${arg}"`);
-    const name = aliases[match[1]!] ?? match[1]!;
-    if (!knownFlags.has(name)) throw new UsageError(`unknown option "${arg}"`);
-    let value = match[2];
-    if (booleanFlags.has(name)) value ??= 'true';
-    else if (value === undefined) {
-      if (i + 1 >= args.length) throw new UsageError(`option --${name} needs a value`);
-      value = args[++i]!;
-    }
-    flags.set(name, [...(flags.get(name) ?? []), value]);
-  }
-  return flags;
-}
-
-const flag = (flags: Flags, name: string): string | undefined => flags.get(name)?.at(-1);
-
-function numberFlag(flags: Flags, name: string, options: { integer?: boolean; min?: number } = {}): number | undefined {
-  const text = flag(flags, name);
-  if (text === undefined) return undefined;
-  const value = Number(text);
-  const min = options.min ?? 0;
-  if (text.trim() === '' || !Number.isFinite(value) || (options.integer && !Number.isInteger(value)) || value < min) {
-    throw new UsageError(`--${name} must be ${options.integer ? 'an integer' : 'a number'} ≥ ${min}; got "${text}"`);
-  }
-  return value;
-}
-
-function byteSize(flags: Flags, name: string): number | undefined {
-  const text = flag(flags, name);
-  if (text === undefined) return undefined;
-  const match = /^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)?$/i.exec(text.trim());
-  if (!match) throw new UsageError(`--${name} must be a size such as 8GiB or 512MiB; got "${text}"`);
-  const units: Record<string, number> = { b: 1, kib: 2 ** 10, mib: 2 ** 20, gib: 2 ** 30, tib: 2 ** 40, kb: 1e3, mb: 1e6, gb: 1e9, tb: 1e12 };
-  return Math.round(Number(match[1]) * units[(match[2] ?? 'b').toLowerCase()]!);
-}
+const serveFlags: FlagSpec = {
+  aliases: { m: 'model', c: 'ctx', h: 'help' },
+  booleans: new Set(['test-hooks', 'help']),
+  known: new Set([
+    'model', 'model-name', 'host', 'port', 'ctx', 'tp', 'pp', 'devices', 'gpu-memory', 'parallel', 'kv-cache-tokens', 'max-queue', 'max-body-bytes', 'max-header-bytes',
+    'request-timeout', 'health-deadline-ms', 'shutdown-grace', 'api-key', 'gpu', 'test-hooks', 'help',
+  ]),
+};
 
 interface ServeConfig {
   model: string;
@@ -252,7 +208,7 @@ async function serve(config: ServeConfig): Promise<void> {
 async function main(args: string[]): Promise<void> {
   let config: ServeConfig;
   try {
-    const flags = parseFlags(args);
+    const flags = parseFlags(args, serveFlags);
     if (flags.has('help')) {
       console.log(USAGE);
       return;

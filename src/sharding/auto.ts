@@ -11,7 +11,7 @@
 import type { GpuOptions } from '../gpu/device.ts';
 import type { LlamaConfig } from '../model/config.ts';
 import type { GGUFFile } from '../model/gguf.ts';
-import { chooseSplit, planCandidates, type CandidateScore, type SplitMeasurements } from './choose.ts';
+import { chooseSplit, planCandidates, type SplitChoice, type SplitMeasurements } from './choose.ts';
 import { measureDecodeStep, measureInterconnect, type DecodeStepMeasurement, type InterconnectMeasurement } from './measure.ts';
 import { describeShardDevices, distinctAdapters } from './devices.ts';
 import { formatBytes, type ShardPlan } from './plan.ts';
@@ -49,15 +49,8 @@ export interface AutoSplitOptions {
   onStatus?: (message: string) => void;
 }
 
-export interface AutoSplit {
-  tp: number;
-  pp: number;
-  predictedTokensPerSecond: number;
-  predictedStepMs: number;
-  /** For the user: what was measured, the split chosen and how its step adds up, the others. */
-  reason: string;
-  /** Every candidate: fitting ones fastest first, then those that do not fit. */
-  candidates: CandidateScore[];
+/** The chosen split (see SplitChoice; its reason also says what was measured), with its plan and the measurements. */
+export interface AutoSplit extends SplitChoice {
   /** The chosen split's plan (pass tp and pp to loadModel; it plans the same again). */
   plan: ShardPlan;
   /** What choose.ts was given. */

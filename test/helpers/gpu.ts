@@ -1,6 +1,7 @@
 // One real WebGPU device per test file (Dawn on lavapipe in CI), destroyed after the file.
 import { afterAll } from 'vitest';
 import { requestGpu, type GpuContext } from '../../src/gpu/device.ts';
+import { seededRandom } from '../../src/random.ts';
 
 let context: Promise<GpuContext> | undefined;
 
@@ -14,17 +15,8 @@ export function testGpu(): Promise<GpuContext> {
   return context;
 }
 
-/** Deterministic pseudo-random numbers (mulberry32), so failures reproduce. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Deterministic pseudo-random numbers, so failures reproduce. */
+export const rng = seededRandom;
 
 export function randomF32(count: number, seed: number, scale = 1): Float32Array {
   const next = rng(seed);

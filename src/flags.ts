@@ -1,0 +1,60 @@
+// Command-line flags for webshard's entry points (the CLI and the server), in llama.cpp's style:
+// `--name value`, `--name=value`, short aliases, repeatable flags, booleans without a value.
+
+export class UsageError extends Error {
+  override name = 'UsageError';
+}
+
+/** Every value given for each flag, in order (the last one wins for single-valued flags). */
+export type Flags = Map<string, string[]>;
+
+export interface FlagSpec {
+  /** Every flag name the command knows (long form, without dashes). */
+  known: ReadonlySet<string>;
+  /** Flags that take no value. */
+  booleans: ReadonlySet<string>;
+  /** Short or alternative names, e.g. { m: 'model' }. */
+  aliases: Readonly<Record<string, string>>;
+}
+
+export function parseFlags(args: readonly string[], spec: FlagSpec): Flags {
+  const flags: Flags = new Map();
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]!;
+    const match = /^--?([^=]+)(?:=(.*))?$/s.exec(arg);
+    if (!match) throw new UsageError(`unexpected argument "${arg}"`);
+    const name = spec.aliases[match[1]!] ?? match[1]!;
+    if (!spec.known.has(name)) throw new UsageError(`unknown option "${arg}"`);
+    let value = match[2];
+    if (spec.booleans.has(name)) value ??= 'true';
+    else if (value === undefined) {
+      if (i + 1 >= args.length) throw new UsageError(`option --${name} needs a value`);
+      value = args[++i]!;
+    }
+    flags.set(name, [...(flags.get(name) ?? []), value]);
+  }
+  return flags;
+}
+
+export const flag = (flags: Flags, name: string): string | undefined => flags.get(name)?.at(-1);
+
+export function numberFlag(flags: Flags, name: string, options: { integer?: boolean; min?: number } = {}): number | undefined {
+  const text = flag(flags, name);
+  if (text === undefined) return undefined;
+  const value = Number(text);
+  const min = options.min ?? 0;
+  if (text.trim() === '' || !Number.isFinite(value) || (options.integer && !Number.isInteger(value)) || value < min) {
+    throw new UsageError(`--${name} must be ${options.integer ? 'an integer' : 'a number'} ≥ ${min}; got "${text}"`);
+  }
+  return value;
+}
+
+/** A size such as 8GiB, 512MiB or 1000000 (bytes). */
+export function byteSize(flags: Flags, name: string): number | undefined {
+  const text = flag(flags, name);
+  if (text === undefined) return undefined;
+  const match = /^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)?$/i.exec(text.trim());
+  if (!match) throw new UsageError(`--${name} must be a size such as 8GiB or 512MiB; got "${text}"`);
+  const units: Record<string, number> = { b: 1, kib: 2 ** 10, mib: 2 ** 20, gib: 2 ** 30, tib: 2 ** 40, kb: 1e3, mb: 1e6, gb: 1e9, tb: 1e12 };
+  return Math.round(Number(match[1]) * units[(match[2] ?? 'b').toLowerCase()]!);
+}
