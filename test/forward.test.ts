@@ -4,7 +4,10 @@ import { describe, expect, it } from 'vitest';
 import { loadModel } from '../src/engine/model.ts';
 import { llamaConfig } from '../src/model/config.ts';
 import { readGGUF } from '../src/model/gguf.ts';
-import { fileSource } from '../src/model/source.ts';
+import { bytesSource, fileSource } from '../src/model/source.ts';
+import { GGMLType } from '../src/model/ggml-type.ts';
+import { writeGGUFStream } from '../src/model/gguf-writer.ts';
+import { randomLlamaSpec } from '../src/model/random-llama.ts';
 import { testGpu, maxRelativeError } from './helpers/gpu.ts';
 import { modelPath } from './helpers/models.ts';
 import { ReferenceLlama } from './reference/llama-forward.ts';
@@ -40,4 +43,33 @@ describe('forward pass vs the TypeScript reference', () => {
       }
     });
   }
+});
+
+describe('Llama 3.1 rope frequency factors', () => {
+  it('divides each rotary frequency by rope_freqs.weight, as the reference does', async () => {
+    const spec = randomLlamaSpec({ dim: 64, nLayers: 2, nHeads: 4, nKvHeads: 2, ffnDim: 128 }, 3);
+    const headDim = 16;
+    const factors = Float32Array.from({ length: headDim / 2 }, (_, i) => 1 + i * 0.75);
+    spec.tensors.push({ name: 'rope_freqs.weight', shape: [headDim / 2], type: GGMLType.F32, data: new Uint8Array(factors.buffer) });
+    const chunks: Uint8Array[] = [];
+    await writeGGUFStream(spec, (chunk) => void chunks.push(chunk.slice()));
+    const bytes = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+    chunks.reduce((at, c) => (bytes.set(c, at), at + c.length), 0);
+
+    const file = await readGGUF(bytesSource(bytes));
+    const config = llamaConfig(file);
+    expect(config.ropeFreqsTensor).toBe('rope_freqs.weight');
+    const reference = await ReferenceLlama.load(file, config);
+    const model = await loadModel(bytes, { device: await testGpu(), contextLength: 64 });
+    try {
+      const ids = [1, 300, 301, 302, 303, 304, 305, 306, 307, 308, 309, 310];
+      const expected = reference.promptLogits(ids);
+      expect(maxRelativeError(await model.nextTokenLogits(ids), expected, 1)).toBeLessThan(1e-4);
+      // And the factors matter: without them the logits differ.
+      const plain = await ReferenceLlama.load(file, { ...config, ropeFreqsTensor: undefined });
+      expect(maxRelativeError(plain.promptLogits(ids), expected, 1)).toBeGreaterThan(1e-3);
+    } finally {
+      await model.dispose();
+    }
+  });
 });

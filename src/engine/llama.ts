@@ -119,6 +119,7 @@ export function recordLlamaForward(
     ropeDims: config.ropeDims,
     base: config.ropeBase,
     positionScale: ropePositionScale(config),
+    freqFactors: weights.ropeFrequencyFactors,
     style: 'normal' as const,
   };
   const attentionShape = { nTokens: T, nHeads: heads, nKvHeads: kvHeads, headDim };

@@ -37,6 +37,8 @@ export interface LlamaWeights {
   /** Indexed from the view's first layer. */
   layers: LayerWeights[];
   outputNorm?: GPUBuffer;
+  /** Llama 3.1+ `rope_freqs.weight`: a divisor per rotary frequency (f32[ropeDims / 2]). */
+  ropeFrequencyFactors?: GPUBuffer;
   /** This shard's vocabulary rows of the output head. */
   output?: GpuMatrix;
   /** Bytes uploaded to the GPU. */
@@ -115,6 +117,7 @@ export function plannedReads(config: LlamaConfig, view: ShardView): TensorRead[]
   const kvRows = { start: view.kvHeads.start * hd, end: view.kvHeads.end * hd };
   const reads: TensorRead[] = [];
   if (view.embeds) reads.push({ name: 'token_embd.weight', slice: {} });
+  if (config.ropeFreqsTensor && view.layers.end > view.layers.start) reads.push({ name: config.ropeFreqsTensor, slice: {} });
   for (let l = view.layers.start; l < view.layers.end; l++) {
     reads.push(
       { name: `blk.${l}.attn_norm.weight`, slice: {} },
@@ -180,6 +183,7 @@ export async function loadLlamaWeights(
 
   const weights: LlamaWeights = { layers: [], gpuBytes };
   if (view.embeds) weights.tokenEmbedding = matrix('token_embd.weight');
+  if (config.ropeFreqsTensor) weights.ropeFrequencyFactors = uploaded.get(config.ropeFreqsTensor) as GPUBuffer | undefined;
   for (let l = view.layers.start; l < view.layers.end; l++) {
     weights.layers.push({
       attentionNorm: vector(`blk.${l}.attn_norm.weight`),
@@ -210,6 +214,7 @@ export function destroyWeights(w: LlamaWeights): void {
   };
   add(w.tokenEmbedding);
   add(w.outputNorm);
+  add(w.ropeFrequencyFactors);
   add(w.output); // may share buffers with the embedding: the set destroys each once
   for (const layer of w.layers) for (const value of Object.values(layer)) add(value as GpuMatrix | GPUBuffer);
   for (const buffer of buffers) buffer.destroy();

@@ -37,10 +37,10 @@ function rmsnorm(x: Float64Array, weight: Matrix, eps: number): Float64Array {
 }
 
 /** Rotates adjacent pairs (llama.cpp's "normal" RoPE, as GGUF stores llama Q/K rows). */
-function rope(x: Float64Array, nHeads: number, headDim: number, ropeDims: number, pos: number, base: number): void {
+function rope(x: Float64Array, nHeads: number, headDim: number, ropeDims: number, pos: number, base: number, factors?: Float32Array): void {
   for (let h = 0; h < nHeads; h++) {
     for (let i = 0; i < ropeDims; i += 2) {
-      const theta = pos * Math.pow(base, -i / ropeDims);
+      const theta = (pos * Math.pow(base, -i / ropeDims)) / (factors?.[i / 2] ?? 1);
       const [c, s] = [Math.cos(theta), Math.sin(theta)];
       const j = h * headDim + i;
       const [a, b] = [x[j]!, x[j + 1]!];
@@ -82,8 +82,9 @@ export class ReferenceLlama {
       const q = matvec(this.m(p + 'attn_q.weight'), n);
       const k = matvec(this.m(p + 'attn_k.weight'), n);
       const v = matvec(this.m(p + 'attn_v.weight'), n);
-      rope(q, c.nHeads, hd, c.ropeDims, pos / ropePositionScale(c), c.ropeBase);
-      rope(k, c.nKvHeads, hd, c.ropeDims, pos / ropePositionScale(c), c.ropeBase);
+      const factors = c.ropeFreqsTensor ? this.m(c.ropeFreqsTensor).data : undefined;
+      rope(q, c.nHeads, hd, c.ropeDims, pos / ropePositionScale(c), c.ropeBase, factors);
+      rope(k, c.nKvHeads, hd, c.ropeDims, pos / ropePositionScale(c), c.ropeBase, factors);
       ((this.keys[l] ??= [])[pos] = k), ((this.values[l] ??= [])[pos] = v);
       const attention = new Float64Array(c.nHeads * hd);
       for (let h = 0; h < c.nHeads; h++) {
