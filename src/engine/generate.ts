@@ -1,7 +1,7 @@
 // The generate loop: prefill the prompt in one pass, then one token per step until a limit,
 // an end-of-generation token or a stop string. Text streams out as soon as its UTF-8 is whole.
 
-import { InvalidOptionError, isGreedy, resolveSampling, Sampler, tokenLogprobs, type SamplingOptions, type TokenLogprob } from './sampler.ts';
+import { InvalidOptionError, isGreedy, resolveSampling, Sampler, tokenLogprobs, type ResolvedSampling, type SamplingOptions, type TokenLogprob } from './sampler.ts';
 import { ContextOverflowError, type StepResult } from './runner.ts';
 
 export const DEFAULT_MAX_TOKENS = 256;
@@ -32,6 +32,8 @@ export type FinishReason = 'length' | 'stop' | 'eos' | 'context' | 'abort';
 /** What generation needs from a model: a forward step and a tokenizer's streaming decoder. */
 export interface GenerationBackend {
   readonly contextLength: number;
+  /** When known, prompt token ids are checked against it. */
+  readonly vocabSize?: number;
   forward(tokens: readonly number[], startPos: number, wantLogits: boolean): Promise<StepResult>;
   isEndOfGeneration(id: number): boolean;
   createStreamDecoder(): { push(id: number): string; flush(): string };
@@ -85,6 +87,43 @@ function resolveStops(stop: unknown): string[] {
   return stops.filter((s) => s.length > 0);
 }
 
+/** What a generation request resolves to once every option is checked. */
+export interface CheckedGeneration {
+  sampling: ResolvedSampling;
+  maxTokens: number;
+  stops: string[];
+  logprobs?: number;
+}
+
+/**
+ * Checks a generation request before it costs anything (a model checks it before it waits for
+ * a sequence slot): options, token ids, and that the prompt leaves room in the context.
+ */
+export function checkGeneration(promptIds: readonly number[], options: GenerateOptions, contextLength: number, vocabSize?: number): CheckedGeneration {
+  const sampling = resolveSampling(options);
+  const maxTokens = options.maxTokens ?? DEFAULT_MAX_TOKENS;
+  if (!Number.isInteger(maxTokens) || maxTokens < 0) throw new InvalidOptionError(`maxTokens must be an integer ≥ 0; got ${maxTokens}.`);
+  const stops = resolveStops(options.stop);
+  const logprobs = options.logprobs;
+  if (logprobs !== undefined && (!Number.isInteger(logprobs) || logprobs < 0 || logprobs > 20)) {
+    throw new InvalidOptionError(`logprobs must be an integer from 0 to 20; got ${logprobs}.`);
+  }
+  if (promptIds.length === 0) {
+    throw new InvalidOptionError('the prompt must have at least one token (a string prompt gets BOS; a token-id prompt must not be empty).');
+  }
+  if (vocabSize !== undefined) {
+    const bad = promptIds.findIndex((id) => !Number.isInteger(id) || id < 0 || id >= vocabSize);
+    if (bad >= 0) throw new InvalidOptionError(`prompt token ${bad} is ${promptIds[bad]}, not a token id of this model (0 to ${vocabSize - 1}).`);
+  }
+  if (maxTokens > 0 && promptIds.length >= contextLength) {
+    throw new ContextOverflowError(
+      `the prompt has ${promptIds.length} tokens but the context holds ${contextLength}, leaving no room to generate; ` +
+        'load the model with a larger contextLength (--ctx) or shorten the prompt.',
+    );
+  }
+  return { sampling, maxTokens, stops, logprobs };
+}
+
 /**
  * Generates after `promptIds`. Yields each token with the text it completes; `result.finish`
  * tells why it ended once the iterator is done.
@@ -99,28 +138,12 @@ export async function* generateTokens(
   options: GenerateOptions,
   result: { finish?: FinishReason } = {},
 ): AsyncGenerator<GeneratedToken> {
-  const sampling = resolveSampling(options);
-  const maxTokens = options.maxTokens ?? DEFAULT_MAX_TOKENS;
-  if (!Number.isInteger(maxTokens) || maxTokens < 0) throw new InvalidOptionError(`maxTokens must be an integer ≥ 0; got ${maxTokens}.`);
-  const stops = resolveStops(options.stop);
-  if (promptIds.length === 0) {
-    throw new InvalidOptionError('the prompt must have at least one token (a string prompt gets BOS; a token-id prompt must not be empty).');
-  }
+  const { sampling, maxTokens, stops, logprobs } = checkGeneration(promptIds, options, backend.contextLength, backend.vocabSize);
   if (maxTokens === 0) {
     result.finish = 'length';
     return;
   }
-  if (promptIds.length >= backend.contextLength) {
-    throw new ContextOverflowError(
-      `the prompt has ${promptIds.length} tokens but the context holds ${backend.contextLength}, leaving no room to generate; ` +
-        'load the model with a larger contextLength (--ctx) or shorten the prompt.',
-    );
-  }
   const greedy = isGreedy(sampling);
-  const logprobs = options.logprobs;
-  if (logprobs !== undefined && (!Number.isInteger(logprobs) || logprobs < 0 || logprobs > 20)) {
-    throw new InvalidOptionError(`logprobs must be an integer from 0 to 20; got ${logprobs}.`);
-  }
   // Greedy decoding reads back only the argmax id, unless log-probabilities need the logits.
   const wantLogits = !greedy || logprobs !== undefined;
   const sampler = new Sampler(sampling);

@@ -1,7 +1,7 @@
 // The user-facing model: a tokenizer and a forward engine — one runner on one device, or a
 // group of shard workers (tensor and/or pipeline parallel) behind the same interface.
 
-import { requestGpu, type GpuContext, type GpuOptions } from '../gpu/device.ts';
+import { GpuUnavailableError, requestGpu, type GpuContext, type GpuOptions } from '../gpu/device.ts';
 import { llamaConfig, validateLlamaTensors, type LlamaConfig } from '../model/config.ts';
 import { readGGUF, type GGUFFile } from '../model/gguf.ts';
 import { openSource, type ModelSource } from '../model/source.ts';
@@ -10,10 +10,10 @@ import { describeShardDevices, distinctAdapters } from '../sharding/devices.ts';
 import { ShardGroup } from '../sharding/group.ts';
 import { planShards, type DeviceDescription, type ShardPlan } from '../sharding/plan.ts';
 import type { DeviceStats, ForwardEngine } from './forward-engine.ts';
-import { DEFAULT_MAX_TOKENS, generateTokens, type FinishReason, type GeneratedToken, type GenerateOptions, type GenerationBackend } from './generate.ts';
+import { checkGeneration, generateTokens, type FinishReason, type GeneratedToken, type GenerateOptions, type GenerationBackend } from './generate.ts';
 import { kvGeometry } from './kv-cache.ts';
 import { InvalidOptionError } from './sampler.ts';
-import { LlamaRunner } from './runner.ts';
+import { ContextOverflowError, LlamaRunner } from './runner.ts';
 import { Scheduler, type SchedulerStats, type Sequence } from './scheduler.ts';
 import { wholeModelView } from './shard-view.ts';
 
@@ -81,6 +81,9 @@ const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve,
 
 export class Model {
   private disposed = false;
+  private disposing?: Promise<void>;
+  /** Set when a one-device model's GPU device is lost: every step then fails with GpuUnavailableError. */
+  private lost?: string;
   private lastStepMs = 0;
   private lastStepEndedAt = 0;
   private readonly scheduler: Scheduler;
@@ -102,6 +105,9 @@ export class Model {
     maxWaiting: number | undefined,
   ) {
     this.scheduler = new Scheduler(this.timedEngine(), { maxWaiting });
+    void gpu?.device.lost.then((info) => {
+      if (!this.disposed) this.lost = `the GPU device was lost (${info.reason}): ${info.message || 'no detail'}; load the model again`;
+    });
   }
 
   static async load(source: ModelSource, options: LoadOptions = {}): Promise<Model> {
@@ -127,19 +133,24 @@ export class Model {
       validateLlamaTensors(file, config);
       const tokenizer = LlamaTokenizer.fromGGUFMetadata(file.metadata);
       const contextLength = options.contextLength ?? Math.min(config.contextLength, 4096);
-      const maxBatchTokens = Math.min(options.maxBatchTokens ?? 512, contextLength * (options.maxSequences ?? 1));
+      const maxSequences = options.maxSequences ?? 1;
+      // Decode tokens (one per sequence) go first in a step; the budget must leave prompts room.
+      if (options.maxBatchTokens !== undefined && maxSequences > 1 && options.maxBatchTokens <= maxSequences) {
+        throw new InvalidOptionError(`maxBatchTokens (${options.maxBatchTokens}) must exceed maxSequences (${maxSequences}), or waiting prompts never get into a step.`);
+      }
+      const maxBatchTokens = Math.min(options.maxBatchTokens ?? Math.max(512, 2 * maxSequences), contextLength * maxSequences);
       const geometry = kvGeometry(contextLength, options.maxSequences ?? 1, options.kvCacheTokens);
       const onProgress = (bytesLoaded: number, bytesTotal: number) => options.onProgress?.({ bytesLoaded, bytesTotal });
       const create = (engine: ForwardEngine, gpu: GpuContext | undefined, plan: ShardPlan | undefined, ownsDevice: boolean) =>
         new Model(config, file, tokenizer, engine, contextLength, gpu, plan, ownsDevice, options.maxWaiting);
+      const planOptions = { tp, pp, contextLength, maxSequences, kvCacheTokens: options.kvCacheTokens, maxBatchTokens, weights: options.shardWeights };
       if (tp * pp === 1) {
-        // A memory budget is checked by the planner before anything is allocated, as for shards.
-        if (options.gpuMemoryBytes !== undefined) {
-          const devices = await describeDevices([options.devices?.[0] ?? options.gpu ?? {}], options);
-          planShards(file, config, { tp, pp, contextLength, maxSequences: options.maxSequences, kvCacheTokens: options.kvCacheTokens, maxBatchTokens, devices });
-        }
+        // One device is planned too: buffer limits, tensor types and the memory budget are
+        // checked before anything is allocated, and a model that does not fit is refused.
         const gpu = options.device ?? (await requestGpu(options.devices?.[0] ?? options.gpu));
         try {
+          const device = { name: gpu.adapterDescription, maxBufferSize: gpu.limits.maxBufferSize, maxStorageBufferBindingSize: gpu.limits.maxStorageBufferBindingSize, memoryBudgetBytes: options.gpuMemoryBytes };
+          planShards(file, config, { ...planOptions, devices: [device] });
           const runner = await LlamaRunner.load(gpu, file, config, wholeModelView(config), { geometry, maxBatchTokens, onProgress });
           return create(runner, gpu, undefined, !options.device);
         } catch (error) {
@@ -150,16 +161,7 @@ export class Model {
       const shardSource = workerSource(source);
       const shardGpus = Array.from({ length: tp * pp }, (_, i) => options.devices?.[i] ?? options.gpu ?? {});
       const devices = await describeDevices(shardGpus, options);
-      const plan = planShards(file, config, {
-        tp,
-        pp,
-        contextLength,
-        maxSequences: options.maxSequences,
-        kvCacheTokens: options.kvCacheTokens,
-        maxBatchTokens,
-        devices,
-        weights: options.shardWeights,
-      });
+      const plan = planShards(file, config, { ...planOptions, devices });
       const group = await ShardGroup.start({
         source: shardSource,
         plan,
@@ -203,13 +205,13 @@ export class Model {
   ): AsyncGenerator<GeneratedToken> {
     const promptIds = typeof prompt === 'string' ? this.tokenize(prompt) : [...prompt];
     this.checkAlive();
+    // Bad requests fail here, before they wait for a slot or cost a step.
+    const { maxTokens } = checkGeneration(promptIds, options, this.contextLength, this.config.vocabSize);
     if (options.signal?.aborted) {
       result.finish = 'abort';
       return;
     }
-    const maxTokens = options.maxTokens ?? DEFAULT_MAX_TOKENS;
-    const positions = promptIds.length + (Number.isFinite(maxTokens) ? maxTokens : 0);
-    const sequence = await this.scheduler.admit(Math.min(this.contextLength, positions), options.signal);
+    const sequence = await this.scheduler.admit(Math.min(this.contextLength, promptIds.length + maxTokens), options.signal);
     if (!sequence) {
       result.finish = 'abort'; // aborted while waiting for a slot: it never cost a step
       return;
@@ -247,6 +249,10 @@ export class Model {
   /** Logits of the next token after `ids` (for tests and scoring). */
   async nextTokenLogits(ids: readonly number[]): Promise<Float32Array> {
     this.checkAlive();
+    checkGeneration(ids, { maxTokens: 0 }, this.contextLength, this.config.vocabSize);
+    if (ids.length > this.contextLength) {
+      throw new ContextOverflowError(`${ids.length} tokens do not fit the context of ${this.contextLength}; load the model with a larger contextLength (--ctx).`);
+    }
     const sequence = (await this.scheduler.admit(ids.length))!;
     try {
       return (await sequence.forward(ids, 0, true)).logits!;
@@ -260,17 +266,24 @@ export class Model {
    * the running generations completed a step recently. Either must happen within `deadlineMs`.
    */
   async health(deadlineMs = 5000): Promise<HealthReport> {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const deadline = new Promise<HealthReport>((resolve) => {
-      timer = setTimeout(() => resolve({ ok: false, detail: `no forward step completed within ${deadlineMs} ms` }), deadlineMs);
-    });
+    if (this.disposed) return { ok: false, detail: 'the model was disposed' };
+    if (this.lost) return { ok: false, detail: this.lost };
     if (this.scheduler.stats().running > 0) {
       const sinceLastStep = performance.now() - this.lastStepEndedAt;
       if (sinceLastStep <= deadlineMs) return { ok: true, detail: `busy; last step ${sinceLastStep.toFixed(0)} ms ago` };
     }
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const gaveUp = new AbortController();
+    const deadline = new Promise<HealthReport>((resolve) => {
+      timer = setTimeout(() => {
+        gaveUp.abort(); // a probe still waiting for a slot leaves the queue instead of piling up
+        resolve({ ok: false, detail: `no forward step completed within ${deadlineMs} ms` });
+      }, deadlineMs);
+    });
     const probe = (async (): Promise<HealthReport> => {
       const start = performance.now();
-      const sequence = (await this.scheduler.admit(1))!;
+      const sequence = await this.scheduler.admit(1, gaveUp.signal);
+      if (!sequence) return { ok: false, detail: 'gave up waiting for a slot' };
       try {
         await sequence.forward([this.tokenizer.bosId], 0, false);
       } finally {
@@ -291,8 +304,12 @@ export class Model {
   }
 
   /** Refuses new generations, lets running ones finish, then frees the devices. */
-  async dispose(): Promise<void> {
-    if (this.disposed) return;
+  dispose(): Promise<void> {
+    this.disposing ??= this.disposeOnce();
+    return this.disposing;
+  }
+
+  private async disposeOnce(): Promise<void> {
     this.disposed = true;
     // Nothing new starts; what is running finishes (nothing is lost), then the devices go.
     this.scheduler.close(new Error('This model was disposed; load it again to use it.'));
@@ -309,6 +326,7 @@ export class Model {
   private backend(sequence: Sequence): GenerationBackend {
     return {
       contextLength: this.contextLength,
+      vocabSize: this.config.vocabSize,
       forward: (tokens, startPos, wantLogits) => sequence.forward(tokens, startPos, wantLogits),
       isEndOfGeneration: (id) => this.tokenizer.isEog(id),
       createStreamDecoder: () => this.tokenizer.createStreamDecoder(),
@@ -324,9 +342,12 @@ export class Model {
       deviceStats: () => engine.deviceStats(),
       dispose: () => engine.dispose(),
       forward: async (batch) => {
+        if (this.lost) throw new GpuUnavailableError(this.lost);
         if (this.stepDelayMs > 0) await sleep(this.stepDelayMs);
         const start = performance.now();
-        const results = await engine.forward(batch);
+        const results = await engine.forward(batch).catch((error: unknown) => {
+          throw this.lost ? new GpuUnavailableError(this.lost, { cause: error }) : error;
+        });
         this.lastStepEndedAt = performance.now();
         this.lastStepMs = this.lastStepEndedAt - start;
         return results;

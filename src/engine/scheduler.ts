@@ -6,7 +6,7 @@
 
 import type { ForwardEngine } from './forward-engine.ts';
 import { BlockAllocator } from './kv-cache.ts';
-import type { StepBatch, StepResult } from './runner.ts';
+import { ContextOverflowError, type StepBatch, type StepResult } from './runner.ts';
 
 /** Too many requests are already waiting for the model. */
 export class QueueFullError extends Error {
@@ -63,6 +63,10 @@ export class Sequence {
   /** Runs `tokens` at positions startPos... of this sequence in the next batched step(s). */
   forward(tokens: readonly number[], startPos: number, wantLogits: boolean): Promise<StepResult> {
     if (this.released) return Promise.reject(new Error('this sequence has ended'));
+    const capacity = this.allocation.blocks.length * this.scheduler.blockSize;
+    if (startPos + tokens.length > capacity) {
+      return Promise.reject(new ContextOverflowError(`positions up to ${startPos + tokens.length} do not fit the ${capacity} this sequence reserved; load the model with a larger contextLength (--ctx).`));
+    }
     return this.scheduler.enqueue(this, tokens, startPos, wantLogits);
   }
 
@@ -85,6 +89,9 @@ export class Scheduler {
   private readonly admissions: Array<{ positions: number; admit: (s: Sequence | undefined) => void; reject: (e: unknown) => void }> = [];
   private readonly active = new Set<Sequence>();
   private looping = false;
+  private closed?: Error;
+  /** When each running sequence last asked for a step (a consumer that stopped pulling stops asking). */
+  private readonly lastAsked = new Map<Sequence, number>();
   private wakeGather?: () => void;
   private readonly counters = { steps: 0, lastBatchSequences: 0, lastBatchTokens: 0, histogram: [] as number[] };
 
@@ -99,7 +106,12 @@ export class Scheduler {
    * Reserves a slot and KV blocks for up to `positions` positions; waits while the pool is full.
    * Resolves undefined if `signal` aborts while waiting.
    */
+  get blockSize(): number {
+    return this.engine.geometry.blockSize;
+  }
+
   admit(positions: number, signal?: AbortSignal): Promise<Sequence | undefined> {
+    if (this.closed) return Promise.reject(this.closed);
     const capacity = this.engine.geometry.blocksPerSequence * this.engine.geometry.blockSize;
     const wanted = Math.min(Math.max(1, positions), capacity);
     if (this.admissions.length === 0) {
@@ -138,26 +150,38 @@ export class Scheduler {
     };
   }
 
-  /** Refuses sequences still waiting for admission (the model is going away); running ones go on. */
+  /** Refuses new sequences and those still waiting for admission (the model is going away); running ones go on. */
   close(error: Error): void {
+    this.closed = error;
     for (const waiting of this.admissions.splice(0)) waiting.reject(error);
   }
 
-  /** Resolves once every running sequence has ended and no step is in flight. */
-  async idle(): Promise<void> {
+  /**
+   * Resolves once every running sequence has ended and no step is in flight — or once the engine
+   * has had nothing to do for `abandonedAfterMs`: a sequence whose consumer dropped its iterator
+   * without ending it never asks again, and must not hold up a shutdown forever.
+   */
+  async idle(abandonedAfterMs = 200): Promise<void> {
     while (this.active.size > 0 || this.looping) {
-      await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+      const quiet = !this.looping && this.pending.length === 0;
+      const woke = await new Promise<boolean>((resolve) => {
+        this.idleWaiters.push(() => resolve(true));
+        if (quiet) setTimeout(() => resolve(false), abandonedAfterMs);
+      });
+      if (!woke && !this.looping && this.pending.length === 0) return;
     }
   }
 
   private readonly idleWaiters: Array<() => void> = [];
 
+  /** Wakes idle() waiters: on every release and every finished step, so they can re-check. */
   private notifyIdle(): void {
-    if (this.active.size === 0 && !this.looping) for (const wake of this.idleWaiters.splice(0)) wake();
+    for (const wake of this.idleWaiters.splice(0)) wake();
   }
 
   enqueue(sequence: Sequence, tokens: readonly number[], startPos: number, wantLogits: boolean): Promise<StepResult> {
     if (tokens.length === 0) return Promise.reject(new RangeError('a forward step needs at least one token'));
+    this.lastAsked.set(sequence, performance.now());
     return new Promise((resolve, reject) => {
       this.pending.push({ sequence, tokens, startPos, wantLogits, done: 0, resolve, reject });
       this.wakeGather?.();
@@ -167,6 +191,7 @@ export class Scheduler {
 
   release(sequence: Sequence): void {
     if (!this.active.delete(sequence)) return;
+    this.lastAsked.delete(sequence);
     this.allocator.release(sequence.allocation);
     this.notifyIdle();
     // Admit waiting sequences in order while the pool has room for the first of them.
@@ -199,7 +224,9 @@ export class Scheduler {
           for (const request of [...completing, ...partlyRun]) request.reject(error);
           continue;
         }
+        this.counters.steps++;
         completing.forEach((request, row) => request.resolve(results[row]!));
+        this.notifyIdle();
       }
     } finally {
       this.looping = false;
@@ -212,7 +239,11 @@ export class Scheduler {
    * step instead of taking turns. A sequence whose consumer is slow is not waited for long.
    */
   private async gather(): Promise<void> {
-    const everyoneAsked = () => new Set(this.pending.map((r) => r.sequence)).size >= this.active.size;
+    // Only sequences that asked recently are waited for: one whose consumer stopped pulling is not.
+    const now = performance.now();
+    let expected = 0;
+    for (const sequence of this.active) if (now - (this.lastAsked.get(sequence) ?? now) < 100) expected++;
+    const everyoneAsked = () => new Set(this.pending.map((r) => r.sequence)).size >= expected;
     if (everyoneAsked()) return;
     const deadline = performance.now() + 2;
     while (!everyoneAsked() && performance.now() < deadline) {
@@ -247,7 +278,6 @@ export class Scheduler {
         this.pending.splice(this.pending.indexOf(request), 1);
       }
     }
-    this.counters.steps++;
     this.counters.lastBatchTokens = batch.tokens.length;
     this.counters.lastBatchSequences = new Set(batch.slots).size;
     this.counters.histogram[this.counters.lastBatchSequences] = (this.counters.histogram[this.counters.lastBatchSequences] ?? 0) + 1;
