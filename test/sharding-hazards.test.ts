@@ -85,10 +85,20 @@ describe('shard failures', () => {
       await model.complete([1], { temperature: 0, maxTokens: 2 });
       await model.shards!.setStepDelay(1, 60_000);
       const start = performance.now();
-      await expect(model.complete([1], { temperature: 0, maxTokens: 2 })).rejects.toBeInstanceOf(ShardTimeoutError);
+      const failure = await model.complete([1], { temperature: 0, maxTokens: 2 }).catch((e: unknown) => e);
+      expect(failure).toBeInstanceOf(ShardTimeoutError);
+      expect((failure as ShardTimeoutError).rank).toBe(1); // the shard that hung, not the one that waited for it
       expect(performance.now() - start).toBeLessThan(5000);
     } finally {
       await model.dispose();
     }
+  });
+});
+
+describe('shard worker failures at load', () => {
+  it('a shard that cannot open its device fails the load with a typed error, and no worker is left behind', async () => {
+    const { GpuUnavailableError } = await import('../src/gpu/device.ts');
+    const attempt = loadModel(MODEL, { tp: 2, contextLength: 64, devices: [{}, { adapterName: 'no-such-gpu' }] });
+    await expect(attempt).rejects.toBeInstanceOf(GpuUnavailableError);
   });
 });

@@ -359,7 +359,9 @@ export class Model {
 /** What a shard worker can open itself: it reads its own byte ranges, so it gets a path, URL, Blob or bytes. */
 function workerSource(source: ModelSource): string | Blob | Uint8Array {
   if (source instanceof URL) return source.href;
-  if (typeof source === 'string' || source instanceof Blob || source instanceof Uint8Array) return source;
+  // Bytes would be copied into every worker; a Blob is shared (each shard reads its own slices).
+  if (source instanceof Uint8Array) return new Blob([source as Uint8Array<ArrayBuffer>]);
+  if (typeof source === 'string' || source instanceof Blob) return source;
   throw new InvalidOptionError('A sharded model needs a path, URL, Blob/File or bytes as its source (each shard worker opens it itself), not an open ByteSource.');
 }
 

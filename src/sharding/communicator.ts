@@ -5,7 +5,7 @@
 
 import { writeBuffer } from '../gpu/kernel.ts';
 import type { CollectiveStep, Communicator } from '../engine/program.ts';
-import { ShardGroupStoppedError, ShardTimeoutError } from './errors.ts';
+import { ShardGroupStoppedError, ShardPeerTimeoutError } from './errors.ts';
 import { AbortReason, SharedViews, type SharedMemory } from './shared-memory.ts';
 
 export interface ShardPosition {
@@ -137,7 +137,7 @@ export class SharedMemoryCommunicator implements Communicator {
       }
       const left = deadline - performance.now();
       if (left <= 0) {
-        throw new ShardTimeoutError(this.position.rank, `shard ${this.position.rank} waited ${this.deadlineMs} ms for ${what}`);
+        throw new ShardPeerTimeoutError(this.position.rank, `shard ${this.position.rank} waited ${this.deadlineMs} ms for ${what}`);
       }
       Atomics.wait(control, cell, value, left);
     }

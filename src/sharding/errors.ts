@@ -23,3 +23,11 @@ export class ShardTimeoutError extends ShardError {
 export class ShardGroupStoppedError extends ShardError {
   override name = 'ShardGroupStoppedError';
 }
+
+/**
+ * A shard gave up waiting for its peers at a collective. Not the culprit: the group reports the
+ * shard that hung or failed instead (it answers to the coordinator's own deadline).
+ */
+export class ShardPeerTimeoutError extends ShardGroupStoppedError {
+  override name = 'ShardPeerTimeoutError';
+}

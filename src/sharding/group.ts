@@ -8,7 +8,9 @@ import type { GpuOptions } from '../gpu/device.ts';
 import type { DeviceStats, ForwardEngine } from '../engine/forward-engine.ts';
 import type { KvGeometry } from '../engine/kv-cache.ts';
 import type { StepBatch, StepResult } from '../engine/runner.ts';
-import { ShardError, ShardGroupStoppedError, ShardTimeoutError } from './errors.ts';
+import { GpuUnavailableError } from '../gpu/device.ts';
+import { ModelFormatError, ModelSourceError } from '../model/errors.ts';
+import { ShardError, ShardGroupStoppedError, ShardPeerTimeoutError, ShardTimeoutError } from './errors.ts';
 import type { ShardPlan } from './plan.ts';
 import { AbortReason, createSharedMemory, ShardCounter, SharedViews } from './shared-memory.ts';
 import { shutdownShardWorker, spawnShardWorker, type ShardWorkerHandle } from './spawn.ts';
@@ -62,16 +64,25 @@ export class ShardGroup implements ForwardEngine {
       vocabSize: options.vocabSize,
       maxSequences: options.geometry.maxSequences,
     });
-    const workers = await Promise.all(plan.shards.map(() => spawnShardWorker()));
+    // Every spawn and every load settles before anything is cleaned up: a shard still loading
+    // must not be asked to shut down with its GPU work pending.
+    const spawned = await Promise.allSettled(plan.shards.map(() => spawnShardWorker()));
+    const workers = spawned.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
+    const spawnFailure = spawned.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+    if (spawnFailure) {
+      await Promise.allSettled(workers.map((w) => shutdownShardWorker(w, deadlineMs)));
+      throw spawnFailure.reason;
+    }
     const progress = plan.shards.map(() => ({ done: 0, total: 0 }));
     const report = () =>
       options.onProgress?.(
         progress.reduce((sum, p) => sum + p.done, 0),
         progress.reduce((sum, p) => sum + p.total, 0),
       );
-    try {
-      const reports = await Promise.all(
-        plan.shards.map((shard, i) =>
+    const loads = await Promise.allSettled(
+      plan.shards.map((shard, i) =>
+        whileAlive(
+          workers[i]!,
           workers[i]!.api.load(
             {
               source: options.source,
@@ -89,19 +100,22 @@ export class ShardGroup implements ForwardEngine {
             }),
           ),
         ),
-      );
-      return new ShardGroup(plan, options.geometry, options.maxBatchTokens, reports, workers, new SharedViews(memory), deadlineMs);
-    } catch (error) {
+      ),
+    );
+    const loadFailure = loads.findIndex((l) => l.status === 'rejected');
+    if (loadFailure >= 0) {
       await Promise.allSettled(workers.map((w) => shutdownShardWorker(w, deadlineMs)));
-      throw error;
+      throw reviveLoadError((loads[loadFailure] as PromiseRejectedResult).reason, loadFailure);
     }
+    const reports = loads.map((l) => (l as PromiseFulfilledResult<ShardLoadReport>).value);
+    return new ShardGroup(plan, options.geometry, options.maxBatchTokens, reports, workers, new SharedViews(memory), deadlineMs);
   }
 
   /** One step on every shard; per sampled row, the sampling shards' best tokens decide the global winner. */
   async forward(batch: StepBatch): Promise<StepResult[]> {
     if (this.stopped) throw new ShardGroupStoppedError(-1, `the shard group stopped earlier: ${this.stopped.message}`, { cause: this.stopped });
     const steps = this.workers.map((w, rank) =>
-      withDeadline(w.api.forward(batch), this.deadlineMs * 2, () =>
+      withDeadline(whileAlive(w, w.api.forward(batch)), this.deadlineMs * 2, () =>
         new ShardTimeoutError(rank, `shard ${rank} did not finish a step within ${this.deadlineMs * 2} ms`),
       ),
     );
@@ -115,13 +129,14 @@ export class ShardGroup implements ForwardEngine {
     }
     const reports = settled.map((s) => (s as PromiseFulfilledResult<ShardStepReport[]>).value);
     return batch.sampleRows.map((_, row) => {
-      let best = { argmaxId: -1, argmaxLogit: -Infinity };
+      let best: ShardStepReport | undefined;
       for (const shardRows of reports) {
         const r = shardRows[row];
         if (!r) continue; // a shard that does not sample
-        if (r.argmaxLogit > best.argmaxLogit || (r.argmaxLogit === best.argmaxLogit && r.argmaxId < best.argmaxId)) best = r;
+        // Highest logit wins, ties (and NaN logits, which compare false) go to the lower id.
+        if (!best || r.argmaxLogit > best.argmaxLogit || (!(r.argmaxLogit < best.argmaxLogit) && r.argmaxId < best.argmaxId)) best = r;
       }
-      return { argmaxId: best.argmaxId, logits: batch.wantLogits ? this.views.logits(row).slice() : undefined };
+      return { argmaxId: best!.argmaxId, logits: batch.wantLogits ? this.views.logits(row).slice() : undefined };
     });
   }
 
@@ -162,12 +177,39 @@ export class ShardGroup implements ForwardEngine {
   }
 }
 
+/** A call on a worker, failing at once if the worker dies instead of never settling. */
+function whileAlive<T>(worker: ShardWorkerHandle, call: Promise<T>): Promise<T> {
+  return Promise.race([call, worker.died]);
+}
+
+/**
+ * A shard's load error, with its class restored (only name and message cross the worker
+ * boundary), so callers can tell a missing GPU or an unreadable file from a shard failure.
+ */
+function reviveLoadError(error: unknown, rank: number): Error {
+  const { name, message } = error instanceof Error ? error : { name: 'Error', message: String(error) };
+  const where = `shard ${rank}: ${message}`;
+  const options = { cause: error };
+  switch (name) {
+    case 'GpuUnavailableError':
+      return new GpuUnavailableError(where, options);
+    case 'ModelSourceError':
+      return new ModelSourceError(`shard ${rank}`, message, options);
+    case 'ModelFormatError':
+    case 'UnsupportedModelError':
+      return Object.assign(new ModelFormatError({ file: `shard ${rank}`, problem: message, fix: '' }), { message: where });
+    default:
+      return new ShardError(rank, `shard ${rank} failed to load: ${name}: ${message}`, options);
+  }
+}
+
 /** Errors lose their class crossing the worker boundary (only name and message survive): restore it. */
 function reviveShardError(error: unknown, rank: number): ShardError {
   if (error instanceof ShardError) return error;
   const { name, message } = error instanceof Error ? error : { name: 'Error', message: String(error) };
   const options = { cause: error };
   if (name === 'ShardTimeoutError') return new ShardTimeoutError(rank, message, options);
+  if (name === 'ShardPeerTimeoutError') return new ShardPeerTimeoutError(rank, message, options);
   if (name === 'ShardGroupStoppedError') return new ShardGroupStoppedError(rank, message, options);
   return new ShardError(rank, name === 'ShardError' ? message : `shard ${rank} failed: ${name}: ${message}`, options);
 }

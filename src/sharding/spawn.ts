@@ -6,6 +6,8 @@ import type { ShardWorkerApi } from './worker.ts';
 
 export interface ShardWorkerHandle {
   api: Comlink.Remote<ShardWorkerApi>;
+  /** Rejects if the worker dies (an uncaught error, or its thread ends unasked): calls on it would never settle. */
+  died: Promise<never>;
   /** Resolves when the worker thread has ended (Node), or when it replied to shutdown (elsewhere). */
   exited: Promise<void>;
   /** Lets the process exit even if this worker never ends (last resort after a failed shutdown). */
@@ -36,16 +38,47 @@ export async function spawnShardWorker(): Promise<ShardWorkerHandle> {
     const worker = fromSource
       ? new Worker(new URL(nodeBootstrapFile, import.meta.url), { workerData: { entry: new URL(sourceWorkerFile, import.meta.url).href } })
       : new Worker(new URL(builtWorkerFile, import.meta.url));
+    let stopping = false;
     const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
-    return { api: Comlink.wrap<ShardWorkerApi>(nodeEndpoint(worker)), exited, abandon: () => worker.unref() };
+    const died = new Promise<never>((_, reject) => {
+      worker.once('error', (error: Error) => reject(new Error(`the shard worker died: ${error.message}`, { cause: error })));
+      void exited.then(() => stopping || reject(new Error('the shard worker thread ended unexpectedly')));
+    });
+    died.catch(() => {}); // observed by the group's calls
+    const api = Comlink.wrap<ShardWorkerApi>(nodeEndpoint(worker));
+    return { api: withShutdownFlag(api, () => (stopping = true)), died, exited, abandon: () => worker.unref() };
   }
   // Deno runs the TypeScript source itself. Browsers get the literal './worker.js' that bundlers
   // bundle (vite resolves it to worker.ts when building from the sources).
   const worker = isDeno && fromSource
     ? new Worker(new URL(sourceWorkerFile, import.meta.url), { type: 'module', name: 'webshard shard' })
     : new Worker(new URL('./worker.js', import.meta.url), { type: 'module', name: 'webshard shard' });
-  // Deno and browsers have no exit event: a worker has ended once it answered shutdown.
-  return { api: Comlink.wrap<ShardWorkerApi>(worker), exited: Promise.resolve(), abandon: () => worker.terminate() };
+  const died = new Promise<never>((_, reject) => {
+    worker.addEventListener('error', (event: ErrorEvent) => {
+      event.preventDefault();
+      reject(new Error(`the shard worker died: ${event.message}`));
+    });
+  });
+  died.catch(() => {});
+  // Deno and browsers have no exit event: a worker has ended once it answered shutdown. Never
+  // terminate() a Deno worker that may hold a Dawn device (DESIGN.md: it segfaults at exit).
+  const abandon = isDeno ? () => {} : () => worker.terminate();
+  return { api: Comlink.wrap<ShardWorkerApi>(worker), died, exited: Promise.resolve(), abandon };
+}
+
+/** Marks the worker as being shut down (so its thread ending is expected) before asking it to. */
+function withShutdownFlag(api: Comlink.Remote<ShardWorkerApi>, stopping: () => void): Comlink.Remote<ShardWorkerApi> {
+  return new Proxy(api, {
+    get(target, property, receiver) {
+      if (property === 'shutdown') {
+        return () => {
+          stopping();
+          return target.shutdown();
+        };
+      }
+      return Reflect.get(target, property, receiver);
+    },
+  });
 }
 
 /**
