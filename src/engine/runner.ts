@@ -4,7 +4,7 @@
 // other shards. A step is a batch: tokens of several sequences, each at its own position.
 
 import type { GpuContext } from '../gpu/device.ts';
-import { writeBuffer } from '../gpu/kernel.ts';
+import { destroyOps, writeBuffer } from '../gpu/kernel.ts';
 import type { LlamaConfig } from '../model/config.ts';
 import type { GGUFFile } from '../model/gguf.ts';
 import type { DeviceStats, ForwardEngine } from './forward-engine.ts';
@@ -52,6 +52,10 @@ export interface RunnerOptions {
 
 const MAP_READ = 0x0001; // GPUMapMode.READ and GPUBufferUsage.MAP_READ
 const COPY_DST = 0x0008;
+
+function destroyProgram(steps: readonly ProgramStep[]): void {
+  for (const step of steps) if (step.kind === 'kernels') destroyOps(step.ops);
+}
 
 /** Recorded programs kept per (tokens, samples) shape; more than this and the oldest go. */
 const MAX_PROGRAMS = 64;
@@ -156,7 +160,11 @@ export class LlamaRunner implements ForwardEngine {
     let steps = this.programs.get(key);
     if (!steps) {
       steps = recordLlamaForward(this.gpu, this.config, this.view, this.weights, this.cache, this.activations, nTokens, nSamples);
-      if (this.programs.size >= MAX_PROGRAMS) this.programs.delete(this.programs.keys().next().value!);
+      if (this.programs.size >= MAX_PROGRAMS) {
+        const [oldest, evicted] = this.programs.entries().next().value!;
+        this.programs.delete(oldest);
+        destroyProgram(evicted);
+      }
       this.programs.set(key, steps);
     }
     return steps;
@@ -183,6 +191,7 @@ export class LlamaRunner implements ForwardEngine {
     destroyKvCache(this.cache);
     destroyActivations(this.activations);
     this.staging?.destroy();
+    for (const steps of this.programs.values()) destroyProgram(steps);
     this.programs.clear();
   }
 }

@@ -8,6 +8,13 @@ export interface KernelOp {
   pipeline: GPUComputePipeline;
   bindGroup: GPUBindGroup;
   workgroups: [number, number, number];
+  /** Buffers made for this op alone (its parameter uniforms): destroyed with it. */
+  owned: GPUBuffer[];
+}
+
+/** Frees what ops made for themselves, when their program is dropped. */
+export function destroyOps(ops: readonly KernelOp[]): void {
+  for (const op of ops) for (const buffer of op.owned) buffer.destroy();
 }
 
 const pipelineCache = new WeakMap<GPUDevice, Map<string, GPUComputePipeline>>();
@@ -42,7 +49,9 @@ export function kernelOp(
     layout: pipeline.getBindGroupLayout(0),
     entries: buffers.map((buffer, binding) => ({ binding, resource: { buffer } })),
   });
-  return { label, pipeline, bindGroup, workgroups: [workgroups[0], workgroups[1] ?? 1, workgroups[2] ?? 1] };
+  // Uniform buffers carry this op's parameters and belong to it; storage buffers are shared.
+  const owned = buffers.filter((buffer) => (buffer.usage & UNIFORM) !== 0);
+  return { label, pipeline, bindGroup, workgroups: [workgroups[0], workgroups[1] ?? 1, workgroups[2] ?? 1], owned };
 }
 
 /** Encodes ops into one compute pass. Ops on the same pass see each other's writes in order. */
