@@ -17,7 +17,7 @@ import os from 'node:os';
 import process from 'node:process';
 import { parseArgs } from 'node:util';
 import { probeAdapter } from '../src/gpu/device.ts';
-import { loadModel } from '../src/engine/model.ts';
+import { loadModel } from '../src/api/model.ts';
 import { llamaConfig } from '../src/model/config.ts';
 import { readGGUF, type GGUFFile } from '../src/model/gguf.ts';
 import { GGMLType } from '../src/model/ggml-type.ts';

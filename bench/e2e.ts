@@ -13,7 +13,7 @@
 
 import { writeFileSync } from 'node:fs';
 import { requestGpu, type GpuContext } from '../src/gpu/device.ts';
-import { loadModel, type Model } from '../src/engine/model.ts';
+import { loadModel, type Model } from '../src/api/model.ts';
 import type { LlamaConfig } from '../src/model/config.ts';
 import type { GGUFFile } from '../src/model/gguf.ts';
 import { weightLayout } from '../src/shaders/matmul.ts';

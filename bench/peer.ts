@@ -29,7 +29,6 @@ interface LlamaToken {
 type Token = number & LlamaToken;
 interface NlcSequence {
   evaluate(tokens: Token[], options?: { temperature?: number }): AsyncGenerator<Token, void, void | Token | Token[]>;
-  evaluateWithoutGeneratingNewTokens(tokens: Token[]): Promise<void>;
   clearHistory(): Promise<void>;
   dispose(): void | Promise<void>;
 }
@@ -110,6 +109,11 @@ export interface LlamaCppOptions {
   batches: number[];
   /** Whether the page cache was dropped before this load (reported; the caller drops it). */
   pageCache: 'dropped' | 'warm';
+  /**
+   * The adapter is a CPU one (lavapipe): llama.cpp skips CPU-type Vulkan devices and would run
+   * its CPU backend instead; GGML_VK_VISIBLE_DEVICES=0 makes it use the same software adapter.
+   */
+  softwareAdapter?: boolean;
   /** llama.cpp backend to ask for (default vulkan: the build that travels to the GPU machine). */
   gpu?: string;
   log?: (line: string) => void;
@@ -123,6 +127,7 @@ const median = (xs: readonly number[]): number => {
 /** llama.cpp on the same GGUF: load, time to first token, prefill, and decode at each batch size. */
 export async function benchLlamaCpp(nlc: NodeLlamaCpp, version: string | undefined, path: string, o: LlamaCppOptions): Promise<LlamaCppResult> {
   const log = o.log ?? (() => {});
+  if (o.softwareAdapter && process.env.GGML_VK_VISIBLE_DEVICES === undefined) process.env.GGML_VK_VISIBLE_DEVICES = '0';
   const openStart = performance.now();
   const llama = await nlc.getLlama({ gpu: o.gpu ?? 'vulkan', build: 'never', logLevel: 'error' });
   const openMs = performance.now() - openStart;
@@ -144,9 +149,10 @@ export async function benchLlamaCpp(nlc: NodeLlamaCpp, version: string | undefin
       const timeToFirstTokenMs = openMs + loadMs + (performance.now() - firstStart);
       await first.clearHistory();
 
+      // Like webshard's prefill: the whole prompt in, the first generated token out.
       const prefillOnce = async () => {
         const start = performance.now();
-        await first.evaluateWithoutGeneratingNewTokens(o.prefillIds as Token[]);
+        for await (const _ of first.evaluate(o.prefillIds as Token[], { temperature: 0 })) break;
         const ms = performance.now() - start;
         await first.clearHistory();
         return ms;

@@ -1,6 +1,6 @@
 // bench/run.ts: webshard's performance suite — one table, one JSON.
 //
-//   deno task bench                      # Llama-3-8B (Q4_0) and Llama-3.2-1B (Q4_0, Q8_0, F16) shapes
+//   deno task bench                      # Llama-3-8B and Llama-3.2-1B shapes in Q4_0, Q8_0 and F16
 //   deno task bench --quick              # tiny shapes, a few iterations: < 3 min on a CPU adapter
 //   deno task bench --models 8b:q4_0,8b:q8_0,8b:f16,1b:q4_0 --out "$OUT" --cold
 //
@@ -195,6 +195,7 @@ export async function runBenchSuite(o: SuiteOptions): Promise<BenchReport> {
           const pageCache = o.e2e.dropPageCache && tryDropPageCache() ? 'dropped' : 'warm';
           entry.llamaCpp = await benchLlamaCpp(nlc.module, nlc.version, entry.file.path, {
             pageCache,
+            softwareAdapter: /llvmpipe|lavapipe|swiftshader|\bsoftware\b/i.test(report.adapter),
             prefillIds: entry.webshard.prefillIds,
             prefillRepeats: o.e2e.prefillRepeats,
             shortIds: entry.webshard.shortPromptIds,
@@ -292,12 +293,15 @@ export function reportTable(report: BenchReport): string {
   }
   for (const m of report.models) {
     const w = m.webshard;
-    const subject = m.file ? `${m.name} (${num(m.file.bytes / 1e9)} GB)` : m.name;
+    const size = m.file ? (m.file.bytes >= 1e9 ? `${num(m.file.bytes / 1e9)} GB` : `${num(m.file.bytes / 1e6)} MB`) : '';
+    const subject = m.file ? `${m.name} (${size})` : m.name;
     if (!w) {
       rows.push(['model', subject, 'FAILED', '', (m.webshardError ?? '').split('\n')[0]!.slice(0, 80), '', '']);
       continue;
     }
     const peer = m.llamaCpp && 'loadMs' in m.llamaCpp ? m.llamaCpp : undefined;
+    // llama.cpp skips CPU-type Vulkan devices (lavapipe) and then runs on its CPU backend: say so.
+    const llamaCpp = peer && peer.gpuDevices.length === 0 ? 'llama.cpp (CPU backend)' : 'llama.cpp';
     const c = w.coldStart;
     rows.push([
       'cold start',
@@ -305,7 +309,7 @@ export function reportTable(report: BenchReport): string {
       `load ${num(c.loadGBps)} GB/s`,
       '',
       `load ${time(c.loadMs)}, TTFT ${time(c.timeToFirstTokenMs)} (page cache ${c.pageCache})`,
-      peer ? `llama.cpp: load ${time(peer.loadMs)}, TTFT ${time(peer.timeToFirstTokenMs)} (page cache ${peer.pageCache})` : '',
+      peer ? `${llamaCpp}: load ${time(peer.loadMs)}, TTFT ${time(peer.timeToFirstTokenMs)} (page cache ${peer.pageCache})` : '',
       peer ? `${ratio(peer.timeToFirstTokenMs, c.timeToFirstTokenMs)} TTFT` : '',
     ]);
     const p = w.prefill;
@@ -315,7 +319,7 @@ export function reportTable(report: BenchReport): string {
       `${num(p.tokensPerSecond)} tok/s`,
       `${percent(p.fractionOfFmaPeak)} FMA`,
       `${time(p.ms)}, ${num(p.tflops)} TFLOP/s, ${percent(p.fractionOfRoofline)} of roofline`,
-      peer ? `llama.cpp: ${num(peer.prefill.tokensPerSecond)} tok/s` : '',
+      peer ? `${llamaCpp}: ${num(peer.prefill.tokensPerSecond)} tok/s` : '',
       ratio(p.tokensPerSecond, peer?.prefill.tokensPerSecond),
     ]);
     for (const d of w.decode) {
@@ -330,7 +334,7 @@ export function reportTable(report: BenchReport): string {
         `${num(d.tokensPerSecond)} tok/s`,
         `${percent(d.fractionOfRoofline)} roofline`,
         `${host}; per token ${num(d.submitsPerToken)} submits, ${num(d.readbacksPerToken)} read-backs`,
-        theirs ? `llama.cpp: ${num(theirs.tokensPerSecond)} tok/s` : '',
+        theirs ? `${llamaCpp}: ${num(theirs.tokensPerSecond)} tok/s` : '',
         ratio(d.tokensPerSecond, theirs?.tokensPerSecond),
       ]);
     }
@@ -348,7 +352,9 @@ export function reportHeader(report: BenchReport): string {
     `machine: ${report.machine.cpus} × ${report.machine.cpuModel}, load average ${report.machine.loadAverageAtStart.join(' ')} at start, ${report.machine.loadAverageAtEnd?.join(' ') ?? '—'} at end`,
   ];
   const peer = report.llamaCppStatus;
-  if (peer) lines.push(`llama.cpp: ${peer.available ? `node-llama-cpp ${peer.version ?? ''}` : peer.reason}`);
+  const ran = report.models.map((m) => m.llamaCpp).find((r): r is LlamaCppResult => r !== undefined && 'loadMs' in r);
+  const where = ran ? (ran.gpuDevices.length > 0 ? `, ${ran.gpu} on ${ran.gpuDevices.join(', ')}` : ', no GPU device offered: its CPU backend ran') : '';
+  if (peer) lines.push(`llama.cpp: ${peer.available ? `node-llama-cpp ${peer.version ?? ''}${where}` : peer.reason}`);
   if (report.torch) lines.push(`PyTorch: ${report.torch.available ? `${report.torch.version} on ${report.torch.device}` : report.torch.reason}`);
   return lines.join('\n');
 }
@@ -380,11 +386,15 @@ export function defaultSuiteOptions(quick: boolean, log: (line: string) => void)
           { shape: 'quick', type: GGMLType.F16 },
         ]
       : [
-          // The 8B Q4_0 file carries the headline targets; the 1B shape runs in every type.
+          // Most important first (results are saved after each model, so a run cut short keeps
+          // them): the 8B Q4_0 file carries the headline targets, then the 1B shape in every type,
+          // then the big 8B files (8.5 and 16 GB to write and load).
           { shape: '8b', type: GGMLType.Q4_0 },
           { shape: '1b', type: GGMLType.Q4_0 },
           { shape: '1b', type: GGMLType.Q8_0 },
           { shape: '1b', type: GGMLType.F16 },
+          { shape: '8b', type: GGMLType.Q8_0 },
+          { shape: '8b', type: GGMLType.F16 },
         ],
     kernels: true,
     endToEnd: true,

@@ -10,7 +10,7 @@
 import { byteSize, flag, numberFlag, parseFlags, UsageError, type Flags, type FlagSpec } from './flags.ts';
 import { describeAdapters, type GpuBackend, type GpuOptions } from './gpu/device.ts';
 import { chooseShardSplit } from './sharding/auto.ts';
-import { loadModel, type Model } from './engine/model.ts';
+import { loadModel, type Model } from './api/model.ts';
 import { llamaConfig } from './model/config.ts';
 import { readGGUF } from './model/gguf.ts';
 import { ggmlTypeName } from './model/ggml-type.ts';

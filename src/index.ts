@@ -1,5 +1,5 @@
 // webshard's public API.
-export { loadModel, Model, type Completion, type HealthReport, type LoadOptions, type LoadProgressEvent, type ModelStats } from './engine/model.ts';
+export { loadModel, Model, type Completion, type HealthReport, type LoadOptions, type LoadProgressEvent, type ModelStats } from './api/model.ts';
 export type { FinishReason, GeneratedToken, GenerateOptions } from './engine/generate.ts';
 export { InvalidOptionError, type SamplingOptions } from './engine/sampler.ts';
 export { ContextOverflowError } from './engine/runner.ts';

@@ -2,7 +2,7 @@
 // GPUs. The choice must be a valid split whose reason carries the measured numbers, and loading
 // the model with that choice must give llama.cpp's tokens.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadModel } from '../src/engine/model.ts';
+import { loadModel } from '../src/api/model.ts';
 import { llamaConfig, type LlamaConfig } from '../src/model/config.ts';
 import { readGGUF, type GGUFFile } from '../src/model/gguf.ts';
 import { fileSource } from '../src/model/source.ts';

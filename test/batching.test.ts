@@ -1,7 +1,7 @@
 // Continuous batching over a paged KV cache: concurrent generations share batched steps and
 // each still gets exactly its sequential (llama.cpp) tokens; blocks come back when sequences end.
 import { describe, expect, it } from 'vitest';
-import { loadModel } from '../src/engine/model.ts';
+import { loadModel } from '../src/api/model.ts';
 import { QueueFullError } from '../src/engine/scheduler.ts';
 import { testGpu } from './helpers/gpu.ts';
 import { modelPath, reference } from './helpers/models.ts';

@@ -1,7 +1,7 @@
 // The GPU forward pass against the plain-TypeScript reference forward pass, for every weight
 // type in the test models: same weights (dequantized on the CPU), same math, f64 on the CPU.
 import { describe, expect, it } from 'vitest';
-import { loadModel } from '../src/engine/model.ts';
+import { loadModel } from '../src/api/model.ts';
 import { llamaConfig } from '../src/model/config.ts';
 import { readGGUF } from '../src/model/gguf.ts';
 import { bytesSource, fileSource } from '../src/model/source.ts';

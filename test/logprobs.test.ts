@@ -1,6 +1,6 @@
 // Log-probabilities come with each generated token, from the raw logits of that very step.
 import { expect, it } from 'vitest';
-import { loadModel } from '../src/engine/model.ts';
+import { loadModel } from '../src/api/model.ts';
 import { testGpu } from './helpers/gpu.ts';
 import { modelPath, reference } from './helpers/models.ts';
 

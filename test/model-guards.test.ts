@@ -1,7 +1,7 @@
 // Bad input to the library fails early with a typed error that names the problem; nothing
 // computes on garbage, nothing hangs.
 import { expect, it } from 'vitest';
-import { loadModel } from '../src/engine/model.ts';
+import { loadModel } from '../src/api/model.ts';
 import { ContextOverflowError } from '../src/engine/runner.ts';
 import { InvalidOptionError } from '../src/engine/sampler.ts';
 import { ShardPlanError } from '../src/sharding/plan.ts';

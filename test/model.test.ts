@@ -1,6 +1,6 @@
 // The whole engine against llama.cpp: every generation case of reference/public.json.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadModel, type Model } from '../src/engine/model.ts';
+import { loadModel, type Model } from '../src/api/model.ts';
 import { testGpu } from './helpers/gpu.ts';
 import { reference, referenceModelPath, type GenerationCase } from './helpers/models.ts';
 

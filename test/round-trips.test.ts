@@ -1,7 +1,7 @@
 // Host round trips are counted, not assumed: one submit (and one read-back) per step on one
 // device, exactly two collectives per layer with tensor parallelism.
 import { expect, it } from 'vitest';
-import { loadModel } from '../src/engine/model.ts';
+import { loadModel } from '../src/api/model.ts';
 import { testGpu } from './helpers/gpu.ts';
 import { modelPath } from './helpers/models.ts';
 

@@ -5,7 +5,7 @@ import { spawnSync } from 'node:child_process';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { loadModel } from '../src/engine/model.ts';
+import { loadModel } from '../src/api/model.ts';
 import { ShardError, ShardTimeoutError } from '../src/sharding/errors.ts';
 import { testGpu } from './helpers/gpu.ts';
 import { modelPath, reference } from './helpers/models.ts';

@@ -1,7 +1,7 @@
 // Tensor and pipeline parallel give the same tokens as one device: every stories260K F32 case.
 // Several devices on the one software adapter stand in for several GPUs.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadModel, type Model } from '../src/engine/model.ts';
+import { loadModel, type Model } from '../src/api/model.ts';
 import { testGpu, maxRelativeError } from './helpers/gpu.ts';
 import { modelPath, reference } from './helpers/models.ts';
 

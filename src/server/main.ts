@@ -9,7 +9,7 @@
 // main returns: exit code 0. Never Deno.exit: Dawn devices must be released first (DESIGN.md).
 // Exit codes: 0 after a clean shutdown, 2 for bad arguments, 1 when the model cannot be loaded.
 
-import { loadModel, type LoadOptions, type Model } from '../engine/model.ts';
+import { loadModel, type LoadOptions, type Model } from '../api/model.ts';
 import { byteSize, flag, numberFlag, parseFlags, UsageError, type Flags, type FlagSpec } from '../flags.ts';
 import { DEFAULT_LIMITS, InferenceServer, type ServerLimits } from './server.ts';
 

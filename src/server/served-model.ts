@@ -3,7 +3,7 @@
 // stand-in model, and leaves the engine free to change behind it (batching, sharding).
 
 import type { FinishReason as EngineFinishReason, GeneratedToken, GenerateOptions } from '../engine/generate.ts';
-import type { HealthReport } from '../engine/model.ts';
+import type { HealthReport } from '../api/model.ts';
 import type { LlamaTokenizer } from '../model/tokenizer.ts';
 
 export type { EngineFinishReason, GeneratedToken, GenerateOptions, HealthReport };

@@ -9,13 +9,13 @@ import { LlamaTokenizer } from '../model/tokenizer.ts';
 import { describeShardDevices, distinctAdapters } from '../sharding/devices.ts';
 import { ShardGroup } from '../sharding/group.ts';
 import { planShards, type DeviceDescription, type ShardPlan } from '../sharding/plan.ts';
-import type { DeviceStats, ForwardEngine } from './forward-engine.ts';
-import { checkGeneration, generateTokens, type FinishReason, type GeneratedToken, type GenerateOptions, type GenerationBackend } from './generate.ts';
-import { kvGeometry } from './kv-cache.ts';
-import { InvalidOptionError } from './sampler.ts';
-import { ContextOverflowError, LlamaRunner } from './runner.ts';
-import { Scheduler, type SchedulerStats, type Sequence } from './scheduler.ts';
-import { wholeModelView } from './shard-view.ts';
+import type { DeviceStats, ForwardEngine } from '../engine/forward-engine.ts';
+import { checkGeneration, generateTokens, type FinishReason, type GeneratedToken, type GenerateOptions, type GenerationBackend } from '../engine/generate.ts';
+import { kvGeometry } from '../engine/kv-cache.ts';
+import { InvalidOptionError } from '../engine/sampler.ts';
+import { ContextOverflowError, LlamaRunner } from '../engine/runner.ts';
+import { Scheduler, type SchedulerStats, type Sequence } from '../engine/scheduler.ts';
+import { wholeModelView } from '../engine/shard-view.ts';
 
 export interface LoadProgressEvent {
   bytesLoaded: number;
