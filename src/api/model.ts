@@ -25,7 +25,7 @@ export interface LoadProgressEvent {
 export interface LoadOptions {
   /** Tokens of context to allocate KV cache for. Default: the model's, capped at 4096. */
   contextLength?: number;
-  /** Most prompt tokens one forward step processes. Default 512. */
+  /** Most tokens one batched forward step processes (decode tokens and prompt chunks). Default 512. */
   maxBatchTokens?: number;
   /** Which WebGPU implementation and adapter to use. */
   gpu?: GpuOptions;

@@ -1,5 +1,6 @@
-// The generate loop: prefill the prompt in one pass, then one token per step until a limit,
-// an end-of-generation token or a stop string. Text streams out as soon as its UTF-8 is whole.
+// One sequence's generate loop: the prompt first (the scheduler may split it over several
+// batched steps), then one token per step until a limit, an end-of-generation token or a stop
+// string. Text streams out as soon as its UTF-8 is whole.
 
 import { InvalidOptionError, isGreedy, resolveSampling, Sampler, tokenLogprobs, type ResolvedSampling, type SamplingOptions, type TokenLogprob } from './sampler.ts';
 import { ContextOverflowError, type StepResult } from './runner.ts';

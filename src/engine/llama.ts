@@ -40,7 +40,7 @@ export interface Activations {
   sampledHidden: GPUBuffer; // [S][dim]: the hidden states of the sampled tokens
   sampledNorm: GPUBuffer; // [S][dim]
   logits: GPUBuffer; // [S][localVocab]
-  best: GPUBuffer; // u32 [S][2]: the best token id (local to the vocab slice) and its logit's bits
+  best: GPUBuffer; // u32 [S] best token ids (whole vocabulary), or [S][2] (id in the slice, logit bits)
 }
 
 type BufferName = Exclude<keyof Activations, 'maxTokens' | 'maxSequences'>;

@@ -10,7 +10,6 @@ import { encodeOps, type KernelOp } from '../gpu/kernel.ts';
 
 export type ProgramStep =
   | { kind: 'kernels'; ops: KernelOp[] }
-  | { kind: 'copy'; source: GPUBuffer; sourceOffset: number; target: GPUBuffer; targetOffset: number; size: number }
   /** Sum `count` f32 values of `buffer` over all tensor-parallel shards, in place. */
   | { kind: 'allReduceSum'; buffer: GPUBuffer; count: number; label: string }
   /** Pipeline parallel: fill `buffer` with the hidden state from the previous stage. */
@@ -18,7 +17,7 @@ export type ProgramStep =
   /** Pipeline parallel: pass `buffer` on to the next stage. */
   | { kind: 'sendHidden'; buffer: GPUBuffer; count: number };
 
-export type CollectiveStep = Exclude<ProgramStep, { kind: 'kernels' } | { kind: 'copy' }>;
+export type CollectiveStep = Exclude<ProgramStep, { kind: 'kernels' }>;
 
 /** Records steps in order; consecutive kernels are grouped. */
 export class ProgramRecorder {
@@ -28,10 +27,6 @@ export class ProgramRecorder {
     const last = this.steps.at(-1);
     if (last?.kind === 'kernels') last.ops.push(...ops);
     else this.steps.push({ kind: 'kernels', ops });
-  }
-
-  copy(source: GPUBuffer, sourceOffset: number, target: GPUBuffer, targetOffset: number, size: number): void {
-    this.steps.push({ kind: 'copy', source, sourceOffset, target, targetOffset, size });
   }
 
   allReduceSum(buffer: GPUBuffer, count: number, label: string): void {
@@ -95,10 +90,6 @@ export async function runProgram(
       case 'kernels':
         encoder ??= device.createCommandEncoder({ label: 'forward' });
         encodeOps(encoder, step.ops);
-        break;
-      case 'copy':
-        encoder ??= device.createCommandEncoder({ label: 'forward' });
-        encoder.copyBufferToBuffer(step.source, step.sourceOffset, step.target, step.targetOffset, step.size);
         break;
       default:
         // A collective this shard takes no part in costs nothing: the kernels keep flowing into one submit.

@@ -63,7 +63,6 @@ Options:
       --test-hooks            enable POST /admin/step-delay {"ms": N} (tests only; never in production)
   -h, --help`;
 
-// Flag parsing in the style of src/cli.ts.
 const serveFlags: FlagSpec = {
   aliases: { m: 'model', c: 'ctx', h: 'help' },
   booleans: new Set(['test-hooks', 'help']),

@@ -1,5 +1,7 @@
-// Sampling on the GPU, so a decode step reads back a token id (greedy) or k (id, logit) pairs
-// (temperature / top-k / top-p / min-p finish on the host), never a whole vocabulary of logits.
+// Sampling on the GPU. Greedy decoding reads back one token id per sequence (argmax). Top-1
+// gives (id, logit) pairs so shards holding vocabulary slices can agree on the winner. Top-k
+// with k > 1 and the penalty kernel are here for sampling that stays on the GPU; the engine
+// still reads back the logits for temperature sampling today (see src/engine/sampler.ts).
 //
 // Both kernels run one workgroup per token row and loop over the vocabulary. That is plenty for
 // correctness and for small vocabularies; large ones (256k) will want a first pass spread over
