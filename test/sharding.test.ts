@@ -2,6 +2,7 @@
 // Several devices on the one software adapter stand in for several GPUs.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadModel, type Model } from '../src/api/model.ts';
+import { ShardPlanError } from '../src/sharding/plan.ts';
 import { testGpu, maxRelativeError } from './helpers/gpu.ts';
 import { modelPath, reference } from './helpers/models.ts';
 
@@ -78,5 +79,27 @@ describe('shard file reads', () => {
     } finally {
       await model.dispose();
     }
+  });
+});
+
+describe('tp 8: more shards than KV heads', () => {
+  it('works by replicating KV heads (8 query heads, 4 KV heads: each KV head on two shards)', async () => {
+    const model = await loadModel(MODEL, { tp: 8, contextLength: 64 });
+    try {
+      const views = model.plan!.shards.map((s) => s.view);
+      expect(views.map((v) => v.heads.end - v.heads.start)).toEqual([1, 1, 1, 1, 1, 1, 1, 1]);
+      expect(views.map((v) => v.kvHeads.start)).toEqual([0, 0, 1, 1, 2, 2, 3, 3]);
+      const c = cases.find((x) => x.name === 'once-upon-a-time')!;
+      const result = await model.complete(c.prompt_ids, { temperature: 0, maxTokens: 16, ignoreEos: true });
+      expect(result.ids).toEqual(c.generated_ids.slice(0, 16));
+    } finally {
+      await model.dispose();
+    }
+  });
+
+  it('refuses a split with no valid head assignment, naming the fix', async () => {
+    const attempt = loadModel(MODEL, { tp: 16, contextLength: 64 });
+    await expect(attempt).rejects.toBeInstanceOf(ShardPlanError);
+    await expect(attempt).rejects.toThrow(/only 8 query heads .* Valid tp for these heads: 1, 2, 3, 4, 5, 6, 7, 8/);
   });
 });
