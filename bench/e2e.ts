@@ -4,13 +4,14 @@
 // each with its share of the roofline the measured peaks allow.
 //
 // What the host does per decode token is measured, not guessed: the device this suite opens is
-// instrumented (queue submits, read-back buffers, and GPU timestamps at the start and end of every
+// instrumented (queue submits, read-back maps, and GPU timestamps at the start and end of every
 // compute pass the engine records), so host time per token = wall time per token − GPU time per
-// token. The instrumentation adds one small query resolve + copy per submit and one extra
+// token. The instrumentation adds one small query resolve + copy per command buffer and one extra
 // `mapAsync` that the engine never waits for.
 //
 // Runtime-neutral (node: modules only): used by bench/run.ts in Deno and by the vitest smoke test.
 
+import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { requestGpu, type GpuContext } from '../src/gpu/device.ts';
 import { loadModel, type Model } from '../src/api/model.ts';
@@ -344,9 +345,10 @@ export function syntheticPromptIds(vocabSize: number, bosId: number, count: numb
 
 const SHORT_PROMPT = 'Once upon a time';
 
-/** Linux page cache → clean pages dropped (needs root). Returns whether it worked. */
+/** Linux: write dirty pages back (a model file just written is all dirty), then drop the page cache (needs root). */
 export function tryDropPageCache(): boolean {
   try {
+    execFileSync('sync', { stdio: 'ignore', timeout: 120_000 });
     writeFileSync('/proc/sys/vm/drop_caches', '1');
     return true;
   } catch {

@@ -10,6 +10,10 @@
 //   (streaming read, f16 matvec, f32 and f16 GEMM) as a reference for what the card can do.
 //
 // Neither is ever required: each reports why it did not run. Runtime-neutral (node: modules).
+//
+// On a CPU adapter (lavapipe) llama.cpp skips the CPU-type Vulkan device and runs its own CPU
+// backend; the table says so. GGML_VK_VISIBLE_DEVICES=0 would put it on lavapipe too, but there
+// its Vulkan path was very slow and once hung on the F16 model, so that is left to the caller.
 
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
@@ -109,11 +113,6 @@ export interface LlamaCppOptions {
   batches: number[];
   /** Whether the page cache was dropped before this load (reported; the caller drops it). */
   pageCache: 'dropped' | 'warm';
-  /**
-   * The adapter is a CPU one (lavapipe): llama.cpp skips CPU-type Vulkan devices and would run
-   * its CPU backend instead; GGML_VK_VISIBLE_DEVICES=0 makes it use the same software adapter.
-   */
-  softwareAdapter?: boolean;
   /** llama.cpp backend to ask for (default vulkan: the build that travels to the GPU machine). */
   gpu?: string;
   log?: (line: string) => void;
@@ -127,7 +126,6 @@ const median = (xs: readonly number[]): number => {
 /** llama.cpp on the same GGUF: load, time to first token, prefill, and decode at each batch size. */
 export async function benchLlamaCpp(nlc: NodeLlamaCpp, version: string | undefined, path: string, o: LlamaCppOptions): Promise<LlamaCppResult> {
   const log = o.log ?? (() => {});
-  if (o.softwareAdapter && process.env.GGML_VK_VISIBLE_DEVICES === undefined) process.env.GGML_VK_VISIBLE_DEVICES = '0';
   const openStart = performance.now();
   const llama = await nlc.getLlama({ gpu: o.gpu ?? 'vulkan', build: 'never', logLevel: 'error' });
   const openMs = performance.now() - openStart;

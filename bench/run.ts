@@ -195,7 +195,6 @@ export async function runBenchSuite(o: SuiteOptions): Promise<BenchReport> {
           const pageCache = o.e2e.dropPageCache && tryDropPageCache() ? 'dropped' : 'warm';
           entry.llamaCpp = await benchLlamaCpp(nlc.module, nlc.version, entry.file.path, {
             pageCache,
-            softwareAdapter: /llvmpipe|lavapipe|swiftshader|\bsoftware\b/i.test(report.adapter),
             prefillIds: entry.webshard.prefillIds,
             prefillRepeats: o.e2e.prefillRepeats,
             shortIds: entry.webshard.shortPromptIds,
