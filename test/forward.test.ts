@@ -9,7 +9,7 @@ import { GGMLType } from '../src/model/ggml-type.ts';
 import { writeGGUFStream } from '../src/model/gguf-writer.ts';
 import { randomLlamaSpec } from '../src/model/random-llama.ts';
 import { testGpu, maxRelativeError } from './helpers/gpu.ts';
-import { modelPath } from './helpers/models.ts';
+import { modelPath, reference } from './helpers/models.ts';
 import { ReferenceLlama } from './reference/llama-forward.ts';
 
 const files = [
@@ -72,4 +72,19 @@ describe('Llama 3.1 rope frequency factors', () => {
       await model.dispose();
     }
   });
+});
+
+describe('matmul variants end to end', () => {
+  for (const variant of ['matvec', 'matvec-subgroup', 'tiled'] as const) {
+    it(`the whole model with every matmul forced to ${variant} gives llama.cpp's tokens`, async () => {
+      const model = await loadModel(modelPath('stories260K.gguf'), { device: await testGpu(), contextLength: 64, kernels: { matmul: variant } });
+      try {
+        const c = reference().generation_cases.find((x) => x.id === 'stories260K-f32/once-upon-a-time')!;
+        const result = await model.complete(c.prompt_ids, { temperature: 0, maxTokens: 16, ignoreEos: true });
+        expect(result.ids).toEqual(c.generated_ids.slice(0, 16));
+      } finally {
+        await model.dispose();
+      }
+    });
+  }
 });

@@ -12,6 +12,7 @@ import { planShards, type DeviceDescription, type ShardPlan } from '../sharding/
 import type { DeviceStats, ForwardEngine } from '../engine/forward-engine.ts';
 import { checkGeneration, generateTokens, type FinishReason, type GeneratedToken, type GenerateOptions, type GenerationBackend } from '../engine/generate.ts';
 import { kvGeometry } from '../engine/kv-cache.ts';
+import type { KernelChoice } from '../engine/llama.ts';
 import { InvalidOptionError } from '../engine/sampler.ts';
 import { ContextOverflowError, LlamaRunner } from '../engine/runner.ts';
 import { Scheduler, type SchedulerStats, type Sequence } from '../engine/scheduler.ts';
@@ -50,6 +51,8 @@ export interface LoadOptions {
   maxWaiting?: number;
   /** Longest a shard step or collective may take before it becomes a ShardTimeoutError. Default 30 s. */
   shardDeadlineMs?: number;
+  /** Kernel variants instead of the automatic choice, e.g. { matmul: 'tiled' } (for benchmarks). */
+  kernels?: KernelChoice;
   /** Called with notes worth telling a user (e.g. several shards share one GPU). */
   onWarning?: (message: string) => void;
 }
@@ -151,7 +154,7 @@ export class Model {
         try {
           const device = { name: gpu.adapterDescription, maxBufferSize: gpu.limits.maxBufferSize, maxStorageBufferBindingSize: gpu.limits.maxStorageBufferBindingSize, memoryBudgetBytes: options.gpuMemoryBytes };
           planShards(file, config, { ...planOptions, devices: [device] });
-          const runner = await LlamaRunner.load(gpu, file, config, wholeModelView(config), { geometry, maxBatchTokens, onProgress });
+          const runner = await LlamaRunner.load(gpu, file, config, wholeModelView(config), { geometry, maxBatchTokens, onProgress, kernels: options.kernels });
           return create(runner, gpu, undefined, !options.device);
         } catch (error) {
           if (!options.device) gpu.device.destroy();
@@ -171,6 +174,7 @@ export class Model {
         vocabSize: config.vocabSize,
         gpu: shardGpus,
         deadlineMs: options.shardDeadlineMs,
+        kernels: options.kernels,
         onProgress,
       });
       return create(group, undefined, plan, false);

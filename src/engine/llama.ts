@@ -10,14 +10,19 @@ import { ropePositionScale, type LlamaConfig } from '../model/config.ts';
 import { attentionOp, kvCacheWriteOp } from '../shaders/attention.ts';
 import { embeddingOps } from '../shaders/embedding.ts';
 import { addOp, gatherRowsOp, swigluOp } from '../shaders/elementwise.ts';
-import { matmulOps } from '../shaders/matmul.ts';
+import { matmulOps, type MatmulVariant } from '../shaders/matmul.ts';
 import { rmsnormOp } from '../shaders/rmsnorm.ts';
 import { ropeOp } from '../shaders/rope.ts';
 import { argmaxOp, topKOp } from '../shaders/sampling.ts';
 import type { KvCache, KvGeometry } from './kv-cache.ts';
 import { ProgramRecorder, type ProgramStep } from './program.ts';
 import { rangeLength, type ShardView } from './shard-view.ts';
-import type { LlamaWeights } from './weights.ts';
+import type { GpuMatrix, LlamaWeights } from './weights.ts';
+
+/** Kernel variants to use instead of the automatic choice (benchmarks compare them end to end). */
+export interface KernelChoice {
+  matmul?: MatmulVariant;
+}
 
 /** Scratch buffers for one step of up to `maxTokens` tokens from up to `maxSequences` sequences, sized for this shard. */
 export interface Activations {
@@ -106,9 +111,12 @@ export function recordLlamaForward(
   a: Activations,
   nTokens: number,
   nSamples: number,
+  kernels: KernelChoice = {},
 ): ProgramStep[] {
   const f = new ProgramRecorder();
   const [T, S] = [nTokens, nSamples];
+  // y = W·x for every row part of W, with the chosen matmul variant ('auto' picks by token count).
+  const matmul = (w: GpuMatrix, x: GPUBuffer, y: GPUBuffer, tokens: number) => matmulOps(gpu, w, x, y, tokens, { variant: kernels.matmul });
   const { dim, headDim, rmsEps: eps } = config;
   const heads = rangeLength(view.heads);
   const kvHeads = rangeLength(view.kvHeads);
@@ -140,23 +148,23 @@ export function recordLlamaForward(
 
     // Attention: x += Wo · softmax(rope(Wq·n) · rope(Wk·n)ᵀ / √d) · (Wv·n),  n = rmsnorm(x)
     f.run(rmsnormOp(gpu, a.x, w.attentionNorm, a.xNorm, T, dim, eps));
-    f.run(...matmulOps(gpu, w.query, a.xNorm, a.q, T));
-    f.run(...matmulOps(gpu, w.key, a.xNorm, a.k, T));
-    f.run(...matmulOps(gpu, w.value, a.xNorm, a.v, T));
+    f.run(...matmul(w.query, a.xNorm, a.q, T));
+    f.run(...matmul(w.key, a.xNorm, a.k, T));
+    f.run(...matmul(w.value, a.xNorm, a.v, T));
     f.run(ropeOp(gpu, a.q, a.positions, { ...rope, nHeads: heads }));
     f.run(ropeOp(gpu, a.k, a.positions, { ...rope, nHeads: kvHeads }));
     f.run(kvCacheWriteOp(gpu, a.k, a.v, a.positions, paging, keys, values, attentionShape));
     f.run(attentionOp(gpu, a.q, keys, values, a.positions, paging, a.attention, attentionShape));
-    f.run(...matmulOps(gpu, w.output, a.attention, a.blockOut, T));
+    f.run(...matmul(w.output, a.attention, a.blockOut, T));
     f.allReduceSum(a.blockOut, T * dim, `layer ${layer} attention`); // each shard summed only its heads
     f.run(addOp(gpu, a.x, a.blockOut, a.x, T * dim));
 
     // Feed-forward: x += Wdown · (silu(Wgate·n) ⊙ (Wup·n)),  n = rmsnorm(x)
     f.run(rmsnormOp(gpu, a.x, w.ffnNorm, a.xNorm, T, dim, eps));
-    f.run(...matmulOps(gpu, w.gate, a.xNorm, a.gate, T));
-    f.run(...matmulOps(gpu, w.up, a.xNorm, a.up, T));
+    f.run(...matmul(w.gate, a.xNorm, a.gate, T));
+    f.run(...matmul(w.up, a.xNorm, a.up, T));
     f.run(swigluOp(gpu, a.gate, a.up, a.gate, T * ffn));
-    f.run(...matmulOps(gpu, w.down, a.gate, a.blockOut, T));
+    f.run(...matmul(w.down, a.gate, a.blockOut, T));
     f.allReduceSum(a.blockOut, T * dim, `layer ${layer} ffn`); // each shard summed only its columns
     f.run(addOp(gpu, a.x, a.blockOut, a.x, T * dim));
   }
@@ -171,7 +179,7 @@ export function recordLlamaForward(
   // that sampling needs.
   f.run(gatherRowsOp(gpu, a.x, a.sampleRows, a.sampledHidden, S, dim));
   f.run(rmsnormOp(gpu, a.sampledHidden, weights.outputNorm!, a.sampledNorm, S, dim, eps));
-  f.run(...matmulOps(gpu, weights.output!, a.sampledNorm, a.logits, S));
+  f.run(...matmul(weights.output!, a.sampledNorm, a.logits, S));
   // The best token: over the whole vocabulary the argmax id is enough; over a slice the shards
   // also need its logit, to agree on the global winner without gathering all logits.
   const localVocab = rangeLength(view.vocab);

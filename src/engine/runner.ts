@@ -9,7 +9,7 @@ import type { LlamaConfig } from '../model/config.ts';
 import type { GGUFFile } from '../model/gguf.ts';
 import type { DeviceStats, ForwardEngine } from './forward-engine.ts';
 import { createKvCache, destroyKvCache, type KvCache, type KvGeometry } from './kv-cache.ts';
-import { createActivations, destroyActivations, recordLlamaForward, type Activations } from './llama.ts';
+import { createActivations, destroyActivations, recordLlamaForward, type Activations, type KernelChoice } from './llama.ts';
 import { aloneCommunicator, runProgram, type Communicator, type ProgramStep, type StepCounters } from './program.ts';
 import { rangeLength, type ShardView } from './shard-view.ts';
 import { destroyWeights, loadLlamaWeights, type LlamaWeights, type LoadProgress } from './weights.ts';
@@ -48,6 +48,8 @@ export interface RunnerOptions {
   maxBatchTokens: number;
   communicator?: Communicator;
   onProgress?: LoadProgress;
+  /** Kernel variants instead of the automatic choice. */
+  kernels?: KernelChoice;
 }
 
 const MAP_READ = 0x0001; // GPUMapMode.READ and GPUBufferUsage.MAP_READ
@@ -75,13 +77,14 @@ export class LlamaRunner implements ForwardEngine {
     readonly cache: KvCache,
     private readonly activations: Activations,
     private readonly communicator: Communicator,
+    private readonly kernels: KernelChoice,
   ) {}
 
   static async load(gpu: GpuContext, file: GGUFFile, config: LlamaConfig, view: ShardView, options: RunnerOptions): Promise<LlamaRunner> {
     const weights = await loadLlamaWeights(gpu, file, config, view, options.onProgress);
     const cache = createKvCache(gpu, config, view, options.geometry);
     const activations = createActivations(gpu, config, view, options.maxBatchTokens, options.geometry);
-    return new LlamaRunner(gpu, config, view, weights, cache, activations, options.communicator ?? aloneCommunicator);
+    return new LlamaRunner(gpu, config, view, weights, cache, activations, options.communicator ?? aloneCommunicator, options.kernels ?? {});
   }
 
   get geometry(): KvGeometry {
@@ -159,7 +162,7 @@ export class LlamaRunner implements ForwardEngine {
     const key = `${nTokens}/${nSamples}`;
     let steps = this.programs.get(key);
     if (!steps) {
-      steps = recordLlamaForward(this.gpu, this.config, this.view, this.weights, this.cache, this.activations, nTokens, nSamples);
+      steps = recordLlamaForward(this.gpu, this.config, this.view, this.weights, this.cache, this.activations, nTokens, nSamples, this.kernels);
       if (this.programs.size >= MAX_PROGRAMS) {
         const [oldest, evicted] = this.programs.entries().next().value!;
         this.programs.delete(oldest);

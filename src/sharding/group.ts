@@ -7,6 +7,7 @@ import * as Comlink from 'comlink';
 import type { GpuOptions } from '../gpu/device.ts';
 import type { DeviceStats, ForwardEngine } from '../engine/forward-engine.ts';
 import type { KvGeometry } from '../engine/kv-cache.ts';
+import type { KernelChoice } from '../engine/llama.ts';
 import type { StepBatch, StepResult } from '../engine/runner.ts';
 import { GpuUnavailableError } from '../gpu/device.ts';
 import { ModelFormatError, ModelSourceError } from '../model/errors.ts';
@@ -26,6 +27,8 @@ export interface ShardGroupOptions {
   vocabSize: number;
   /** GPU options per shard (e.g. an adapter name each); one entry is used for all. */
   gpu: GpuOptions[];
+  /** Kernel variants instead of the automatic choice. */
+  kernels?: KernelChoice;
   /** Longest one step (or one collective inside it) may take. Default 30 s. */
   deadlineMs?: number;
   onProgress?: (bytesDone: number, bytesTotal: number) => void;
@@ -92,6 +95,7 @@ export class ShardGroup implements ForwardEngine {
               geometry: options.geometry,
               maxBatchTokens: options.maxBatchTokens,
               gpu: options.gpu[i] ?? options.gpu[0] ?? {},
+              kernels: options.kernels,
               deadlineMs,
             },
             Comlink.proxy((done: number, total: number) => {

@@ -4,6 +4,7 @@
 
 import { requestGpu, type GpuContext, type GpuOptions } from '../gpu/device.ts';
 import type { KvGeometry } from '../engine/kv-cache.ts';
+import type { KernelChoice } from '../engine/llama.ts';
 import { LlamaRunner, type StepBatch } from '../engine/runner.ts';
 import type { ShardView } from '../engine/shard-view.ts';
 import { readBuffer, writeBuffer } from '../gpu/kernel.ts';
@@ -25,6 +26,7 @@ export interface ShardLoadSpec {
   geometry: KvGeometry;
   maxBatchTokens: number;
   gpu: GpuOptions;
+  kernels?: KernelChoice;
   /** Longest a shard waits for the others at one collective. */
   deadlineMs: number;
 }
@@ -107,6 +109,7 @@ class ShardWorker {
       geometry: spec.geometry,
       maxBatchTokens: spec.maxBatchTokens,
       communicator: this.communicator,
+      kernels: spec.kernels,
       onProgress,
     });
     this.views.shardCounters(spec.position.rank)[ShardCounter.gpuBytes] = this.runner.weights.gpuBytes + this.runner.cache.bytes;
