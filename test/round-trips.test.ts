@@ -15,6 +15,9 @@ it('a greedy step on one device is one submit', async () => {
     expect(after.steps - before.steps).toBe(result.ids.length);
     expect(after.submits - before.submits).toBe(result.ids.length);
     expect(after.collectives).toBe(0);
+    // The cold-start breakdown is reported: time reading the file, time repacking and uploading.
+    expect(after.loadReadMs).toBeGreaterThan(0);
+    expect(after.loadUploadMs).toBeGreaterThan(0);
   } finally {
     await model.dispose();
   }

@@ -19,6 +19,9 @@ export interface DeviceStats {
   collectiveWaitMs: number;
   /** Weights + KV cache on this device. */
   gpuBytes: number;
+  /** Load time spent reading the file, and repacking + uploading (host side). */
+  loadReadMs: number;
+  loadUploadMs: number;
 }
 
 export interface ForwardEngine {

@@ -185,6 +185,8 @@ export class LlamaRunner implements ForwardEngine {
         collectiveMs: 0,
         collectiveWaitMs: 0,
         gpuBytes: this.weights.gpuBytes + this.cache.bytes,
+        loadReadMs: this.weights.loadMs.read,
+        loadUploadMs: this.weights.loadMs.upload,
       },
     ];
   }

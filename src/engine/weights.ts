@@ -43,6 +43,8 @@ export interface LlamaWeights {
   output?: GpuMatrix;
   /** Bytes uploaded to the GPU. */
   gpuBytes: number;
+  /** Where load time went: reading the file, and repacking + handing to the GPU queue (host time; the cold-start breakdown). */
+  loadMs: { read: number; upload: number };
 }
 
 export type LoadProgress = (bytesDone: number, bytesTotal: number) => void;
@@ -156,13 +158,17 @@ export async function loadLlamaWeights(
   const total = reads.reduce((sum, r) => sum + sliceBytes(file, file.tensor(r.name), r.slice), 0);
   let done = 0;
   let gpuBytes = 0;
+  const loadMs = { read: 0, upload: 0 };
   onProgress?.(0, total);
 
   // Upload every planned read once: 1-D tensors (norm weights) as f32 vectors, the rest as matrices.
   const uploaded = new Map<string, GpuMatrix | GPUBuffer>();
   for (const { name, slice } of reads) {
     const t = file.tensor(name);
+    const readStart = performance.now();
     const bytes = await readSlice(file, t, slice);
+    const uploadStart = performance.now();
+    loadMs.read += uploadStart - readStart;
     done += bytes.byteLength;
     onProgress?.(done, total);
     if (t.shape.length === 1) {
@@ -177,11 +183,12 @@ export async function loadLlamaWeights(
       // The tied output head and the embedding are different reads of one tensor.
       uploaded.set(slice.rows && name === 'token_embd.weight' ? 'output head' : name, weight);
     }
+    loadMs.upload += performance.now() - uploadStart;
   }
   const matrix = (name: string) => uploaded.get(name) as GpuMatrix;
   const vector = (name: string) => uploaded.get(name) as GPUBuffer;
 
-  const weights: LlamaWeights = { layers: [], gpuBytes };
+  const weights: LlamaWeights = { layers: [], gpuBytes, loadMs };
   if (view.embeds) weights.tokenEmbedding = matrix('token_embd.weight');
   if (config.ropeFreqsTensor) weights.ropeFrequencyFactors = uploaded.get(config.ropeFreqsTensor) as GPUBuffer | undefined;
   for (let l = view.layers.start; l < view.layers.end; l++) {

@@ -158,6 +158,8 @@ export class ShardGroup implements ForwardEngine {
         collectiveMs: c[ShardCounter.collectiveMs]!,
         collectiveWaitMs: c[ShardCounter.collectiveWaitMs]!,
         gpuBytes: c[ShardCounter.gpuBytes]!,
+        loadReadMs: this.reports[rank]!.loadReadMs,
+        loadUploadMs: this.reports[rank]!.loadUploadMs,
       };
     });
   }

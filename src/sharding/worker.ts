@@ -39,6 +39,9 @@ export interface ShardLoadReport {
   /** Bytes of the model file this shard read (its own share, plus the header). */
   fileBytesRead: number;
   loadMs: number;
+  /** Of that: reading the file, and repacking + uploading. */
+  loadReadMs: number;
+  loadUploadMs: number;
 }
 
 export interface ShardStepReport {
@@ -120,6 +123,8 @@ class ShardWorker {
       kvCacheBytes: this.runner.cache.bytes,
       fileBytesRead: this.source.bytesRead,
       loadMs: performance.now() - start,
+      loadReadMs: this.runner.weights.loadMs.read,
+      loadUploadMs: this.runner.weights.loadMs.upload,
     };
   }
 
