@@ -2,7 +2,7 @@
 // adapter. Browsers often hand out the same adapter for several requests; those are folded
 // together so the list shows real, distinct devices.
 
-import type { GpuContext, GpuOptions } from '../src/index.ts';
+import type { GpuOptions } from '../src/index.ts';
 
 export type AdapterKind = 'high-performance' | 'low-power' | 'fallback';
 
@@ -22,8 +22,6 @@ export interface AdapterEntry {
   };
 }
 
-/** `GpuOptions` plus the fallback request (passed through for shard workers once the engine takes it). */
-export type ShardGpuOptions = GpuOptions & { forceFallbackAdapter?: boolean };
 
 const requests: Record<AdapterKind, GPURequestAdapterOptions> = {
   'high-performance': { powerPreference: 'high-performance' },
@@ -78,42 +76,7 @@ export async function listAdapters(): Promise<AdapterEntry[]> {
 }
 
 /** What a shard worker is told about its adapter. */
-export function gpuOptionsFor(kind: AdapterKind): ShardGpuOptions {
+export function gpuOptionsFor(kind: AdapterKind): GpuOptions {
   return kind === 'fallback' ? { backend: 'browser', forceFallbackAdapter: true } : { backend: 'browser', powerPreference: kind };
 }
 
-const limitNames = [
-  'maxStorageBufferBindingSize',
-  'maxBufferSize',
-  'maxComputeWorkgroupStorageSize',
-  'maxComputeInvocationsPerWorkgroup',
-  'maxComputeWorkgroupSizeX',
-  'maxComputeWorkgroupSizeY',
-  'maxComputeWorkgroupSizeZ',
-  'maxComputeWorkgroupsPerDimension',
-  'maxStorageBuffersPerShaderStage',
-] as const;
-
-/**
- * Opens a device on the fallback adapter for a one-device model (`requestGpu` picks adapters by
- * power preference only). Asks for the adapter's real limits, as `requestGpu` does.
- */
-export async function openFallbackDevice(): Promise<GpuContext> {
-  const adapter = await navigator.gpu.requestAdapter({ forceFallbackAdapter: true });
-  if (!adapter) throw new Error('This browser offers no fallback (software) WebGPU adapter.');
-  const requiredLimits: Record<string, number> = {};
-  for (const name of limitNames) requiredLimits[name] = adapter.limits[name];
-  const wanted: GPUFeatureName[] = ['subgroups', 'shader-f16', 'timestamp-query'];
-  const device = await adapter.requestDevice({ requiredLimits, requiredFeatures: wanted.filter((f) => adapter.features.has(f)) });
-  return {
-    device,
-    backend: 'browser',
-    adapterDescription: adapterName(adapter.info),
-    features: {
-      subgroups: device.features.has('subgroups'),
-      shaderF16: device.features.has('shader-f16'),
-      timestampQuery: device.features.has('timestamp-query'),
-    },
-    limits: device.limits,
-  };
-}

@@ -1,8 +1,8 @@
 // The demo page: pick a model (URL or local file), pick devices and a split, generate, and watch
 // every device work. Plain TypeScript over the DOM; the library is imported from its sources.
 
-import { loadModel, type FinishReason, type GenerateOptions, type GpuContext, type LoadOptions, type Model } from '../src/index.ts';
-import { gpuOptionsFor, listAdapters, openFallbackDevice, type AdapterEntry, type AdapterKind } from './adapters.ts';
+import { loadModel, type FinishReason, type GenerateOptions, type LoadOptions, type Model } from '../src/index.ts';
+import { gpuOptionsFor, listAdapters, type AdapterEntry, type AdapterKind } from './adapters.ts';
 import { $, h } from './dom.ts';
 import { formatBytes, formatCount, formatDuration, formatRate, formatTokensPerSecond } from './format.ts';
 import { CacheIntegrityError, ModelCache, parseSha256, type CachedModel } from './opfs-cache.ts';
@@ -17,8 +17,6 @@ interface Loaded {
   model: Model;
   shape: ModelShape;
   layout: SplitLayout;
-  /** A device the page opened itself (fallback adapter) and must destroy after dispose(). */
-  ownDevice?: GpuContext;
   sourceName: string;
   sizeBytes: number;
 }
@@ -398,7 +396,6 @@ async function load(pick: ModelPick): Promise<void> {
   clearError();
   el.notice.hidden = true;
   const meter = new LoadMeter();
-  let ownDevice: GpuContext | undefined;
   const started = performance.now();
   try {
     let source: string | File;
@@ -425,9 +422,6 @@ async function load(pick: ModelPick): Promise<void> {
       options.tp = tp;
       options.pp = pp;
       options.devices = adapters.map((a) => gpuOptionsFor(a.kind));
-    } else if (adapters[0]?.kind === 'fallback') {
-      ownDevice = await openFallbackDevice();
-      options.device = ownDevice;
     } else {
       options.gpu = gpuOptionsFor(adapters[0]?.kind ?? 'high-performance');
     }
@@ -439,17 +433,14 @@ async function load(pick: ModelPick): Promise<void> {
       model,
       shape: modelShape(model),
       layout: splitLayout(model),
-      ownDevice,
       sourceName,
       sizeBytes: model.file.source.size,
     };
-    ownDevice = undefined;
     if (previous) await unload(previous);
     meter.finish(`Loaded in ${formatDuration(performance.now() - started)}`);
     showModel(state.loaded);
   } catch (error) {
     meter.hide();
-    ownDevice?.device.destroy();
     showError(error);
   } finally {
     setBusy(false);
@@ -459,7 +450,6 @@ async function load(pick: ModelPick): Promise<void> {
 
 async function unload(loaded: Loaded): Promise<void> {
   await loaded.model.dispose();
-  loaded.ownDevice?.device.destroy();
 }
 
 function deviceNames(loaded: Loaded): string[] {
