@@ -1,14 +1,11 @@
 // Which part of the model each device holds, as the page shows it: taken from the loaded model
 // (its shard plan, or the whole model on one device), plus the plain-words story of a step.
 
-import type { Model } from '../src/index.ts';
+import type { Model, Range, ShardView } from '../src/index.ts';
 import { h } from './dom.ts';
 import { formatBytes, formatCount } from './format.ts';
 
-export interface Range {
-  start: number;
-  end: number;
-}
+export type { Range };
 
 export interface ModelShape {
   name: string;
@@ -23,18 +20,12 @@ export interface ModelShape {
   parameters: number;
 }
 
-export interface ShardLayout {
+/** A shard's view of the model (what the engine's plan says it holds), with its place in the split. */
+export interface ShardLayout extends ShardView {
   rank: number;
   /** Pipeline stage and tensor-parallel rank within it. */
   stage: number;
   tpRank: number;
-  layers: Range;
-  heads: Range;
-  kvHeads: Range;
-  ffn: Range;
-  vocab: Range;
-  embeds: boolean;
-  samples: boolean;
   /** GPU bytes it allocates, when the plan says. */
   gpuBytes?: number;
 }

@@ -1,27 +1,17 @@
 // `--shard auto`: the cost model picks pipeline parallel when syncs are expensive, tensor parallel
 // when kernels dominate, and never a split that does not fit.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { llamaConfig, type LlamaConfig } from '../src/model/config.ts';
-import { readGGUF, type GGUFFile } from '../src/model/gguf.ts';
-import { fileSource } from '../src/model/source.ts';
+import { beforeAll, describe, expect, it } from 'vitest';
+import type { LlamaConfig } from '../src/model/config.ts';
+import type { GGUFFile } from '../src/model/gguf.ts';
 import { chooseSplit, planCandidates, roundTripFor, splitCandidates, type CandidateFit, type SplitMeasurements } from '../src/sharding/choose.ts';
 import { ShardPlanError, type DeviceDescription } from '../src/sharding/plan.ts';
-import { modelPath } from './helpers/models.ts';
+import { openModelFile } from './helpers/models.ts';
 
 function devices(n: number, memoryBudgetBytes?: number): DeviceDescription[] {
   return Array.from({ length: n }, (_, i) => ({ name: `gpu${i}`, maxBufferSize: 2 ** 32, maxStorageBufferBindingSize: 2 ** 31, memoryBudgetBytes }));
 }
 
-const opened: GGUFFile[] = [];
-afterAll(async () => {
-  for (const file of opened) await file.source.close();
-});
-
-async function open(name: string): Promise<{ file: GGUFFile; config: LlamaConfig }> {
-  const file = await readGGUF(await fileSource(modelPath(name)));
-  opened.push(file);
-  return { file, config: llamaConfig(file) };
-}
+const open = openModelFile;
 
 describe('chooseSplit on stories260K (5 layers)', () => {
   let file: GGUFFile;

@@ -1,16 +1,16 @@
 // The sharding plan on the real stories260K files: who holds which layers / heads / KV heads / FFN
 // columns / vocabulary rows, the memory each shard needs, and the splits that are refused.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { wholeModelView, rangeLength, type Range } from '../src/engine/shard-view.ts';
 import { destroyWeights, loadLlamaWeights } from '../src/engine/weights.ts';
 import { llamaConfig, type LlamaConfig } from '../src/model/config.ts';
 import { GGMLType } from '../src/model/ggml-type.ts';
 import { readGGUF, type GGUFFile } from '../src/model/gguf.ts';
 import { randomLlamaGGUF } from '../src/model/random-llama.ts';
-import { bytesSource, fileSource } from '../src/model/source.ts';
+import { bytesSource } from '../src/model/source.ts';
 import { planShards, ShardPlanError, splitHeads, splitProportionally, type DeviceDescription, type ShardPlan, type ShardPlanOptions } from '../src/sharding/plan.ts';
 import { testGpu } from './helpers/gpu.ts';
-import { modelPath } from './helpers/models.ts';
+import { openModelFile } from './helpers/models.ts';
 
 const MiB = 1024 * 1024;
 
@@ -28,16 +28,7 @@ function options(tp: number, pp: number, more: Partial<ShardPlanOptions> = {}): 
   return { tp, pp, contextLength: 512, maxBatchTokens: 64, devices: devices(tp * pp), ...more };
 }
 
-const opened: GGUFFile[] = [];
-afterAll(async () => {
-  for (const file of opened) await file.source.close();
-});
-
-async function open(name: string): Promise<{ file: GGUFFile; config: LlamaConfig }> {
-  const file = await readGGUF(await fileSource(modelPath(name)));
-  opened.push(file);
-  return { file, config: llamaConfig(file) };
-}
+const open = openModelFile;
 
 /** Ranges that, in order, tile [0, total) with no gap and no overlap, each non-empty. */
 function expectPartition(ranges: Range[], total: number): void {

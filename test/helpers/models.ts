@@ -1,6 +1,10 @@
 // Where the shared test models live. Tests read them in place (never copied into the project).
 // In CI (CI=true) a missing models folder is a failure, not a skip.
 import { existsSync, readFileSync } from 'node:fs';
+import { afterAll } from 'vitest';
+import { llamaConfig, type LlamaConfig } from '../../src/model/config.ts';
+import { readGGUF, type GGUFFile } from '../../src/model/gguf.ts';
+import { fileSource } from '../../src/model/source.ts';
 import { fileURLToPath } from 'node:url';
 import { dirname, resolve } from 'node:path';
 
@@ -64,4 +68,19 @@ export function referenceModelPath(key: string): string {
   const entry = reference().models[key];
   if (!entry) throw new Error(`no reference model ${key}`);
   return modelPath(entry.file);
+}
+
+let opened: GGUFFile[] | undefined;
+
+/** A shared model's GGUF header and config, its file closed after the test file. */
+export async function openModelFile(file: string): Promise<{ file: GGUFFile; config: LlamaConfig }> {
+  if (!opened) {
+    const files: GGUFFile[] = (opened = []);
+    afterAll(async () => {
+      for (const f of files) await f.source.close();
+    });
+  }
+  const gguf = await readGGUF(await fileSource(modelPath(file)));
+  opened.push(gguf);
+  return { file: gguf, config: llamaConfig(gguf) };
 }
