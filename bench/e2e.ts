@@ -19,6 +19,7 @@ import type { LlamaConfig } from '../src/model/config.ts';
 import type { GGUFFile } from '../src/model/gguf.ts';
 import { weightLayout } from '../src/shaders/matmul.ts';
 import type { Peaks } from './kernels.ts';
+import type { KernelChoice } from '../src/engine/llama.ts';
 
 /** Dawn quantizes timestamps (to ~100 µs) unless told not to; benchmarks want them exact. */
 export const BENCH_DAWN_FLAGS = ['disable-dawn-features=timestamp_quantization'];
@@ -333,6 +334,8 @@ export interface E2EOptions {
   batches: number[];
   /** Try to drop the page cache before loading (root on Linux only); reported either way. */
   dropPageCache?: boolean;
+  /** Kernel variants instead of the automatic choice (reported with the model). */
+  kernels?: KernelChoice;
   log?: (line: string) => void;
 }
 
@@ -391,6 +394,7 @@ export async function benchEndToEnd(path: string, label: string, peaks: Peaks, o
       maxBatchTokens: Math.max(options.prefillTokens, maxBatch * 16),
       maxSequences: maxBatch,
       kvCacheTokens: Math.max(contextLength, maxBatch * perSequence),
+      kernels: options.kernels,
     });
     await gpu.device.queue.onSubmittedWorkDone();
     const loadMs = performance.now() - loadStart;
@@ -426,7 +430,7 @@ export async function benchEndToEnd(path: string, label: string, peaks: Peaks, o
     }
     await instrument.settle();
     return {
-      model: label,
+      model: options.kernels?.matmul ? `${label} (matmul ${options.kernels.matmul})` : label,
       path,
       prefillIds: syntheticPromptIds(model.config.vocabSize, model.tokenizer.bosId, options.prefillTokens),
       shortPromptIds: shortIds,

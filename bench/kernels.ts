@@ -19,7 +19,8 @@ import { kernelOp, params, storageBuffer, uniformBuffer, workgroupGrid, writeBuf
 import { GGMLType, ggmlTypeName } from '../src/model/ggml-type.ts';
 import { quantize } from '../src/model/quant.ts';
 import { attentionOp, type KvPaging } from '../src/shaders/attention.ts';
-import { matmulOp, uploadWeight, type GpuWeight, type MatmulVariant } from '../src/shaders/matmul.ts';
+import { int8DecodableTypes } from '../src/shaders/quant-wgsl.ts';
+import { largeTileFits, matmulOp, uploadWeight, type GpuWeight, type MatmulVariant } from '../src/shaders/matmul.ts';
 import { rmsnormOp } from '../src/shaders/rmsnorm.ts';
 
 // ---------------------------------------------------------------------------------------------
@@ -432,7 +433,7 @@ export async function benchMatmul(gpu: GpuContext, timer: KernelTimer, peaks: Pe
     await fillBuffer(gpu, x, 'f32', 3);
     const ops = copies.map((w) => matmulOp(gpu, w, x, y, o.tokens, { variant: o.variant }));
     const t = await timer.time(ops, timerOptions);
-    const isMatvec = o.variant !== 'tiled';
+    const isMatvec = o.variant.startsWith('matvec');
     return result(
       {
         kernel: isMatvec ? 'matvec' : 'matmul',
@@ -593,13 +594,17 @@ export async function runKernelSuite(gpu: GpuContext, options: KernelSuiteOption
     log(`  ${r.kernel} ${r.type} ${r.variant} ${r.shape}: ${(r.ms * 1000).toFixed(1)} µs, ${r.gbps.toFixed(1)} GB/s, ${r.tflops.toFixed(3)} TFLOP/s`);
   };
   const matvecVariants: Array<Exclude<MatmulVariant, 'auto'>> = gpu.features.subgroups ? ['matvec', 'matvec-subgroup'] : ['matvec'];
+  // The large tile where the device allows it (the portable one always, for comparison).
+  const tiledVariants: Array<Exclude<MatmulVariant, 'auto'>> = largeTileFits(gpu) ? ['tiled', 'tiled-large'] : ['tiled'];
   for (const type of s.types) {
     log(`${ggmlTypeName(type)} ${s.rows} × ${s.cols}...`);
     const weightBytes = randomWeightBytes(type, s.rows, s.cols, 11);
-    for (const variant of matvecVariants) {
+    for (const variant of [...matvecVariants, ...(int8DecodableTypes().includes(type) ? ['matvec-int8' as const] : [])]) {
       add(await benchMatmul(gpu, timer, peaks, { type, rows: s.rows, cols: s.cols, tokens: 1, variant, flushBytes: s.flushBytes, weightBytes }, t));
     }
-    add(await benchMatmul(gpu, timer, peaks, { type, rows: s.rows, cols: s.cols, tokens: s.prefillTokens, variant: 'tiled', flushBytes: s.flushBytes, weightBytes }, t));
+    for (const variant of tiledVariants) {
+      add(await benchMatmul(gpu, timer, peaks, { type, rows: s.rows, cols: s.cols, tokens: s.prefillTokens, variant, flushBytes: s.flushBytes, weightBytes }, t));
+    }
   }
   const heads = { nHeads: s.nHeads, nKvHeads: s.nKvHeads, headDim: s.headDim, flushBytes: s.flushBytes };
   add(await benchAttention(gpu, timer, peaks, { mode: 'decode', length: s.decodeContext, ...heads }, t));

@@ -27,6 +27,7 @@ import { parseArgs } from 'node:util';
 import { GGMLType } from '../src/model/ggml-type.ts';
 import type { RandomWeightType } from '../src/model/random-llama.ts';
 import { runtimeDescription, table, today, writeResults } from './common.ts';
+import type { MatmulVariant } from '../src/shaders/matmul.ts';
 import { benchEndToEnd, requestBenchGpu, tryDropPageCache, type E2EOptions, type E2EResult } from './e2e.ts';
 import { kernelShapes, KernelTimer, measurePeakBandwidth, measurePeakFlops, runKernelSuite, type KernelResult, type KernelShapes, type Peaks, type TimerOptions } from './kernels.ts';
 import { BENCH_SHAPES, BENCH_TYPES, benchModelFile, weightTypeKey, type BenchModelFile, type BenchShapeName } from './models.ts';
@@ -410,13 +411,17 @@ export function defaultSuiteOptions(quick: boolean, log: (line: string) => void)
   };
 }
 
+const MATMUL_VARIANTS = ['auto', 'matvec', 'matvec-subgroup', 'matvec-int8', 'tiled', 'tiled-large'] as const satisfies readonly MatmulVariant[];
+
 function usage(): string {
   return [
     'usage: deno task bench [--quick] [--models SHAPE:TYPE,...] [--skip kernels,e2e,llama.cpp,torch]',
     '                       [--prefill N] [--decode N] [--batches 1,8,32] [--repeats N] [--cold] [--out DIR]',
+    `                       [--matmul ${MATMUL_VARIANTS.join('|')}]`,
     `  SHAPE: ${Object.keys(BENCH_SHAPES).join(' | ')}   TYPE: ${Object.keys(BENCH_TYPES).join(' | ')}`,
     '  --cold: drop the page cache before each load (Linux, root only; reported either way)',
     '  --out DIR: also write the JSON and the table (markdown) there, after every stage',
+    '  --matmul V: force that matmul variant in the end-to-end runs (e.g. matvec-int8 for Q4_0/Q8_0 decode)',
   ].join('\n');
 }
 
@@ -446,6 +451,7 @@ async function main(): Promise<void> {
       repeats: { type: 'string' },
       cold: { type: 'boolean', default: false },
       out: { type: 'string' },
+      matmul: { type: 'string' },
       help: { type: 'boolean', default: false },
     },
   });
@@ -468,6 +474,10 @@ async function main(): Promise<void> {
   if (values.batches) o.e2e.batches = positiveList(values.batches, 'batches');
   if (values.repeats) o.e2e.prefillRepeats = positiveList(values.repeats, 'repeats')[0]!;
   o.e2e.dropPageCache = values.cold;
+  if (values.matmul) {
+    if (!(MATMUL_VARIANTS as readonly string[]).includes(values.matmul)) throw new Error(`bad --matmul ${values.matmul}. ${usage()}`);
+    o.e2e.kernels = { matmul: values.matmul as MatmulVariant };
+  }
 
   const started = performance.now();
   let resultsPath = '';

@@ -9,7 +9,7 @@ import { GGMLType } from '../src/model/ggml-type.ts';
 import { writeGGUFStream } from '../src/model/gguf-writer.ts';
 import { randomLlamaSpec } from '../src/model/random-llama.ts';
 import { testGpu, maxRelativeError } from './helpers/gpu.ts';
-import { modelPath, reference } from './helpers/models.ts';
+import { modelPath, reference, referenceModelPath } from './helpers/models.ts';
 import { ReferenceLlama } from './reference/llama-forward.ts';
 
 const files = [
@@ -75,13 +75,32 @@ describe('Llama 3.1 rope frequency factors', () => {
 });
 
 describe('matmul variants end to end', () => {
-  for (const variant of ['matvec', 'matvec-subgroup', 'tiled'] as const) {
+  for (const variant of ['matvec', 'matvec-subgroup', 'tiled', 'tiled-large'] as const) {
     it(`the whole model with every matmul forced to ${variant} gives llama.cpp's tokens`, async () => {
       const model = await loadModel(modelPath('stories260K.gguf'), { device: await testGpu(), contextLength: 64, kernels: { matmul: variant } });
       try {
         const c = reference().generation_cases.find((x) => x.id === 'stories260K-f32/once-upon-a-time')!;
         const result = await model.complete(c.prompt_ids, { temperature: 0, maxTokens: 16, ignoreEos: true });
         expect(result.ids).toEqual(c.generated_ids.slice(0, 16));
+      } finally {
+        await model.dispose();
+      }
+    });
+  }
+});
+
+// Int8 activations change the arithmetic (as in llama.cpp's own CPU path for these types): the
+// quantized models must still give llama.cpp's tokens for each case's stable prefix.
+describe('matvec-int8 end to end', () => {
+  for (const key of ['stories260K-q8_0', 'stories260K-q4_0']) {
+    it(`${key}: every generation case with every matmul forced to matvec-int8`, async () => {
+      const model = await loadModel(referenceModelPath(key), { device: await testGpu(), contextLength: 128, kernels: { matmul: 'matvec-int8' } });
+      try {
+        for (const c of reference().generation_cases.filter((x) => x.model === key)) {
+          const tokens = c.stable_prefix_len['0.1'];
+          const result = await model.complete(c.prompt_ids, { temperature: 0, maxTokens: tokens, ignoreEos: true });
+          expect(result.ids, c.id).toEqual(c.generated_ids.slice(0, tokens));
+        }
       } finally {
         await model.dispose();
       }

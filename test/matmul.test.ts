@@ -19,6 +19,24 @@ import type { GpuContext } from '../src/gpu/device.ts';
 
 const TOLERANCE = 1e-4;
 
+/** x with each block of 32 replaced by its int8 quantization, dequantized (in f32, as the kernel). */
+function quantizeActivationsInt8(x: Float32Array): Float32Array {
+  const out = new Float32Array(x.length);
+  const f = Math.fround;
+  for (let b = 0; b < x.length; b += 32) {
+    let amax = 0;
+    for (let i = b; i < b + 32; i++) amax = Math.max(amax, Math.abs(x[i]!));
+    const d = f(amax / 127);
+    const inverse = d > 0 ? f(1 / d) : 0;
+    for (let i = b; i < b + 32; i++) {
+      const v = f(x[i]! * inverse);
+      const q = Math.abs(v % 1) === 0.5 ? 2 * Math.round(v / 2) : Math.round(v); // round half to even
+      out[i] = f(q * d);
+    }
+  }
+  return out;
+}
+
 /** Worst |gpu - reference| relative to the sum's magnitude Σ|w·x| (robust to cancellation). */
 async function runAndCompare(
   gpu: GpuContext,
@@ -60,12 +78,14 @@ function columnsFor(type: GGMLType): [number, number] {
 const shapes: Record<Exclude<MatmulVariant, 'auto'>, Array<[number, number]>> = {
   matvec: [[1, 1], [7, 3], [65, 5], [300, 2]],
   'matvec-subgroup': [[1, 1], [7, 3], [65, 5], [300, 2]],
+  'matvec-int8': [[1, 1], [7, 3], [65, 5], [300, 2]],
   tiled: [[1, 1], [7, 3], [65, 17], [300, 64]],
+  'tiled-large': [[1, 1], [7, 3], [130, 65], [300, 17]],
 };
 
 describe('matmul', async () => {
   const gpu = await testGpu();
-  const variants: Array<Exclude<MatmulVariant, 'auto'>> = ['matvec', 'tiled'];
+  const variants: Array<Exclude<MatmulVariant, 'auto'>> = ['matvec', 'tiled', 'tiled-large'];
   if (gpu.features.subgroups) variants.push('matvec-subgroup');
 
   it('covers the required weight types', () => {
@@ -86,6 +106,43 @@ describe('matmul', async () => {
     });
   });
 
+  // The int8 matvec quantizes each block of 32 activations to int8 (scale max|x|/127, rounded
+  // half to even like WGSL's round) and multiplies exactly in integers: the same as the f32
+  // product of the dequantized weights with the dequantized activations.
+  describe.each([
+    ['Q4_0', GGMLType.Q4_0],
+    ['Q8_0', GGMLType.Q8_0],
+  ] as const)('matvec-int8 %s', (_name, type) => {
+    it('equals the product with int8-quantized activations, and is close to the f32 one', async () => {
+      let seed = 500 + type;
+      for (const [rows, nTokens] of shapes['matvec-int8']) {
+        for (const cols of [96, 64, 256]) {
+          const bytes = randomWeightBytes(type, rows, cols, seed++);
+          const x = randomF32(nTokens * cols, seed++);
+          const w = dequantize(type, bytes, rows * cols);
+          const int8 = matmulReference(w, rows, cols, quantizeActivationsInt8(x), nTokens);
+          const exact = matmulReference(w, rows, cols, x, nTokens);
+          const weight = uploadWeight(gpu, 'w', type, rows, cols, bytes);
+          const xBuf = storageBuffer(gpu.device, 'x', x);
+          const yBuf = storageBuffer(gpu.device, 'y', new Float32Array(nTokens * rows).fill(NaN));
+          runOps(gpu.device, [matmulOp(gpu, weight, xBuf, yBuf, nTokens, { variant: 'matvec-int8' })]);
+          const y = await readF32(gpu.device, yBuf, nTokens * rows);
+          for (const b of [weight.buffer, xBuf, yBuf]) b.destroy();
+          for (let i = 0; i < y.length; i++) {
+            const where = `${rows}×${cols}, ${nTokens} tokens, output ${i}`;
+            expect(Math.abs(y[i]! - int8.y[i]!), where).toBeLessThan(TOLERANCE * int8.magnitude[i]!);
+            expect(Math.abs(y[i]! - exact.y[i]!), where).toBeLessThan(0.02 * exact.magnitude[i]!);
+          }
+        }
+      }
+    });
+  });
+
+  it('matvec-int8 falls back to the float matvec for other weight types', async () => {
+    expect(await runAndCompare(gpu, GGMLType.F16, 33, 64, 2, 'matvec-int8', 9)).toBeLessThan(TOLERANCE);
+    expect(await runAndCompare(gpu, GGMLType.Q4_K, 5, 256, 1, 'matvec-int8', 10)).toBeLessThan(TOLERANCE);
+  });
+
   it('auto picks a working variant for decode and prefill', async () => {
     expect(await runAndCompare(gpu, GGMLType.Q4_0, 33, 64, 2, 'auto', 7)).toBeLessThan(TOLERANCE);
     expect(await runAndCompare(gpu, GGMLType.Q4_0, 33, 64, 9, 'auto', 8)).toBeLessThan(TOLERANCE);
@@ -101,8 +158,8 @@ describe('matmul', async () => {
     const xBuf = storageBuffer(gpu.device, 'x', x);
     for (const variant of variants) {
       const yBuf = storageBuffer(gpu.device, 'y', new Float32Array(nTokens * rows).fill(NaN));
-      // 301 rows need 76 matvec (or 10 tiled) row workgroups: a limit of 3 folds them into a grid.
-      const op = matmulOp(gpu, weight, xBuf, yBuf, nTokens, { variant, maxWorkgroupsPerDimension: 3 });
+      // 301 rows need 76 matvec (10 tiled, 3 tiled-large) row workgroups: a limit of 2 folds them into a grid.
+      const op = matmulOp(gpu, weight, xBuf, yBuf, nTokens, { variant, maxWorkgroupsPerDimension: 2 });
       expect(op.workgroups[1], variant).toBeGreaterThan(1);
       runOps(gpu.device, [op]);
       const y = await readF32(gpu.device, yBuf, nTokens * rows);
@@ -129,6 +186,48 @@ describe('matmul', async () => {
     }
   });
 
+  // The epilogues and x rows that do not start on a vec4 (a TP shard's column slice, say), for
+  // each variant: Q4_0 (wide decoder) and F32 with 13 columns (padded rows, scalar x tail).
+  describe.each([
+    ['Q4_0', GGMLType.Q4_0, 64],
+    ['F32', GGMLType.F32, 13],
+  ] as const)('%s epilogues and strides', (_name, type, cols) => {
+    const rows = 37;
+    const xStride = cols + 2; // never a multiple of 4 here
+    it.each(variants)('%s', async (variant) => {
+      for (const nTokens of [1, 3, 19]) {
+        if (variant.startsWith('matvec') && nTokens > 4) continue;
+        const bytes = randomWeightBytes(type, rows, cols, nTokens);
+        const xRows = randomF32(nTokens * xStride, nTokens + 1);
+        const x = new Float32Array(nTokens * cols);
+        for (let t = 0; t < nTokens; t++) x.set(xRows.subarray(t * xStride, t * xStride + cols), t * cols);
+        const ref = matmulReference(dequantize(type, bytes, rows * cols), rows, cols, x, nTokens);
+        const start = randomF32(nTokens * rows, nTokens + 2);
+        const gate = randomF32(nTokens * rows, nTokens + 3, 4);
+        const weight = uploadWeight(gpu, 'w', type, rows, cols, bytes);
+        const xBuf = storageBuffer(gpu.device, 'x', xRows);
+        const accumulated = storageBuffer(gpu.device, 'y accumulate', start);
+        const gated = storageBuffer(gpu.device, 'y gate', new Float32Array(nTokens * rows).fill(NaN));
+        const gateBuf = storageBuffer(gpu.device, 'gate', gate);
+        const options = { variant, xRowStride: xStride };
+        runOps(gpu.device, [
+          matmulOp(gpu, weight, xBuf, accumulated, nTokens, { ...options, accumulate: true }),
+          matmulOp(gpu, weight, xBuf, gated, nTokens, { ...options, gate: gateBuf }),
+        ]);
+        const gotAccumulated = await readF32(gpu.device, accumulated, nTokens * rows);
+        const gotGated = await readF32(gpu.device, gated, nTokens * rows);
+        for (let i = 0; i < nTokens * rows; i++) {
+          const where = `${nTokens} tokens, output ${i}`;
+          const tolerance = TOLERANCE * ref.magnitude[i]! + 1e-6;
+          expect(Math.abs(gotAccumulated[i]! - (start[i]! + ref.y[i]!)), where).toBeLessThan(tolerance + 1e-6 * Math.abs(start[i]!));
+          const silu = gate[i]! / (1 + Math.exp(-gate[i]!));
+          expect(Math.abs(gotGated[i]! - silu * ref.y[i]!), where).toBeLessThan(tolerance * (Math.abs(silu) + 1) + 1e-6);
+        }
+        for (const b of [weight.buffer, xBuf, accumulated, gated, gateBuf]) b.destroy();
+      }
+    });
+  });
+
   it('refuses a weight larger than one binding', () => {
     const bytes = randomWeightBytes(GGMLType.F32, 2, 8, 1);
     const small = { ...gpu, limits: { ...gpu.limits, maxStorageBufferBindingSize: 32, maxBufferSize: 32 } as GPUSupportedLimits };
@@ -141,7 +240,7 @@ describe('repack layout', () => {
     const bytes = randomWeightBytes(GGMLType.Q8_0, 3, 64, 1); // 6 blocks
     const { layout, words } = repackForGpu(GGMLType.Q8_0, 3, 64, bytes);
     expect(layout.scalesOffset).toBe(48);
-    expect(layout.totalWords).toBe(48 + 3);
+    expect(layout.totalWords).toBe(48 + 4); // 3 words of scales, padded to a whole vec4
     const out = new Uint8Array(words.buffer);
     for (let blk = 0; blk < 6; blk++) {
       expect([...out.subarray(blk * 32, blk * 32 + 32)]).toEqual([...bytes.subarray(blk * 34 + 2, blk * 34 + 34)]);

@@ -2,6 +2,7 @@
 // device, exactly two collectives per layer with tensor parallelism.
 import { expect, it } from 'vitest';
 import { loadModel } from '../src/api/model.ts';
+import { requestGpu } from '../src/gpu/device.ts';
 import { testGpu } from './helpers/gpu.ts';
 import { modelPath } from './helpers/models.ts';
 
@@ -20,5 +21,53 @@ it('a greedy step on one device is one submit', async () => {
     expect(after.loadUploadMs).toBeGreaterThan(0);
   } finally {
     await model.dispose();
+  }
+});
+
+it('decode steps are encoded ahead: the host records step n+1 while the GPU runs step n', async () => {
+  const gpu = await requestGpu();
+  // What the host does, in order: command encoders created, submits, read-back maps.
+  const events: string[] = [];
+  const device = gpu.device;
+  const createCommandEncoder = device.createCommandEncoder.bind(device);
+  const createBuffer = device.createBuffer.bind(device);
+  const submit = device.queue.submit.bind(device.queue);
+  device.createCommandEncoder = (descriptor) => {
+    events.push('encode');
+    return createCommandEncoder(descriptor);
+  };
+  device.queue.submit = (buffers) => {
+    events.push('submit');
+    submit(buffers);
+  };
+  device.createBuffer = (descriptor) => {
+    const buffer = createBuffer(descriptor);
+    const mapAsync = buffer.mapAsync.bind(buffer);
+    buffer.mapAsync = (...args) => {
+      events.push('map');
+      return mapAsync(...args);
+    };
+    return buffer;
+  };
+  const prompt = [1, 403, 407, 261, 378];
+  const model = await loadModel(modelPath('stories260K.gguf'), { device: gpu, contextLength: 64 });
+  try {
+    const reference = await loadModel(modelPath('stories260K.gguf'), { device: await testGpu(), contextLength: 64 });
+    const expected = await reference.complete(prompt, { temperature: 0, maxTokens: 12, ignoreEos: true });
+    await reference.dispose();
+    events.length = 0;
+    const result = await model.complete(prompt, { temperature: 0, maxTokens: 12, ignoreEos: true });
+    expect(result.ids).toEqual(expected.ids);
+    const submits = events.flatMap((e, i) => (e === 'submit' ? [i] : []));
+    expect(submits).toHaveLength(12); // still one submit per step
+    // The prefill and the first decode step have new shapes: encode, submit, map. From the second
+    // decode step on the shape repeats, so each submit is followed by encoding the next step
+    // before its own read-back is awaited, and the next submit needs no encoding at all.
+    for (const i of submits.slice(0, 2)) expect(events.slice(i - 1, i + 2), `step at event ${i}`).toEqual(['encode', 'submit', 'map']);
+    expect(events.slice(submits[2]! - 1, submits[2]! + 3)).toEqual(['encode', 'submit', 'encode', 'map']);
+    for (const i of submits.slice(3)) expect(events.slice(i - 1, i + 3), `step at event ${i}`).toEqual(['map', 'submit', 'encode', 'map']);
+  } finally {
+    await model.dispose();
+    device.destroy();
   }
 });

@@ -5,18 +5,18 @@
 // `sendHidden`, ...) are the only places where shards meet. On one device they vanish.
 
 import type { GpuContext } from '../gpu/device.ts';
-import { storageBuffer } from '../gpu/kernel.ts';
+import { align16, storageBuffer } from '../gpu/kernel.ts';
 import { ropePositionScale, type LlamaConfig } from '../model/config.ts';
 import { attentionOp, kvCacheWriteOp } from '../shaders/attention.ts';
 import { embeddingOps } from '../shaders/embedding.ts';
-import { addOp, gatherRowsOp, swigluOp } from '../shaders/elementwise.ts';
-import { matmulOps, type MatmulVariant } from '../shaders/matmul.ts';
+import { gatherRowsOp } from '../shaders/elementwise.ts';
+import { matmulOps, type MatmulOptions, type MatmulVariant } from '../shaders/matmul.ts';
 import { rmsnormOp } from '../shaders/rmsnorm.ts';
 import { ropeOp } from '../shaders/rope.ts';
 import { argmaxOp, topKOp } from '../shaders/sampling.ts';
 import type { KvCache, KvGeometry } from './kv-cache.ts';
 import { ProgramRecorder, type ProgramStep } from './program.ts';
-import { rangeLength, type ShardView } from './shard-view.ts';
+import { rangeLength, type Range, type ShardView } from './shard-view.ts';
 import type { GpuMatrix, LlamaWeights } from './weights.ts';
 
 /** Kernel variants to use instead of the automatic choice (benchmarks compare them end to end). */
@@ -39,9 +39,8 @@ export interface Activations {
   k: GPUBuffer; // [T][localKvHeads*headDim]
   v: GPUBuffer; // [T][localKvHeads*headDim]
   attention: GPUBuffer; // [T][localHeads*headDim]
-  blockOut: GPUBuffer; // [T][dim]: a block's (partial) output before the residual add
-  gate: GPUBuffer; // [T][localFfn]
-  up: GPUBuffer; // [T][localFfn]
+  gate: GPUBuffer; // [T][localFfn]: Wgate·n
+  ffnHidden: GPUBuffer; // [T][localFfn]: silu(Wgate·n) ⊙ (Wup·n)
   sampledHidden: GPUBuffer; // [S][dim]: the hidden states of the sampled tokens
   sampledNorm: GPUBuffer; // [S][dim]
   logits: GPUBuffer; // [S][localVocab]
@@ -74,15 +73,14 @@ export function activationSizes(
     k: T * kvWidth,
     v: T * kvWidth,
     attention: T * headsWidth,
-    blockOut: T * dim,
     gate: T * ffn,
-    up: T * ffn,
+    ffnHidden: T * ffn,
     sampledHidden: S * dim,
     sampledNorm: S * dim,
     logits: S * Math.max(1, rangeLength(view.vocab)),
     best: S * 2,
   };
-  return Object.fromEntries(Object.entries(words).map(([name, n]) => [name, Math.max(4, n * 4)])) as Record<BufferName, number>;
+  return Object.fromEntries(Object.entries(words).map(([name, n]) => [name, Math.max(16, align16(n * 4))])) as Record<BufferName, number>;
 }
 
 export function createActivations(gpu: GpuContext, config: LlamaConfig, view: ShardView, maxTokens: number, geometry: KvGeometry): Activations {
@@ -96,6 +94,14 @@ export function createActivations(gpu: GpuContext, config: LlamaConfig, view: Sh
 export function destroyActivations(a: Activations): void {
   for (const value of Object.values(a)) if (typeof value === 'object') (value as GPUBuffer).destroy();
 }
+
+/**
+ * The residual add rides in the projections that feed it (x += W·h). Under tensor parallelism
+ * each shard's W·h is only a share of the sum: the shard holding the first of the split range
+ * (heads, or FFN columns) adds its share onto x, the others write theirs over their copy of x,
+ * and the all-reduce that follows sums the copies, leaving x + Σ shares on every shard.
+ */
+const addsResidual = (split: Range): boolean => split.start === 0;
 
 /**
  * Records one forward step over `nTokens` tokens of any number of sequences (ids, positions,
@@ -115,12 +121,13 @@ export function recordLlamaForward(
 ): ProgramStep[] {
   const f = new ProgramRecorder();
   const [T, S] = [nTokens, nSamples];
-  // y = W·x for every row part of W, with the chosen matmul variant ('auto' picks by token count).
-  const matmul = (w: GpuMatrix, x: GPUBuffer, y: GPUBuffer, tokens: number) => matmulOps(gpu, w, x, y, tokens, { variant: kernels.matmul });
+  // y = W·x for every row part of W, with the chosen matmul variant ('auto' picks by token count);
+  // `accumulate` makes it y += W·x, `gate` makes it y = silu(gate) ⊙ W·x.
+  const matmul = (w: GpuMatrix, x: GPUBuffer, y: GPUBuffer, tokens: number, epilogue: Pick<MatmulOptions, 'accumulate' | 'gate'> = {}) =>
+    matmulOps(gpu, w, x, y, tokens, { variant: kernels.matmul, ...epilogue });
   const { dim, headDim, rmsEps: eps } = config;
   const heads = rangeLength(view.heads);
   const kvHeads = rangeLength(view.kvHeads);
-  const ffn = rangeLength(view.ffn);
   const rope = {
     nTokens: T,
     headDim,
@@ -155,18 +162,15 @@ export function recordLlamaForward(
     f.run(ropeOp(gpu, a.k, a.positions, { ...rope, nHeads: kvHeads }));
     f.run(kvCacheWriteOp(gpu, a.k, a.v, a.positions, paging, keys, values, attentionShape));
     f.run(attentionOp(gpu, a.q, keys, values, a.positions, paging, a.attention, attentionShape));
-    f.run(...matmul(w.output, a.attention, a.blockOut, T));
-    f.allReduceSum(a.blockOut, T * dim, `layer ${layer} attention`); // each shard summed only its heads
-    f.run(addOp(gpu, a.x, a.blockOut, a.x, T * dim));
+    f.run(...matmul(w.output, a.attention, a.x, T, { accumulate: addsResidual(view.heads) }));
+    f.allReduceSum(a.x, T * dim, `layer ${layer} attention`);
 
     // Feed-forward: x += Wdown · (silu(Wgate·n) ⊙ (Wup·n)),  n = rmsnorm(x)
     f.run(rmsnormOp(gpu, a.x, w.ffnNorm, a.xNorm, T, dim, eps));
     f.run(...matmul(w.gate, a.xNorm, a.gate, T));
-    f.run(...matmul(w.up, a.xNorm, a.up, T));
-    f.run(swigluOp(gpu, a.gate, a.up, a.gate, T * ffn));
-    f.run(...matmul(w.down, a.gate, a.blockOut, T));
-    f.allReduceSum(a.blockOut, T * dim, `layer ${layer} ffn`); // each shard summed only its columns
-    f.run(addOp(gpu, a.x, a.blockOut, a.x, T * dim));
+    f.run(...matmul(w.up, a.xNorm, a.ffnHidden, T, { gate: a.gate }));
+    f.run(...matmul(w.down, a.ffnHidden, a.x, T, { accumulate: addsResidual(view.ffn) }));
+    f.allReduceSum(a.x, T * dim, `layer ${layer} ffn`);
   }
 
   if (!view.samples) {

@@ -109,3 +109,21 @@ export async function runProgram(
   }
   submit();
 }
+
+/** Whether this shard runs `steps` without meeting any other shard: then it is one submit. */
+export function runsAlone(steps: readonly ProgramStep[], communicator: Communicator): boolean {
+  return steps.every((step) => step.kind === 'kernels' || !communicator.participates(step));
+}
+
+/**
+ * Encodes a program that `runsAlone` into one command buffer without submitting it, so the host
+ * can record the next step while the GPU runs this one. A command buffer names buffers, not their
+ * contents: the step's inputs may be written (queue.writeBuffer) after it is encoded.
+ */
+export function encodeProgram(device: GPUDevice, steps: readonly ProgramStep[], finish?: (encoder: GPUCommandEncoder) => void): GPUCommandBuffer {
+  const encoder = device.createCommandEncoder({ label: 'forward' });
+  for (const step of steps) if (step.kind === 'kernels') encodeOps(encoder, step.ops);
+  finish?.(encoder);
+  return encoder.finish();
+}
+

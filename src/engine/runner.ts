@@ -10,7 +10,7 @@ import type { GGUFFile } from '../model/gguf.ts';
 import type { DeviceStats, ForwardEngine } from './forward-engine.ts';
 import { createKvCache, destroyKvCache, type KvCache, type KvGeometry } from './kv-cache.ts';
 import { createActivations, destroyActivations, recordLlamaForward, type Activations, type KernelChoice } from './llama.ts';
-import { aloneCommunicator, runProgram, type Communicator, type ProgramStep, type StepCounters } from './program.ts';
+import { aloneCommunicator, encodeProgram, runProgram, runsAlone, type Communicator, type ProgramStep, type StepCounters } from './program.ts';
 import { rangeLength, type ShardView } from './shard-view.ts';
 import { destroyWeights, loadLlamaWeights, type LlamaWeights, type LoadProgress } from './weights.ts';
 
@@ -113,8 +113,9 @@ export class LlamaRunner implements ForwardEngine {
     writeBuffer(device, a.blockTable, 0, batch.blockTable);
     if (S > 0) writeBuffer(device, a.sampleRows, 0, Uint32Array.from(batch.sampleRows));
     const results: StepResult[] = [];
+    const program = this.program(T, S);
     if (!this.view.samples || S === 0) {
-      await runProgram(device, this.program(T, S), this.communicator, this.counters);
+      await runProgram(device, program, this.communicator, this.counters);
     } else {
       const localVocab = rangeLength(this.view.vocab);
       const wholeVocabulary = localVocab === this.config.vocabSize;
@@ -124,10 +125,25 @@ export class LlamaRunner implements ForwardEngine {
       const logitsBytes = batch.wantLogits ? S * localVocab * 4 : 0;
       // The read-back copies ride in the step's last submit; one map per step, into a reused buffer.
       const staging = this.stagingBuffer(logitsAt + logitsBytes);
-      await runProgram(device, this.program(T, S), this.communicator, this.counters, (encoder) => {
+      const readBack = (encoder: GPUCommandEncoder) => {
         encoder.copyBufferToBuffer(a.best, 0, staging, 0, bestBytes);
         if (logitsBytes) encoder.copyBufferToBuffer(a.logits, 0, staging, logitsAt, logitsBytes);
-      });
+      };
+      const shape = `${T}/${S}/${logitsBytes}`;
+      const prepared = this.prepared?.shape === shape ? this.prepared.commands : undefined;
+      this.prepared = undefined;
+      if (prepared) {
+        device.queue.submit([prepared]);
+        this.counters.submits++;
+      } else {
+        await runProgram(device, program, this.communicator, this.counters, readBack);
+      }
+      // Decoding repeats its shape step after step: record the next step's command buffer now,
+      // while the GPU runs this one, so the host's encoding time hides behind the GPU's work.
+      if (shape === this.lastShape && runsAlone(program, this.communicator)) {
+        this.prepared = { shape, commands: encodeProgram(device, program, readBack) };
+      }
+      this.lastShape = shape;
       await staging.mapAsync(MAP_READ, 0, logitsAt + logitsBytes);
       const mapped = staging.getMappedRange(0, logitsAt + logitsBytes);
       const ids = new Uint32Array(mapped.slice(0, bestBytes));
@@ -149,9 +165,13 @@ export class LlamaRunner implements ForwardEngine {
   }
 
   private staging?: GPUBuffer;
+  /** The next step's command buffer, encoded ahead for a step of this shape (see forward). */
+  private prepared?: { shape: string; commands: GPUCommandBuffer };
+  private lastShape = '';
 
   private stagingBuffer(bytes: number): GPUBuffer {
     if (!this.staging || this.staging.size < bytes) {
+      this.prepared = undefined; // it copies into the old buffer
       this.staging?.destroy();
       this.staging = this.gpu.device.createBuffer({ label: 'step read-back', size: Math.max(256, bytes), usage: MAP_READ | COPY_DST });
     }
@@ -196,6 +216,7 @@ export class LlamaRunner implements ForwardEngine {
     destroyKvCache(this.cache);
     destroyActivations(this.activations);
     this.staging?.destroy();
+    this.prepared = undefined;
     for (const steps of this.programs.values()) destroyProgram(steps);
     this.programs.clear();
   }

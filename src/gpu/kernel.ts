@@ -57,8 +57,10 @@ export function kernelOp(
 /** Encodes ops into one compute pass. Ops on the same pass see each other's writes in order. */
 export function encodeOps(encoder: GPUCommandEncoder, ops: readonly KernelOp[], label = 'step'): void {
   const pass = encoder.beginComputePass({ label });
+  let pipeline: GPUComputePipeline | undefined;
   for (const op of ops) {
-    pass.setPipeline(op.pipeline);
+    // Each call into the native binding costs host time: skip the ones that change nothing.
+    if (op.pipeline !== pipeline) pass.setPipeline((pipeline = op.pipeline));
     pass.setBindGroup(0, op.bindGroup);
     pass.dispatchWorkgroups(...op.workgroups);
   }
@@ -88,13 +90,16 @@ const MAP_READ = 0x0001;
 /** Rounds up to a multiple of 4 bytes (buffer sizes and writeBuffer need it). */
 export const align4 = (n: number): number => Math.ceil(n / 4) * 4;
 
-/** A storage buffer, optionally filled. Sizes are rounded up to 4 bytes (and at least 4). */
+/** Rounds up to a multiple of 16 bytes: kernels may bind any storage buffer as an array of vec4s. */
+export const align16 = (n: number): number => Math.ceil(n / 16) * 16;
+
+/** A storage buffer, optionally filled. Sizes are rounded up to 16 bytes (and at least 16). */
 export function storageBuffer(
   device: GPUDevice,
   label: string,
   sizeOrData: number | ArrayBufferView,
 ): GPUBuffer {
-  const size = Math.max(4, align4(typeof sizeOrData === 'number' ? sizeOrData : sizeOrData.byteLength));
+  const size = Math.max(16, align16(typeof sizeOrData === 'number' ? sizeOrData : sizeOrData.byteLength));
   const buffer = device.createBuffer({ label, size, usage: STORAGE | COPY_SRC | COPY_DST });
   if (typeof sizeOrData !== 'number') writeBuffer(device, buffer, 0, sizeOrData);
   return buffer;

@@ -79,7 +79,7 @@ export interface GpuLayout {
   blocksPerRow: number;
   /** Word offset of the f16 scales region; 0 for types that have none. */
   scalesOffset: number;
-  /** Words in the whole buffer. */
+  /** Words in the whole buffer: a multiple of 4, since kernels read it as 16-byte vec4s. */
   totalWords: number;
 }
 
@@ -103,7 +103,8 @@ export function gpuLayout(type: GGMLType, rows: number, cols: number): GpuLayout
   const nBlocks = rows * blocksPerRow;
   const quantWords = nBlocks * rule.blockWords;
   const scalesOffset = rule.scaleAt === undefined ? 0 : Math.ceil(quantWords / 4) * 4;
-  const totalWords = rule.scaleAt === undefined ? quantWords : scalesOffset + Math.ceil(nBlocks / 2);
+  const usedWords = rule.scaleAt === undefined ? quantWords : scalesOffset + Math.ceil(nBlocks / 2);
+  const totalWords = Math.ceil(usedWords / 4) * 4;
   return { type, rows, cols, blockValues: rule.blockValues, blockWords: rule.blockWords, blocksPerRow, scalesOffset, totalWords };
 }
 
@@ -149,6 +150,16 @@ export function repackForGpu(type: GGMLType, rows: number, cols: number, bytes: 
     out[scales + 2 * i + 1] = bytes[at + 1]!;
   }
   return { layout, words };
+}
+
+/**
+ * The most rows of `cols` values of `type` whose GPU layout fits `maxBindingBytes` (0 if not even
+ * one row does): how uploadWeightSplit cuts a big weight, and how the planner counts its bytes.
+ */
+export function rowsPerBinding(type: GGMLType, cols: number, maxBindingBytes: number): number {
+  let rows = Math.floor(maxBindingBytes / gpuRowBytes(type, cols));
+  while (rows > 0 && gpuLayout(type, rows, cols).totalWords * 4 > maxBindingBytes) rows--;
+  return rows;
 }
 
 /** GPU bytes of one row (its share of the scales region included), for splitting big weights. */

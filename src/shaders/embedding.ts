@@ -21,7 +21,7 @@ export interface EmbeddingOptions {
 
 export function embeddingWgsl(type: GGMLType): string {
   return /* wgsl */ `
-${weightDecodeWgsl(type)}
+${weightDecodeWgsl(type, 0)}
 struct Params {
   cols: u32,
   blocks_per_row: u32,
@@ -31,7 +31,6 @@ struct Params {
   rows: u32,         // rows in this part
   grid_x: u32,
 }
-@group(0) @binding(0) var<storage, read> w: array<u32>;
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 @group(0) @binding(3) var<uniform> p: Params;

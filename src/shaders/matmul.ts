@@ -1,30 +1,34 @@
 // Matrix products with a weight of any GPU type: y[t][r] = Σ_c W[r][c] · x[t][c].
 //
-// W is `rows × cols` in its repacked GPU layout (src/model/repack.ts), decoded in groups of 8
-// values by the type's snippet (src/shaders/quant-wgsl.ts); x is `nTokens × cols` f32 and y is
-// `nTokens × yRowStride` f32. Sums are accumulated in f32. Three variants share the decoding:
+// W is `rows × cols` in its repacked GPU layout (src/model/repack.ts), decoded by the type's
+// snippet (src/shaders/quant-wgsl.ts); x is `nTokens × cols` f32 (rows `xRowStride` apart) and y
+// is `nTokens × yRowStride` f32. Sums are accumulated in f32. The variants share the decoding:
 //
-// * matvec: decode (few tokens). A workgroup of 64 threads owns ROWS rows and TOKENS tokens;
-//   the threads stride over the row's groups of 8, so each weight word is read once per
-//   TOKENS tokens, and the 64 partial sums are reduced in workgroup memory.
+// * matvec: decode (1–4 tokens; compiled for 1, 2 or 4). A workgroup of 64 threads owns ROWS
+//   rows; each thread takes whole chunks of a row (Q4_0/Q8_0: a block of 32 values in one or two
+//   16-byte loads; F16/F32: 8 values), loads the tokens' matching activations once as vec4s and
+//   uses them for all ROWS rows. Decode is bound by reading W once, so the loads are wide and
+//   consecutive threads read consecutive chunks. The 64 partial sums are reduced in workgroup memory.
 // * matvec-subgroup: the same, reduced with subgroupAdd first (needs the `subgroups` feature).
 // * tiled: prefill (many tokens). A workgroup computes a 32-row × 32-token tile, staging
 //   32-column slices of W (decoded to f32) and x in workgroup memory; each thread keeps a
-//   4 × 4 register tile.
+//   4 × 4 register tile. Fits every adapter (SwiftShader's 256 invocations and 16 KiB included).
+// * tiled-large: a 128-row × 64-token tile, 256 threads with 8 × 4 register tiles, for GPUs.
 //
-// All variants stay within Chromium's SwiftShader limits: 64 invocations, 4 storage-class
-// bindings, ≤ 8 KiB of workgroup memory. Row-workgroup counts above the per-dimension limit
-// (e.g. a 128256-row vocabulary) fold into the grid's y dimension; tokens use z.
+// Epilogues fuse the element-wise op that follows a projection in the forward pass: `accumulate`
+// (y += W·x, the residual add) and `gate` (y = silu(gate) ⊙ W·x, the FFN's SwiGLU), which saves
+// a dispatch and a pass over the activations each.
 //
-// Weights bigger than one storage binding (browsers: 128 MiB) are split by rows with
-// `uploadWeightSplit`: every part is a GpuWeight that knows its `rowOffset` in the whole
-// weight, and `matmulOp` on a part writes its slice y[t][rowOffset .. rowOffset + rows).
+// Row-workgroup counts above the per-dimension limit (e.g. a 128256-row vocabulary) fold into
+// the grid's y dimension; tokens use z. Weights bigger than one storage binding (browsers:
+// 128 MiB) are split by rows with `uploadWeightSplit`: every part is a GpuWeight that knows its
+// `rowOffset` in the whole weight, and `matmulOp` on a part writes its slice y[t][rowOffset ..).
 
 import { kernelOp, params, storageBuffer, uniformBuffer, workgroupGrid, writeBuffer, type KernelOp } from '../gpu/kernel.ts';
 import type { GpuContext } from '../gpu/device.ts';
 import { blockGeometry, ggmlTypeName, type GGMLType } from '../model/ggml-type.ts';
-import { gpuLayout, gpuRowBytes, repackForGpu, type GpuLayout } from '../model/repack.ts';
-import { gpuDecodableTypes, weightDecodeWgsl } from './quant-wgsl.ts';
+import { gpuLayout, repackForGpu, rowsPerBinding, type GpuLayout } from '../model/repack.ts';
+import { gpuDecodableTypes, int8DecodableTypes, weightDecodeInt8Wgsl, weightDecodeWgsl } from './quant-wgsl.ts';
 
 /** A weight matrix on the GPU, in its repacked layout. */
 export interface GpuWeight {
@@ -43,7 +47,7 @@ export interface GpuWeight {
   totalRows: number;
 }
 
-export type MatmulVariant = 'auto' | 'matvec' | 'matvec-subgroup' | 'tiled';
+export type MatmulVariant = 'auto' | 'matvec' | 'matvec-subgroup' | 'matvec-int8' | 'tiled' | 'tiled-large';
 
 export interface MatmulOptions {
   variant?: MatmulVariant;
@@ -56,6 +60,10 @@ export interface MatmulOptions {
   xRowStride?: number;
   /** Per-dimension workgroup limit (default: the device's); tests force small ones to exercise folding. */
   maxWorkgroupsPerDimension?: number;
+  /** Add the product to y instead of overwriting it (y += W·x: the residual add, fused). */
+  accumulate?: boolean;
+  /** Store silu(gate) ⊙ (W·x), gate indexed like y (the FFN's SwiGLU, fused into the up projection). */
+  gate?: GPUBuffer;
 }
 
 /** Up to this many tokens, `auto` picks a matvec variant; above it, the tiled one. */
@@ -76,7 +84,7 @@ export function uploadWeight(gpu: GpuContext, label: string, type: GGMLType, row
       `${label}: ${ggmlTypeName(type)} ${rows} × ${cols} needs ${bytes} bytes, over this device's ${limit}-byte storage binding; use uploadWeightSplit`,
     );
   }
-  const buffer = storageBuffer(gpu.device, label, bytes);
+  const buffer = storageBuffer(gpu.device, label, bytes); // rounded up to whole vec4s
   writeBuffer(gpu.device, buffer, 0, words);
   return { buffer, type, rows, cols, label, bytes: buffer.size, layout, rowOffset: 0, totalRows: rows };
 }
@@ -95,8 +103,7 @@ export function uploadWeightSplit(
   ggufBytes: Uint8Array,
   maxBindingBytes: number = Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize),
 ): GpuWeight[] {
-  // Leave room for the scales region's alignment padding (at most 3 words + 1 odd half).
-  const rowsPerPart = Math.floor((maxBindingBytes - 16) / gpuRowBytes(type, cols));
+  const rowsPerPart = rowsPerBinding(type, cols, maxBindingBytes);
   if (rowsPerPart < 1) throw new Error(`${label}: one row of ${cols} ${ggmlTypeName(type)} values exceeds ${maxBindingBytes} bytes`);
   const geometry = blockGeometry[type]!;
   const fileRowBytes = (cols / geometry.blockSize) * geometry.typeSize;
@@ -113,6 +120,15 @@ export function uploadWeightSplit(
 // ---------------------------------------------------------------------------------------------
 // WGSL
 
+/** What a kernel does with each finished sum `s` before storing it at y[i]. */
+export type MatmulEpilogue =
+  /** y[i] = s */
+  | 'store'
+  /** y[i] += s: a residual add fused into the projection that feeds it. */
+  | 'accumulate'
+  /** y[i] = silu(gate[i]) · s: the SwiGLU of the FFN fused into the up projection. */
+  | 'gate';
+
 const paramsStruct = /* wgsl */ `
 struct Params {
   rows: u32,           // rows of this weight (part)
@@ -125,20 +141,134 @@ struct Params {
   y_offset: u32,
   grid_x: u32,         // workgroups along x, to unfold the row-tile index
 }
-@group(0) @binding(0) var<storage, read> w: array<u32>;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<vec4f>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<uniform> p: Params;
 `;
 
-const MATVEC_WG = 64;
-const MATVEC_ROWS = 4;
-const MATVEC_TOKENS = 4;
-// The two-stage reduction below splits the WG partial sums of each output into WG / OUTS slices.
-if (MATVEC_WG % (MATVEC_ROWS * MATVEC_TOKENS) !== 0) throw new Error('matvec: ROWS × TOKENS must divide WG');
+/** Reading activations (x is bound as vec4s; rows that start on a vec4 use them whole). */
+function activationWgsl(rowsAligned: boolean): string {
+  return /* wgsl */ `
+const X_ROWS_ALIGNED: bool = ${rowsAligned};
+fn x_at(i: u32) -> f32 { return x[i >> 2u][i & 3u]; }
+// 8 activations of token t from column c (a multiple of 8); zeros past the row end (float
+// weight rows are padded with zeros to 8 values, so those products vanish).
+fn x8(t: u32, c: u32) -> W8 {
+  let i = t * p.x_stride + c;
+  if (c + 8u <= p.cols) {
+    if (X_ROWS_ALIGNED) { return W8(x[i >> 2u], x[(i >> 2u) + 1u]); }
+    return W8(vec4f(x_at(i), x_at(i + 1u), x_at(i + 2u), x_at(i + 3u)), vec4f(x_at(i + 4u), x_at(i + 5u), x_at(i + 6u), x_at(i + 7u)));
+  }
+  var v: array<f32, 8>;
+  for (var k = 0u; k < 8u; k++) {
+    if (c + k < p.cols) { v[k] = x_at(i + k); }
+  }
+  return W8(vec4f(v[0], v[1], v[2], v[3]), vec4f(v[4], v[5], v[6], v[7]));
+}`;
+}
 
-/** The WGSL of the matvec kernel for one weight type. */
-export function matvecWgsl(type: GGMLType, subgroups: boolean): string {
+/** The output function `put(i, s)` for an epilogue (the gate, if any, is binding 4). */
+function epilogueWgsl(epilogue: MatmulEpilogue): string {
+  switch (epilogue) {
+    case 'store':
+      return 'fn put(i: u32, s: f32) { y[i] = s; }';
+    case 'accumulate':
+      return 'fn put(i: u32, s: f32) { y[i] = y[i] + s; }';
+    case 'gate':
+      // The same expression as swigluOp (src/shaders/elementwise.ts), so fusing changes no bit.
+      return `@group(0) @binding(4) var<storage, read> gate: array<f32>;
+fn put(i: u32, s: f32) { let g = gate[i]; y[i] = g / (1.0 + exp(-g)) * s; }`;
+  }
+}
+
+const MATVEC_WG = 64;
+/** Tokens one matvec workgroup multiplies at once: each weight chunk it loads serves all of them. */
+const MATVEC_TOKENS = 4;
+/** Rows per matvec workgroup; the int8 one takes more, to spread quantizing x over more rows. */
+const matvecRows = (int8: boolean) => (int8 ? 8 : 4);
+
+export interface KernelSpec {
+  type: GGMLType;
+  epilogue: MatmulEpilogue;
+  /** Every x row starts on a 16-byte boundary (x_stride % 4 == 0), so rows load as vec4s. */
+  rowsAligned: boolean;
+}
+
+/** Multiplies one chunk of W's ROWS rows by the tokens' activations (loaded here) into acc. */
+const floatChunkWgsl = /* wgsl */ `
+  let chunks = p.blocks_per_row * (W_GROUPS_PER_BLOCK / W_CHUNK);
+  for (var c = lid; c < chunks; c += WG) {
+    let g0 = c * W_CHUNK;
+    let blk = g0 / W_GROUPS_PER_BLOCK;
+    let sub0 = g0 % W_GROUPS_PER_BLOCK;
+    var xs: array<array<W8, W_CHUNK>, TOKENS>;
+    // Rows and tokens past the end are clamped (their sums are computed but never stored).
+    for (var t = 0u; t < TOKENS; t++) {
+      let token = min(tok0 + t, p.n_tokens - 1u);
+      for (var k = 0u; k < W_CHUNK; k++) { xs[t][k] = x8(token, (g0 + k) * 8u); }
+    }
+    for (var r = 0u; r < ROWS; r++) {
+      let row = min(row0 + r, p.rows - 1u);
+      let wv = w_chunk(row * p.blocks_per_row + blk, sub0, p.scales);
+      for (var t = 0u; t < TOKENS; t++) {
+        var s = 0.0;
+        for (var k = 0u; k < W_CHUNK; k++) { s += dot(wv[k].a, xs[t][k].a) + dot(wv[k].b, xs[t][k].b); }
+        acc[r * TOKENS + t] += s;
+      }
+    }
+  }`;
+
+/**
+ * The int8 version: each thread quantizes its block of 32 activations per token to int8 (scale
+ * max|x|/127, like ggml's Q8_0) in registers, then takes integer dot products with the weight
+ * block's bytes, 4 at a time (dot4I8Packed), and scales the sum once per block.
+ */
+const int8ChunkWgsl = /* wgsl */ `
+  for (var blk = lid; blk < p.blocks_per_row; blk += WG) {
+    var xq: array<array<u32, 8>, TOKENS>;
+    var xd: array<f32, TOKENS>;
+    var xsum: array<i32, TOKENS>;
+    for (var t = 0u; t < TOKENS; t++) {
+      let token = min(tok0 + t, p.n_tokens - 1u);
+      var v: array<vec4f, 8>;
+      var amax = 0.0;
+      for (var k = 0u; k < 4u; k++) {
+        let g = x8(token, blk * 32u + k * 8u);
+        v[2u * k] = g.a;
+        v[2u * k + 1u] = g.b;
+        amax = max(amax, max(max(abs(g.a.x), abs(g.a.y)), max(abs(g.a.z), abs(g.a.w))));
+        amax = max(amax, max(max(abs(g.b.x), abs(g.b.y)), max(abs(g.b.z), abs(g.b.w))));
+      }
+      let d = amax / 127.0;
+      let inverse = select(0.0, 1.0 / d, d > 0.0);
+      var sum = 0i;
+      for (var i = 0u; i < 8u; i++) {
+        let q = pack4xI8(vec4i(round(v[i] * inverse)));
+        xq[t][i] = q;
+        sum += dot4I8Packed(q, 0x01010101u);
+      }
+      xd[t] = d;
+      xsum[t] = sum;
+    }
+    for (var r = 0u; r < ROWS; r++) {
+      let row = min(row0 + r, p.rows - 1u);
+      let wb = w_block_i8(row * p.blocks_per_row + blk, p.scales);
+      for (var t = 0u; t < TOKENS; t++) {
+        var s = 0i;
+        for (var i = 0u; i < 8u; i++) { s += dot4I8Packed(wb.q[i], xq[t][i]); }
+        acc[r * TOKENS + t] += wb.d * xd[t] * f32(s - W_I8_OFFSET * xsum[t]);
+      }
+    }
+  }`;
+
+/**
+ * The WGSL of the matvec kernel. Each thread takes whole chunks of a row (a block of 32 for
+ * Q4_0/Q8_0, loaded in one or two 16-byte reads), consecutive threads consecutive chunks, and
+ * multiplies each by `tokens` activation rows it loaded once for all ROWS rows. `int8` selects
+ * the integer dot products (Q4_0 and Q8_0 only).
+ */
+export function matvecWgsl(spec: KernelSpec, tokens: number, subgroups: boolean, int8 = false): string {
+  const outs = matvecRows(int8) * tokens;
   const reduce = subgroups
     ? /* wgsl */ `
   // Sum within each subgroup, then across the (contiguous) subgroups of the workgroup.
@@ -169,35 +299,26 @@ export function matvecWgsl(type: GGMLType, subgroups: boolean): string {
     for (var k = 0u; k < SLICES; k++) { total += partial[lid][k]; }
     store(row0, tok0, lid, total);
   }`;
+  // The two-stage reduction splits the WG partial sums of each output into WG / OUTS slices.
+  if (!subgroups && MATVEC_WG % outs !== 0) throw new Error(`matvec: ${outs} outputs per workgroup do not divide ${MATVEC_WG}`);
 
   return /* wgsl */ `${subgroups ? 'enable subgroups;' : ''}
-${weightDecodeWgsl(type)}
+${int8 ? weightDecodeInt8Wgsl(spec.type, 0) : weightDecodeWgsl(spec.type, 0)}
 ${paramsStruct}
+${activationWgsl(spec.rowsAligned)}
+${epilogueWgsl(spec.epilogue)}
 const WG: u32 = ${MATVEC_WG}u;
-const ROWS: u32 = ${MATVEC_ROWS}u;
-const TOKENS: u32 = ${MATVEC_TOKENS}u;
+const ROWS: u32 = ${matvecRows(int8)}u;
+const TOKENS: u32 = ${tokens}u;
 const OUTS: u32 = ROWS * TOKENS;
 const SLICES: u32 = WG / OUTS;
 
 var<workgroup> partial: array<array<f32, WG>, OUTS>;
 
-// 8 activations of token t from column c (zeros past the row end: float rows are padded to 8).
-fn x8(t: u32, c: u32) -> W8 {
-  let i = t * p.x_stride + c;
-  if (c + 8u <= p.cols) {
-    return W8(vec4f(x[i], x[i + 1u], x[i + 2u], x[i + 3u]), vec4f(x[i + 4u], x[i + 5u], x[i + 6u], x[i + 7u]));
-  }
-  var v: array<f32, 8>;
-  for (var k = 0u; k < 8u; k++) {
-    if (c + k < p.cols) { v[k] = x[i + k]; }
-  }
-  return W8(vec4f(v[0], v[1], v[2], v[3]), vec4f(v[4], v[5], v[6], v[7]));
-}
-
 fn store(row0: u32, tok0: u32, i: u32, value: f32) {
   let row = row0 + i / TOKENS;
   let tok = tok0 + i % TOKENS;
-  if (row < p.rows && tok < p.n_tokens) { y[tok * p.y_stride + p.y_offset + row] = value; }
+  if (row < p.rows && tok < p.n_tokens) { put(tok * p.y_stride + p.y_offset + row, value); }
 }
 
 @compute @workgroup_size(WG)
@@ -207,40 +328,58 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   let row0 = (wid.x + wid.y * p.grid_x) * ROWS;
   if (row0 >= p.rows) { return; } // past the end of a folded grid (uniform per workgroup)
   let tok0 = wid.z * TOKENS;
-  let groups = p.blocks_per_row * W_GROUPS_PER_BLOCK;
   var acc: array<f32, OUTS>;
-  for (var g = lid; g < groups; g += WG) {
-    let blk = g / W_GROUPS_PER_BLOCK;
-    let sub = g % W_GROUPS_PER_BLOCK;
-    var xs: array<W8, TOKENS>;
-    // Rows and tokens past the end are clamped (their sums are computed but never stored).
-    for (var t = 0u; t < TOKENS; t++) { xs[t] = x8(min(tok0 + t, p.n_tokens - 1u), g * 8u); }
-    for (var r = 0u; r < ROWS; r++) {
-      let row = min(row0 + r, p.rows - 1u);
-      let wv = w_group(row * p.blocks_per_row + blk, sub, p.scales);
-      for (var t = 0u; t < TOKENS; t++) {
-        acc[r * TOKENS + t] += dot(wv.a, xs[t].a) + dot(wv.b, xs[t].b);
-      }
-    }
-  }
+${int8 ? int8ChunkWgsl : floatChunkWgsl}
 ${reduce}
 }
 `;
 }
 
-const TILE_M = 32; // weight rows per workgroup
-const TILE_N = 32; // tokens per workgroup
-const TILE_K = 32; // columns per step (4 groups of 8)
+/** A register-tiled matmul configuration: a workgroup computes a TILE_M-row × TILE_N-token tile. */
+interface TileConfig {
+  /** Threads along rows and tokens (their product is the workgroup size). */
+  threadsM: number;
+  threadsN: number;
+  /** Outputs per thread along rows and tokens (rows tm + threadsM·i, tokens tn + threadsN·j). */
+  perThreadM: number;
+  perThreadN: number;
+  /** Columns staged per step (a multiple of 8). */
+  tileK: number;
+}
 
-/** The WGSL of the tiled (prefill) kernel for one weight type. */
-export function tiledWgsl(type: GGMLType): string {
+const TILE_CONFIGS = {
+  // 32 × 32 tile, 64 threads of 4 × 4: fits every adapter (SwiftShader included).
+  tiled: { threadsM: 8, threadsN: 8, perThreadM: 4, perThreadN: 4, tileK: 32 },
+  // 128 × 64 tile, 256 threads of 8 × 4, 12 KiB of workgroup memory: each decoded weight value
+  // is reused by 64 tokens and each staged activation by 128 rows (prefill on GPUs).
+  'tiled-large': { threadsM: 16, threadsN: 16, perThreadM: 8, perThreadN: 4, tileK: 16 },
+} satisfies Record<string, TileConfig>;
+
+const tileRows = (c: TileConfig) => c.threadsM * c.perThreadM;
+const tileTokens = (c: TileConfig) => c.threadsN * c.perThreadN;
+const tileThreads = (c: TileConfig) => c.threadsM * c.threadsN;
+const tileWorkgroupBytes = (c: TileConfig) => (tileRows(c) + tileTokens(c)) * c.tileK * 4;
+
+/**
+ * The WGSL of a tiled (prefill) kernel: per step the workgroup decodes a TILE_K-column slice of
+ * its rows of W to f32 and stages the same columns of its tokens of x in workgroup memory; each
+ * thread then accumulates its perThreadM × perThreadN register tile from them.
+ */
+export function tiledWgsl(spec: KernelSpec, config: TileConfig): string {
+  const { threadsM, threadsN, perThreadM, perThreadN, tileK } = config;
   return /* wgsl */ `
-${weightDecodeWgsl(type)}
+${weightDecodeWgsl(spec.type, 0)}
 ${paramsStruct}
-const TILE_M: u32 = ${TILE_M}u;
-const TILE_N: u32 = ${TILE_N}u;
-const TILE_K: u32 = ${TILE_K}u;
-const WG: u32 = 64u; // 8 × 8 threads, each owning rows tm + 8i and tokens tn + 8j (i, j < 4)
+${activationWgsl(spec.rowsAligned)}
+${epilogueWgsl(spec.epilogue)}
+const TM: u32 = ${threadsM}u;
+const TN: u32 = ${threadsN}u;
+const PM: u32 = ${perThreadM}u;
+const PN: u32 = ${perThreadN}u;
+const TILE_M: u32 = TM * PM;
+const TILE_N: u32 = TN * PN;
+const TILE_K: u32 = ${tileK}u;
+const WG: u32 = TM * TN;
 
 var<workgroup> wt: array<f32, TILE_K * TILE_M>; // [k][m]: decoded weights
 var<workgroup> xt: array<f32, TILE_K * TILE_N>; // [k][n]: activations
@@ -250,13 +389,13 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   let m0 = (wid.x + wid.y * p.grid_x) * TILE_M;
   if (m0 >= p.rows) { return; } // past the end of a folded grid (uniform per workgroup)
   let n0 = wid.z * TILE_N;
-  let tm = lid % 8u;
-  let tn = lid / 8u;
+  let tm = lid % TM;
+  let tn = lid / TM;
   let groups = p.blocks_per_row * W_GROUPS_PER_BLOCK;
-  var acc: array<f32, 16>;
+  var acc: array<f32, PM * PN>;
   for (var k0 = 0u; k0 < p.cols; k0 += TILE_K) {
-    // Weights: TILE_M rows × 4 groups; consecutive threads take consecutive rows.
-    for (var i = lid; i < TILE_M * 4u; i += WG) {
+    // Weights: TILE_M rows × TILE_K / 8 groups; consecutive threads take consecutive rows.
+    for (var i = lid; i < TILE_M * (TILE_K / 8u); i += WG) {
       let m = i % TILE_M;
       let kk = (i / TILE_M) * 8u;
       let g = (k0 + kk) / 8u;
@@ -269,33 +408,34 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
         wt[(kk + 4u + e) * TILE_M + m] = v.b[e];
       }
     }
-    // Activations: TILE_N tokens × TILE_K columns, read along the row.
-    for (var i = lid; i < TILE_N * TILE_K; i += WG) {
-      let k = i % TILE_K;
-      let n = i / TILE_K;
-      var v = 0.0;
-      if (k0 + k < p.cols && n0 + n < p.n_tokens) { v = x[(n0 + n) * p.x_stride + k0 + k]; }
-      xt[k * TILE_N + n] = v;
+    // Activations: TILE_N tokens × TILE_K / 8 groups of 8 columns.
+    for (var i = lid; i < TILE_N * (TILE_K / 8u); i += WG) {
+      let n = i % TILE_N;
+      let kk = (i / TILE_N) * 8u;
+      var v = W8(vec4f(0.0), vec4f(0.0));
+      if (k0 + kk < p.cols && n0 + n < p.n_tokens) { v = x8(n0 + n, k0 + kk); }
+      for (var e = 0u; e < 4u; e++) {
+        xt[(kk + e) * TILE_N + n] = v.a[e];
+        xt[(kk + 4u + e) * TILE_N + n] = v.b[e];
+      }
     }
     workgroupBarrier();
     for (var k = 0u; k < TILE_K; k++) {
-      var a: array<f32, 4>;
-      var b: array<f32, 4>;
-      for (var i = 0u; i < 4u; i++) {
-        a[i] = wt[k * TILE_M + tm + 8u * i];
-        b[i] = xt[k * TILE_N + tn + 8u * i];
-      }
-      for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) { acc[i * 4u + j] += a[i] * b[j]; }
+      var a: array<f32, PM>;
+      var b: array<f32, PN>;
+      for (var i = 0u; i < PM; i++) { a[i] = wt[k * TILE_M + tm + TM * i]; }
+      for (var j = 0u; j < PN; j++) { b[j] = xt[k * TILE_N + tn + TN * j]; }
+      for (var i = 0u; i < PM; i++) {
+        for (var j = 0u; j < PN; j++) { acc[i * PN + j] += a[i] * b[j]; }
       }
     }
     workgroupBarrier();
   }
-  for (var i = 0u; i < 4u; i++) {
-    for (var j = 0u; j < 4u; j++) {
-      let row = m0 + tm + 8u * i;
-      let tok = n0 + tn + 8u * j;
-      if (row < p.rows && tok < p.n_tokens) { y[tok * p.y_stride + p.y_offset + row] = acc[i * 4u + j]; }
+  for (var i = 0u; i < PM; i++) {
+    for (var j = 0u; j < PN; j++) {
+      let row = m0 + tm + TM * i;
+      let tok = n0 + tn + TN * j;
+      if (row < p.rows && tok < p.n_tokens) { put(tok * p.y_stride + p.y_offset + row, acc[i * PN + j]); }
     }
   }
 }
@@ -305,40 +445,81 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
 // ---------------------------------------------------------------------------------------------
 // Ops
 
-function pickVariant(gpu: GpuContext, variant: MatmulVariant, nTokens: number): Exclude<MatmulVariant, 'auto'> {
+type Variant = Exclude<MatmulVariant, 'auto'>;
+
+/** Whether this device can run the large tile (256 invocations, 12 KiB of workgroup memory). */
+function fitsTile(gpu: GpuContext, config: TileConfig): boolean {
+  return (
+    tileThreads(config) <= gpu.limits.maxComputeInvocationsPerWorkgroup &&
+    tileWorkgroupBytes(config) <= gpu.limits.maxComputeWorkgroupStorageSize
+  );
+}
+
+function pickVariant(gpu: GpuContext, variant: MatmulVariant, nTokens: number, type: GGMLType): Variant {
   if (variant === 'matvec-subgroup' && !gpu.features.subgroups) {
     throw new Error('matmul variant matvec-subgroup needs the subgroups feature, which this device lacks');
   }
+  if (variant === 'tiled-large' && !fitsTile(gpu, TILE_CONFIGS['tiled-large'])) {
+    throw new Error(
+      `matmul variant tiled-large needs ${tileThreads(TILE_CONFIGS['tiled-large'])} invocations and ` +
+        `${tileWorkgroupBytes(TILE_CONFIGS['tiled-large'])} bytes of workgroup memory; this device allows ` +
+        `${gpu.limits.maxComputeInvocationsPerWorkgroup} and ${gpu.limits.maxComputeWorkgroupStorageSize}`,
+    );
+  }
+  // int8 where the weight type allows it (Q4_0, Q8_0), else the float matvec: so a whole model
+  // can be run with `kernels: { matmul: 'matvec-int8' }`.
+  if (variant === 'matvec-int8' && !int8DecodableTypes().includes(type)) return gpu.features.subgroups ? 'matvec-subgroup' : 'matvec';
   if (variant !== 'auto') return variant;
-  if (nTokens > MATVEC_MAX_TOKENS) return 'tiled';
-  return gpu.features.subgroups ? 'matvec-subgroup' : 'matvec';
+  if (nTokens <= MATVEC_MAX_TOKENS) return gpu.features.subgroups ? 'matvec-subgroup' : 'matvec';
+  // A 64-token tile only pays when there are tokens to fill it.
+  return nTokens > tileTokens(TILE_CONFIGS.tiled) && fitsTile(gpu, TILE_CONFIGS['tiled-large']) ? 'tiled-large' : 'tiled';
 }
 
-/** y[t][yRowOffset + r] = Σ_c W[r][c] · x[t][c] for r < w.rows, t < nTokens. */
+/** Whether this device can run the `tiled-large` variant. */
+export function largeTileFits(gpu: GpuContext): boolean {
+  return fitsTile(gpu, TILE_CONFIGS['tiled-large']);
+}
+
+/** y[t][yRowOffset + r] = Σ_c W[r][c] · x[t][c] for r < w.rows, t < nTokens (or the epilogue's variation of it). */
 export function matmulOp(gpu: GpuContext, w: GpuWeight, x: GPUBuffer, y: GPUBuffer, nTokens: number, options: MatmulOptions = {}): KernelOp {
   const label = options.label ?? `matmul ${w.label}`;
-  const variant = pickVariant(gpu, options.variant ?? 'auto', nTokens);
+  const variant = pickVariant(gpu, options.variant ?? 'auto', nTokens, w.type);
   const yRowStride = options.yRowStride ?? w.totalRows;
   const yRowOffset = options.yRowOffset ?? w.rowOffset;
   const xRowStride = options.xRowStride ?? w.cols;
+  const epilogue = options.gate ? 'gate' : options.accumulate ? 'accumulate' : 'store';
   if (!Number.isInteger(nTokens) || nTokens < 1) throw new Error(`${label}: nTokens must be a positive integer, got ${nTokens}`);
   if (yRowOffset + w.rows > yRowStride) throw new Error(`${label}: rows ${yRowOffset}..${yRowOffset + w.rows} exceed the y row of ${yRowStride}`);
   if (x.size < ((nTokens - 1) * xRowStride + w.cols) * 4) throw new Error(`${label}: x (${x.size} bytes) is too small for ${nTokens} × ${w.cols} f32`);
-  if (y.size < ((nTokens - 1) * yRowStride + yRowOffset + w.rows) * 4) {
-    throw new Error(`${label}: y (${y.size} bytes) is too small for ${nTokens} rows of ${yRowStride} f32`);
-  }
+  const ySize = ((nTokens - 1) * yRowStride + yRowOffset + w.rows) * 4;
+  if (y.size < ySize) throw new Error(`${label}: y (${y.size} bytes) is too small for ${nTokens} rows of ${yRowStride} f32`);
+  if (options.gate && options.gate.size < ySize) throw new Error(`${label}: gate (${options.gate.size} bytes) is smaller than y's ${ySize}`);
+  if (options.gate && options.accumulate) throw new Error(`${label}: gate and accumulate cannot be combined`);
   const maxPerDimension = options.maxWorkgroupsPerDimension ?? gpu.limits.maxComputeWorkgroupsPerDimension;
-  const [rowsPerWorkgroup, tokensPerWorkgroup] = variant === 'tiled' ? [TILE_M, TILE_N] : [MATVEC_ROWS, MATVEC_TOKENS];
+  const spec: KernelSpec = { type: w.type, epilogue, rowsAligned: xRowStride % 4 === 0 };
+  let wgsl: string;
+  let rowsPerWorkgroup: number;
+  let tokensPerWorkgroup: number;
+  if (variant === 'tiled' || variant === 'tiled-large') {
+    const config = TILE_CONFIGS[variant];
+    [wgsl, rowsPerWorkgroup, tokensPerWorkgroup] = [tiledWgsl(spec, config), tileRows(config), tileTokens(config)];
+  } else {
+    // Compiled for the token count (1, 2 or MATVEC_TOKENS), so a single token does no wasted work.
+    tokensPerWorkgroup = nTokens <= 2 ? nTokens : MATVEC_TOKENS;
+    const int8 = variant === 'matvec-int8';
+    const subgroups = variant === 'matvec-subgroup' || (int8 && gpu.features.subgroups);
+    [wgsl, rowsPerWorkgroup] = [matvecWgsl(spec, tokensPerWorkgroup, subgroups, int8), matvecRows(int8)];
+  }
   const [gridX, gridY] = workgroupGrid(Math.ceil(w.rows / rowsPerWorkgroup), maxPerDimension);
   const gridZ = Math.ceil(nTokens / tokensPerWorkgroup);
   if (gridZ > maxPerDimension) throw new Error(`${label}: ${nTokens} tokens is too many for one dispatch`);
-  const wgsl = variant === 'tiled' ? tiledWgsl(w.type) : matvecWgsl(w.type, variant === 'matvec-subgroup');
   const uniforms = uniformBuffer(
     gpu.device,
     `${label} params`,
     params([w.rows, w.cols, nTokens, w.layout.blocksPerRow, w.layout.scalesOffset, xRowStride, yRowStride, yRowOffset, gridX]),
   );
-  return kernelOp(gpu.device, `${label} (${ggmlTypeName(w.type)} ${variant})`, wgsl, [w.buffer, x, y, uniforms], [gridX, gridY, gridZ]);
+  const buffers = [w.buffer, x, y, uniforms, ...(options.gate ? [options.gate] : [])];
+  return kernelOp(gpu.device, `${label} (${ggmlTypeName(w.type)} ${variant}${epilogue === 'store' ? '' : ` ${epilogue}`})`, wgsl, buffers, [gridX, gridY, gridZ]);
 }
 
 /** One op per part of a (possibly split) weight; together they fill all of y's rows. */

@@ -2,22 +2,34 @@
 // src/model/repack.ts writes (see the table there). Every kernel that reads weights (matmul,
 // embedding) includes the snippet of its weight's type, so each type's decoding lives here only.
 //
-// Contract. The including shader declares
-//     @group(0) @binding(N) var<storage, read> w: array<u32>;
-// and the snippet defines
+// Contract. `weightDecodeWgsl(type, binding)` declares the weight binding
+//     @group(0) @binding(binding) var<storage, read> w: array<vec4u>;
+// (16-byte elements, so wide decoders load a whole block's quants in one or two loads; the
+// buffer is padded to 16 bytes) and defines
+//     fn w_word(i: u32) -> u32                     // word i of the weight
 //     const W_GROUPS_PER_BLOCK: u32;               // groups of 8 values per GPU block
 //     struct W8 { a: vec4f, b: vec4f }             // 8 consecutive values of a row
 //     fn w_group(blk: u32, sub: u32, scales: u32) -> W8
+//     const W_CHUNK: u32;                          // groups decoded together by w_chunk
+//     fn w_chunk(blk: u32, sub0: u32, scales: u32) -> array<W8, W_CHUNK>
 // where `blk` is the block index (row * blocksPerRow + block in row), `sub` the group of 8 within
-// the block, and `scales` the word offset of the scales region (ignored by types without one).
+// the block (`sub0` a multiple of W_CHUNK), and `scales` the word offset of the scales region
+// (ignored by types without one). `w_group` decodes one group (any kernel can use it); `w_chunk`
+// decodes W_CHUNK consecutive groups at once, with 16-byte loads for the types decode is
+// usually run in (F32, F16, Q8_0, Q4_0), and by calling w_group for the others.
 // Values are computed in the same order as ggml's CPU dequantization (e.g. Q4_K: d*sc, then
 // d1*q - m1), so the GPU sees the same weights as src/model/quant.ts up to fused multiply-adds.
 
-import { ggmlTypeName, GGMLType } from '../model/ggml-type.ts';
+import { blockGeometry, ggmlTypeName, GGMLType } from '../model/ggml-type.ts';
+import { gpuLayout } from '../model/repack.ts';
 import { IQ4_NL_VALUES } from '../model/quant.ts';
 
 const common = /* wgsl */ `
 struct W8 { a: vec4f, b: vec4f }
+
+fn w_word(i: u32) -> u32 {
+  return w[i >> 2u][i & 3u];
+}
 
 // Four unsigned bytes of a word, one per lane.
 fn bytes4(x: u32) -> vec4u {
@@ -30,13 +42,13 @@ fn u8x4(x: u32) -> vec4f {
 fn i8x4(x: u32) -> vec4f {
   return vec4f(bitcast<vec4i>(vec4u(x) << vec4u(24u, 16u, 8u, 0u)) >> vec4u(24u));
 }
-// Byte k of the words starting at w[base].
+// Byte k of the words starting at w_word(base).
 fn w_byte(base: u32, k: u32) -> u32 {
-  return (w[base + (k >> 2u)] >> (8u * (k & 3u))) & 0xffu;
+  return (w_word(base + (k >> 2u)) >> (8u * (k & 3u))) & 0xffu;
 }
-// The f16 at half index i of the words starting at w[base].
+// The f16 at half index i of the words starting at w_word(base).
 fn w_half(base: u32, i: u32) -> f32 {
-  return unpack2x16float(w[base + (i >> 1u)])[i & 1u];
+  return unpack2x16float(w_word(base + (i >> 1u)))[i & 1u];
 }
 // Bits 0..3 of h, one per lane (the fifth bits of Q5 values).
 fn bits4(h: u32) -> vec4u {
@@ -49,7 +61,7 @@ const nibbleWords = /* wgsl */ `
 fn nibbles8(q: u32, sub: u32) -> array<u32, 2> {
   let shift = (sub >> 1u) * 4u;
   let i = q + (sub & 1u) * 2u;
-  return array<u32, 2>((w[i] >> shift) & 0x0f0f0f0fu, (w[i + 1u] >> shift) & 0x0f0f0f0fu);
+  return array<u32, 2>((w_word(i) >> shift) & 0x0f0f0f0fu, (w_word(i + 1u) >> shift) & 0x0f0f0f0fu);
 }
 `;
 
@@ -69,16 +81,16 @@ const snippets: Partial<Record<GGMLType, string>> = {
 const W_GROUPS_PER_BLOCK: u32 = 1u;
 fn w_group(blk: u32, sub: u32, scales: u32) -> W8 {
   let i = blk * 8u;
-  return W8(bitcast<vec4f>(vec4u(w[i], w[i + 1u], w[i + 2u], w[i + 3u])),
-            bitcast<vec4f>(vec4u(w[i + 4u], w[i + 5u], w[i + 6u], w[i + 7u])));
+  return W8(bitcast<vec4f>(vec4u(w_word(i), w_word(i + 1u), w_word(i + 2u), w_word(i + 3u))),
+            bitcast<vec4f>(vec4u(w_word(i + 4u), w_word(i + 5u), w_word(i + 6u), w_word(i + 7u))));
 }`,
 
   [GGMLType.F16]: `
 const W_GROUPS_PER_BLOCK: u32 = 1u;
 fn w_group(blk: u32, sub: u32, scales: u32) -> W8 {
   let i = blk * 4u;
-  return W8(vec4f(unpack2x16float(w[i]), unpack2x16float(w[i + 1u])),
-            vec4f(unpack2x16float(w[i + 2u]), unpack2x16float(w[i + 3u])));
+  return W8(vec4f(unpack2x16float(w_word(i)), unpack2x16float(w_word(i + 1u))),
+            vec4f(unpack2x16float(w_word(i + 2u)), unpack2x16float(w_word(i + 3u))));
 }`,
 
   [GGMLType.BF16]: `
@@ -86,7 +98,7 @@ const W_GROUPS_PER_BLOCK: u32 = 1u;
 fn bf16x2(x: u32) -> vec2f { return bitcast<vec2f>(vec2u(x << 16u, x & 0xffff0000u)); }
 fn w_group(blk: u32, sub: u32, scales: u32) -> W8 {
   let i = blk * 4u;
-  return W8(vec4f(bf16x2(w[i]), bf16x2(w[i + 1u])), vec4f(bf16x2(w[i + 2u]), bf16x2(w[i + 3u])));
+  return W8(vec4f(bf16x2(w_word(i)), bf16x2(w_word(i + 1u))), vec4f(bf16x2(w_word(i + 2u)), bf16x2(w_word(i + 3u))));
 }`,
 
   [GGMLType.Q8_0]: `
@@ -94,7 +106,7 @@ const W_GROUPS_PER_BLOCK: u32 = 4u;
 fn w_group(blk: u32, sub: u32, scales: u32) -> W8 {
   let i = blk * 8u + sub * 2u;
   let d = w_half(scales, blk);
-  return W8(i8x4(w[i]) * d, i8x4(w[i + 1u]) * d);
+  return W8(i8x4(w_word(i)) * d, i8x4(w_word(i + 1u)) * d);
 }`,
 
   [GGMLType.Q4_0]: `${nibbleWords}
@@ -122,7 +134,7 @@ fn w_group(blk: u32, sub: u32, scales: u32) -> W8 {
 const W_GROUPS_PER_BLOCK: u32 = 4u;
 fn w_group(blk: u32, sub: u32, scales: u32) -> W8 {
   let base = blk * 5u;
-  let h = w[base] >> (8u * sub);
+  let h = w_word(base) >> (8u * sub);
   let q = nibbles8(base + 1u, sub);
   let d = w_half(scales, blk);
   let lo = vec4f(bytes4(q[0]) | (bits4(h) << vec4u(4u)));
@@ -134,7 +146,7 @@ fn w_group(blk: u32, sub: u32, scales: u32) -> W8 {
 const W_GROUPS_PER_BLOCK: u32 = 4u;
 fn w_group(blk: u32, sub: u32, scales: u32) -> W8 {
   let base = blk * 5u;
-  let dm = unpack2x16float(w[base]);
+  let dm = unpack2x16float(w_word(base));
   let q = nibbles8(base + 1u, sub);
   return W8(u8x4(q[0]) * dm.x + dm.y, u8x4(q[1]) * dm.x + dm.y);
 }`,
@@ -143,8 +155,8 @@ fn w_group(blk: u32, sub: u32, scales: u32) -> W8 {
 const W_GROUPS_PER_BLOCK: u32 = 4u;
 fn w_group(blk: u32, sub: u32, scales: u32) -> W8 {
   let base = blk * 6u;
-  let dm = unpack2x16float(w[base]);
-  let h = w[base + 1u] >> (8u * sub);
+  let dm = unpack2x16float(w_word(base));
+  let h = w_word(base + 1u) >> (8u * sub);
   let q = nibbles8(base + 2u, sub);
   let lo = vec4f(bytes4(q[0]) | (bits4(h) << vec4u(4u)));
   let hi = vec4f(bytes4(q[1]) | (bits4(h >> 4u) << vec4u(4u)));
@@ -156,13 +168,13 @@ fn w_group(blk: u32, sub: u32, scales: u32) -> W8 {
 const W_GROUPS_PER_BLOCK: u32 = 32u;
 fn w_group(blk: u32, sub: u32, scales: u32) -> W8 {
   let base = blk * 21u;
-  let dm = unpack2x16float(w[base + 20u]);
+  let dm = unpack2x16float(w_word(base + 20u));
   let sc = w_byte(base, sub >> 1u);
   let dl = dm.x * f32(sc & 0xfu);
   let ml = dm.y * f32(sc >> 4u);
   let i = base + 4u + 8u * (sub >> 4u) + 4u * ((sub >> 1u) & 1u) + 2u * (sub & 1u);
   let shift = 2u * ((sub >> 2u) & 3u);
-  return W8(dl * u8x4((w[i] >> shift) & 0x03030303u) - ml, dl * u8x4((w[i + 1u] >> shift) & 0x03030303u) - ml);
+  return W8(dl * u8x4((w_word(i) >> shift) & 0x03030303u) - ml, dl * u8x4((w_word(i + 1u) >> shift) & 0x03030303u) - ml);
 }`,
 
   // As Q2_K, plus a third bit in hmask byte 16k + l at bit 4h + j (clear means minus 4).
@@ -178,8 +190,8 @@ fn w_group(blk: u32, sub: u32, scales: u32) -> W8 {
   let i = base + 8u + 8u * (sub >> 4u) + k2;
   let shift = 2u * ((sub >> 2u) & 3u);
   let m = 4u * (sub >> 4u) + ((sub >> 2u) & 3u);
-  let qa = u8x4((w[i] >> shift) & 0x03030303u) + 4.0 * u8x4((w[base + k2] >> m) & 0x01010101u) - 4.0;
-  let qb = u8x4((w[i + 1u] >> shift) & 0x03030303u) + 4.0 * u8x4((w[base + k2 + 1u] >> m) & 0x01010101u) - 4.0;
+  let qa = u8x4((w_word(i) >> shift) & 0x03030303u) + 4.0 * u8x4((w_word(base + k2) >> m) & 0x01010101u) - 4.0;
+  let qb = u8x4((w_word(i + 1u) >> shift) & 0x03030303u) + 4.0 * u8x4((w_word(base + k2 + 1u) >> m) & 0x01010101u) - 4.0;
   return W8(dl * qa, dl * qb);
 }`,
 
@@ -189,13 +201,13 @@ const W_GROUPS_PER_BLOCK: u32 = 32u;
 fn w_group(blk: u32, sub: u32, scales: u32) -> W8 {
   let base = blk * 36u;
   let j = sub >> 2u;
-  let dm = unpack2x16float(w[base]);
+  let dm = unpack2x16float(w_word(base));
   let sm = scale_min_k4(base + 1u, j);
   let d1 = dm.x * sm.x;
   let m1 = dm.y * sm.y;
   let i = base + 4u + 8u * (j >> 1u) + 2u * (sub & 3u);
   let shift = 4u * (j & 1u);
-  return W8(d1 * u8x4((w[i] >> shift) & 0x0f0f0f0fu) - m1, d1 * u8x4((w[i + 1u] >> shift) & 0x0f0f0f0fu) - m1);
+  return W8(d1 * u8x4((w_word(i) >> shift) & 0x0f0f0f0fu) - m1, d1 * u8x4((w_word(i + 1u) >> shift) & 0x0f0f0f0fu) - m1);
 }`,
 
   // Q4_K plus a fifth bit: bit j of qh byte l.
@@ -204,15 +216,15 @@ const W_GROUPS_PER_BLOCK: u32 = 32u;
 fn w_group(blk: u32, sub: u32, scales: u32) -> W8 {
   let base = blk * 44u;
   let j = sub >> 2u;
-  let dm = unpack2x16float(w[base]);
+  let dm = unpack2x16float(w_word(base));
   let sm = scale_min_k4(base + 1u, j);
   let d1 = dm.x * sm.x;
   let m1 = dm.y * sm.y;
   let i = base + 12u + 8u * (j >> 1u) + 2u * (sub & 3u);
   let h = base + 4u + 2u * (sub & 3u);
   let shift = 4u * (j & 1u);
-  let qa = u8x4((w[i] >> shift) & 0x0f0f0f0fu) + 16.0 * u8x4((w[h] >> j) & 0x01010101u);
-  let qb = u8x4((w[i + 1u] >> shift) & 0x0f0f0f0fu) + 16.0 * u8x4((w[h + 1u] >> j) & 0x01010101u);
+  let qa = u8x4((w_word(i) >> shift) & 0x0f0f0f0fu) + 16.0 * u8x4((w_word(h) >> j) & 0x01010101u);
+  let qb = u8x4((w_word(i + 1u) >> shift) & 0x0f0f0f0fu) + 16.0 * u8x4((w_word(h + 1u) >> j) & 0x01010101u);
   return W8(d1 * qa - m1, d1 * qb - m1);
 }`,
 
@@ -230,20 +242,116 @@ fn w_group(blk: u32, sub: u32, scales: u32) -> W8 {
   let i = base + 16u * h + 8u * (q & 1u) + 2u * part;
   let hi = base + 32u + 8u * h + 2u * part;
   let shift = 4u * (q >> 1u);
-  let qa = vec4f(bytes4((w[i] >> shift) & 0x0f0f0f0fu) | (bytes4((w[hi] >> (2u * q)) & 0x03030303u) << vec4u(4u)));
-  let qb = vec4f(bytes4((w[i + 1u] >> shift) & 0x0f0f0f0fu) | (bytes4((w[hi + 1u] >> (2u * q)) & 0x03030303u) << vec4u(4u)));
+  let qa = vec4f(bytes4((w_word(i) >> shift) & 0x0f0f0f0fu) | (bytes4((w_word(hi) >> (2u * q)) & 0x03030303u) << vec4u(4u)));
+  let qb = vec4f(bytes4((w_word(i + 1u) >> shift) & 0x0f0f0f0fu) | (bytes4((w_word(hi + 1u) >> (2u * q)) & 0x03030303u) << vec4u(4u)));
   return W8(d * (qa - 32.0), d * (qb - 32.0));
 }`,
 };
+
+// Wide decoders: W_CHUNK groups from 16-byte loads (layouts in src/model/repack.ts).
+const chunkSnippets: Partial<Record<GGMLType, string>> = {
+  // One group: 8 f32 in two loads.
+  [GGMLType.F32]: `
+const W_CHUNK: u32 = 1u;
+fn w_chunk(blk: u32, sub0: u32, scales: u32) -> array<W8, 1> {
+  return array<W8, 1>(W8(bitcast<vec4f>(w[2u * blk]), bitcast<vec4f>(w[2u * blk + 1u])));
+}`,
+
+  // One group: 8 f16 in one load.
+  [GGMLType.F16]: `
+const W_CHUNK: u32 = 1u;
+fn w_chunk(blk: u32, sub0: u32, scales: u32) -> array<W8, 1> {
+  let q = w[blk];
+  return array<W8, 1>(W8(vec4f(unpack2x16float(q.x), unpack2x16float(q.y)), vec4f(unpack2x16float(q.z), unpack2x16float(q.w))));
+}`,
+
+  // A whole block: 32 signed bytes in two loads, one scale.
+  [GGMLType.Q8_0]: `
+const W_CHUNK: u32 = 4u;
+fn w_chunk(blk: u32, sub0: u32, scales: u32) -> array<W8, 4> {
+  let lo = w[2u * blk];
+  let hi = w[2u * blk + 1u];
+  let d = w_half(scales, blk);
+  return array<W8, 4>(W8(i8x4(lo.x) * d, i8x4(lo.y) * d), W8(i8x4(lo.z) * d, i8x4(lo.w) * d),
+                      W8(i8x4(hi.x) * d, i8x4(hi.y) * d), W8(i8x4(hi.z) * d, i8x4(hi.w) * d));
+}`,
+
+  // A whole block: 32 nibbles in one load (low nibbles are values 0..15, high ones 16..31).
+  [GGMLType.Q4_0]: `
+const W_CHUNK: u32 = 4u;
+fn w_chunk(blk: u32, sub0: u32, scales: u32) -> array<W8, 4> {
+  let q = w[blk];
+  let d = w_half(scales, blk);
+  let lo = q & vec4u(0x0f0f0f0fu);
+  let hi = (q >> vec4u(4u)) & vec4u(0x0f0f0f0fu);
+  return array<W8, 4>(W8((u8x4(lo.x) - 8.0) * d, (u8x4(lo.y) - 8.0) * d), W8((u8x4(lo.z) - 8.0) * d, (u8x4(lo.w) - 8.0) * d),
+                      W8((u8x4(hi.x) - 8.0) * d, (u8x4(hi.y) - 8.0) * d), W8((u8x4(hi.z) - 8.0) * d, (u8x4(hi.w) - 8.0) * d));
+}`,
+};
+
+// Integer decoders, for the int8 matvec (activations quantized to int8 per block of 32, as
+// llama.cpp's quantized matmuls do): a block as 8 words of packed signed bytes (values 4i..4i+3
+// in word i) for dot4I8Packed, its scale, and W_I8_OFFSET, the constant every stored byte is
+// above its value (Q4_0's nibbles 0..15 stand for -8..7: the -8 is applied once per block, as
+// -8·Σx, which keeps the bytes valid signed operands).
+const int8Snippets: Partial<Record<GGMLType, string>> = {
+  [GGMLType.Q8_0]: `
+const W_I8_OFFSET: i32 = 0;
+fn w_block_i8(blk: u32, scales: u32) -> WI8 {
+  let lo = w[2u * blk];
+  let hi = w[2u * blk + 1u];
+  return WI8(array<u32, 8>(lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w), w_half(scales, blk));
+}`,
+  [GGMLType.Q4_0]: `
+const W_I8_OFFSET: i32 = 8;
+fn w_block_i8(blk: u32, scales: u32) -> WI8 {
+  let q = w[blk];
+  let lo = q & vec4u(0x0f0f0f0fu);
+  let hi = (q >> vec4u(4u)) & vec4u(0x0f0f0f0fu);
+  return WI8(array<u32, 8>(lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w), w_half(scales, blk));
+}`,
+};
+
+/** Weight types the int8 matvec can read. */
+export function int8DecodableTypes(): GGMLType[] {
+  return Object.keys(int8Snippets).map(Number) as GGMLType[];
+}
+
+/** weightDecodeWgsl plus `w_block_i8` (see int8Snippets) for a type int8DecodableTypes lists. */
+export function weightDecodeInt8Wgsl(type: GGMLType, binding: number): string {
+  const snippet = int8Snippets[type];
+  if (!snippet) throw new Error(`no int8 GPU decoder for ${ggmlTypeName(type)} weights (only ${int8DecodableTypes().map(ggmlTypeName).join(', ')})`);
+  return `${weightDecodeWgsl(type, binding)}
+struct WI8 { q: array<u32, 8>, d: f32 }
+${snippet}`;
+}
+
+// The other types decode W_CHUNK groups through w_group: four for block types, one for floats
+// (whose rows are padded to 8 values only).
+function chunkThroughGroups(groupsPerBlock: number): string {
+  const chunk = Math.min(4, groupsPerBlock);
+  return `
+const W_CHUNK: u32 = ${chunk}u;
+fn w_chunk(blk: u32, sub0: u32, scales: u32) -> array<W8, ${chunk}> {
+  var out: array<W8, ${chunk}>;
+  for (var i = 0u; i < ${chunk}u; i++) { out[i] = w_group(blk, sub0 + i, scales); }
+  return out;
+}`;
+}
+
+function groupsPerBlock(type: GGMLType): number {
+  return gpuLayout(type, 1, blockGeometry[type]!.blockSize).blockValues / 8;
+}
 
 /** Weight types the GPU kernels can read. */
 export function gpuDecodableTypes(): GGMLType[] {
   return Object.keys(snippets).map(Number) as GGMLType[];
 }
 
-/** The WGSL that decodes `type` (helpers, W8, W_GROUPS_PER_BLOCK and w_group). */
-export function weightDecodeWgsl(type: GGMLType): string {
+/** The WGSL that declares the weight `w` at `binding` and decodes `type` (see the contract above). */
+export function weightDecodeWgsl(type: GGMLType, binding: number): string {
   const snippet = snippets[type];
   if (!snippet) throw new Error(`no GPU decoder for ${ggmlTypeName(type)} weights`);
-  return common + snippet;
+  const declaration = `@group(0) @binding(${binding}) var<storage, read> w: array<vec4u>;\n`;
+  return declaration + common + snippet + (chunkSnippets[type] ?? chunkThroughGroups(groupsPerBlock(type)));
 }

@@ -34,6 +34,7 @@
 // activations of `createActivations`. Limits are checked here, so a plan that would not fit fails
 // with the numbers instead of an out-of-memory in the middle of a load.
 
+import { align16 } from '../gpu/kernel.ts';
 import { kvCacheBytes, kvGeometry, kvLayerBytes as kvLayerBufferBytes, type KvGeometry } from '../engine/kv-cache.ts';
 import { activationSizes } from '../engine/llama.ts';
 import { rangeLength, type Range, type ShardView } from '../engine/shard-view.ts';
@@ -41,7 +42,7 @@ import { plannedReads, shardReadBytes } from '../engine/weights.ts';
 import type { LlamaConfig } from '../model/config.ts';
 import { blockGeometry, ggmlTypeName, type GGMLType } from '../model/ggml-type.ts';
 import type { GGUFFile, GGUFTensorInfo } from '../model/gguf.ts';
-import { gpuLayout, gpuRowBytes, repackableTypes } from '../model/repack.ts';
+import { gpuLayout, gpuRowBytes, repackableTypes, rowsPerBinding } from '../model/repack.ts';
 
 export interface DeviceDescription {
   name: string;
@@ -241,7 +242,7 @@ function kvHeadsFor(heads: Range, nHeads: number, nKvHeads: number): Range {
 
 /** GPU bytes of a `rows × cols` weight uploaded as `uploadWeightSplit` does (parts under one binding). */
 function gpuMatrixBytes(type: GGMLType, rows: number, cols: number, maxBindingBytes: number): number {
-  const rowsPerPart = Math.floor((maxBindingBytes - 16) / gpuRowBytes(type, cols));
+  const rowsPerPart = rowsPerBinding(type, cols, maxBindingBytes);
   let bytes = 0;
   for (let first = 0; first < rows; first += rowsPerPart) {
     bytes += gpuLayout(type, Math.min(rowsPerPart, rows - first), cols).totalWords * 4;
@@ -249,7 +250,7 @@ function gpuMatrixBytes(type: GGMLType, rows: number, cols: number, maxBindingBy
   return bytes;
 }
 
-const f32Buffer = (values: number) => Math.max(4, values * 4); // storageBuffer: ≥ 4 bytes, whole words
+const f32Buffer = (values: number) => Math.max(16, align16(values * 4)); // storageBuffer: ≥ 16 bytes, whole vec4s
 
 /** The buffers `createActivations` (src/engine/llama.ts) allocates, from the same size list. */
 function activationBuffers(config: LlamaConfig, view: ShardView, maxTokens: number, geometry: KvGeometry): Array<{ label: string; bytes: number }> {
@@ -371,7 +372,7 @@ function shardWeightBytes(file: GGUFFile, config: LlamaConfig, view: ShardView, 
     const rows = slice.rows ? rangeLength(slice.rows) : t.shape.slice(1).reduce((a, b) => a * b, 1);
     const cols = slice.columns ? rangeLength(slice.columns) : t.shape[0]!;
     const rowBytes = gpuRowBytes(t.type, cols);
-    if (rowBytes + 16 > maxBinding) {
+    if (rowsPerBinding(t.type, cols, maxBinding) < 1) {
       throw new ShardPlanError({
         rank,
         problem: `${who}: one row of ${name} (${cols} ${ggmlTypeName(t.type)} values, ${formatBytes(rowBytes)} on the GPU) does not fit the device's ${formatBytes(maxBinding)} storage binding`,
