@@ -5,7 +5,7 @@ import { readBuffer, readF32, readU32, runOps, storageBuffer } from '../src/gpu/
 import type { GpuContext } from '../src/gpu/device.ts';
 import { rmsnormOp } from '../src/shaders/rmsnorm.ts';
 import { ropeOp, type RopeStyle } from '../src/shaders/rope.ts';
-import { attentionOp, kvCacheWriteOp, type KvPaging } from '../src/shaders/attention.ts';
+import { attentionOp, attentionOps, kvCacheWriteOp, type KvPaging } from '../src/shaders/attention.ts';
 import { addOp, copyOp, gatherRowsOp, scaleOp, swigluOp } from '../src/shaders/elementwise.ts';
 import { argmaxOp, packPenalties, repetitionPenaltyOp, topKOp, unpackTopK } from '../src/shaders/sampling.ts';
 import {
@@ -118,8 +118,8 @@ describe('kv cache and attention', () => {
     { name: 'decode at position 0, 2/2', nTokens: 1, nHeads: 2, nKvHeads: 2, headDim: 8, firstPosition: 0 },
     { name: 'decode with a long context, GQA 8/2', nTokens: 1, nHeads: 8, nKvHeads: 2, headDim: 100, firstPosition: 599 },
   ];
-  for (const c of cases) {
-    it(`attends causally: ${c.name}, ${c.nTokens} tokens from position ${c.firstPosition}, headDim ${c.headDim}`, async () => {
+  for (const c of cases) for (const variant of ['single', 'split'] as const) {
+    it(`attends causally (${variant}): ${c.name}, ${c.nTokens} tokens from position ${c.firstPosition}, headDim ${c.headDim}`, async () => {
       const gpu = await testGpu();
       const contextLength = 640;
       const kvWidth = c.nKvHeads * c.headDim;
@@ -138,7 +138,7 @@ describe('kv cache and attention', () => {
       const paging = contiguousPaging(gpu, c.nTokens, contextLength);
       runOps(gpu.device, [
         kvCacheWriteOp(gpu, upload(gpu, 'k', k), upload(gpu, 'v', v), positionBuffer, paging, kBuffer, vBuffer, shape),
-        attentionOp(gpu, upload(gpu, 'q', q), kBuffer, vBuffer, positionBuffer, paging, out, shape),
+        ...attentionOps(gpu, upload(gpu, 'q', q), kBuffer, vBuffer, positionBuffer, paging, out, shape, { variant }),
       ]);
       kvCacheWriteRef(k, v, positions, kCache, vCache, kvWidth);
       const got = await readF32(gpu.device, out, q.length);
@@ -167,7 +167,7 @@ describe('kv cache and attention', () => {
 });
 
 describe('paged kv cache', () => {
-  it('serves a batch of two sequences whose blocks are scattered through the cache', async () => {
+  for (const variant of ['single', 'split'] as const) it(`serves a batch of two sequences whose blocks are scattered through the cache (${variant})`, async () => {
     const gpu = await testGpu();
     const [nHeads, nKvHeads, headDim, blockSize, blocksPerSequence] = [4, 2, 16, 4, 6];
     const kvWidth = nKvHeads * headDim;
@@ -198,7 +198,7 @@ describe('paged kv cache', () => {
     const out = storageBuffer(gpu.device, 'out', q.length * 4);
     const paging = { tokenSlots: upload(gpu, 'slots', slots), blockTable: upload(gpu, 'blocks', blockTable), blockSize, blocksPerSequence };
     const shape = { nTokens: 4, nHeads, nKvHeads, headDim };
-    runOps(gpu.device, [attentionOp(gpu, upload(gpu, 'q', q), upload(gpu, 'kc', kCache), upload(gpu, 'vc', vCache), upload(gpu, 'pos', positions), paging, out, shape)]);
+    runOps(gpu.device, attentionOps(gpu, upload(gpu, 'q', q), upload(gpu, 'kc', kCache), upload(gpu, 'vc', vCache), upload(gpu, 'pos', positions), paging, out, shape, { variant, chunk: 4 }));
     const got = await readF32(gpu.device, out, q.length);
     const width = nHeads * headDim;
     for (let t = 0; t < 4; t++) {

@@ -7,12 +7,12 @@
 import type { GpuContext } from '../gpu/device.ts';
 import { align16, storageBuffer } from '../gpu/kernel.ts';
 import { ropePositionScale, type LlamaConfig } from '../model/config.ts';
-import { attentionOp, kvCacheWriteOp } from '../shaders/attention.ts';
+import { attentionOps, SPLIT_MAX_TOKENS, splitScratchBytes } from '../shaders/attention.ts';
 import { embeddingOps } from '../shaders/embedding.ts';
 import { gatherRowsOp } from '../shaders/elementwise.ts';
 import { matmulOps, type MatmulOptions, type MatmulVariant } from '../shaders/matmul.ts';
 import { rmsnormOp } from '../shaders/rmsnorm.ts';
-import { ropeOp } from '../shaders/rope.ts';
+import { ropeAndCacheWriteOp } from '../shaders/rope.ts';
 import { argmaxOp, topKOp } from '../shaders/sampling.ts';
 import type { KvCache, KvGeometry } from './kv-cache.ts';
 import { ProgramRecorder, type ProgramStep } from './program.ts';
@@ -39,6 +39,7 @@ export interface Activations {
   k: GPUBuffer; // [T][localKvHeads*headDim]
   v: GPUBuffer; // [T][localKvHeads*headDim]
   attention: GPUBuffer; // [T][localHeads*headDim]
+  attentionPartials: GPUBuffer; // split-K attention's per-chunk partials (decode steps), shared by every layer
   gate: GPUBuffer; // [T][localFfn]: Wgate·n
   ffnHidden: GPUBuffer; // [T][localFfn]: silu(Wgate·n) ⊙ (Wup·n)
   sampledHidden: GPUBuffer; // [S][dim]: the hidden states of the sampled tokens
@@ -73,6 +74,7 @@ export function activationSizes(
     k: T * kvWidth,
     v: T * kvWidth,
     attention: T * headsWidth,
+    attentionPartials: splitScratchBytes({ nTokens: Math.min(T, SPLIT_MAX_TOKENS), nHeads: rangeLength(view.heads), nKvHeads: rangeLength(view.kvHeads), headDim }, geometry) / 4,
     gate: T * ffn,
     ffnHidden: T * ffn,
     sampledHidden: S * dim,
@@ -158,10 +160,8 @@ export function recordLlamaForward(
     f.run(...matmul(w.query, a.xNorm, a.q, T));
     f.run(...matmul(w.key, a.xNorm, a.k, T));
     f.run(...matmul(w.value, a.xNorm, a.v, T));
-    f.run(ropeOp(gpu, a.q, a.positions, { ...rope, nHeads: heads }));
-    f.run(ropeOp(gpu, a.k, a.positions, { ...rope, nHeads: kvHeads }));
-    f.run(kvCacheWriteOp(gpu, a.k, a.v, a.positions, paging, keys, values, attentionShape));
-    f.run(attentionOp(gpu, a.q, keys, values, a.positions, paging, a.attention, attentionShape));
+    f.run(ropeAndCacheWriteOp(gpu, a.q, a.k, a.v, a.positions, paging, keys, values, { ...rope, nHeads: heads, nKvHeads: kvHeads }));
+    f.run(...attentionOps(gpu, a.q, keys, values, a.positions, paging, a.attention, attentionShape, { scratch: a.attentionPartials }));
     f.run(...matmul(w.output, a.attention, a.x, T, { accumulate: addsResidual(view.heads) }));
     f.allReduceSum(a.x, T * dim, `layer ${layer} attention`);
 

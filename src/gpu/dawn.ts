@@ -3,6 +3,10 @@
 // Hazard (DESIGN.md): the object returned by Dawn's `create()` must stay reachable for as long
 // as any device lives, or the process segfaults when it is garbage-collected. So every GPU we
 // create is held here, at module level, for the life of the process.
+//
+// In Deno, Dawn's event polling is paced before Dawn loads (dawn-polling.ts explains why).
+
+import { dawnPollPacingHere, installDawnPollPacing } from './dawn-polling.ts';
 
 const createdGpus = new Map<string, GPU>();
 
@@ -16,6 +20,8 @@ let dawnModule: Promise<DawnModule> | undefined;
 function loadDawn(): Promise<DawnModule> {
   // The specifier is in a variable so browser bundlers leave this import alone.
   const specifier = 'webgpu';
+  const pacing = dawnPollPacingHere();
+  if (pacing) installDawnPollPacing(pacing);
   dawnModule ??= (import(/* @vite-ignore */ specifier) as Promise<DawnModule>).then((mod) => {
     // Dawn's GPUBufferUsage, GPUMapMode, ... constants, as a browser has them.
     for (const [key, value] of Object.entries(mod.globals)) {

@@ -103,6 +103,51 @@ export function attentionRef(
   return out;
 }
 
+/** Where a paged cache keeps its rows: `blockTable[slot][position / blockSize]` is the physical block. */
+export interface PagingRef {
+  tokenSlots: Uint32Array;
+  blockTable: Uint32Array;
+  blockSize: number;
+  blocksPerSequence: number;
+}
+
+/** The physical cache row of (slot, position) through the block table. */
+export function cacheRowRef(paging: PagingRef, slot: number, position: number): number {
+  const { blockTable, blockSize, blocksPerSequence } = paging;
+  return blockTable[slot * blocksPerSequence + Math.floor(position / blockSize)]! * blockSize + (position % blockSize);
+}
+
+/**
+ * attentionRef over a paged cache `[rows][nKvHeads*headDim]`: token t reads rows 0..p of its own
+ * slot (`paging.tokenSlots[t]`) through the block table.
+ */
+export function pagedAttentionRef(
+  q: Float32Array,
+  kCache: Float32Array,
+  vCache: Float32Array,
+  positions: Uint32Array,
+  paging: PagingRef,
+  shape: AttentionRefShape,
+): Float32Array {
+  const { nTokens, nHeads, nKvHeads, headDim } = shape;
+  const kvWidth = nKvHeads * headDim;
+  const qWidth = nHeads * headDim;
+  const out = new Float32Array(nTokens * qWidth);
+  for (let t = 0; t < nTokens; t++) {
+    const keyCount = positions[t]! + 1;
+    const k = new Float32Array(keyCount * kvWidth);
+    const v = new Float32Array(keyCount * kvWidth);
+    for (let position = 0; position < keyCount; position++) {
+      const from = cacheRowRef(paging, paging.tokenSlots[t]!, position) * kvWidth;
+      k.set(kCache.subarray(from, from + kvWidth), position * kvWidth);
+      v.set(vCache.subarray(from, from + kvWidth), position * kvWidth);
+    }
+    const one = attentionRef(q.subarray(t * qWidth, (t + 1) * qWidth), k, v, positions.subarray(t, t + 1), { ...shape, nTokens: 1 });
+    out.set(one, t * qWidth);
+  }
+  return out;
+}
+
 /** Writes k/v rows `[nTokens][kvWidth]` into caches `[contextLength][kvWidth]` at each token's position. */
 export function kvCacheWriteRef(
   k: Float32Array,
