@@ -295,8 +295,14 @@ export interface ColdStart {
   /** loadModel (header, tokenizer, read + repack + upload of every weight, KV cache) until the GPU has it all. */
   loadMs: number;
   fileTensorBytes: number;
-  /** File tensor bytes ÷ load time (10^9 B/s). */
+  /** File tensor bytes ÷ load time (10^9 B/s): repacking, tokenizer and KV cache included. */
   loadGBps: number;
+  /** The weights' share of the load (loadLlamaWeights): waiting for file reads that were not hidden behind work. */
+  weightsReadMs: number;
+  /** The weights' share of the load: repacking and handing the bytes to the GPU queue (the next chunk is read meanwhile). */
+  weightsUploadMs: number;
+  /** File tensor bytes ÷ (weightsReadMs + weightsUploadMs): the file → GPU rate of the weights alone. */
+  weightsGBps: number;
   /** GPU bytes of weights + KV cache (model.stats()). */
   gpuBytes: number;
   /** First generate after load (compiles the pipelines it needs) until its first token. */
@@ -408,11 +414,17 @@ export async function benchEndToEnd(path: string, label: string, peaks: Peaks, o
     for await (const _ of model.generate(shortIds, { maxTokens: 3, temperature: 0, ignoreEos: true })) {
       if (Number.isNaN(firstTokenMs)) firstTokenMs = performance.now() - firstStart;
     }
+    const loadStats = model.stats().devices[0];
+    const weightsReadMs = loadStats?.loadReadMs ?? NaN;
+    const weightsUploadMs = loadStats?.loadUploadMs ?? NaN;
     const coldStart: ColdStart = {
       openMs,
       loadMs,
       fileTensorBytes: cost.fileTensorBytes,
       loadGBps: cost.fileTensorBytes / loadMs / 1e6,
+      weightsReadMs,
+      weightsUploadMs,
+      weightsGBps: cost.fileTensorBytes / (weightsReadMs + weightsUploadMs) / 1e6,
       gpuBytes: model.stats().devices[0]?.gpuBytes ?? 0,
       firstTokenMs,
       timeToFirstTokenMs: openMs + loadMs + firstTokenMs,

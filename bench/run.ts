@@ -308,7 +308,7 @@ export function reportTable(report: BenchReport): string {
       subject,
       `load ${num(c.loadGBps)} GB/s`,
       '',
-      `load ${time(c.loadMs)}, TTFT ${time(c.timeToFirstTokenMs)} (page cache ${c.pageCache})`,
+      `load ${time(c.loadMs)} (weights: read ${time(c.weightsReadMs)} + repack/upload ${time(c.weightsUploadMs)} = ${num(c.weightsGBps)} GB/s), TTFT ${time(c.timeToFirstTokenMs)} (page cache ${c.pageCache})`,
       peer ? `${llamaCpp}: load ${time(peer.loadMs)}, TTFT ${time(peer.timeToFirstTokenMs)} (page cache ${peer.pageCache})` : '',
       peer ? `${ratio(peer.timeToFirstTokenMs, c.timeToFirstTokenMs)} TTFT` : '',
     ]);
@@ -366,6 +366,7 @@ export function reportNotes(report: BenchReport): string {
     'roofline (decode): tokens/s × bytes read per token ÷ peak BW, bytes = weights in GPU layout ÷ batch + KV cache read.',
     'prefill % FMA: model FLOPs (2 × params per token + attention) ÷ time ÷ FMA peak.',
     'speed vs peer: webshard ÷ peer (> 1× means webshard is faster); for cold start, peer TTFT ÷ webshard TTFT.',
+    'cold start: load GB/s = file tensor bytes ÷ loadModel time (header, tokenizer, read + repack + upload, KV cache, until the queue is idle); weights GB/s = the same bytes ÷ the weights\' read wait + repack/upload time.',
   ];
   if (report.errors.length > 0) notes.push(`errors: ${report.errors.map((e) => e.split('\n')[0]).join(' | ')}`);
   if (!report.complete) notes.push('INCOMPLETE: the run stopped before the end.');

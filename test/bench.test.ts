@@ -103,7 +103,7 @@ describe('bench building blocks', () => {
     expect(report.models).toHaveLength(1);
     const w = report.models[0]!.webshard!;
     expect(w).toBeDefined();
-    for (const field of [w.coldStart.openMs, w.coldStart.loadMs, w.coldStart.loadGBps, w.coldStart.firstTokenMs, w.coldStart.timeToFirstTokenMs, w.coldStart.gpuBytes]) positive(field);
+    for (const field of [w.coldStart.openMs, w.coldStart.loadMs, w.coldStart.loadGBps, w.coldStart.firstTokenMs, w.coldStart.timeToFirstTokenMs, w.coldStart.gpuBytes, w.coldStart.weightsGBps]) positive(field);
     expect(w.prefill.tokens).toBe(16);
     for (const field of [w.prefill.ms, w.prefill.tokensPerSecond, w.prefill.flops, w.prefill.tflops, w.prefill.fractionOfFmaPeak, w.prefill.fractionOfRoofline]) positive(field);
     expect(w.decode.map((d) => d.batch)).toEqual([1, 2]);

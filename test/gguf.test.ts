@@ -201,6 +201,14 @@ describe('byte sources', () => {
     const rows = await readTensorBytes(file, tensor, { rowStart: 3, rowCount: 4 });
     const start = tensor.offset + 3 * tensorRowBytes(tensor);
     expect(rows).toEqual(whole.subarray(start, start + rows.length));
+    // readInto (what the weight loader uses): fills exactly the target, counts the bytes, checks the range.
+    const into = new Uint8Array(rows.length + 8).fill(0xee);
+    const before = source.bytesRead;
+    await source.readInto!(start, into.subarray(4, 4 + rows.length));
+    expect(into.subarray(4, 4 + rows.length)).toEqual(rows);
+    expect([...into.subarray(0, 4), ...into.subarray(4 + rows.length)]).toEqual(new Array(8).fill(0xee));
+    expect(source.bytesRead - before).toBe(rows.length);
+    await expect(source.readInto!(whole.length - 2, new Uint8Array(4))).rejects.toThrow(ModelSourceError);
     expect(file.tensors).toHaveLength(48);
     expect(source.bytesRead).toBeLessThan(whole.length / 4);
     await source.close();

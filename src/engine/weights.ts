@@ -8,10 +8,12 @@ import type { GpuContext } from '../gpu/device.ts';
 import { storageBuffer } from '../gpu/kernel.ts';
 import type { LlamaConfig } from '../model/config.ts';
 import { ModelFormatError } from '../model/errors.ts';
-import { blockGeometry, ggmlTypeName } from '../model/ggml-type.ts';
+import { blockGeometry, ggmlTypeName, type GGMLType } from '../model/ggml-type.ts';
 import type { GGUFFile, GGUFTensorInfo } from '../model/gguf.ts';
 import { dequantize } from '../model/quant.ts';
-import { uploadWeightSplit, type GpuWeight } from '../shaders/matmul.ts';
+import { bindingParts, gpuLayout, isVerbatimLayout, repackRows, rowsPlacement, type GpuLayout } from '../model/repack.ts';
+import type { ByteSource } from '../model/source.ts';
+import type { GpuWeight } from '../shaders/matmul.ts';
 import { rangeLength, type Range, type ShardView } from './shard-view.ts';
 
 /**
@@ -43,7 +45,11 @@ export interface LlamaWeights {
   output?: GpuMatrix;
   /** Bytes uploaded to the GPU. */
   gpuBytes: number;
-  /** Where load time went: reading the file, and repacking + handing to the GPU queue (host time; the cold-start breakdown). */
+  /**
+   * Where load time went (host time; the cold-start breakdown): `read` is time spent waiting for
+   * file reads that were not hidden behind work, `upload` is repacking + handing bytes to the GPU
+   * queue (the next chunk is read meanwhile). Their sum is the load's wall time.
+   */
   loadMs: { read: number; upload: number };
 }
 
@@ -86,27 +92,6 @@ function sliceBytes(file: GGUFFile, t: GGUFTensorInfo, slice: Slice): number {
   return t.byteLength;
 }
 
-/** Reads exactly the bytes of a slice: whole rows in one read, column slices row by row. */
-async function readSlice(file: GGUFFile, t: GGUFTensorInfo, slice: Slice): Promise<Uint8Array> {
-  if (slice.rows) {
-    return file.source.read(t.offset + slice.rows.start * rowBytes(t), rangeLength(slice.rows) * rowBytes(t));
-  }
-  if (slice.columns) {
-    const span = columnSpan(file, t, slice.columns);
-    const rows = rowCount(t);
-    const out = new Uint8Array(rows * span.length);
-    const stride = rowBytes(t);
-    const reads: Promise<void>[] = [];
-    for (let r = 0; r < rows; r++) {
-      reads.push(file.source.read(t.offset + r * stride + span.offset, span.length).then((bytes) => out.set(bytes, r * span.length)));
-      if (reads.length === 256) await Promise.all(reads.splice(0));
-    }
-    await Promise.all(reads);
-    return out;
-  }
-  return file.source.read(t.offset, t.byteLength);
-}
-
 /** A tied output head over the whole vocabulary is the embedding table itself: upload it once. */
 export function outputHeadIsEmbedding(config: LlamaConfig, view: ShardView): boolean {
   return config.tiedEmbeddings && view.embeds && view.vocab.start === 0 && view.vocab.end === config.vocabSize;
@@ -147,44 +132,289 @@ export function shardReadBytes(file: GGUFFile, config: LlamaConfig, view: ShardV
   return plannedReads(config, view).reduce((sum, r) => sum + sliceBytes(file, file.tensor(r.name), r.slice), 0);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Streaming the bytes to the GPU
+//
+// Every weight is cut into chunks of whole rows (LOAD_CHUNK_BYTES of file bytes at most), read
+// into a small ring of reused host buffers, repacked into one more (unless its GPU layout is its
+// file layout, as for F32/F16 rows of whole groups of 8 and the word-sized quant types: then the
+// read buffer goes to the queue as it is) and written into the weight's GPU buffer at the rows'
+// place. While one chunk is repacked and written, the next READ_AHEAD are being read (file reads
+// run on the runtime's I/O threads). Fresh host memory is expensive (every new page faults), so
+// nothing is allocated per tensor or per chunk: the only new memory a load touches is the GPU's.
+
+/** File bytes per chunk: small enough that the reused buffers stay in cache, big enough that per-chunk costs vanish. */
+export const LOAD_CHUNK_BYTES = 4 * 1024 * 1024;
+
+/** Bytes handed to the queue between submits, so the queue's staging memory is recycled as the load goes. */
+const FLUSH_BYTES = 64 * 1024 * 1024;
+
+/** Where a weight's rows are in the file: row r is `length` bytes at `offset + r × stride`. */
+export interface FileRows {
+  offset: number;
+  stride: number;
+  /** File bytes of one row (= stride for whole rows; less for a column slice). */
+  length: number;
+}
+
+/** A weight to upload: `rows × cols` values of `type`, read from `at`. */
+export interface WeightRead {
+  label: string;
+  type: GGMLType;
+  rows: number;
+  cols: number;
+  at: FileRows;
+}
+
+export interface StreamOptions {
+  /** File bytes per chunk (default LOAD_CHUNK_BYTES); tests use tiny ones to cross chunk boundaries. */
+  chunkBytes?: number;
+  /** Chunks read ahead of the one being repacked (default READ_AHEAD). */
+  readAhead?: number;
+  /** Called after each chunk is read, with the bytes read so far. */
+  onRead?: (bytesDone: number) => void;
+}
+
+/** One chunk of the load: `count` pieces of `length` file bytes `stride` apart, and what to do with them once read. */
+interface LoadStep {
+  offset: number;
+  length: number;
+  stride: number;
+  count: number;
+  consume(data: Uint8Array): void;
+}
+
+const stepBytes = (step: LoadStep): number => step.length * step.count;
+
+/** Reads a step's bytes into `target`, in place where the source can. */
+async function readStep(source: ByteSource, step: LoadStep, target: Uint8Array): Promise<void> {
+  const readAt = (offset: number, into: Uint8Array): Promise<void> =>
+    source.readInto ? source.readInto(offset, into) : source.read(offset, into.length).then((bytes) => into.set(bytes));
+  if (step.count === 1) return readAt(step.offset, target.subarray(0, step.length));
+  const reads: Promise<void>[] = [];
+  for (let i = 0; i < step.count; i++) {
+    reads.push(readAt(step.offset + i * step.stride, target.subarray(i * step.length, (i + 1) * step.length)));
+    if (reads.length === 256) await Promise.all(reads.splice(0));
+  }
+  await Promise.all(reads);
+}
+
+/** Turns weights into load steps and writes chunks to the GPU; one per load. */
+class WeightUploader {
+  private scratch = new Uint8Array(0);
+  private unflushed = 0;
+  private readonly maxBindingBytes: number;
+
+  constructor(
+    private readonly gpu: GpuContext,
+    private readonly chunkBytes: number,
+  ) {
+    this.maxBindingBytes = Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize);
+  }
+
+  /**
+   * The steps that upload a weight as binding-sized row ranges (as uploadWeightSplit cuts it),
+   * chunk by chunk. `parts` is filled as the steps run; `done` is called after the last one.
+   */
+  steps(w: WeightRead, parts: GpuWeight[], done?: () => void): LoadStep[] {
+    let split: Array<{ first: number; rows: number }>;
+    try {
+      split = bindingParts(w.type, w.rows, w.cols, this.maxBindingBytes);
+    } catch (error) {
+      throw new Error(`${w.label}: ${(error as Error).message}`);
+    }
+    const steps: LoadStep[] = [];
+    for (const part of split) {
+      const label = split.length > 1 ? `${w.label}[${part.first}..${part.first + part.rows})` : w.label;
+      const layout = gpuLayout(w.type, part.rows, w.cols);
+      let rowsPerChunk = Math.max(1, Math.floor(this.chunkBytes / w.at.length));
+      // A chunk of a split type starts on an even block, so its scales start on a whole word.
+      if (layout.scalesOffset > 0 && layout.blocksPerRow % 2 === 1 && rowsPerChunk % 2 === 1) rowsPerChunk += rowsPerChunk === 1 ? 1 : -1;
+      let buffer: GPUBuffer | undefined;
+      for (let first = 0; first < part.rows; first += rowsPerChunk) {
+        const count = Math.min(rowsPerChunk, part.rows - first);
+        const whole = w.at.stride === w.at.length;
+        const offset = w.at.offset + (part.first + first) * w.at.stride;
+        steps.push({
+          offset,
+          length: whole ? count * w.at.length : w.at.length,
+          stride: whole ? 0 : w.at.stride,
+          count: whole ? 1 : count,
+          consume: (data) => {
+            if (!buffer) {
+              buffer = storageBuffer(this.gpu.device, label, layout.totalWords * 4);
+              parts.push({ buffer, type: w.type, rows: part.rows, cols: w.cols, label, bytes: buffer.size, layout, rowOffset: part.first, totalRows: w.rows });
+            }
+            this.writeRows(buffer, layout, data, first, count);
+          },
+        });
+      }
+    }
+    if (done) {
+      const last = steps.at(-1)!;
+      const consume = last.consume;
+      last.consume = (data) => {
+        consume(data);
+        done();
+      };
+    }
+    return steps;
+  }
+
+  /** Repacks `count` rows (from row `first` of the part) and writes them in place in `buffer`. */
+  private writeRows(buffer: GPUBuffer, layout: GpuLayout, data: Uint8Array, first: number, count: number): void {
+    const queue = this.gpu.device.queue;
+    const at = rowsPlacement(layout, first, count);
+    if (isVerbatimLayout(layout)) {
+      queue.writeBuffer(buffer, at.quantsAt, data, 0, at.quantsBytes); // whole words: word-sized blocks, rows of 8 floats
+      this.wrote(at.quantsBytes);
+      return;
+    }
+    const scalesBytes = Math.ceil(at.scalesBytes / 4) * 4; // writes are whole words; the pad is the scales region's own
+    if (this.scratch.length < at.quantsBytes + scalesBytes) this.scratch = new Uint8Array(at.quantsBytes + scalesBytes);
+    const quants = this.scratch.subarray(0, at.quantsBytes);
+    const scales = scalesBytes > 0 ? this.scratch.subarray(at.quantsBytes, at.quantsBytes + scalesBytes) : undefined;
+    repackRows(layout, data, count, quants, scales);
+    queue.writeBuffer(buffer, at.quantsAt, quants);
+    if (scales) queue.writeBuffer(buffer, at.scalesAt, scales);
+    this.wrote(at.quantsBytes + scalesBytes);
+  }
+
+  private wrote(bytes: number): void {
+    this.unflushed += bytes;
+    if (this.unflushed >= FLUSH_BYTES) this.flush();
+  }
+
+  /** Hands the pending writes to the GPU, so their staging memory can be reused. */
+  flush(): void {
+    this.gpu.device.queue.submit([]);
+    this.unflushed = 0;
+  }
+}
+
+/**
+ * Chunks read ahead of the one being consumed: enough to hide a network round trip per chunk for
+ * URL sources; a local file needs one.
+ */
+export const READ_AHEAD = 3;
+
+/**
+ * Runs the steps in order, reading the next READ_AHEAD steps while step i is consumed, through
+ * READ_AHEAD + 1 reused buffers. Returns the time spent waiting for reads, and the rest (loadMs).
+ */
+async function runSteps(
+  source: ByteSource,
+  steps: readonly LoadStep[],
+  onRead: ((bytesDone: number) => void) | undefined,
+  readAhead: number,
+): Promise<{ read: number; upload: number }> {
+  const ms = { read: 0, upload: 0 };
+  if (steps.length === 0) return ms;
+  const largest = steps.reduce((max, step) => Math.max(max, stepBytes(step)), 0);
+  const buffers = Array.from({ length: Math.min(Math.max(1, readAhead) + 1, steps.length) }, () => new Uint8Array(largest));
+  const pending: Promise<void>[] = [];
+  const startRead = (i: number) => {
+    const read = readStep(source, steps[i]!, buffers[i % buffers.length]!);
+    read.catch(() => {}); // a failure surfaces where the step is awaited
+    pending[i % buffers.length] = read;
+  };
+  for (let i = 0; i < buffers.length; i++) startRead(i);
+  let done = 0;
+  for (let i = 0; i < steps.length; i++) {
+    const waitStart = performance.now();
+    await pending[i % buffers.length];
+    const workStart = performance.now();
+    ms.read += workStart - waitStart;
+    const bytes = stepBytes(steps[i]!);
+    done += bytes;
+    onRead?.(done);
+    steps[i]!.consume(buffers[i % buffers.length]!.subarray(0, bytes));
+    // This buffer is free again: read a later step into it while the next ones are consumed.
+    if (i + buffers.length < steps.length) startRead(i + buffers.length);
+    ms.upload += performance.now() - workStart;
+  }
+  return ms;
+}
+
+/**
+ * Streams weights from `source` into GPU buffers in their repacked layouts (each as binding-sized
+ * parts, like uploadWeightSplit), reading the next chunk while the current one is repacked.
+ */
+export async function uploadWeights(
+  gpu: GpuContext,
+  source: ByteSource,
+  weights: readonly WeightRead[],
+  options: StreamOptions = {},
+): Promise<{ weights: GpuWeight[][]; loadMs: { read: number; upload: number } }> {
+  const uploader = new WeightUploader(gpu, options.chunkBytes ?? LOAD_CHUNK_BYTES);
+  const parts = weights.map(() => [] as GpuWeight[]);
+  const steps = weights.flatMap((w, i) => uploader.steps(w, parts[i]!));
+  const loadMs = await runSteps(source, steps, options.onRead, options.readAhead ?? READ_AHEAD);
+  uploader.flush();
+  return { weights: parts, loadMs };
+}
+
+/** Where a planned read's rows are in the file, and its shape. */
+function fileRows(file: GGUFFile, t: GGUFTensorInfo, slice: Slice): { rows: number; cols: number; at: FileRows } {
+  const stride = rowBytes(t);
+  if (slice.rows) {
+    return { rows: rangeLength(slice.rows), cols: t.shape[0]!, at: { offset: t.offset + slice.rows.start * stride, stride, length: stride } };
+  }
+  if (slice.columns) {
+    const span = columnSpan(file, t, slice.columns);
+    return { rows: rowCount(t), cols: rangeLength(slice.columns), at: { offset: t.offset + span.offset, stride, length: span.length } };
+  }
+  return { rows: rowCount(t), cols: t.shape[0]!, at: { offset: t.offset, stride, length: stride } };
+}
+
 export async function loadLlamaWeights(
   gpu: GpuContext,
   file: GGUFFile,
   config: LlamaConfig,
   view: ShardView,
   onProgress?: LoadProgress,
+  options: Pick<StreamOptions, 'chunkBytes' | 'readAhead'> = {},
 ): Promise<LlamaWeights> {
   const reads = plannedReads(config, view);
   const total = reads.reduce((sum, r) => sum + sliceBytes(file, file.tensor(r.name), r.slice), 0);
-  let done = 0;
   let gpuBytes = 0;
-  const loadMs = { read: 0, upload: 0 };
   onProgress?.(0, total);
 
   // Upload every planned read once: 1-D tensors (norm weights) as f32 vectors, the rest as matrices.
   const uploaded = new Map<string, GpuMatrix | GPUBuffer>();
+  const uploader = new WeightUploader(gpu, options.chunkBytes ?? LOAD_CHUNK_BYTES);
+  const steps: LoadStep[] = [];
   for (const { name, slice } of reads) {
     const t = file.tensor(name);
-    const readStart = performance.now();
-    const bytes = await readSlice(file, t, slice);
-    const uploadStart = performance.now();
-    loadMs.read += uploadStart - readStart;
-    done += bytes.byteLength;
-    onProgress?.(done, total);
     if (t.shape.length === 1) {
-      const values = dequantize(t.type, bytes, t.shape[0]!);
-      gpuBytes += values.byteLength;
-      uploaded.set(name, storageBuffer(gpu.device, name, values));
-    } else {
-      const rows = slice.rows ? rangeLength(slice.rows) : rowCount(t);
-      const cols = slice.columns ? rangeLength(slice.columns) : t.shape[0]!;
-      const weight = uploadWeightSplit(gpu, name, t.type, rows, cols, bytes);
-      gpuBytes += weight.reduce((sum, part) => sum + part.bytes, 0);
-      // The tied output head and the embedding are different reads of one tensor.
-      uploaded.set(slice.rows && name === 'token_embd.weight' ? 'output head' : name, weight);
+      steps.push({
+        offset: t.offset,
+        length: t.byteLength,
+        stride: 0,
+        count: 1,
+        consume: (data) => {
+          const values = dequantize(t.type, data, t.shape[0]!);
+          gpuBytes += values.byteLength;
+          uploaded.set(name, storageBuffer(gpu.device, name, values));
+        },
+      });
+      continue;
     }
-    loadMs.upload += performance.now() - uploadStart;
+    // (A column slice as wide as the row is whole rows: read in one piece per chunk.)
+    const { rows, cols, at } = fileRows(file, t, slice);
+    const parts: GpuWeight[] = [];
+    // The tied output head and the embedding are different reads of one tensor.
+    uploaded.set(slice.rows && name === 'token_embd.weight' ? 'output head' : name, parts);
+    steps.push(...uploader.steps({ label: name, type: t.type, rows, cols, at }, parts, () => (gpuBytes += parts.reduce((sum, p) => sum + p.bytes, 0))));
   }
+  let loadMs: { read: number; upload: number };
+  try {
+    loadMs = await runSteps(file.source, steps, (done) => onProgress?.(done, total), options.readAhead ?? READ_AHEAD);
+  } catch (error) {
+    for (const value of uploaded.values()) for (const buffer of Array.isArray(value) ? value.map((p) => p.buffer) : [value]) buffer.destroy();
+    throw error;
+  }
+  uploader.flush();
   const matrix = (name: string) => uploaded.get(name) as GpuMatrix;
   const vector = (name: string) => uploaded.get(name) as GPUBuffer;
 

@@ -108,6 +108,170 @@ export function gpuLayout(type: GGMLType, rows: number, cols: number): GpuLayout
   return { type, rows, cols, blockValues: rule.blockValues, blockWords: rule.blockWords, blocksPerRow, scalesOffset, totalWords };
 }
 
+/** Whether a weight's GPU bytes are its file bytes (then followed by zeros up to `totalWords`): upload them as they are. */
+export function isVerbatimLayout(layout: GpuLayout): boolean {
+  const rule = rules[layout.type]!;
+  if (rule.scaleAt !== undefined) return false;
+  // Float rows are padded to whole groups of 8 values unless they already are.
+  return layout.blocksPerRow * layout.blockValues === layout.cols;
+}
+
+/** Where rows `first ..< first + count` of a weight land in its GPU buffer (byte offsets and lengths). */
+export interface RowsPlacement {
+  /** The rows' quants (or values, or verbatim blocks). */
+  quantsAt: number;
+  quantsBytes: number;
+  /** Their f16 scales (split types; else 0 bytes). */
+  scalesAt: number;
+  scalesBytes: number;
+}
+
+export function rowsPlacement(layout: GpuLayout, first: number, count: number): RowsPlacement {
+  const rowQuantBytes = layout.blocksPerRow * layout.blockWords * 4;
+  const split = rules[layout.type]!.scaleAt !== undefined;
+  return {
+    quantsAt: first * rowQuantBytes,
+    quantsBytes: count * rowQuantBytes,
+    scalesAt: split ? layout.scalesOffset * 4 + first * layout.blocksPerRow * 2 : 0,
+    scalesBytes: split ? count * layout.blocksPerRow * 2 : 0,
+  };
+}
+
+/** Typed-array views share the platform's byte order; the GPU layout is little-endian. */
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+
+/**
+ * Repacks `count` whole rows of GGUF bytes (`bytes` starts at the first of them) into their GPU
+ * layout: `quants` receives `rowsPlacement(...).quantsBytes` bytes and, for split types, `scales`
+ * receives `scalesBytes` bytes. Every byte of both is written, so reused buffers need no clearing.
+ * Rows can be repacked in pieces this way (the streamed upload in src/engine/weights.ts does).
+ */
+export function repackRows(layout: GpuLayout, bytes: Uint8Array, count: number, quants: Uint8Array, scales?: Uint8Array): void {
+  const rule = rules[layout.type]!;
+  const geometry = blockGeometry[layout.type]!;
+  const fileRowBytes = (layout.cols / geometry.blockSize) * geometry.typeSize;
+  const fileBytes = count * fileRowBytes;
+  const placement = rowsPlacement(layout, 0, count);
+  if (bytes.byteLength < fileBytes) throw new Error(`${ggmlTypeName(layout.type)}: ${count} rows need ${fileBytes} bytes, got ${bytes.byteLength}`);
+  if (quants.byteLength < placement.quantsBytes || (scales?.byteLength ?? 0) < placement.scalesBytes) {
+    throw new Error(`${ggmlTypeName(layout.type)}: output too small for ${count} rows`);
+  }
+
+  if (rule.scaleAt === undefined) {
+    const paddedRowBytes = layout.blocksPerRow * layout.blockWords * 4;
+    if (paddedRowBytes === fileRowBytes) {
+      quants.set(bytes.subarray(0, fileBytes)); // verbatim (and float rows of whole groups of 8)
+      return;
+    }
+    // Float rows padded to whole groups of 8 values with zeros.
+    for (let r = 0; r < count; r++) {
+      quants.set(bytes.subarray(r * fileRowBytes, (r + 1) * fileRowBytes), r * paddedRowBytes);
+      quants.fill(0, r * paddedRowBytes + fileRowBytes, (r + 1) * paddedRowBytes);
+    }
+    return;
+  }
+
+  const nBlocks = count * layout.blocksPerRow;
+  if (!scales) throw new Error(`${ggmlTypeName(layout.type)}: repackRows needs a scales output`);
+  let done = 0;
+  if (LITTLE_ENDIAN && quants.byteOffset % 4 === 0 && scales.byteOffset % 4 === 0) {
+    // Word at a time, two blocks per step: a pair of blocks is a whole number of words
+    // (2 × (4·blockWords + 2) bytes), and its two scales make exactly one scales word.
+    const source = bytes.byteOffset % 4 === 0 ? bytes : bytes.slice(0, fileBytes); // a copy is far cheaper than the byte loop
+    const pairs = nBlocks >> 1;
+    const q = rule.blockWords;
+    const src = new Uint32Array(source.buffer, source.byteOffset, pairs * (2 * q + 1));
+    const dst = new Uint32Array(quants.buffer, quants.byteOffset, pairs * 2 * q);
+    const sc = new Uint32Array(scales.buffer, scales.byteOffset, pairs);
+    if (rule.scaleAt === 0) {
+      if (q === 4) scaleFirstPairs4(src, dst, sc, pairs);
+      else if (q === 8) scaleFirstPairs8(src, dst, sc, pairs);
+      else scaleFirstPairs(src, dst, sc, pairs, q);
+    } else {
+      scaleLastPairs(src, dst, sc, pairs, q);
+    }
+    done = pairs * 2;
+  }
+  // A last odd block (or everything, for unaligned outputs): byte by byte.
+  const quantBytes = rule.blockWords * 4;
+  for (let i = done; i < nBlocks; i++) {
+    const src = i * geometry.typeSize;
+    const at = src + rule.scaleAt;
+    const quantStart = rule.scaleAt === 0 ? src + 2 : src;
+    quants.set(bytes.subarray(quantStart, quantStart + quantBytes), i * quantBytes);
+    scales[2 * i] = bytes[at]!;
+    scales[2 * i + 1] = bytes[at + 1]!;
+  }
+  // The half word after an odd last scale is padding: keep it zero in reused buffers.
+  if (nBlocks % 2 === 1 && scales.byteLength > 2 * nBlocks + 1) scales.fill(0, 2 * nBlocks, 2 * nBlocks + 2);
+}
+
+// Pairs of blocks whose scale comes first (Q4_0, IQ4_NL, Q8_0, Q5_0), as words w[0 .. 2q]:
+// block A (even) is d_A in the low half of w[0], then its quants straddle word boundaries, so
+// quant word k = high half of w[k] | low half of w[k + 1]; block B's d_B is the high half of
+// w[q] and its quants are the aligned words w[q + 1 .. 2q]. The scales word is d_A | d_B << 16.
+function scaleFirstPairs(src: Uint32Array, dst: Uint32Array, sc: Uint32Array, pairs: number, q: number): void {
+  const stride = 2 * q + 1;
+  for (let p = 0, s = 0, d = 0; p < pairs; p++, s += stride, d += 2 * q) {
+    for (let k = 0; k < q; k++) dst[d + k] = (src[s + k]! >>> 16) | (src[s + k + 1]! << 16);
+    for (let k = 0; k < q; k++) dst[d + q + k] = src[s + q + 1 + k]!;
+    sc[p] = (src[s]! & 0xffff) | (src[s + q]! & 0xffff0000);
+  }
+}
+
+/** scaleFirstPairs for 4 quant words per block (Q4_0, IQ4_NL), unrolled. */
+function scaleFirstPairs4(src: Uint32Array, dst: Uint32Array, sc: Uint32Array, pairs: number): void {
+  for (let p = 0, s = 0, d = 0; p < pairs; p++, s += 9, d += 8) {
+    const w0 = src[s]!, w1 = src[s + 1]!, w2 = src[s + 2]!, w3 = src[s + 3]!, w4 = src[s + 4]!;
+    dst[d] = (w0 >>> 16) | (w1 << 16);
+    dst[d + 1] = (w1 >>> 16) | (w2 << 16);
+    dst[d + 2] = (w2 >>> 16) | (w3 << 16);
+    dst[d + 3] = (w3 >>> 16) | (w4 << 16);
+    dst[d + 4] = src[s + 5]!;
+    dst[d + 5] = src[s + 6]!;
+    dst[d + 6] = src[s + 7]!;
+    dst[d + 7] = src[s + 8]!;
+    sc[p] = (w0 & 0xffff) | (w4 & 0xffff0000);
+  }
+}
+
+/** scaleFirstPairs for 8 quant words per block (Q8_0), unrolled. */
+function scaleFirstPairs8(src: Uint32Array, dst: Uint32Array, sc: Uint32Array, pairs: number): void {
+  for (let p = 0, s = 0, d = 0; p < pairs; p++, s += 17, d += 16) {
+    const w0 = src[s]!, w1 = src[s + 1]!, w2 = src[s + 2]!, w3 = src[s + 3]!, w4 = src[s + 4]!;
+    const w5 = src[s + 5]!, w6 = src[s + 6]!, w7 = src[s + 7]!, w8 = src[s + 8]!;
+    dst[d] = (w0 >>> 16) | (w1 << 16);
+    dst[d + 1] = (w1 >>> 16) | (w2 << 16);
+    dst[d + 2] = (w2 >>> 16) | (w3 << 16);
+    dst[d + 3] = (w3 >>> 16) | (w4 << 16);
+    dst[d + 4] = (w4 >>> 16) | (w5 << 16);
+    dst[d + 5] = (w5 >>> 16) | (w6 << 16);
+    dst[d + 6] = (w6 >>> 16) | (w7 << 16);
+    dst[d + 7] = (w7 >>> 16) | (w8 << 16);
+    dst[d + 8] = src[s + 9]!;
+    dst[d + 9] = src[s + 10]!;
+    dst[d + 10] = src[s + 11]!;
+    dst[d + 11] = src[s + 12]!;
+    dst[d + 12] = src[s + 13]!;
+    dst[d + 13] = src[s + 14]!;
+    dst[d + 14] = src[s + 15]!;
+    dst[d + 15] = src[s + 16]!;
+    sc[p] = (w0 & 0xffff) | (w8 & 0xffff0000);
+  }
+}
+
+// Pairs of blocks whose scale comes last (Q3_K, Q6_K): block A's quants are the aligned words
+// w[0 .. q - 1] and d_A the low half of w[q]; block B starts in the high half of w[q], so its
+// quant word k = high half of w[q + k] | low half of w[q + k + 1], and d_B is the high half of w[2q].
+function scaleLastPairs(src: Uint32Array, dst: Uint32Array, sc: Uint32Array, pairs: number, q: number): void {
+  const stride = 2 * q + 1;
+  for (let p = 0, s = 0, d = 0; p < pairs; p++, s += stride, d += 2 * q) {
+    for (let k = 0; k < q; k++) dst[d + k] = src[s + k]!;
+    for (let k = 0; k < q; k++) dst[d + q + k] = (src[s + q + k]! >>> 16) | (src[s + q + k + 1]! << 16);
+    sc[p] = (src[s + q]! & 0xffff) | (src[s + 2 * q]! & 0xffff0000);
+  }
+}
+
 /**
  * Repacks whole rows of GGUF bytes (row-major, `rows × cols` values of `type`) into the GPU
  * layout described at the top of this file.
@@ -121,34 +285,9 @@ export function repackForGpu(type: GGMLType, rows: number, cols: number, bytes: 
   }
   const words = new Uint32Array(layout.totalWords);
   const out = new Uint8Array(words.buffer);
-  const rule = rules[type]!;
-
-  if (type === GGMLType.F32 || type === GGMLType.F16 || type === GGMLType.BF16) {
-    // Copy row by row into rows padded to whole 8-value blocks (the padding stays zero).
-    const rowBytes = cols * geometry.typeSize;
-    const paddedRowBytes = layout.blocksPerRow * layout.blockWords * 4;
-    if (rowBytes === paddedRowBytes) out.set(bytes.subarray(0, fileBytes));
-    else for (let r = 0; r < rows; r++) out.set(bytes.subarray(r * rowBytes, (r + 1) * rowBytes), r * paddedRowBytes);
-    return { layout, words };
-  }
-
-  if (rule.scaleAt === undefined) {
-    out.set(bytes.subarray(0, fileBytes)); // word-sized blocks: verbatim
-    return { layout, words };
-  }
-
-  const nBlocks = rows * layout.blocksPerRow;
-  const quantBytes = rule.blockWords * 4;
-  const scales = layout.scalesOffset * 4;
-  for (let i = 0; i < nBlocks; i++) {
-    const src = i * geometry.typeSize;
-    const at = src + rule.scaleAt;
-    // The quants are the block minus its two scale bytes (which sit at its start or its end).
-    const quantStart = rule.scaleAt === 0 ? src + 2 : src;
-    out.set(bytes.subarray(quantStart, quantStart + quantBytes), i * quantBytes);
-    out[scales + 2 * i] = bytes[at]!;
-    out[scales + 2 * i + 1] = bytes[at + 1]!;
-  }
+  const at = rowsPlacement(layout, 0, rows);
+  const scales = at.scalesBytes > 0 ? out.subarray(at.scalesAt) : undefined;
+  repackRows(layout, bytes, rows, out.subarray(0, at.quantsBytes), scales);
   return { layout, words };
 }
 
@@ -160,6 +299,18 @@ export function rowsPerBinding(type: GGMLType, cols: number, maxBindingBytes: nu
   let rows = Math.floor(maxBindingBytes / gpuRowBytes(type, cols));
   while (rows > 0 && gpuLayout(type, rows, cols).totalWords * 4 > maxBindingBytes) rows--;
   return rows;
+}
+
+/**
+ * The row ranges (`first`, `rows`) a `rows × cols` weight is uploaded as, each fitting one
+ * storage binding of `maxBindingBytes`; throws if not even one row fits.
+ */
+export function bindingParts(type: GGMLType, rows: number, cols: number, maxBindingBytes: number): Array<{ first: number; rows: number }> {
+  const rowsPerPart = rowsPerBinding(type, cols, maxBindingBytes);
+  if (rowsPerPart < 1) throw new Error(`one row of ${cols} ${ggmlTypeName(type)} values exceeds ${maxBindingBytes} bytes`);
+  const parts: Array<{ first: number; rows: number }> = [];
+  for (let first = 0; first < rows; first += rowsPerPart) parts.push({ first, rows: Math.min(rowsPerPart, rows - first) });
+  return parts;
 }
 
 /** GPU bytes of one row (its share of the scales region included), for splitting big weights. */

@@ -11,6 +11,12 @@ export interface ByteSource {
   readonly size: number;
   /** Reads exactly `length` bytes at `offset`; rejects if the range runs past the end. */
   read(offset: number, length: number): Promise<Uint8Array>;
+  /**
+   * Reads exactly `target.length` bytes at `offset` into `target`, allocating nothing: the weight
+   * loader streams tensors through two reused buffers this way. Optional for custom sources
+   * (the loader falls back to `read`).
+   */
+  readInto?(offset: number, target: Uint8Array): Promise<void>;
   /** Bytes read so far (for tests proving a shard reads only its share, and for progress). */
   readonly bytesRead: number;
   close(): Promise<void>;
@@ -27,7 +33,30 @@ abstract class CountingSource implements ByteSource {
 
   protected abstract readRange(offset: number, length: number): Promise<Uint8Array>;
 
+  /** Fills `target` from `offset` (inside the file); sources that can read in place override it. */
+  protected async readRangeInto(offset: number, target: Uint8Array): Promise<void> {
+    const bytes = await this.readRange(offset, target.length);
+    this.checkLength(offset, target.length, bytes.length);
+    target.set(bytes);
+  }
+
   async read(offset: number, length: number): Promise<Uint8Array> {
+    this.checkRange(offset, length);
+    if (length === 0) return new Uint8Array(0);
+    const bytes = await this.readRange(offset, length);
+    this.checkLength(offset, length, bytes.length);
+    this.bytesRead += length;
+    return bytes;
+  }
+
+  async readInto(offset: number, target: Uint8Array): Promise<void> {
+    this.checkRange(offset, target.length);
+    if (target.length === 0) return;
+    await this.readRangeInto(offset, target);
+    this.bytesRead += target.length;
+  }
+
+  private checkRange(offset: number, length: number): void {
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
       throw new ModelSourceError(this.name, `invalid read of ${length} bytes at offset ${offset}`);
     }
@@ -37,13 +66,10 @@ abstract class CountingSource implements ByteSource {
         `read of ${length} bytes at offset ${offset} runs past the end of the ${this.size}-byte file (is it truncated?)`,
       );
     }
-    if (length === 0) return new Uint8Array(0);
-    const bytes = await this.readRange(offset, length);
-    if (bytes.length !== length) {
-      throw new ModelSourceError(this.name, `asked for ${length} bytes at offset ${offset}, got ${bytes.length}`);
-    }
-    this.bytesRead += length;
-    return bytes;
+  }
+
+  private checkLength(offset: number, length: number, got: number): void {
+    if (got !== length) throw new ModelSourceError(this.name, `asked for ${length} bytes at offset ${offset}, got ${got}`);
   }
 
   async close(): Promise<void> {}
@@ -65,6 +91,9 @@ class BytesSource extends CountingSource {
   protected async readRange(offset: number, length: number): Promise<Uint8Array> {
     // A copy, so a caller that transfers or mutates the result cannot corrupt the source.
     return this.bytes.slice(offset, offset + length);
+  }
+  protected override async readRangeInto(offset: number, target: Uint8Array): Promise<void> {
+    target.set(this.bytes.subarray(offset, offset + target.length));
   }
 }
 
@@ -120,11 +149,16 @@ class FileSource extends CountingSource {
   }
   protected async readRange(offset: number, length: number): Promise<Uint8Array> {
     const buffer = new Uint8Array(length);
+    await this.readRangeInto(offset, buffer);
+    return buffer;
+  }
+  protected override async readRangeInto(offset: number, target: Uint8Array): Promise<void> {
+    const length = target.length;
     let done = 0;
     // A single read may return fewer bytes than asked for; keep going until the range is full.
     while (done < length) {
       const { bytesRead } = await this.handle.read({
-        buffer,
+        buffer: target,
         offset: done,
         length: length - done,
         position: offset + done,
@@ -134,7 +168,6 @@ class FileSource extends CountingSource {
       }
       done += bytesRead;
     }
-    return buffer;
   }
   override async close(): Promise<void> {
     await this.handle.close();
