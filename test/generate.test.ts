@@ -121,6 +121,8 @@ interface ForwardCall {
 
 class ScriptedBackend implements GenerationBackend {
   readonly calls: ForwardCall[] = [];
+  // Fewer tokens than the default top-k (40): sampling needs the whole row of logits.
+  readonly vocabSize = vocabulary.length;
 
   /**
    * `script[i]` is the token the model "predicts" after forward call i. Logits, when asked for,

@@ -71,3 +71,30 @@ it('decode steps are encoded ahead: the host records step n+1 while the GPU runs
     device.destroy();
   }
 });
+
+it('top-k sampling reads back only the k best candidates, and draws what sampling all the logits draws', async () => {
+  const gpu = await requestGpu();
+  const readBackBytes: number[] = [];
+  const createBuffer = gpu.device.createBuffer.bind(gpu.device);
+  gpu.device.createBuffer = (descriptor) => {
+    if (descriptor.label === 'step read-back') readBackBytes.push(descriptor.size);
+    return createBuffer(descriptor);
+  };
+  const model = await loadModel(modelPath('stories260K.gguf'), { device: gpu, contextLength: 64 });
+  try {
+    const prompt = [1, 403, 407, 261, 378];
+    const sampling = { temperature: 0.9, topK: 40, topP: 0.95, minP: 0.05, seed: 11, maxTokens: 24, ignoreEos: true };
+    const sampled = await model.complete(prompt, sampling);
+    // 40 (id, logit) pairs after the 256-byte best-id area, not 512 vocabulary logits (2 KiB).
+    expect(readBackBytes).toEqual([256 + 40 * 8]);
+    // Asking for log-probabilities makes every step read the whole row of logits back; the
+    // sampler then sees all 512 logits, and with the same seed it must draw the same tokens.
+    const withLogits = await model.complete(prompt, { ...sampling, logprobs: 0 });
+    expect(readBackBytes.at(-1)).toBe(256 + 512 * 4);
+    expect(withLogits.ids).toEqual(sampled.ids);
+    expect(new Set(sampled.ids).size).toBeGreaterThan(3); // it did sample
+  } finally {
+    await model.dispose();
+    gpu.device.destroy();
+  }
+});

@@ -5,6 +5,7 @@ import {
   applyPenalties,
   argmax,
   candidateIds,
+  candidatesSuffice,
   InvalidOptionError,
   isGreedy,
   resolveSampling,
@@ -329,6 +330,50 @@ describe('seeded draws', () => {
     expect(Math.abs(mean - 0.5)).toBeLessThan(0.005);
     const again = seededRandom(99);
     expect(Array.from({ length: 10 }, again)).toEqual(values.slice(0, 10));
+  });
+});
+
+// What the GPU's top-k kernel hands back: the k best (id, logit), best first, lower id on ties.
+function topKOf(logits: Float32Array, k: number): { ids: Uint32Array; logits: Float32Array } {
+  const ids = Array.from(logits.keys()).sort((a, b) => logits[b]! - logits[a]! || a - b).slice(0, k);
+  return { ids: Uint32Array.from(ids), logits: Float32Array.from(ids, (id) => logits[id]!) };
+}
+
+describe('sampling from the top-k candidates alone', () => {
+  it('draws exactly what sampling the whole row of logits draws, seed for seed', () => {
+    const settings: SamplingOptions[] = [
+      { temperature: 0.8, topK: 40, topP: 0.95, minP: 0.05 },
+      { temperature: 1.5, topK: 64, topP: 1, minP: 0 },
+      { temperature: 0.3, topK: 1, topP: 0.5, minP: 0.2 },
+      { temperature: 1, topK: 8, topP: 0.9, minP: 0 },
+    ];
+    for (const [i, options] of settings.entries()) {
+      // Ties included: logits rounded to a coarse grid.
+      const logits = randomF32(5000, 40 + i, 6).map((x) => Math.round(x * 4) / 4);
+      const s = resolveSampling({ ...options, seed: 77 + i });
+      expect(candidatesSuffice(s, logits.length)).toBe(options.topK);
+      const fromLogits = new Sampler(s);
+      const fromCandidates = new Sampler(s);
+      const candidates = topKOf(logits, options.topK!);
+      for (let draw = 0; draw < 300; draw++) {
+        expect(fromCandidates.sample(candidates, []), `settings ${i}, draw ${draw}`).toBe(fromLogits.sample(logits.slice(), []));
+      }
+    }
+  });
+
+  it('is not used where it would change the draw: penalties, top-k off or above 64, greedy, tiny vocabularies', () => {
+    expect(candidatesSuffice(resolveSampling({ temperature: 0.8, repeatPenalty: 1.1 }))).toBe(0);
+    expect(candidatesSuffice(resolveSampling({ temperature: 0.8, presencePenalty: 0.5 }))).toBe(0);
+    expect(candidatesSuffice(resolveSampling({ temperature: 0.8, topK: 0 }))).toBe(0);
+    expect(candidatesSuffice(resolveSampling({ temperature: 0.8, topK: 65 }))).toBe(0);
+    expect(candidatesSuffice(resolveSampling({ temperature: 0, topK: 40 }))).toBe(0);
+    expect(candidatesSuffice(resolveSampling({ temperature: 0.8, topK: 40 }), 40)).toBe(0);
+    expect(candidatesSuffice(resolveSampling({ temperature: 0.8, topK: 40 }), 41)).toBe(40);
+  });
+
+  it('refuses a candidate list of the wrong length', () => {
+    const sampler = new Sampler(resolveSampling({ temperature: 0.8, topK: 40, seed: 1 }));
+    expect(() => sampler.sample(topKOf(randomF32(100, 1), 10), [])).toThrow(/needs 40 candidates; got 10/);
   });
 });
 

@@ -221,7 +221,8 @@ export class FakeModel implements ServedModel {
   private backend(): GenerationBackend {
     return {
       contextLength: this.contextLength,
-      forward: (tokens, startPos, wantLogits) => this.step(startPos + tokens.length, wantLogits),
+      // Logits also stand in for top-k candidates (sampling takes either).
+      forward: (tokens, startPos, wantLogits, topK) => this.step(startPos + tokens.length, wantLogits || (topK ?? 0) > 0),
       isEndOfGeneration: (id) => id === EOS,
       createStreamDecoder: () => {
         const decoder = new TextDecoder();

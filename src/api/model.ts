@@ -331,7 +331,7 @@ export class Model {
     return {
       contextLength: this.contextLength,
       vocabSize: this.config.vocabSize,
-      forward: (tokens, startPos, wantLogits) => sequence.forward(tokens, startPos, wantLogits),
+      forward: (tokens, startPos, wantLogits, topK) => sequence.forward(tokens, startPos, wantLogits, topK),
       isEndOfGeneration: (id) => this.tokenizer.isEog(id),
       createStreamDecoder: () => this.tokenizer.createStreamDecoder(),
     };

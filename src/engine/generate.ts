@@ -2,7 +2,7 @@
 // batched steps), then one token per step until a limit, an end-of-generation token or a stop
 // string. Text streams out as soon as its UTF-8 is whole.
 
-import { InvalidOptionError, isGreedy, resolveSampling, Sampler, tokenLogprobs, type ResolvedSampling, type SamplingOptions, type TokenLogprob } from './sampler.ts';
+import { candidatesSuffice, InvalidOptionError, isGreedy, resolveSampling, Sampler, tokenLogprobs, type ResolvedSampling, type SamplingOptions, type TokenLogprob } from './sampler.ts';
 import { ContextOverflowError, type StepResult } from './runner.ts';
 
 export const DEFAULT_MAX_TOKENS = 256;
@@ -35,7 +35,8 @@ export interface GenerationBackend {
   readonly contextLength: number;
   /** When known, prompt token ids are checked against it. */
   readonly vocabSize?: number;
-  forward(tokens: readonly number[], startPos: number, wantLogits: boolean): Promise<StepResult>;
+  /** `topK` > 0 (without wantLogits): the step may answer with only that many best candidates. */
+  forward(tokens: readonly number[], startPos: number, wantLogits: boolean, topK?: number): Promise<StepResult>;
   isEndOfGeneration(id: number): boolean;
   createStreamDecoder(): { push(id: number): string; flush(): string };
 }
@@ -145,8 +146,10 @@ export async function* generateTokens(
     return;
   }
   const greedy = isGreedy(sampling);
-  // Greedy decoding reads back only the argmax id, unless log-probabilities need the logits.
-  const wantLogits = !greedy || logprobs !== undefined;
+  // Greedy decoding reads back only the argmax id, and top-k sampling only the k best
+  // candidates, unless log-probabilities (or penalties, which may lift any token) need the logits.
+  const topK = !greedy && logprobs === undefined ? candidatesSuffice(sampling, backend.vocabSize) : 0;
+  const wantLogits = (!greedy || logprobs !== undefined) && topK === 0;
   const sampler = new Sampler(sampling);
   const decoder = backend.createStreamDecoder();
   const filter = new StopStringFilter(stops);
@@ -162,11 +165,11 @@ export async function* generateTokens(
     result.finish = 'abort';
     return;
   }
-  let step = await backend.forward(promptIds, 0, wantLogits);
+  let step = await backend.forward(promptIds, 0, wantLogits, topK);
   for (let generated = 1; ; generated++) {
     // Log-probabilities come from the raw logits: take them before the sampler's penalties.
     const raw = logprobs !== undefined ? requireLogits(step).slice() : undefined;
-    const id = greedy ? step.argmaxId : sampler.sample(requireLogits(step), history);
+    const id = greedy ? step.argmaxId : sampler.sample(step.candidates ?? requireLogits(step), history);
     const scored = raw ? { logprobs: tokenLogprobs(raw, id, logprobs!) } : {};
     history.push(id);
     // The end-of-generation token is yielded too (its text is only what was still held back).
@@ -202,7 +205,7 @@ export async function* generateTokens(
       result.finish = 'abort';
       return;
     }
-    step = await backend.forward([id], history.length - 1, wantLogits);
+    step = await backend.forward([id], history.length - 1, wantLogits, topK);
   }
 }
 

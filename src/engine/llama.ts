@@ -13,7 +13,7 @@ import { gatherRowsOp } from '../shaders/elementwise.ts';
 import { matmulOps, type MatmulOptions, type MatmulVariant } from '../shaders/matmul.ts';
 import { rmsnormOp } from '../shaders/rmsnorm.ts';
 import { ropeAndCacheWriteOp } from '../shaders/rope.ts';
-import { argmaxOp, topKOp } from '../shaders/sampling.ts';
+import { argmaxOp, MAX_TOP_K, topKOp } from '../shaders/sampling.ts';
 import type { KvCache, KvGeometry } from './kv-cache.ts';
 import { ProgramRecorder, type ProgramStep } from './program.ts';
 import { rangeLength, type Range, type ShardView } from './shard-view.ts';
@@ -46,6 +46,7 @@ export interface Activations {
   sampledNorm: GPUBuffer; // [S][dim]
   logits: GPUBuffer; // [S][localVocab]
   best: GPUBuffer; // u32 [S] best token ids (whole vocabulary), or [S][2] (id in the slice, logit bits)
+  candidates: GPUBuffer; // u32 [S][k][2]: each sampled row's k best (id, logit bits), for top-k sampling
 }
 
 type BufferName = Exclude<keyof Activations, 'maxTokens' | 'maxSequences'>;
@@ -81,6 +82,7 @@ export function activationSizes(
     sampledNorm: S * dim,
     logits: S * Math.max(1, rangeLength(view.vocab)),
     best: S * 2,
+    candidates: S * MAX_TOP_K * 2,
   };
   return Object.fromEntries(Object.entries(words).map(([name, n]) => [name, Math.max(16, align16(n * 4))])) as Record<BufferName, number>;
 }
@@ -120,6 +122,8 @@ export function recordLlamaForward(
   nTokens: number,
   nSamples: number,
   kernels: KernelChoice = {},
+  /** Also find each sampled row's `topK` best candidates (whole vocabulary only), 0 for none. */
+  topK = 0,
 ): ProgramStep[] {
   const f = new ProgramRecorder();
   const [T, S] = [nTokens, nSamples];
@@ -189,5 +193,7 @@ export function recordLlamaForward(
   const localVocab = rangeLength(view.vocab);
   if (localVocab === config.vocabSize) f.run(argmaxOp(gpu, a.logits, a.best, S, localVocab));
   else f.run(topKOp(gpu, a.logits, a.best, S, localVocab, 1));
+  // Temperature sampling with top-k only looks at the k best: they are all it reads back.
+  if (topK > 0 && localVocab === config.vocabSize) f.run(topKOp(gpu, a.logits, a.candidates, S, localVocab, topK));
   return f.steps;
 }

@@ -12,6 +12,7 @@ import { createKvCache, destroyKvCache, type KvCache, type KvGeometry } from './
 import { createActivations, destroyActivations, recordLlamaForward, type Activations, type KernelChoice } from './llama.ts';
 import { aloneCommunicator, encodeProgram, runProgram, runsAlone, type Communicator, type ProgramStep, type StepCounters } from './program.ts';
 import { rangeLength, type ShardView } from './shard-view.ts';
+import { MAX_TOP_K, unpackTopK, type TopK } from '../shaders/sampling.ts';
 import { destroyWeights, loadLlamaWeights, type LlamaWeights, type LoadProgress } from './weights.ts';
 
 export class ContextOverflowError extends Error {
@@ -31,6 +32,12 @@ export interface StepBatch {
   blockTable: Uint32Array;
   /** Read the sampled rows' logits back (non-greedy sampling) rather than only their best ids. */
   wantLogits: boolean;
+  /**
+   * Without wantLogits: read back each sampled row's `topK` most likely (id, logit) candidates
+   * (temperature sampling with top-k needs no more), 0 or absent for none. A runner that holds
+   * only a slice of the vocabulary may answer with logits instead.
+   */
+  topK?: number;
 }
 
 /** What a step hands back for one sampled row. */
@@ -40,6 +47,8 @@ export interface StepResult {
   /** The best token's logit; known when a shard holds a vocabulary slice. */
   argmaxLogit?: number;
   logits?: Float32Array;
+  /** The `topK` best candidates, most likely first (lower id on ties), when the batch asked for them. */
+  candidates?: TopK;
 }
 
 export interface RunnerOptions {
@@ -105,6 +114,14 @@ export class LlamaRunner implements ForwardEngine {
     const S = batch.sampleRows.length;
     if (T === 0 || T > a.maxTokens) throw new RangeError(`a step takes 1..${a.maxTokens} tokens; got ${T}`);
     if (S > a.maxSequences) throw new RangeError(`a step samples at most ${a.maxSequences} rows; got ${S}`);
+    const asked = batch.topK ?? 0;
+    if (!Number.isInteger(asked) || asked < 0 || asked > Math.min(MAX_TOP_K, this.config.vocabSize)) {
+      throw new RangeError(`a step reads back 0..${Math.min(MAX_TOP_K, this.config.vocabSize)} candidates per row; got topK ${asked}`);
+    }
+    const localVocab = rangeLength(this.view.vocab);
+    const wholeVocabulary = localVocab === this.config.vocabSize;
+    // Candidates only where they replace the logits: a sampling shard with the whole vocabulary.
+    const topK = !batch.wantLogits && wholeVocabulary && this.view.samples && S > 0 ? asked : 0;
     const start = performance.now();
     const device = this.gpu.device;
     writeBuffer(device, a.tokenIds, 0, Uint32Array.from(batch.tokens));
@@ -113,23 +130,22 @@ export class LlamaRunner implements ForwardEngine {
     writeBuffer(device, a.blockTable, 0, batch.blockTable);
     if (S > 0) writeBuffer(device, a.sampleRows, 0, Uint32Array.from(batch.sampleRows));
     const results: StepResult[] = [];
-    const program = this.program(T, S);
+    const program = this.program(T, S, topK);
     if (!this.view.samples || S === 0) {
       await runProgram(device, program, this.communicator, this.counters);
     } else {
-      const localVocab = rangeLength(this.view.vocab);
-      const wholeVocabulary = localVocab === this.config.vocabSize;
       // argmax writes one id per row; over a vocabulary slice top-1 writes (id, logit) pairs.
       const bestBytes = S * (wholeVocabulary ? 4 : 8);
       const logitsAt = Math.ceil(bestBytes / 256) * 256;
-      const logitsBytes = batch.wantLogits ? S * localVocab * 4 : 0;
+      // The logits, or in their place the top-k candidates: (id, logit) pairs, k per row.
+      const logitsBytes = batch.wantLogits ? S * localVocab * 4 : S * topK * 8;
       // The read-back copies ride in the step's last submit; one map per step, into a reused buffer.
       const staging = this.stagingBuffer(logitsAt + logitsBytes);
       const readBack = (encoder: GPUCommandEncoder) => {
         encoder.copyBufferToBuffer(a.best, 0, staging, 0, bestBytes);
-        if (logitsBytes) encoder.copyBufferToBuffer(a.logits, 0, staging, logitsAt, logitsBytes);
+        if (logitsBytes) encoder.copyBufferToBuffer(batch.wantLogits ? a.logits : a.candidates, 0, staging, logitsAt, logitsBytes);
       };
-      const shape = `${T}/${S}/${logitsBytes}`;
+      const shape = `${T}/${S}/${topK}/${logitsBytes}`;
       const prepared = this.prepared?.shape === shape ? this.prepared.commands : undefined;
       this.prepared = undefined;
       if (prepared) {
@@ -148,13 +164,15 @@ export class LlamaRunner implements ForwardEngine {
       const mapped = staging.getMappedRange(0, logitsAt + logitsBytes);
       const ids = new Uint32Array(mapped.slice(0, bestBytes));
       const logitsOfBest = new Float32Array(ids.buffer);
-      const logits = logitsBytes ? new Float32Array(mapped.slice(logitsAt, logitsAt + logitsBytes)) : undefined;
+      const logits = batch.wantLogits ? new Float32Array(mapped.slice(logitsAt, logitsAt + logitsBytes)) : undefined;
+      const candidates = topK ? unpackTopK(mapped.slice(logitsAt, logitsAt + logitsBytes), S, topK) : undefined;
       staging.unmap();
       for (let s = 0; s < S; s++) {
         results.push({
           argmaxId: wholeVocabulary ? ids[s]! : ids[2 * s]!,
           argmaxLogit: wholeVocabulary ? undefined : logitsOfBest[2 * s + 1]!,
           logits: logits?.subarray(s * localVocab, (s + 1) * localVocab),
+          candidates: candidates?.[s],
         });
       }
     }
@@ -178,11 +196,11 @@ export class LlamaRunner implements ForwardEngine {
     return this.staging;
   }
 
-  private program(nTokens: number, nSamples: number): ProgramStep[] {
-    const key = `${nTokens}/${nSamples}`;
+  private program(nTokens: number, nSamples: number, topK: number): ProgramStep[] {
+    const key = `${nTokens}/${nSamples}/${topK}`;
     let steps = this.programs.get(key);
     if (!steps) {
-      steps = recordLlamaForward(this.gpu, this.config, this.view, this.weights, this.cache, this.activations, nTokens, nSamples, this.kernels);
+      steps = recordLlamaForward(this.gpu, this.config, this.view, this.weights, this.cache, this.activations, nTokens, nSamples, this.kernels, topK);
       if (this.programs.size >= MAX_PROGRAMS) {
         const [oldest, evicted] = this.programs.entries().next().value!;
         this.programs.delete(oldest);

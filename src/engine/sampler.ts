@@ -3,6 +3,7 @@
 // a decode step reads back one token id.
 
 import { seededRandom } from '../random.ts';
+import { MAX_TOP_K, type TopK } from '../shaders/sampling.ts';
 
 export interface SamplingOptions {
   /** 0 means greedy. Default 0.8 (llama.cpp's default). */
@@ -60,6 +61,15 @@ export function resolveSampling(o: SamplingOptions): ResolvedSampling {
 /** Whether the GPU's argmax alone decides the next token (no logits need to come back). */
 export function isGreedy(s: ResolvedSampling): boolean {
   return s.temperature === 0 && s.repeatPenalty === 1 && s.frequencyPenalty === 0 && s.presencePenalty === 0;
+}
+
+/**
+ * How many best candidates sampling needs to see: `topK` when it is on (≤ MAX_TOP_K) and no
+ * penalty can lift a token from below the top k; else 0, meaning the whole row of logits.
+ */
+export function candidatesSuffice(s: ResolvedSampling, vocabSize = Infinity): number {
+  const penalties = s.repeatPenalty !== 1 || s.frequencyPenalty !== 0 || s.presencePenalty !== 0;
+  return !penalties && s.temperature > 0 && s.topK > 0 && s.topK <= MAX_TOP_K && s.topK < vocabSize ? s.topK : 0;
 }
 
 /** Applies repetition, frequency and presence penalties to `logits` in place. */
@@ -153,12 +163,25 @@ export class Sampler {
     this.random = seededRandom(options.seed);
   }
 
-  /** Picks the next token from raw logits (modified in place by the penalties). */
-  sample(logits: Float32Array, history: readonly number[]): number {
+  /**
+   * Picks the next token from raw logits (modified in place by the penalties), or from the
+   * `topK` best candidates when `candidatesSuffice` (the same draw: top-k keeps exactly them).
+   */
+  sample(input: Float32Array | TopK, history: readonly number[]): number {
     const s = this.options;
-    applyPenalties(logits, history, s);
-    if (s.temperature === 0) return argmax(logits);
+    if (!(input instanceof Float32Array)) {
+      if (candidatesSuffice(s) !== input.ids.length) throw new RangeError(`sampling needs ${candidatesSuffice(s) || 'all'} candidates; got ${input.ids.length}`);
+      // Best first with the lower id on ties, as top-k orders them: indices stand in for ids.
+      return input.ids[this.draw(input.logits)]!;
+    }
+    applyPenalties(input, history, s);
+    if (s.temperature === 0) return argmax(input);
+    return this.draw(input);
+  }
 
+  /** top-k → top-p → min-p → temperature → draw, over one row of logits; returns an index. */
+  private draw(logits: Float32Array): number {
+    const s = this.options;
     const ids = candidateIds(logits, s);
     if (ids.length === 0) throw new RangeError('cannot sample from empty logits');
 

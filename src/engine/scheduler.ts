@@ -26,6 +26,8 @@ interface StepRequest {
   tokens: readonly number[];
   startPos: number;
   wantLogits: boolean;
+  /** Candidates to read back instead of logits (see StepBatch.topK). */
+  topK: number;
   /** Tokens already run (a long prompt is split over several steps). */
   done: number;
   resolve(result: StepResult): void;
@@ -61,13 +63,13 @@ export class Sequence {
   }
 
   /** Runs `tokens` at positions startPos... of this sequence in the next batched step(s). */
-  forward(tokens: readonly number[], startPos: number, wantLogits: boolean): Promise<StepResult> {
+  forward(tokens: readonly number[], startPos: number, wantLogits: boolean, topK = 0): Promise<StepResult> {
     if (this.released) return Promise.reject(new Error('this sequence has ended'));
     const capacity = this.allocation.blocks.length * this.scheduler.blockSize;
     if (startPos + tokens.length > capacity) {
       return Promise.reject(new ContextOverflowError(`positions up to ${startPos + tokens.length} do not fit the ${capacity} this sequence reserved; load the model with a larger contextLength (--ctx).`));
     }
-    return this.scheduler.enqueue(this, tokens, startPos, wantLogits);
+    return this.scheduler.enqueue(this, tokens, startPos, wantLogits, topK);
   }
 
   /** Gives the slot and blocks back. Safe to call twice. */
@@ -179,11 +181,11 @@ export class Scheduler {
     for (const wake of this.idleWaiters.splice(0)) wake();
   }
 
-  enqueue(sequence: Sequence, tokens: readonly number[], startPos: number, wantLogits: boolean): Promise<StepResult> {
+  enqueue(sequence: Sequence, tokens: readonly number[], startPos: number, wantLogits: boolean, topK = 0): Promise<StepResult> {
     if (tokens.length === 0) return Promise.reject(new RangeError('a forward step needs at least one token'));
     this.lastAsked.set(sequence, performance.now());
     return new Promise((resolve, reject) => {
-      this.pending.push({ sequence, tokens, startPos, wantLogits, done: 0, resolve, reject });
+      this.pending.push({ sequence, tokens, startPos, wantLogits, topK, done: 0, resolve, reject });
       this.wakeGather?.();
       if (!this.looping) void this.loop();
     });
@@ -259,7 +261,7 @@ export class Scheduler {
   private takeBatch(): { batch: StepBatch; completing: StepRequest[] } {
     const budget = this.engine.maxBatchTokens;
     const ordered = [...this.pending.filter((r) => remaining(r) === 1), ...this.pending.filter((r) => remaining(r) > 1)];
-    const batch: StepBatch = { tokens: [], positions: [], slots: [], sampleRows: [], blockTable: this.allocator.table, wantLogits: false };
+    const batch: StepBatch = { tokens: [], positions: [], slots: [], sampleRows: [], blockTable: this.allocator.table, wantLogits: false, topK: 0 };
     const completing: StepRequest[] = [];
     for (const request of ordered) {
       const room = budget - batch.tokens.length;
@@ -274,6 +276,8 @@ export class Scheduler {
       if (request.done === request.tokens.length) {
         batch.sampleRows.push(batch.tokens.length - 1);
         batch.wantLogits ||= request.wantLogits;
+        // One k for the step: the largest asked (each sequence keeps its own k best of them).
+        batch.topK = Math.max(batch.topK!, request.topK);
         completing.push(request);
         this.pending.splice(this.pending.indexOf(request), 1);
       }

@@ -118,8 +118,12 @@ export class ShardGroup implements ForwardEngine {
   /** One step on every shard; per sampled row, the sampling shards' best tokens decide the global winner. */
   async forward(batch: StepBatch): Promise<StepResult[]> {
     if (this.stopped) throw new ShardGroupStoppedError(-1, `the shard group stopped earlier: ${this.stopped.message}`, { cause: this.stopped });
+    // Shards hold vocabulary slices and gather their logits in shared memory anyway: a batch
+    // that asks for top-k candidates gets the logits instead (sampling takes either).
+    const wantLogits = batch.wantLogits || (batch.topK ?? 0) > 0;
+    const shardBatch: StepBatch = { ...batch, wantLogits, topK: 0 };
     const steps = this.workers.map((w, rank) =>
-      withDeadline(whileAlive(w, w.api.forward(batch)), this.deadlineMs * 2, () =>
+      withDeadline(whileAlive(w, w.api.forward(shardBatch)), this.deadlineMs * 2, () =>
         new ShardTimeoutError(rank, `shard ${rank} did not finish a step within ${this.deadlineMs * 2} ms`),
       ),
     );
@@ -140,7 +144,7 @@ export class ShardGroup implements ForwardEngine {
         // Highest logit wins, ties (and NaN logits, which compare false) go to the lower id.
         if (!best || r.argmaxLogit > best.argmaxLogit || (!(r.argmaxLogit < best.argmaxLogit) && r.argmaxId < best.argmaxId)) best = r;
       }
-      return { argmaxId: best!.argmaxId, logits: batch.wantLogits ? this.views.logits(row).slice() : undefined };
+      return { argmaxId: best!.argmaxId, logits: wantLogits ? this.views.logits(row).slice() : undefined };
     });
   }
 
