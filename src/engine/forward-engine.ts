@@ -19,7 +19,7 @@ export interface DeviceStats {
   collectiveWaitMs: number;
   /** Weights + KV cache on this device. */
   gpuBytes: number;
-  /** Load time spent reading the file, and repacking + uploading (host side). */
+  /** Load time spent waiting on file reads (those not hidden behind other work), and the rest: repacking + uploading (host side). */
   loadReadMs: number;
   loadUploadMs: number;
 }

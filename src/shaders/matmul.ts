@@ -27,7 +27,7 @@
 import { kernelOp, params, storageBuffer, uniformBuffer, workgroupGrid, writeBuffer, type KernelOp } from '../gpu/kernel.ts';
 import type { GpuContext } from '../gpu/device.ts';
 import { blockGeometry, ggmlTypeName, type GGMLType } from '../model/ggml-type.ts';
-import { gpuLayout, repackForGpu, rowsPerBinding, type GpuLayout } from '../model/repack.ts';
+import { bindingParts, gpuLayout, repackForGpu, type GpuLayout } from '../model/repack.ts';
 import { gpuDecodableTypes, int8DecodableTypes, weightDecodeInt8Wgsl, weightDecodeWgsl } from './quant-wgsl.ts';
 
 /** A weight matrix on the GPU, in its repacked layout. */
@@ -103,18 +103,19 @@ export function uploadWeightSplit(
   ggufBytes: Uint8Array,
   maxBindingBytes: number = Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize),
 ): GpuWeight[] {
-  const rowsPerPart = rowsPerBinding(type, cols, maxBindingBytes);
-  if (rowsPerPart < 1) throw new Error(`${label}: one row of ${cols} ${ggmlTypeName(type)} values exceeds ${maxBindingBytes} bytes`);
   const geometry = blockGeometry[type]!;
   const fileRowBytes = (cols / geometry.blockSize) * geometry.typeSize;
-  const parts: GpuWeight[] = [];
-  for (let first = 0; first < rows; first += rowsPerPart) {
-    const n = Math.min(rowsPerPart, rows - first);
-    const bytes = ggufBytes.subarray(first * fileRowBytes, (first + n) * fileRowBytes);
-    const name = rows > rowsPerPart ? `${label}[${first}..${first + n})` : label;
-    parts.push({ ...uploadWeight(gpu, name, type, n, cols, bytes), rowOffset: first, totalRows: rows });
+  let parts: Array<{ first: number; rows: number }>;
+  try {
+    parts = bindingParts(type, rows, cols, maxBindingBytes);
+  } catch (error) {
+    throw new Error(`${label}: ${(error as Error).message}`);
   }
-  return parts;
+  return parts.map(({ first, rows: n }) => {
+    const bytes = ggufBytes.subarray(first * fileRowBytes, (first + n) * fileRowBytes);
+    const name = parts.length > 1 ? `${label}[${first}..${first + n})` : label;
+    return { ...uploadWeight(gpu, name, type, n, cols, bytes), rowOffset: first, totalRows: rows };
+  });
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ import { plannedReads, shardReadBytes } from '../engine/weights.ts';
 import type { LlamaConfig } from '../model/config.ts';
 import { blockGeometry, ggmlTypeName, type GGMLType } from '../model/ggml-type.ts';
 import type { GGUFFile, GGUFTensorInfo } from '../model/gguf.ts';
-import { gpuLayout, gpuRowBytes, repackableTypes, rowsPerBinding } from '../model/repack.ts';
+import { bindingParts, gpuLayout, gpuRowBytes, repackableTypes, rowsPerBinding } from '../model/repack.ts';
 
 export interface DeviceDescription {
   name: string;
@@ -242,12 +242,7 @@ function kvHeadsFor(heads: Range, nHeads: number, nKvHeads: number): Range {
 
 /** GPU bytes of a `rows × cols` weight uploaded as `uploadWeightSplit` does (parts under one binding). */
 function gpuMatrixBytes(type: GGMLType, rows: number, cols: number, maxBindingBytes: number): number {
-  const rowsPerPart = rowsPerBinding(type, cols, maxBindingBytes);
-  let bytes = 0;
-  for (let first = 0; first < rows; first += rowsPerPart) {
-    bytes += gpuLayout(type, Math.min(rowsPerPart, rows - first), cols).totalWords * 4;
-  }
-  return bytes;
+  return bindingParts(type, rows, cols, maxBindingBytes).reduce((bytes, part) => bytes + gpuLayout(type, part.rows, cols).totalWords * 4, 0);
 }
 
 const f32Buffer = (values: number) => Math.max(16, align16(values * 4)); // storageBuffer: ≥ 16 bytes, whole vec4s
