@@ -602,7 +602,7 @@ export async function runKernelSuite(gpu: GpuContext, options: KernelSuiteOption
     for (const variant of [...matvecVariants, ...(int8DecodableTypes().includes(type) ? ['matvec-int8' as const] : [])]) {
       add(await benchMatmul(gpu, timer, peaks, { type, rows: s.rows, cols: s.cols, tokens: 1, variant, flushBytes: s.flushBytes, weightBytes }, t));
     }
-    for (const variant of tiledVariants) {
+    for (const variant of [...tiledVariants, ...(int8DecodableTypes().includes(type) ? ['tiled-int8' as const] : [])]) {
       add(await benchMatmul(gpu, timer, peaks, { type, rows: s.rows, cols: s.cols, tokens: s.prefillTokens, variant, flushBytes: s.flushBytes, weightBytes }, t));
     }
   }

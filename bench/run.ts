@@ -412,7 +412,7 @@ export function defaultSuiteOptions(quick: boolean, log: (line: string) => void)
   };
 }
 
-const MATMUL_VARIANTS = ['auto', 'matvec', 'matvec-subgroup', 'matvec-int8', 'tiled', 'tiled-large'] as const satisfies readonly MatmulVariant[];
+const MATMUL_VARIANTS = ['auto', 'int8', 'matvec', 'matvec-subgroup', 'matvec-int8', 'tiled', 'tiled-large', 'tiled-int8'] as const satisfies readonly MatmulVariant[];
 
 function usage(): string {
   return [
@@ -422,7 +422,7 @@ function usage(): string {
     `  SHAPE: ${Object.keys(BENCH_SHAPES).join(' | ')}   TYPE: ${Object.keys(BENCH_TYPES).join(' | ')}`,
     '  --cold: drop the page cache before each load (Linux, root only; reported either way)',
     '  --out DIR: also write the JSON and the table (markdown) there, after every stage',
-    '  --matmul V: force that matmul variant in the end-to-end runs (e.g. matvec-int8 for Q4_0/Q8_0 decode)',
+    '  --matmul V: that matmul variant in the end-to-end runs (int8: the int8 kernels for Q4_0/Q8_0 weights)',
   ].join('\n');
 }
 

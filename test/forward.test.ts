@@ -90,11 +90,13 @@ describe('matmul variants end to end', () => {
 });
 
 // Int8 activations change the arithmetic (as in llama.cpp's own CPU path for these types): the
-// quantized models must still give llama.cpp's tokens for each case's stable prefix.
-describe('matvec-int8 end to end', () => {
+// quantized models must still give llama.cpp's tokens for each case's stable prefix, with the
+// int8 kernels everywhere (prompts of more than 4 tokens through tiled-int8, decode through
+// matvec-int8).
+describe('int8 kernels end to end', () => {
   for (const key of ['stories260K-q8_0', 'stories260K-q4_0']) {
-    it(`${key}: every generation case with every matmul forced to matvec-int8`, async () => {
-      const model = await loadModel(referenceModelPath(key), { device: await testGpu(), contextLength: 128, kernels: { matmul: 'matvec-int8' } });
+    it(`${key}: every generation case with the int8 matmuls`, async () => {
+      const model = await loadModel(referenceModelPath(key), { device: await testGpu(), contextLength: 128, kernels: { matmul: 'int8' } });
       try {
         for (const c of reference().generation_cases.filter((x) => x.model === key)) {
           const tokens = c.stable_prefix_len['0.1'];

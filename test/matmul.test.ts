@@ -81,6 +81,8 @@ const shapes: Record<Exclude<MatmulVariant, 'auto'>, Array<[number, number]>> = 
   'matvec-int8': [[1, 1], [7, 3], [65, 5], [300, 2]],
   tiled: [[1, 1], [7, 3], [65, 17], [300, 64]],
   'tiled-large': [[1, 1], [7, 3], [130, 65], [300, 17]],
+  'tiled-int8': [[1, 1], [7, 3], [130, 65], [300, 17]],
+  int8: [[7, 3], [130, 65]],
 };
 
 describe('matmul', async () => {
@@ -112,10 +114,10 @@ describe('matmul', async () => {
   describe.each([
     ['Q4_0', GGMLType.Q4_0],
     ['Q8_0', GGMLType.Q8_0],
-  ] as const)('matvec-int8 %s', (_name, type) => {
-    it('equals the product with int8-quantized activations, and is close to the f32 one', async () => {
+  ] as const)('int8 kernels, %s', (_name, type) => {
+    it.each(['matvec-int8', 'tiled-int8', 'int8'] as const)('%s equals the product with int8-quantized activations, and is close to the f32 one', async (variant) => {
       let seed = 500 + type;
-      for (const [rows, nTokens] of shapes['matvec-int8']) {
+      for (const [rows, nTokens] of shapes[variant]) {
         for (const cols of [96, 64, 256]) {
           const bytes = randomWeightBytes(type, rows, cols, seed++);
           const x = randomF32(nTokens * cols, seed++);
@@ -125,7 +127,7 @@ describe('matmul', async () => {
           const weight = uploadWeight(gpu, 'w', type, rows, cols, bytes);
           const xBuf = storageBuffer(gpu.device, 'x', x);
           const yBuf = storageBuffer(gpu.device, 'y', new Float32Array(nTokens * rows).fill(NaN));
-          runOps(gpu.device, [matmulOp(gpu, weight, xBuf, yBuf, nTokens, { variant: 'matvec-int8' })]);
+          runOps(gpu.device, [matmulOp(gpu, weight, xBuf, yBuf, nTokens, { variant })]);
           const y = await readF32(gpu.device, yBuf, nTokens * rows);
           for (const b of [weight.buffer, xBuf, yBuf]) b.destroy();
           for (let i = 0; i < y.length; i++) {
@@ -138,9 +140,41 @@ describe('matmul', async () => {
     });
   });
 
-  it('matvec-int8 falls back to the float matvec for other weight types', async () => {
+  it('the int8 variants fall back to the float kernels for other weight types', async () => {
     expect(await runAndCompare(gpu, GGMLType.F16, 33, 64, 2, 'matvec-int8', 9)).toBeLessThan(TOLERANCE);
     expect(await runAndCompare(gpu, GGMLType.Q4_K, 5, 256, 1, 'matvec-int8', 10)).toBeLessThan(TOLERANCE);
+    expect(await runAndCompare(gpu, GGMLType.F16, 33, 64, 9, 'tiled-int8', 11)).toBeLessThan(TOLERANCE);
+    expect(await runAndCompare(gpu, GGMLType.Q6_K, 5, 256, 40, 'int8', 12)).toBeLessThan(TOLERANCE);
+  });
+
+  it('the int8 tiled kernel takes the residual and SwiGLU epilogues and unaligned x rows', async () => {
+    const [type, rows, cols, nTokens, xStride] = [GGMLType.Q8_0, 40, 64, 19, 66];
+    const bytes = randomWeightBytes(type, rows, cols, 3);
+    const xRows = randomF32(nTokens * xStride, 4);
+    const x = new Float32Array(nTokens * cols);
+    for (let t = 0; t < nTokens; t++) x.set(xRows.subarray(t * xStride, t * xStride + cols), t * cols);
+    const ref = matmulReference(dequantize(type, bytes, rows * cols), rows, cols, quantizeActivationsInt8(x), nTokens);
+    const start = randomF32(nTokens * rows, 5);
+    const gate = randomF32(nTokens * rows, 6, 4);
+    const weight = uploadWeight(gpu, 'w', type, rows, cols, bytes);
+    const xBuf = storageBuffer(gpu.device, 'x', xRows);
+    const accumulated = storageBuffer(gpu.device, 'y accumulate', start);
+    const gated = storageBuffer(gpu.device, 'y gate', new Float32Array(nTokens * rows).fill(NaN));
+    const gateBuf = storageBuffer(gpu.device, 'gate', gate);
+    const options = { variant: 'tiled-int8' as const, xRowStride: xStride };
+    runOps(gpu.device, [
+      matmulOp(gpu, weight, xBuf, accumulated, nTokens, { ...options, accumulate: true }),
+      matmulOp(gpu, weight, xBuf, gated, nTokens, { ...options, gate: gateBuf }),
+    ]);
+    const gotAccumulated = await readF32(gpu.device, accumulated, nTokens * rows);
+    const gotGated = await readF32(gpu.device, gated, nTokens * rows);
+    for (let i = 0; i < nTokens * rows; i++) {
+      const tolerance = TOLERANCE * ref.magnitude[i]! + 1e-6;
+      expect(Math.abs(gotAccumulated[i]! - (start[i]! + ref.y[i]!)), `output ${i}`).toBeLessThan(tolerance + 1e-6 * Math.abs(start[i]!));
+      const silu = gate[i]! / (1 + Math.exp(-gate[i]!));
+      expect(Math.abs(gotGated[i]! - silu * ref.y[i]!), `output ${i}`).toBeLessThan(tolerance * (Math.abs(silu) + 1) + 1e-6);
+    }
+    for (const b of [weight.buffer, xBuf, accumulated, gated, gateBuf]) b.destroy();
   });
 
   it('auto picks a working variant for decode and prefill', async () => {

@@ -14,6 +14,10 @@
 //   32-column slices of W (decoded to f32) and x in workgroup memory; each thread keeps a
 //   4 × 4 register tile. Fits every adapter (SwiftShader's 256 invocations and 16 KiB included).
 // * tiled-large: a 128-row × 64-token tile, 256 threads with 8 × 4 register tiles, for GPUs.
+// * matvec-int8 / tiled-int8 (Q4_0, Q8_0): the activations are quantized to int8 per block of 32
+//   (scale max|x|/127, as ggml's Q8_0) inside the kernel, and blocks multiply as integers with
+//   dot4I8Packed (4 products per instruction; DP4A on GPUs), one scale per block. `int8` picks
+//   between them as `auto` does; other weight types fall back to the float kernels.
 //
 // Epilogues fuse the element-wise op that follows a projection in the forward pass: `accumulate`
 // (y += W·x, the residual add) and `gate` (y = silu(gate) ⊙ W·x, the FFN's SwiGLU), which saves
@@ -47,7 +51,7 @@ export interface GpuWeight {
   totalRows: number;
 }
 
-export type MatmulVariant = 'auto' | 'matvec' | 'matvec-subgroup' | 'matvec-int8' | 'tiled' | 'tiled-large';
+export type MatmulVariant = 'auto' | 'int8' | 'matvec' | 'matvec-subgroup' | 'matvec-int8' | 'tiled' | 'tiled-large' | 'tiled-int8';
 
 export interface MatmulOptions {
   variant?: MatmulVariant;
@@ -160,7 +164,7 @@ fn x8(t: u32, c: u32) -> W8 {
     if (X_ROWS_ALIGNED) { return W8(x[i >> 2u], x[(i >> 2u) + 1u]); }
     return W8(vec4f(x_at(i), x_at(i + 1u), x_at(i + 2u), x_at(i + 3u)), vec4f(x_at(i + 4u), x_at(i + 5u), x_at(i + 6u), x_at(i + 7u)));
   }
-  var v: array<f32, 8>;
+  var v = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0); // explicit: lavapipe once kept stale values
   for (var k = 0u; k < 8u; k++) {
     if (c + k < p.cols) { v[k] = x_at(i + k); }
   }
@@ -443,6 +447,121 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
 `;
 }
 
+/** Workgroup bytes of the int8 tiled kernel for a tile configuration. */
+const int8TileWorkgroupBytes = (c: TileConfig) => 4 * (tileRows(c) * 9 + tileTokens(c) * (8 + 2 + 4 + 32));
+
+/**
+ * The WGSL of the int8 tiled (prefill) kernel, for Q4_0/Q8_0 weights. Per block of 32 columns the
+ * workgroup stages its rows' weight bytes (8 packed words and a scale per row) and its tokens'
+ * activations, which it quantizes to int8 like the int8 matvec (per block of 32, scale
+ * max|x|/127); each thread then accumulates its register tile with dot4I8Packed, 4 products per
+ * instruction, and scales each block's integer sums once.
+ */
+export function tiledInt8Wgsl(spec: KernelSpec, config: TileConfig): string {
+  const { threadsM, threadsN, perThreadM, perThreadN } = config;
+  return /* wgsl */ `
+${weightDecodeInt8Wgsl(spec.type, 0)}
+${paramsStruct}
+${activationWgsl(spec.rowsAligned)}
+${epilogueWgsl(spec.epilogue)}
+const TM: u32 = ${threadsM}u;
+const TN: u32 = ${threadsN}u;
+const PM: u32 = ${perThreadM}u;
+const PN: u32 = ${perThreadN}u;
+const TILE_M: u32 = TM * PM;
+const TILE_N: u32 = TN * PN;
+const WG: u32 = TM * TN;
+
+var<workgroup> wq: array<u32, 8 * TILE_M>;     // [word][m]: the rows' block, packed signed bytes
+var<workgroup> wd: array<f32, TILE_M>;         // the rows' block scales
+var<workgroup> xf: array<f32, 32 * TILE_N>;    // [n][32]: the tokens' block of activations
+var<workgroup> xmax: array<f32, 4 * TILE_N>;   // [n][quarter]: max |x| of each quarter
+var<workgroup> xq: array<u32, 8 * TILE_N>;     // [word][n]: the block quantized to int8
+var<workgroup> xd: array<f32, TILE_N>;         // its scale
+var<workgroup> xsum: array<i32, TILE_N>;       // and the sum of its int8 values
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let m0 = (wid.x + wid.y * p.grid_x) * TILE_M;
+  if (m0 >= p.rows) { return; } // past the end of a folded grid (uniform per workgroup)
+  let n0 = wid.z * TILE_N;
+  let tm = lid % TM;
+  let tn = lid / TM;
+  var acc: array<f32, PM * PN>;
+  for (var blk = 0u; blk < p.blocks_per_row; blk++) {
+    // Weights: one row's block per thread.
+    for (var m = lid; m < TILE_M; m += WG) {
+      let wb = w_block_i8(min(m0 + m, p.rows - 1u) * p.blocks_per_row + blk, p.scales);
+      for (var i = 0u; i < 8u; i++) { wq[i * TILE_M + m] = wb.q[i]; }
+      wd[m] = wb.d;
+    }
+    // Activations: a quarter of a token's block (8 values) per thread, and its max |x|.
+    for (var i = lid; i < 4u * TILE_N; i += WG) {
+      let n = i / 4u;
+      let quarter = i % 4u;
+      var v = W8(vec4f(0.0), vec4f(0.0));
+      if (n0 + n < p.n_tokens) { v = x8(n0 + n, blk * 32u + quarter * 8u); }
+      let at = n * 32u + quarter * 8u;
+      for (var e = 0u; e < 4u; e++) {
+        xf[at + e] = v.a[e];
+        xf[at + 4u + e] = v.b[e];
+      }
+      let a = max(abs(v.a), abs(v.b));
+      xmax[i] = max(max(a.x, a.y), max(a.z, a.w));
+    }
+    workgroupBarrier();
+    // Quantize each token's block: the same arithmetic as the int8 matvec.
+    for (var i = lid; i < 4u * TILE_N; i += WG) {
+      let n = i / 4u;
+      let quarter = i % 4u;
+      let amax = max(max(xmax[4u * n], xmax[4u * n + 1u]), max(xmax[4u * n + 2u], xmax[4u * n + 3u]));
+      let d = amax / 127.0;
+      let inverse = select(0.0, 1.0 / d, d > 0.0);
+      let at = n * 32u + quarter * 8u;
+      let lo = pack4xI8(vec4i(round(vec4f(xf[at], xf[at + 1u], xf[at + 2u], xf[at + 3u]) * inverse)));
+      let hi = pack4xI8(vec4i(round(vec4f(xf[at + 4u], xf[at + 5u], xf[at + 6u], xf[at + 7u]) * inverse)));
+      xq[(2u * quarter) * TILE_N + n] = lo;
+      xq[(2u * quarter + 1u) * TILE_N + n] = hi;
+      if (quarter == 0u) { xd[n] = d; }
+    }
+    workgroupBarrier();
+    for (var n = lid; n < TILE_N; n += WG) {
+      var sum = 0i;
+      for (var i = 0u; i < 8u; i++) { sum += dot4I8Packed(xq[i * TILE_N + n], 0x01010101u); }
+      xsum[n] = sum;
+    }
+    workgroupBarrier();
+    // The register tile: integer dot products over the block's 8 words, then one scale each.
+    var dots: array<i32, PM * PN>;
+    for (var k = 0u; k < PM * PN; k++) { dots[k] = 0i; }
+    for (var word = 0u; word < 8u; word++) {
+      var a: array<u32, PM>;
+      var b: array<u32, PN>;
+      for (var i = 0u; i < PM; i++) { a[i] = wq[word * TILE_M + tm + TM * i]; }
+      for (var j = 0u; j < PN; j++) { b[j] = xq[word * TILE_N + tn + TN * j]; }
+      for (var i = 0u; i < PM; i++) {
+        for (var j = 0u; j < PN; j++) { dots[i * PN + j] += dot4I8Packed(a[i], b[j]); }
+      }
+    }
+    for (var i = 0u; i < PM; i++) {
+      for (var j = 0u; j < PN; j++) {
+        let n = tn + TN * j;
+        acc[i * PN + j] += wd[tm + TM * i] * xd[n] * f32(dots[i * PN + j] - W_I8_OFFSET * xsum[n]);
+      }
+    }
+    workgroupBarrier();
+  }
+  for (var i = 0u; i < PM; i++) {
+    for (var j = 0u; j < PN; j++) {
+      let row = m0 + tm + TM * i;
+      let tok = n0 + tn + TN * j;
+      if (row < p.rows && tok < p.n_tokens) { put(tok * p.y_stride + p.y_offset + row, acc[i * PN + j]); }
+    }
+  }
+}
+`;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Ops
 
@@ -467,13 +586,23 @@ function pickVariant(gpu: GpuContext, variant: MatmulVariant, nTokens: number, t
         `${gpu.limits.maxComputeInvocationsPerWorkgroup} and ${gpu.limits.maxComputeWorkgroupStorageSize}`,
     );
   }
-  // int8 where the weight type allows it (Q4_0, Q8_0), else the float matvec: so a whole model
-  // can be run with `kernels: { matmul: 'matvec-int8' }`.
-  if (variant === 'matvec-int8' && !int8DecodableTypes().includes(type)) return gpu.features.subgroups ? 'matvec-subgroup' : 'matvec';
+  // The int8 kernels where the weight type allows them (Q4_0, Q8_0), else the float ones: so a
+  // whole model can be run with `kernels: { matmul: 'int8' }` (or one int8 kernel forced).
+  const int8 = int8DecodableTypes().includes(type);
+  if (variant === 'int8') return !int8 ? pickVariant(gpu, 'auto', nTokens, type) : nTokens <= MATVEC_MAX_TOKENS ? 'matvec-int8' : 'tiled-int8';
+  if (variant === 'matvec-int8' && !int8) return gpu.features.subgroups ? 'matvec-subgroup' : 'matvec';
+  if (variant === 'tiled-int8' && !int8) return pickVariant(gpu, 'auto', Math.max(nTokens, MATVEC_MAX_TOKENS + 1), type);
   if (variant !== 'auto') return variant;
   if (nTokens <= MATVEC_MAX_TOKENS) return gpu.features.subgroups ? 'matvec-subgroup' : 'matvec';
   // A 64-token tile only pays when there are tokens to fill it.
   return nTokens > tileTokens(TILE_CONFIGS.tiled) && fitsTile(gpu, TILE_CONFIGS['tiled-large']) ? 'tiled-large' : 'tiled';
+}
+
+/** The int8 tile: the large one where the device allows it, else the portable one. */
+function int8TileConfig(gpu: GpuContext): TileConfig {
+  const large = TILE_CONFIGS['tiled-large'];
+  const fits = tileThreads(large) <= gpu.limits.maxComputeInvocationsPerWorkgroup && int8TileWorkgroupBytes(large) <= gpu.limits.maxComputeWorkgroupStorageSize;
+  return fits ? large : TILE_CONFIGS.tiled;
 }
 
 /** Whether this device can run the `tiled-large` variant. */
@@ -504,6 +633,9 @@ export function matmulOp(gpu: GpuContext, w: GpuWeight, x: GPUBuffer, y: GPUBuff
   if (variant === 'tiled' || variant === 'tiled-large') {
     const config = TILE_CONFIGS[variant];
     [wgsl, rowsPerWorkgroup, tokensPerWorkgroup] = [tiledWgsl(spec, config), tileRows(config), tileTokens(config)];
+  } else if (variant === 'tiled-int8') {
+    const config = int8TileConfig(gpu);
+    [wgsl, rowsPerWorkgroup, tokensPerWorkgroup] = [tiledInt8Wgsl(spec, config), tileRows(config), tileTokens(config)];
   } else {
     // Compiled for the token count (1, 2 or MATVEC_TOKENS), so a single token does no wasted work.
     tokensPerWorkgroup = nTokens <= 2 ? nTokens : MATVEC_TOKENS;
