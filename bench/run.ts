@@ -27,7 +27,7 @@ import { parseArgs } from 'node:util';
 import { GGMLType } from '../src/model/ggml-type.ts';
 import type { RandomWeightType } from '../src/model/random-llama.ts';
 import { runtimeDescription, table, today, writeResults } from './common.ts';
-import type { MatmulVariant } from '../src/shaders/matmul.ts';
+import { MATMUL_VARIANTS, type MatmulVariant } from '../src/shaders/matmul.ts';
 import { benchEndToEnd, requestBenchGpu, tryDropPageCache, type E2EOptions, type E2EResult } from './e2e.ts';
 import { kernelShapes, KernelTimer, measurePeakBandwidth, measurePeakFlops, runKernelSuite, type KernelResult, type KernelShapes, type Peaks, type TimerOptions } from './kernels.ts';
 import { BENCH_SHAPES, BENCH_TYPES, benchModelFile, weightTypeKey, type BenchModelFile, type BenchShapeName } from './models.ts';
@@ -411,8 +411,6 @@ export function defaultSuiteOptions(quick: boolean, log: (line: string) => void)
     log,
   };
 }
-
-const MATMUL_VARIANTS = ['auto', 'int8', 'matvec', 'matvec-subgroup', 'matvec-int8', 'tiled', 'tiled-large', 'tiled-int8'] as const satisfies readonly MatmulVariant[];
 
 function usage(): string {
   return [

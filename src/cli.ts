@@ -7,7 +7,8 @@
 // Exit codes: 0 on success, 2 for bad arguments, 1 for anything else. The process ends by
 // returning from main (never Deno.exit) so Dawn devices are released cleanly first.
 
-import { byteSize, flag, numberFlag, parseFlags, UsageError, type Flags, type FlagSpec } from './flags.ts';
+import { byteSize, choiceFlag, flag, numberFlag, parseFlags, UsageError, type Flags, type FlagSpec } from './flags.ts';
+import { MATMUL_VARIANTS } from './shaders/matmul.ts';
 import { describeAdapters, type GpuBackend, type GpuOptions } from './gpu/device.ts';
 import { chooseShardSplit } from './sharding/auto.ts';
 import { loadModel, type Model } from './api/model.ts';
@@ -51,6 +52,8 @@ Options:
                           with more than one and no --tp/--pp, the split is chosen by measuring
                           the all-reduce and the kernels on these devices (--shard auto)
       --gpu-memory SIZE   memory budget per device for the planner, e.g. 8GiB or 512MiB
+      --matmul KIND       matmul kernels: auto (default), int8 (int8 activations for Q4_0/Q8_0
+                          weights, as llama.cpp's CPU path), or one variant forced everywhere
   -h, --help`;
 
 const cliFlags: FlagSpec = {
@@ -58,7 +61,7 @@ const cliFlags: FlagSpec = {
   booleans: new Set(['json', 'ignore-eos', 'help']),
   known: new Set([
     'model', 'prompt', 'max-tokens', 'temperature', 'top-k', 'top-p', 'min-p', 'repeat-penalty', 'seed', 'ctx',
-    'stop', 'text', 'json', 'gpu', 'ignore-eos', 'help', 'tp', 'pp', 'devices', 'gpu-memory',
+    'stop', 'text', 'json', 'gpu', 'ignore-eos', 'help', 'tp', 'pp', 'devices', 'gpu-memory', 'matmul',
   ]),
 };
 
@@ -131,6 +134,7 @@ async function openModel(flags: Flags): Promise<Model> {
     pp,
     devices,
     gpuMemoryBytes,
+    kernels: { matmul: choiceFlag(flags, 'matmul', MATMUL_VARIANTS) },
     onProgress: ({ bytesLoaded, bytesTotal }) => progress.update(bytesLoaded, bytesTotal),
     onWarning: (message) => void err(`warning: ${message}\n`),
   });

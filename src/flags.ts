@@ -49,6 +49,14 @@ export function numberFlag(flags: Flags, name: string, options: { integer?: bool
   return value;
 }
 
+/** One of a fixed set of words. */
+export function choiceFlag<T extends string>(flags: Flags, name: string, choices: readonly T[]): T | undefined {
+  const text = flag(flags, name);
+  if (text === undefined) return undefined;
+  if (!(choices as readonly string[]).includes(text)) throw new UsageError(`--${name} must be one of ${choices.join(', ')}; got "${text}"`);
+  return text as T;
+}
+
 /** A size such as 8GiB, 512MiB or 1000000 (bytes). */
 export function byteSize(flags: Flags, name: string): number | undefined {
   const text = flag(flags, name);

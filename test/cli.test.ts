@@ -32,12 +32,14 @@ describe('deno CLI', () => {
     });
   }
 
-  it('quantized model through the CLI matches up to the stable prefix', () => {
+  it('quantized model through the CLI matches up to the stable prefix, with the float and the int8 kernels', () => {
     const c = reference().generation_cases.find((x) => x.model === 'stories260K-q8_0' && x.name === 'once-upon-a-time')!;
-    const r = task('run', '-m', referenceModelPath(c.model), '-p', c.prompt, '-n', '64', '--temperature', '0', '--json');
-    expect(r.code, r.stderr).toBe(0);
     const n = c.stable_prefix_len['0.1'];
-    expect((JSON.parse(r.stdout) as { generated_ids: number[] }).generated_ids.slice(0, n)).toEqual(c.generated_ids.slice(0, n));
+    for (const kernels of [[], ['--matmul', 'int8']]) {
+      const r = task('run', '-m', referenceModelPath(c.model), '-p', c.prompt, '-n', '64', '--temperature', '0', '--json', ...kernels);
+      expect(r.code, r.stderr).toBe(0);
+      expect((JSON.parse(r.stdout) as { generated_ids: number[] }).generated_ids.slice(0, n), kernels.join(' ')).toEqual(c.generated_ids.slice(0, n));
+    }
   });
 
   it('--devices 2 without --tp/--pp measures the devices, says which split it chose and why, and keeps the tokens', () => {
@@ -87,6 +89,9 @@ describe('deno CLI', () => {
     const badNumber = task('run', '-n', 'many');
     expect(badNumber.code).toBe(2);
     expect(badNumber.stderr).toMatch(/--max-tokens must be an integer/);
+    const badKernels = task('run', '--matmul', 'fast');
+    expect(badKernels.code).toBe(2);
+    expect(badKernels.stderr).toMatch(/--matmul must be one of auto, int8, .*; got "fast"/);
     const notGguf = task('run', '-m', resolve(root, 'package.json'));
     expect(notGguf.code).toBe(1);
     expect(notGguf.stderr).toMatch(/ModelFormatError: .*not a GGUF file/);

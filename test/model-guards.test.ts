@@ -31,6 +31,12 @@ it('refuses, before allocating anything, a KV cache over the device\'s storage b
   await expect(attempt).rejects.toThrow(/one layer's KV buffer needs 256\.00 MiB/);
 });
 
+it('refuses an unknown kernel choice, naming the valid ones', async () => {
+  const attempt = loadModel(MODEL, { device: await testGpu(), kernels: { matmul: 'fastest' as never } });
+  await expect(attempt).rejects.toBeInstanceOf(InvalidOptionError);
+  await expect(attempt).rejects.toThrow(/kernels\.matmul must be one of auto, int8, matvec, .*; got "fastest"/);
+});
+
 it('refuses a step budget that would starve waiting prompts', async () => {
   await expect(loadModel(MODEL, { device: await testGpu(), maxSequences: 8, maxBatchTokens: 8 })).rejects.toThrow(/maxBatchTokens \(8\) must exceed maxSequences \(8\)/);
 });

@@ -17,6 +17,7 @@ import { InvalidOptionError } from '../engine/sampler.ts';
 import { ContextOverflowError, LlamaRunner } from '../engine/runner.ts';
 import { Scheduler, type SchedulerStats, type Sequence } from '../engine/scheduler.ts';
 import { wholeModelView } from '../engine/shard-view.ts';
+import { MATMUL_VARIANTS } from '../shaders/matmul.ts';
 
 export interface LoadProgressEvent {
   bytesLoaded: number;
@@ -128,6 +129,10 @@ export class Model {
       if (value !== undefined && (!Number.isInteger(value) || value < 1)) {
         throw new InvalidOptionError(`${name} must be an integer ≥ 1; got ${value}.`);
       }
+    }
+    const matmul = options.kernels?.matmul;
+    if (matmul !== undefined && !(MATMUL_VARIANTS as readonly string[]).includes(matmul)) {
+      throw new InvalidOptionError(`kernels.matmul must be one of ${MATMUL_VARIANTS.join(', ')}; got ${JSON.stringify(matmul)}.`);
     }
     const bytes = await openSource(source);
     try {

@@ -10,7 +10,8 @@
 // Exit codes: 0 after a clean shutdown, 2 for bad arguments, 1 when the model cannot be loaded.
 
 import { loadModel, type LoadOptions, type Model } from '../api/model.ts';
-import { byteSize, flag, numberFlag, parseFlags, UsageError, type Flags, type FlagSpec } from '../flags.ts';
+import { byteSize, choiceFlag, flag, numberFlag, parseFlags, UsageError, type Flags, type FlagSpec } from '../flags.ts';
+import { MATMUL_VARIANTS } from '../shaders/matmul.ts';
 import { DEFAULT_LIMITS, InferenceServer, type ServerLimits } from './server.ts';
 
 interface DenoServer {
@@ -50,6 +51,7 @@ Options:
       --pp N                  pipeline stages (tp × pp shards in all; default 1)
       --devices LIST          adapter names, comma-separated, one per shard (default: all on one adapter)
       --gpu-memory SIZE       memory budget per device for the shard planner, e.g. 8GiB
+      --matmul KIND           matmul kernels: auto (default), int8 (int8 activations for Q4_0/Q8_0), or a variant
       --parallel N            sequences the engine batches together (default ${DEFAULT_LIMITS.maxRunning})
       --kv-cache-tokens N     KV cache positions shared by those sequences (default parallel × context)
       --max-queue N           sequences that may wait beyond those; more get 429 (default ${DEFAULT_LIMITS.maxQueued})
@@ -67,7 +69,7 @@ const serveFlags: FlagSpec = {
   aliases: { m: 'model', c: 'ctx', h: 'help' },
   booleans: new Set(['test-hooks', 'help']),
   known: new Set([
-    'model', 'model-name', 'host', 'port', 'ctx', 'tp', 'pp', 'devices', 'gpu-memory', 'parallel', 'kv-cache-tokens', 'max-queue', 'max-body-bytes', 'max-header-bytes',
+    'model', 'model-name', 'host', 'port', 'ctx', 'tp', 'pp', 'devices', 'gpu-memory', 'matmul', 'parallel', 'kv-cache-tokens', 'max-queue', 'max-body-bytes', 'max-header-bytes',
     'request-timeout', 'health-deadline-ms', 'shutdown-grace', 'api-key', 'gpu', 'test-hooks', 'help',
   ]),
 };
@@ -121,6 +123,7 @@ function serveConfig(flags: Flags): ServeConfig {
       pp: numberFlag(flags, 'pp', { integer: true, min: 1 }),
       devices: adapterNames?.map((adapterName) => ({ backend, adapterName })),
       gpuMemoryBytes: byteSize(flags, 'gpu-memory'),
+      kernels: { matmul: choiceFlag(flags, 'matmul', MATMUL_VARIANTS) },
       // The server hands the engine at most `parallel` sequences, and the engine batches them all.
       maxSequences: parallel,
       kvCacheTokens: numberFlag(flags, 'kv-cache-tokens', { integer: true, min: 1 }),

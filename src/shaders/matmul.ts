@@ -51,7 +51,8 @@ export interface GpuWeight {
   totalRows: number;
 }
 
-export type MatmulVariant = 'auto' | 'int8' | 'matvec' | 'matvec-subgroup' | 'matvec-int8' | 'tiled' | 'tiled-large' | 'tiled-int8';
+export const MATMUL_VARIANTS = ['auto', 'int8', 'matvec', 'matvec-subgroup', 'matvec-int8', 'tiled', 'tiled-large', 'tiled-int8'] as const;
+export type MatmulVariant = (typeof MATMUL_VARIANTS)[number];
 
 export interface MatmulOptions {
   variant?: MatmulVariant;
