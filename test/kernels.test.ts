@@ -4,7 +4,7 @@ import { maxRelativeError, randomF32, rng, testGpu } from './helpers/gpu.ts';
 import { readBuffer, readF32, readU32, runOps, storageBuffer } from '../src/gpu/kernel.ts';
 import type { GpuContext } from '../src/gpu/device.ts';
 import { rmsnormOp } from '../src/shaders/rmsnorm.ts';
-import { ropeOp, type RopeStyle } from '../src/shaders/rope.ts';
+import { ropeAndCacheWriteOps, ropeOp, type RopeStyle } from '../src/shaders/rope.ts';
 import { attentionOp, attentionOps, kvCacheWriteOp, type KvPaging } from '../src/shaders/attention.ts';
 import { addOp, copyOp, gatherRowsOp, scaleOp, swigluOp } from '../src/shaders/elementwise.ts';
 import { argmaxOp, packPenalties, repetitionPenaltyOp, topKOp, unpackTopK } from '../src/shaders/sampling.ts';
@@ -79,6 +79,25 @@ describe('rope', () => {
     const got = await readF32(gpu.device, buffer, x.length);
     expect(maxRelativeError(got, ropeRef(x, positions, { ...shape, freqFactors: factors }), 1e-2)).toBeLessThan(1e-5);
     expect(maxRelativeError(got, ropeRef(x, positions, shape), 1e-2)).toBeGreaterThan(1e-2);
+  });
+
+  it('fuses RoPE with the cache write where the device has 9 storage buffers, else runs the three ops: the same bits', async () => {
+    const gpu = await testGpu();
+    const eight = { ...gpu, limits: { ...gpu.limits, maxStorageBuffersPerShaderStage: 8 } as GPUSupportedLimits };
+    const shape = { nTokens: 3, nHeads: 4, nKvHeads: 2, headDim: 16, ropeDims: 16, style: 'normal' as const, base: 500000 };
+    const positions = Uint32Array.of(0, 1, 2);
+    const factors = upload(gpu, 'ff', Float32Array.from({ length: 8 }, (_, i) => 1 + i * 0.5));
+    const paging = contiguousPaging(gpu, 3, 16);
+    const outputs: Uint32Array[][] = [];
+    for (const [device, withFactors, opCount] of [[gpu, true, 1], [eight, false, 1], [eight, true, 3]] as const) {
+      const [q, k, v] = [randomF32(3 * 64, 1), randomF32(3 * 32, 2), randomF32(3 * 32, 3)].map((data) => upload(gpu, 'x', data)) as [GPUBuffer, GPUBuffer, GPUBuffer];
+      const [kCache, vCache] = [upload(gpu, 'kc', new Float32Array(16 * 32)), upload(gpu, 'vc', new Float32Array(16 * 32))];
+      const ops = ropeAndCacheWriteOps(device, q, k, v, upload(gpu, 'pos', positions), paging, kCache, vCache, { ...shape, freqFactors: withFactors ? factors : undefined });
+      expect(ops).toHaveLength(opCount);
+      runOps(gpu.device, ops);
+      if (withFactors) outputs.push(await Promise.all([q, kCache].map(async (b) => new Uint32Array((await readF32(gpu.device, b, b === q ? 3 * 64 : 16 * 32)).buffer))));
+    }
+    expect(outputs[1]).toEqual(outputs[0]);
   });
 });
 

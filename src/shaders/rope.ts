@@ -18,7 +18,7 @@
 
 import type { GpuContext } from '../gpu/device.ts';
 import { kernelOp, params, uniformBuffer, workgroupGrid, type KernelOp } from '../gpu/kernel.ts';
-import { pagingWgsl, type KvPaging } from './attention.ts';
+import { kvCacheWriteOp, pagingWgsl, type KvPaging } from './attention.ts';
 
 export type RopeStyle = 'normal' | 'neox';
 
@@ -289,4 +289,28 @@ export function ropeAndCacheWriteOp(
   const invocations = nTokens * (nHeads * (ropeDims / 2) + nKvHeads * headDim);
   const wgsl = ropeAndCacheWriteWgsl(shape, paging, shape.freqFactors !== undefined);
   return kernelOp(gpu.device, `rope ${shape.style} + kv cache write`, wgsl, buffers, workgroupGrid(Math.ceil(invocations / FUSED_WORKGROUP_SIZE)));
+}
+
+/**
+ * ropeAndCacheWriteOp where the device has the storage buffers it needs (9 with rope_freqs: the
+ * WebGPU default limit is 8), else the three ops it fuses. Either way, the same bits.
+ */
+export function ropeAndCacheWriteOps(
+  gpu: GpuContext,
+  q: GPUBuffer,
+  k: GPUBuffer,
+  v: GPUBuffer,
+  positions: GPUBuffer,
+  paging: KvPaging,
+  kCache: GPUBuffer,
+  vCache: GPUBuffer,
+  shape: RopeCacheWriteShape,
+): KernelOp[] {
+  const storageBuffers = shape.freqFactors ? 9 : 8;
+  if (storageBuffers <= gpu.limits.maxStorageBuffersPerShaderStage) return [ropeAndCacheWriteOp(gpu, q, k, v, positions, paging, kCache, vCache, shape)];
+  return [
+    ropeOp(gpu, q, positions, { ...shape, nHeads: shape.nHeads }),
+    ropeOp(gpu, k, positions, { ...shape, nHeads: shape.nKvHeads }),
+    kvCacheWriteOp(gpu, k, v, positions, paging, kCache, vCache, shape),
+  ];
 }
