@@ -1,5 +1,5 @@
-// The attention kernels (single, split-K) and the fused rope + KV-cache write on a real WebGPU
-// adapter, against the plain-TypeScript references in test/reference/ops.ts.
+// The attention kernels (single, split-K, tiled flash attention) and the fused rope + KV-cache
+// write on a real WebGPU adapter, against the plain-TypeScript references in test/reference/ops.ts.
 import { describe, expect, it } from 'vitest';
 import { maxRelativeError, randomF32, rng, testGpu } from './helpers/gpu.ts';
 import { readF32, runOps, storageBuffer, writeBuffer } from '../src/gpu/kernel.ts';
@@ -7,9 +7,11 @@ import type { GpuContext } from '../src/gpu/device.ts';
 import {
   attentionOps,
   attentionScratchBytes,
+  attentionVariant,
   kvCacheWriteOp,
   splitAttentionPlan,
   SPLIT_MAX_TOKENS,
+  tiledAttentionPlan,
   type AttentionOptions,
   type KvPaging,
 } from '../src/shaders/attention.ts';
@@ -131,7 +133,7 @@ describe('attention variants against the reference', () => {
     expect(maxRelativeError(got, want, 1e-2)).toBeLessThan(1e-4);
   });
 
-  it("'auto' splits decode-sized steps and walks whole sequences for prefill", async () => {
+  it("'auto' splits decode-sized steps and tiles prefill (single on request)", async () => {
     const gpu = await testGpu();
     const paging = gpuPaging(gpu, { tokenSlots: new Uint32Array(16), blockTable: Uint32Array.of(0, 1, 2, 3), blockSize: 16, blocksPerSequence: 4 });
     const b = storageBuffer(gpu.device, 'any', 1 << 16);
@@ -141,7 +143,8 @@ describe('attention variants against the reference', () => {
     // The split op owns its scratch (destroyed with the program) unless one is passed in.
     expect(decode[0]!.owned.some((buffer) => buffer.size >= attentionScratchBytes(gpu, shape(1), paging))).toBe(true);
     expect(attentionOps(gpu, b, b, b, b, paging, b, shape(SPLIT_MAX_TOKENS)).length).toBe(2);
-    expect(attentionOps(gpu, b, b, b, b, paging, b, shape(SPLIT_MAX_TOKENS + 1)).map((op) => op.label)).toEqual(['attention']);
+    expect(attentionOps(gpu, b, b, b, b, paging, b, shape(SPLIT_MAX_TOKENS + 1)).map((op) => op.label)).toEqual(['attention tiled']);
+    expect(attentionOps(gpu, b, b, b, b, paging, b, shape(SPLIT_MAX_TOKENS + 1), { variant: 'single' }).map((op) => op.label)).toEqual(['attention']);
     expect(attentionScratchBytes(gpu, shape(SPLIT_MAX_TOKENS + 1), paging)).toBe(0);
     const shared = attentionOps(gpu, b, b, b, b, paging, b, shape(2), { scratch: b });
     expect(shared[0]!.owned).not.toContain(b);
@@ -168,6 +171,153 @@ describe('attention variants against the reference', () => {
     expect(splitAttentionPlan(gpu, { nTokens: 1, nHeads: 64, nKvHeads: 1, headDim: 30 }, { blockSize: 16, blocksPerSequence: 4 })).toMatchObject({ vec: 1, headsPerWorkgroup: 8, headGroups: 8 });
   });
 });
+
+/** Positions `start, start + 1, ...`: a prompt chunk of `length` tokens. */
+const chunk = (start: number, length: number): number[] => Array.from({ length }, (_, i) => start + i);
+
+describe('tiled (flash) attention against the reference', () => {
+  const cases: AttentionCase[] = [
+    // Prefill from position 0: one token, a block's worth, blocks plus a 1-token block, many blocks.
+    { name: 'prefill T=1, GQA 4/4, headDim 64', nHeads: 4, nKvHeads: 4, headDim: 64, blockSize: 16, blocksPerSequence: 2, positions: chunk(0, 1), options: {} },
+    { name: 'prefill T=7, GQA 4/2, headDim 8', nHeads: 4, nKvHeads: 2, headDim: 8, blockSize: 4, blocksPerSequence: 4, positions: chunk(0, 7), options: {} },
+    { name: 'prefill T=33, GQA 2/2, headDim 64 (32-token blocks: one full, one of a token)', nHeads: 2, nKvHeads: 2, headDim: 64, blockSize: 16, blocksPerSequence: 3, positions: chunk(0, 33), options: {} },
+    { name: 'prefill T=100, GQA 8/2, headDim 128 (16 rows = 4 tokens × 4 heads, 8-key tiles)', nHeads: 8, nKvHeads: 2, headDim: 128, blockSize: 16, blocksPerSequence: 8, positions: chunk(0, 100), options: {} },
+    // A later chunk of a prompt: the first query at 37 sees keys 0..37 written by earlier steps.
+    { name: 'chunk at 37..76, GQA 8/4, headDim 64', nHeads: 8, nKvHeads: 4, headDim: 64, blockSize: 16, blocksPerSequence: 6, positions: chunk(37, 40), options: {} },
+    { name: 'chunk at 100..119, MQA 8/1 (group 8), headDim 32', nHeads: 8, nKvHeads: 1, headDim: 32, blockSize: 8, blocksPerSequence: 16, positions: chunk(100, 20), options: {} },
+    // GQA groups 1 / 2 / 4 / 8 at headDim 64 on a chunk that starts mid-block.
+    ...[1, 2, 4, 8].map((group) => ({ name: `GQA group ${group}, headDim 64, chunk at 5..28`, nHeads: 2 * group, nKvHeads: 2, headDim: 64, blockSize: 16, blocksPerSequence: 2, positions: chunk(5, 24), options: {} })),
+    // Scalar paths (headDim % 4 != 0).
+    { name: 'headDim 30 scalar, GQA 6/2 (group 3: rows of 3 heads)', nHeads: 6, nKvHeads: 2, headDim: 30, blockSize: 16, blocksPerSequence: 4, positions: chunk(10, 45), options: {} },
+    { name: 'headDim 66 scalar, GQA 2/1', nHeads: 2, nKvHeads: 1, headDim: 66, blockSize: 8, blocksPerSequence: 8, positions: chunk(0, 50), options: {} },
+    // A mixed batch: decode tokens of three sequences, then two prompt chunks (one mid-prompt),
+    // in different slots; one block of 32 rows holds several runs.
+    {
+      name: 'mixed batch: decode tokens of slots 3, 0, 4 + chunks of slots 1 (at 20) and 2 (at 0), GQA 4/1, headDim 16',
+      nHeads: 4, nKvHeads: 1, headDim: 16, blockSize: 8, blocksPerSequence: 8,
+      positions: [61, 0, 9, ...chunk(20, 25), ...chunk(0, 12)],
+      slots: [3, 0, 4, ...Array<number>(25).fill(1), ...Array<number>(12).fill(2)],
+      options: {},
+    },
+    // The same batch with blocks of 6 rows (3 tokens × 2 heads) and 5-key tiles: run edges and
+    // block edges fall in different places, tiles straddle cache blocks.
+    {
+      name: 'mixed batch, 3-token blocks, 5-key tiles, GQA 4/2, headDim 128',
+      nHeads: 4, nKvHeads: 2, headDim: 128, blockSize: 8, blocksPerSequence: 8,
+      positions: [61, 0, 9, ...chunk(20, 25), ...chunk(0, 12)],
+      slots: [3, 0, 4, ...Array<number>(25).fill(1), ...Array<number>(12).fill(2)],
+      options: { queryRows: 6, keysPerTile: 5 },
+    },
+    // One slot's tokens split by another slot (two runs of slot 0 in one block), out-of-order positions.
+    { name: 'a slot interrupted by another, unsorted positions, GQA 2/1, headDim 12', nHeads: 2, nKvHeads: 1, headDim: 12, blockSize: 4, blocksPerSequence: 8, positions: [30, 3, 31, 7, 2, 29, 0, 17, 16, 15], slots: [0, 0, 1, 1, 0, 0, 2, 1, 1, 1], options: {} },
+    // The last position of the capacity, 8-row blocks over a long chunk.
+    { name: 'chunk ending at the last position (127), 8 rows, 32-key tiles, headDim 64', nHeads: 4, nKvHeads: 4, headDim: 64, blockSize: 16, blocksPerSequence: 8, positions: chunk(90, 38), options: { queryRows: 8, keysPerTile: 32 } },
+  ];
+  cases.forEach((c, index) => {
+    it(`${c.name} (${c.positions.length} tokens)`, async () => {
+      const gpu = await testGpu();
+      const { got, want } = await runAttention(gpu, { ...c, options: { ...c.options, variant: 'tiled' } }, 500 + 10 * index);
+      expect(maxRelativeError(got, want, 1e-2)).toBeLessThan(1e-4);
+    });
+  });
+
+  it('one recorded prefill program serves consecutive chunks (cache write + tiled attention)', async () => {
+    const gpu = await testGpu();
+    const [nHeads, nKvHeads, headDim, blockSize, blocksPerSequence, T] = [8, 2, 64, 16, 8, 24];
+    const kvWidth = nKvHeads * headDim;
+    // Step 1: slot 1's prompt 0..23. Step 2: its next chunk 24..43 after decode tokens of slots 0 and 2.
+    // Step 3: slot 0's chunk 5..20 between decode tokens of slots 1 and 2.
+    const steps = [
+      { positions: chunk(0, 24), slots: Array<number>(24).fill(1) },
+      { positions: [4, 30, 12, 77, ...chunk(24, 20)], slots: [0, 2, 0, 2, ...Array<number>(20).fill(1)] },
+      { positions: [44, ...chunk(5, 16), 78, 79, 80, 81, 82, 83, 84], slots: [1, ...Array<number>(16).fill(0), 2, 2, 2, 2, 2, 2, 2] },
+    ];
+    const cache = pagedCache(new Uint32Array(T), 3, blockSize, blocksPerSequence, kvWidth, 90);
+    const kCache = Float32Array.from(cache.kCache);
+    const vCache = Float32Array.from(cache.vCache);
+    const shape = { nTokens: T, nHeads, nKvHeads, headDim };
+    const [qBuffer, kBuffer, vBuffer] = [nHeads, nKvHeads, nKvHeads].map((heads) => storageBuffer(gpu.device, 'x', T * heads * headDim * 4));
+    const positionBuffer = storageBuffer(gpu.device, 'pos', T * 4);
+    const slotBuffer = storageBuffer(gpu.device, 'slots', T * 4);
+    const kcBuffer = upload(gpu, 'kc', kCache);
+    const vcBuffer = upload(gpu, 'vc', vCache);
+    const out = storageBuffer(gpu.device, 'out', T * nHeads * headDim * 4);
+    const paging = { ...gpuPaging(gpu, cache.paging), tokenSlots: slotBuffer };
+    const ops = attentionOps(gpu, qBuffer!, kcBuffer, vcBuffer, positionBuffer, paging, out, shape);
+    expect(ops.map((op) => op.label)).toEqual(['attention tiled']);
+    const program = [kvCacheWriteOp(gpu, kBuffer!, vBuffer!, positionBuffer, paging, kcBuffer, vcBuffer, shape), ...ops];
+    for (const [step, { positions: p, slots: s }] of steps.entries()) {
+      expect(p.length).toBe(T);
+      const positions = Uint32Array.from(p);
+      const tokenSlots = Uint32Array.from(s);
+      const q = randomF32(T * nHeads * headDim, 600 + step, 2);
+      const k = randomF32(T * kvWidth, 700 + step, 2);
+      const v = randomF32(T * kvWidth, 800 + step);
+      writeBuffer(gpu.device, qBuffer!, 0, q);
+      writeBuffer(gpu.device, kBuffer!, 0, k);
+      writeBuffer(gpu.device, vBuffer!, 0, v);
+      writeBuffer(gpu.device, positionBuffer, 0, positions);
+      writeBuffer(gpu.device, slotBuffer, 0, tokenSlots);
+      runOps(gpu.device, program);
+      const refPaging = { ...cache.paging, tokenSlots };
+      for (let t = 0; t < T; t++) {
+        const row = cacheRowRef(refPaging, tokenSlots[t]!, positions[t]!) * kvWidth;
+        kCache.set(k.subarray(t * kvWidth, (t + 1) * kvWidth), row);
+        vCache.set(v.subarray(t * kvWidth, (t + 1) * kvWidth), row);
+      }
+      const got = await readF32(gpu.device, out, q.length);
+      const want = pagedAttentionRef(q, kCache, vCache, positions, refPaging, shape);
+      expect(maxRelativeError(got, want, 1e-2), `step ${step}`).toBeLessThan(1e-4);
+    }
+  });
+
+  it("plans tiles within 16 KiB and 128 invocations; 'auto' picks tiled for prefill where it fits", async () => {
+    const gpu = await testGpu();
+    const plan = (nHeads: number, nKvHeads: number, headDim: number) => tiledAttentionPlan(gpu, { nHeads, nKvHeads, headDim });
+    expect(plan(32, 8, 128)).toMatchObject({ vec: 4, tokensPerBlock: 4, headsPerWorkgroup: 4, headGroups: 1, rows: 16, keysPerTile: 8 });
+    expect(plan(32, 32, 64)).toMatchObject({ vec: 4, tokensPerBlock: 32, headsPerWorkgroup: 1, rows: 32, keysPerTile: 16 });
+    expect(plan(6, 2, 30)).toMatchObject({ vec: 1, headsPerWorkgroup: 3, rows: 30 });
+    for (const headDim of [8, 12, 30, 64, 66, 128, 172, 256]) {
+      for (const [nHeads, nKvHeads] of [[8, 8], [8, 2], [8, 1]]) {
+        const p = plan(nHeads!, nKvHeads!, headDim);
+        expect(p, `headDim ${headDim}`).toBeDefined();
+        expect(p!.workgroupBytes).toBeLessThanOrEqual(16384);
+        expect(p!.workgroupSize).toBeLessThanOrEqual(256);
+        expect(p!.rows).toBe(p!.tokensPerBlock * p!.headsPerWorkgroup);
+      }
+    }
+    const shape = (nTokens: number, headDim = 64) => ({ nTokens, nHeads: 8, nKvHeads: 2, headDim });
+    expect(attentionVariant(gpu, shape(SPLIT_MAX_TOKENS))).toBe('split');
+    expect(attentionVariant(gpu, shape(SPLIT_MAX_TOKENS + 1))).toBe('tiled');
+    expect(attentionVariant(gpu, shape(512, 128))).toBe('tiled');
+    // Too big a head for 16 KiB, or too few invocations: 'single'.
+    expect(plan(8, 8, 512)).toBeUndefined();
+    expect(attentionVariant(gpu, shape(64, 512))).toBe('single');
+    const small = { limits: { ...limitsOf(gpu), maxComputeInvocationsPerWorkgroup: 64 } };
+    expect(attentionVariant(small, shape(64))).toBe('single');
+    const tight = { limits: { ...limitsOf(gpu), maxComputeWorkgroupStorageSize: 8192 } };
+    expect(tiledAttentionPlan(tight, shape(64, 128))!.workgroupBytes).toBeLessThanOrEqual(8192);
+    expect(attentionScratchBytes(gpu, shape(64), { blockSize: 16, blocksPerSequence: 4 })).toBe(0);
+  });
+
+  it('rejects tiles that do not fit and bad tile sizes', async () => {
+    const gpu = await testGpu();
+    const paging = gpuPaging(gpu, { tokenSlots: new Uint32Array(16), blockTable: Uint32Array.of(0, 1), blockSize: 16, blocksPerSequence: 2 });
+    const b = storageBuffer(gpu.device, 'any', 1 << 16);
+    const shape = { nTokens: 16, nHeads: 4, nKvHeads: 2, headDim: 512 };
+    expect(() => attentionOps(gpu, b, b, b, b, paging, b, shape, { variant: 'tiled' })).toThrow(/tiled.*headDim 512/);
+    expect(attentionOps(gpu, b, b, b, b, paging, b, shape).map((op) => op.label)).toEqual(['attention']);
+    expect(() => attentionOps(gpu, b, b, b, b, paging, b, { ...shape, headDim: 16 }, { variant: 'tiled', keysPerTile: 0 })).toThrow(/keysPerTile/);
+    expect(() => attentionOps(gpu, b, b, b, b, paging, b, { ...shape, headDim: 16 }, { variant: 'tiled', queryRows: 1.5 })).toThrow(/queryRows/);
+  });
+});
+
+/** A plain copy of a device's limits (GPUSupportedLimits' fields are getters). */
+function limitsOf(gpu: GpuContext): GPUSupportedLimits {
+  const limits: Record<string, number> = {};
+  for (const key of ['maxComputeInvocationsPerWorkgroup', 'maxComputeWorkgroupSizeX', 'maxComputeWorkgroupStorageSize', 'maxComputeWorkgroupsPerDimension'] as const) limits[key] = gpu.limits[key];
+  return limits as unknown as GPUSupportedLimits;
+}
 
 describe('split attention: partials and replay', () => {
   it('ignores stale partials: a scratch full of NaN from an earlier step changes nothing', async () => {
@@ -202,7 +352,8 @@ describe('split attention: partials and replay', () => {
     }
   });
 
-  it('attends to nothing past its own position (future rows do not matter)', async () => {
+  for (const [variant, options] of [['split', { variant: 'split', chunk: 16 }], ['tiled', { variant: 'tiled', queryRows: 12, keysPerTile: 8 }]] as const) {
+  it(`${variant}: attends to nothing past its own position (future rows do not matter)`, async () => {
     const gpu = await testGpu();
     const [nHeads, nKvHeads, headDim, blockSize, blocksPerSequence] = [4, 1, 16, 4, 20];
     const kvWidth = nKvHeads * headDim;
@@ -221,14 +372,15 @@ describe('split attention: partials and replay', () => {
     const outputs: Float32Array[] = [];
     for (const [kc, vc] of [[cache.kCache, cache.vCache], [poisoned(cache.kCache), poisoned(cache.vCache)]] as const) {
       const out = storageBuffer(gpu.device, 'out', q.length * 4);
-      runOps(gpu.device, attentionOps(gpu, upload(gpu, 'q', q), upload(gpu, 'kc', kc), upload(gpu, 'vc', vc), upload(gpu, 'pos', positions), gpuPaging(gpu, cache.paging), out, shape, { variant: 'split', chunk: 16 }));
+      runOps(gpu.device, attentionOps(gpu, upload(gpu, 'q', q), upload(gpu, 'kc', kc), upload(gpu, 'vc', vc), upload(gpu, 'pos', positions), gpuPaging(gpu, cache.paging), out, shape, options));
       outputs.push(await readF32(gpu.device, out, q.length));
     }
     expect(outputs[1]).toEqual(outputs[0]);
     expect(maxRelativeError(outputs[0]!, pagedAttentionRef(q, cache.kCache, cache.vCache, positions, cache.paging, shape), 1e-2)).toBeLessThan(1e-4);
   });
+  }
 
-  for (const variant of ['split', 'single'] as const) {
+  for (const variant of ['split', 'single', 'tiled'] as const) {
     it(`${variant}: one recorded program replays at every position (cache write + attention, positions updated in place)`, async () => {
       const gpu = await testGpu();
       const [nHeads, nKvHeads, headDim, blockSize, blocksPerSequence] = [8, 2, 32, 4, 16];
