@@ -18,7 +18,7 @@ import type { GpuContext } from '../src/gpu/device.ts';
 import { kernelOp, params, storageBuffer, uniformBuffer, workgroupGrid, writeBuffer, type KernelOp } from '../src/gpu/kernel.ts';
 import { GGMLType, ggmlTypeName } from '../src/model/ggml-type.ts';
 import { quantize } from '../src/model/quant.ts';
-import { attentionOp, type KvPaging } from '../src/shaders/attention.ts';
+import { attentionOps, attentionVariant, type AttentionVariant, type KvPaging } from '../src/shaders/attention.ts';
 import { int8DecodableTypes } from '../src/shaders/quant-wgsl.ts';
 import { largeTileFits, matmulOp, uploadWeight, type GpuWeight, type MatmulVariant } from '../src/shaders/matmul.ts';
 import { rmsnormOp } from '../src/shaders/rmsnorm.ts';
@@ -461,6 +461,8 @@ export interface AttentionBenchOptions {
   /** decode: positions attended (one query at the last); prefill: tokens (causal, positions 0..T-1). */
   length: number;
   flushBytes: number;
+  /** The kernel (default: what the forward pass picks for this shape). */
+  variant?: AttentionVariant;
 }
 
 /** Paged attention over one sequence: decode is memory-bound (KV reads), prefill compute-bound. */
@@ -497,16 +499,19 @@ export async function benchAttention(gpu: GpuContext, timer: KernelTimer, peaks:
       const values = f32Buffer(gpu, `values ${c}`, cacheBytes / 4, owned);
       await fillBuffer(gpu, keys, 'f32', 100 + c);
       await fillBuffer(gpu, values, 'f32', 200 + c);
-      ops.push(attentionOp(gpu, q, keys, values, positionsBuffer, paging, out, shape));
+      ops.push(...attentionOps(gpu, q, keys, values, positionsBuffer, paging, out, shape, { variant: o.variant }));
     }
-    const t = await timer.time(ops, timerOptions);
+    // Split-K attention is two dispatches (partials, then their combination): time them as one.
+    const dispatchesPerAttention = ops.length / copies;
+    const timing = await timer.time(ops, timerOptions);
+    const t = { ...timing, ms: timing.ms * dispatchesPerAttention };
     // Scores and the weighted sum: 2 FLOPs per multiply-add, over every (query, key) pair kept by the causal mask.
     const pairs = o.mode === 'decode' ? o.length : (o.length * (o.length + 1)) / 2;
     const kvBytes = 2 * o.length * kvWidth * 4;
     return result(
       {
         kernel: o.mode === 'decode' ? 'attention decode' : 'attention prefill',
-        variant: 'paged online-softmax',
+        variant: attentionVariant(gpu, shape, { variant: o.variant }),
         type: 'f32',
         shape:
           o.mode === 'decode'
@@ -607,8 +612,15 @@ export async function runKernelSuite(gpu: GpuContext, options: KernelSuiteOption
     }
   }
   const heads = { nHeads: s.nHeads, nKvHeads: s.nKvHeads, headDim: s.headDim, flushBytes: s.flushBytes };
-  add(await benchAttention(gpu, timer, peaks, { mode: 'decode', length: s.decodeContext, ...heads }, t));
-  add(await benchAttention(gpu, timer, peaks, { mode: 'prefill', length: s.prefillTokens, ...heads }, t));
+  // Each mode with the kernel the forward pass picks, and with the one-workgroup-per-head kernel for comparison.
+  for (const mode of ['decode', 'prefill'] as const) {
+    const length = mode === 'decode' ? s.decodeContext : s.prefillTokens;
+    for (const variant of ['auto', 'single'] as const) {
+      const picked = attentionVariant(gpu, { nTokens: mode === 'decode' ? 1 : length, nHeads: s.nHeads, nKvHeads: s.nKvHeads, headDim: s.headDim });
+      if (variant === 'single' && picked === 'single') continue;
+      add(await benchAttention(gpu, timer, peaks, { mode, length, ...heads, variant }, t));
+    }
+  }
   add(await benchRmsnorm(gpu, timer, peaks, { tokens: s.normTokens, dim: s.normDim, flushBytes: s.flushBytes }, t));
   return { peaks, kernels, timing: timer.source, timestampProblem: timer.timestampProblem };
 }

@@ -282,7 +282,7 @@ export function reportTable(report: BenchReport): string {
       speed = ratio(k.tflops, torch.matmulF32Tflops);
     }
     rows.push([
-      `${k.kernel} ${k.kernel === 'matvec' || k.kernel === 'matmul' ? `${k.type} (${k.variant})` : ''}`.trim(),
+      k.kernel === 'matvec' || k.kernel === 'matmul' ? `${k.kernel} ${k.type} (${k.variant})` : k.kernel.startsWith('attention') ? `${k.kernel} (${k.variant})` : k.kernel,
       k.shape,
       memory ? `${num(k.gbps)} GB/s` : `${num(k.tflops)} TFLOP/s`,
       `${percent(k.fractionOfPeak)} ${memory ? 'BW' : 'FMA'}`,
