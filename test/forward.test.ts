@@ -2,6 +2,11 @@
 // type in the test models: same weights (dequantized on the CPU), same math, f64 on the CPU.
 import { describe, expect, it } from 'vitest';
 import { loadModel } from '../src/api/model.ts';
+import { destroyOps, type KernelOp } from '../src/gpu/kernel.ts';
+import { createKvCache, destroyKvCache, kvGeometry } from '../src/engine/kv-cache.ts';
+import { createActivations, destroyActivations, recordLlamaForward } from '../src/engine/llama.ts';
+import { wholeModelView } from '../src/engine/shard-view.ts';
+import { destroyWeights, loadLlamaWeights } from '../src/engine/weights.ts';
 import { llamaConfig } from '../src/model/config.ts';
 import { readGGUF } from '../src/model/gguf.ts';
 import { bytesSource, fileSource } from '../src/model/source.ts';
@@ -108,4 +113,51 @@ describe('int8 kernels end to end', () => {
       }
     });
   }
+});
+
+// Decode at batch 1 pays a fixed cost per dispatch: a layer's Q, K and V run as one matmul over
+// their stacked weight when the three share a type (two dispatches fewer per layer), and as
+// three where they do not (the Q4_K_M file keeps attn_v of layers 2 and 4 in Q8_0, the rest Q5_0).
+describe('dispatches per decode step', () => {
+  async function decodeProgram(name: string): Promise<{ ops: KernelOp[]; stacked: boolean[] }> {
+    const gpu = await testGpu();
+    const source = await fileSource(modelPath(name));
+    try {
+      const file = await readGGUF(source);
+      const config = llamaConfig(file);
+      const view = wholeModelView(config);
+      const geometry = kvGeometry(64);
+      const weights = await loadLlamaWeights(gpu, file, config, view);
+      const cache = createKvCache(gpu, config, view, geometry);
+      const activations = createActivations(gpu, config, view, 8, geometry);
+      const steps = recordLlamaForward(gpu, config, view, weights, cache, activations, 1, 1);
+      const ops = steps.flatMap((step) => (step.kind === 'kernels' ? step.ops : []));
+      const stacked = weights.layers.map((layer) => layer.qkv !== undefined);
+      destroyOps(ops);
+      destroyActivations(activations);
+      destroyKvCache(cache);
+      destroyWeights(weights);
+      return { ops, stacked };
+    } finally {
+      await source.close();
+    }
+  }
+  const matmuls = (ops: KernelOp[], weight: string) => ops.filter((op) => op.label.startsWith('matmul ') && op.label.includes(weight)).length;
+
+  it('one Q/K/V matmul per layer where their types match, three where they differ', async () => {
+    const f32 = await decodeProgram('stories260K.gguf');
+    expect(f32.stacked).toEqual([true, true, true, true, true]);
+    expect(matmuls(f32.ops, 'attn_qkv')).toBe(5);
+    expect(matmuls(f32.ops, 'attn_q.')).toBe(0);
+    // Per layer: Q/K/V, O, gate, up, down; and the output head.
+    expect(matmuls(f32.ops, '')).toBe(5 * 5 + 1);
+
+    const mixed = await decodeProgram('stories260K-Q4_K_M.gguf');
+    expect(mixed.stacked).toEqual([true, true, false, true, false]);
+    expect(matmuls(mixed.ops, 'attn_qkv')).toBe(3);
+    for (const weight of ['attn_q.', 'attn_k.', 'attn_v.']) expect(matmuls(mixed.ops, weight)).toBe(2);
+    expect(matmuls(mixed.ops, '')).toBe(3 * 5 + 2 * 7 + 1);
+    // Everything else is the same program: two dispatches fewer for each stacked layer.
+    expect(mixed.ops.length - f32.ops.length).toBe(2 * 2);
+  });
 });

@@ -220,6 +220,73 @@ describe('matmul', async () => {
     }
   });
 
+  // Q, K and V stacked into one weight write their rows to three buffers in one dispatch: every
+  // variant, whole and split into binding parts (the middle part spans all three outputs), with
+  // the store and accumulate epilogues. Outputs are padded with a sentinel that must survive.
+  describe('split outputs', () => {
+    const [type, cols] = [GGMLType.Q8_0, 64];
+    const outputRows = [13, 7, 9];
+    const rows = outputRows.reduce((a, b) => a + b, 0);
+    const bytes = randomWeightBytes(type, rows, cols, 77);
+    const w = dequantize(type, bytes, rows * cols);
+    const SENTINEL = 1234.5;
+    const PAD = 5;
+    const all = ['matvec', 'matvec-int8', 'tiled', 'tiled-large', 'tiled-int8', ...(gpu.features.subgroups ? ['matvec-subgroup' as const] : [])] as const;
+    it.each(all)('%s', async (variant) => {
+      const whole = [uploadWeight(gpu, 'qkv', type, rows, cols, bytes)];
+      // Q8_0 × 64 takes 68 bytes a row on the GPU: 800-byte bindings hold 11 rows, so parts 0..11, 11..22, 22..29.
+      const parts = uploadWeightSplit(gpu, 'qkv', type, rows, cols, bytes, 800);
+      expect(parts.map((p) => [p.rowOffset, p.rows])).toEqual([[0, 11], [11, 11], [22, 7]]);
+      for (const nTokens of variant.startsWith('matvec') ? [1, 3] : [5, 19]) {
+        const x = randomF32(nTokens * cols, nTokens);
+        const int8 = variant.endsWith('int8');
+        const ref = matmulReference(w, rows, cols, int8 ? quantizeActivationsInt8(x) : x, nTokens);
+        const xBuf = storageBuffer(gpu.device, 'x', x);
+        for (const [weight, name] of [[whole, 'whole'], [parts, 'parts']] as const) {
+          for (const accumulate of [false, true]) {
+            const starts = outputRows.map((n, o) => randomF32(nTokens * n, 10 * o + nTokens));
+            const buffers = outputRows.map((n, o) => {
+              const initial = new Float32Array(nTokens * n + PAD).fill(SENTINEL);
+              if (accumulate) initial.set(starts[o]!);
+              else initial.fill(NaN, 0, nTokens * n);
+              return storageBuffer(gpu.device, `y${o}`, initial);
+            });
+            const outputs = outputRows.map((n, o) => ({ buffer: buffers[o]!, rows: n }));
+            const ops = matmulOps(gpu, weight, xBuf, outputs, nTokens, { variant, accumulate });
+            expect(ops.map((op) => op.label.includes('3 outputs'))).toEqual(name === 'whole' ? [true] : [false, true, false]);
+            runOps(gpu.device, ops);
+            let first = 0;
+            for (const [o, n] of outputRows.entries()) {
+              const y = await readF32(gpu.device, buffers[o]!, nTokens * n + PAD);
+              for (let t = 0; t < nTokens; t++) {
+                for (let r = 0; r < n; r++) {
+                  const i = t * rows + first + r;
+                  const expected = ref.y[i]! + (accumulate ? starts[o]![t * n + r]! : 0);
+                  const where = `${variant} ${name}${accumulate ? ' accumulate' : ''}: ${nTokens} tokens, output ${o} token ${t} row ${r}`;
+                  expect(Math.abs(y[t * n + r]! - expected), where).toBeLessThan(TOLERANCE * ref.magnitude[i]! + 1e-6);
+                }
+              }
+              expect([...y.subarray(nTokens * n)], `${variant} ${name}: output ${o}'s padding`).toEqual(new Array(PAD).fill(SENTINEL));
+              first += n;
+              buffers[o]!.destroy();
+            }
+          }
+        }
+        xBuf.destroy();
+      }
+      for (const p of [...whole, ...parts]) p.buffer.destroy();
+    });
+
+    it('checks the outputs', () => {
+      const weight = uploadWeight(gpu, 'qkv', type, rows, cols, bytes);
+      const [x, a, b, gate] = [64 * 4, 13 * 4, 16 * 4, 64 * 4].map((n) => storageBuffer(gpu.device, 'buffer', n));
+      expect(() => matmulOp(gpu, weight, x!, [{ buffer: a!, rows: 13 }, { buffer: b!, rows: 15 }], 1)).toThrow(/13 \+ 15 rows do not split the weight's 29/);
+      expect(() => matmulOp(gpu, weight, x!, [{ buffer: a!, rows: 13 }, { buffer: b!, rows: 16 }], 1, { gate })).toThrow(/gate epilogue writes one output/);
+      expect(() => matmulOp(gpu, weight, x!, [{ buffer: b!, rows: 9 }, { buffer: a!, rows: 20 }], 1)).toThrow(/output 1 \(64 bytes\) is too small/);
+      for (const buffer of [weight.buffer, x!, a!, b!, gate!]) buffer.destroy();
+    });
+  });
+
   // The epilogues and x rows that do not start on a vec4 (a TP shard's column slice, say), for
   // each variant: Q4_0 (wide decoder) and F32 with 13 columns (padded rows, scalar x tail).
   describe.each([

@@ -5,6 +5,7 @@ import { wholeModelView, rangeLength, type Range } from '../src/engine/shard-vie
 import { destroyWeights, loadLlamaWeights } from '../src/engine/weights.ts';
 import { llamaConfig, type LlamaConfig } from '../src/model/config.ts';
 import { GGMLType } from '../src/model/ggml-type.ts';
+import { gpuLayout } from '../src/model/repack.ts';
 import { readGGUF, type GGUFFile } from '../src/model/gguf.ts';
 import { randomLlamaGGUF } from '../src/model/random-llama.ts';
 import { bytesSource } from '../src/model/source.ts';
@@ -329,12 +330,17 @@ describe('quantized files: column splits on quantization blocks', () => {
   it('Q4_0 GPU bytes follow the repacked layout: quants, then a scales region of f16 pairs', async () => {
     const { file, config } = await open('stories260K-Q4_0.gguf');
     const [shard] = planShards(file, config, options(1, 1)).shards;
-    // Independent count from the layouts in src/model/repack.ts.
+    // Independent count from the layouts in src/model/repack.ts; a layer's Q, K and V (all Q4_0
+    // here) are one weight of their stacked rows.
     const splitScales = (nBlocks: number, quantWordsPerBlock: number) => (Math.ceil((nBlocks * quantWordsPerBlock) / 4) * 4 + Math.ceil(nBlocks / 2)) * 4;
+    const rowsOf = (name: string) => file.tensor(name).shape.slice(1).reduce((a, b) => a * b, 1);
     let expected = 0;
     for (const t of file.tensors) {
+      if (/attn_[kv]\.weight$/.test(t.name)) continue;
       const cols = t.shape[0]!;
-      const rows = t.shape.slice(1).reduce((a, b) => a * b, 1);
+      const rows = t.name.endsWith('attn_q.weight')
+        ? rowsOf(t.name) + rowsOf(t.name.replace('attn_q', 'attn_k')) + rowsOf(t.name.replace('attn_q', 'attn_v'))
+        : rowsOf(t.name);
       if (t.shape.length === 1) expected += cols * 4;
       else if (t.type === GGMLType.F16) expected += rows * Math.ceil(cols / 8) * 16;
       else if (t.type === GGMLType.Q4_0) expected += splitScales((rows * cols) / 32, 4);
@@ -400,12 +406,28 @@ describe('split helpers', () => {
 });
 
 describe('the plan against the real loader', () => {
-  it('planned weight bytes are exactly what loadLlamaWeights uploads, for every shard', async () => {
+  /** Loads every shard's weights as the plan's devices allow and checks the planned bytes and reads. */
+  async function expectPlanMatchesLoads(name: string, file: GGUFFile, config: LlamaConfig, tp: number, pp: number): Promise<void> {
     const gpu = await testGpu();
     // The device's real limits, with 4 KiB bindings so big weights are uploaded in several parts.
     const limits = { maxBufferSize: gpu.limits.maxBufferSize, maxStorageBufferBindingSize: 4096 };
     // The loader reads only these two limits (in uploadWeightSplit).
     const gpuWithSmallBindings = { ...gpu, limits: limits as GPUSupportedLimits };
+    const plan = planShards(file, config, options(tp, pp, { contextLength: 16, maxBatchTokens: 4, devices: devices(tp * pp, limits) }));
+    for (const shard of plan.shards) {
+      const before = file.source.bytesRead;
+      const weights = await loadLlamaWeights(gpuWithSmallBindings, file, config, shard.view);
+      destroyWeights(weights);
+      expect({ name, rank: shard.rank, gpuBytes: weights.gpuBytes, read: file.source.bytesRead - before }).toEqual({
+        name,
+        rank: shard.rank,
+        gpuBytes: shard.bytes.weights,
+        read: shard.fileBytesRead,
+      });
+    }
+  }
+
+  it('planned weight bytes are exactly what loadLlamaWeights uploads, for every shard', async () => {
     for (const [name, tp, pp] of [
       ['stories260K.gguf', 2, 2],
       ['stories260K-Q4_0.gguf', 2, 1],
@@ -415,18 +437,23 @@ describe('the plan against the real loader', () => {
       ['stories260K.gguf', 8, 1],
     ] as const) {
       const { file, config } = await open(name);
-      const plan = planShards(file, config, options(tp, pp, { contextLength: 16, maxBatchTokens: 4, devices: devices(tp * pp, limits) }));
-      for (const shard of plan.shards) {
-        const before = file.source.bytesRead;
-        const weights = await loadLlamaWeights(gpuWithSmallBindings, file, config, shard.view);
-        destroyWeights(weights);
-        expect({ name, rank: shard.rank, gpuBytes: weights.gpuBytes, read: file.source.bytesRead - before }).toEqual({
-          name,
-          rank: shard.rank,
-          gpuBytes: shard.bytes.weights,
-          read: shard.fileBytesRead,
-        });
-      }
+      await expectPlanMatchesLoads(name, file, config, tp, pp);
     }
+  });
+
+  it('counts Q, K and V as the one stacked weight the loader uploads, where that changes the padding', async () => {
+    // Q8_0 rows of 3 blocks and one KV head of 6 rows: k and v alone have 18 blocks, 9 words of
+    // scales, padded to 12; stacked under q's 96 rows the padding differs.
+    const file = await readGGUF(bytesSource(randomLlamaGGUF({ dim: 96, nLayers: 2, nHeads: 16, nKvHeads: 1, ffnDim: 64, weightType: GGMLType.Q8_0 })));
+    const config = llamaConfig(file);
+    expect(file.tensor('blk.0.attn_v.weight').type).toBe(GGMLType.Q8_0);
+    const bytes = (rows: number) => gpuLayout(GGMLType.Q8_0, rows, 96).totalWords * 4;
+    expect(bytes(96 + 6 + 6)).toBeLessThan(bytes(96) + 2 * bytes(6));
+    const gpu = await testGpu();
+    const weights = await loadLlamaWeights(gpu, file, config, wholeModelView(config));
+    destroyWeights(weights);
+    expect(weights.layers.map((layer) => layer.qkv?.reduce((rows, part) => rows + part.rows, 0))).toEqual([108, 108]);
+    await expectPlanMatchesLoads('random Q8_0', file, config, 1, 1);
+    await expectPlanMatchesLoads('random Q8_0', file, config, 1, 2);
   });
 });

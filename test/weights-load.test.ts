@@ -113,7 +113,7 @@ function buildFile(): { file: Uint8Array; cases: Case[] } {
     for (const [rows, cols] of isFloat(type) ? [[37, 13], [29, 24]] : [[37, block], [30, 3 * block], [19, 2 * block]]) {
       const bytes = randomBytes(fileBytes(type, rows!, cols!), ++seed);
       const rowLength = fileBytes(type, 1, cols!);
-      cases.push({ read: { label: `${ggmlTypeName(type)} ${rows} × ${cols}`, type, rows: rows!, cols: cols!, at: { offset: add(bytes), stride: rowLength, length: rowLength } }, bytes });
+      cases.push({ read: { label: `${ggmlTypeName(type)} ${rows} × ${cols}`, type, cols: cols!, segments: [{ rows: rows!, at: { offset: add(bytes), stride: rowLength, length: rowLength } }] }, bytes });
     }
     // Columns [block, 3 block) of a 4-block-wide weight (for floats, 8 of 32 values at 16).
     const [wide, first, width] = isFloat(type) ? [32, 16, 8] : [4 * block, block, 2 * block];
@@ -125,7 +125,30 @@ function buildFile(): { file: Uint8Array; cases: Case[] } {
     const slice = new Uint8Array(rows * length);
     for (let r = 0; r < rows; r++) slice.set(bytes.subarray(r * stride + skip, r * stride + skip + length), r * length);
     const at = add(bytes);
-    cases.push({ read: { label: `${ggmlTypeName(type)} columns`, type, rows, cols: width, at: { offset: at + skip, stride, length } }, bytes: slice });
+    cases.push({ read: { label: `${ggmlTypeName(type)} columns`, type, cols: width, segments: [{ rows, at: { offset: at + skip, stride, length } }] }, bytes: slice });
+
+    // Rows stacked from three places (as a layer's Q, K and V): odd row counts, so with one
+    // block per row a segment (and a chunk) starts on an odd block; the middle one is a column
+    // slice of a wider weight, so its rows are not contiguous in the file.
+    const cols = isFloat(type) ? 13 : block;
+    const rowLength = fileBytes(type, 1, cols);
+    const segments: WeightRead['segments'] = [];
+    const stacked: Uint8Array[] = [];
+    for (const [n, sliced] of [[5, false], [3, true], [7, false]] as const) {
+      if (!sliced) {
+        const rowsBytes = randomBytes(n * rowLength, ++seed);
+        segments.push({ rows: n, at: { offset: add(rowsBytes), stride: rowLength, length: rowLength } });
+        stacked.push(rowsBytes);
+        continue;
+      }
+      // Columns [cols, 2 cols) of a 3-col-wide weight.
+      const wideBytes = randomBytes(n * 3 * rowLength, ++seed);
+      segments.push({ rows: n, at: { offset: add(wideBytes) + rowLength, stride: 3 * rowLength, length: rowLength } });
+      for (let r = 0; r < n; r++) stacked.push(wideBytes.subarray((3 * r + 1) * rowLength, (3 * r + 2) * rowLength));
+    }
+    const all = new Uint8Array(stacked.reduce((sum, b) => sum + b.length, 0));
+    stacked.reduce((at, b) => (all.set(b, at), at + b.length), 0);
+    cases.push({ read: { label: `${ggmlTypeName(type)} stacked`, type, cols, segments }, bytes: all });
   }
   const file = new Uint8Array(offset);
   let at = 0;
@@ -146,7 +169,8 @@ async function expectSameWords(gpu: GpuContext, source: ByteSource, cases: Case[
   expect(progress.at(-1)).toBe(expectedRead);
   for (const [i, c] of cases.entries()) {
     const parts = weights[i]!;
-    const { type, rows, cols } = c.read;
+    const { type, cols } = c.read;
+    const rows = c.read.segments.reduce((sum, segment) => sum + segment.rows, 0);
     const rowLength = fileBytes(type, 1, cols);
     expect(parts.reduce((sum, p) => sum + p.rows, 0)).toBe(rows);
     for (const part of parts) {
@@ -163,7 +187,7 @@ async function expectSameWords(gpu: GpuContext, source: ByteSource, cases: Case[
 describe('streamed upload', () => {
   const { file, cases } = buildFile();
 
-  it('writes the reference words for every type, across chunk and binding boundaries', async () => {
+  it('writes the reference words for every type, across chunk, segment and binding boundaries', async () => {
     const gpu = await testGpu();
     // 2 KiB bindings, so the bigger weights are uploaded as several parts, as in a browser.
     const small = { ...gpu, limits: { maxBufferSize: gpu.limits.maxBufferSize, maxStorageBufferBindingSize: 2048 } as GPUSupportedLimits };

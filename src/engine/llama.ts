@@ -10,9 +10,9 @@ import { ropePositionScale, type LlamaConfig } from '../model/config.ts';
 import { attentionOps, SPLIT_MAX_TOKENS, splitScratchBytes } from '../shaders/attention.ts';
 import { embeddingOps } from '../shaders/embedding.ts';
 import { gatherRowsOp } from '../shaders/elementwise.ts';
-import { matmulOps, type MatmulOptions, type MatmulVariant } from '../shaders/matmul.ts';
+import { matmulOps, type MatmulOptions, type MatmulOutput, type MatmulVariant } from '../shaders/matmul.ts';
 import { rmsnormOp } from '../shaders/rmsnorm.ts';
-import { ropeAndCacheWriteOp } from '../shaders/rope.ts';
+import { ropeAndCacheWriteOps } from '../shaders/rope.ts';
 import { argmaxOp, MAX_TOP_K, topKOp } from '../shaders/sampling.ts';
 import type { KvCache, KvGeometry } from './kv-cache.ts';
 import { ProgramRecorder, type ProgramStep } from './program.ts';
@@ -128,8 +128,9 @@ export function recordLlamaForward(
   const f = new ProgramRecorder();
   const [T, S] = [nTokens, nSamples];
   // y = W·x for every row part of W, with the chosen matmul variant ('auto' picks by token count);
-  // `accumulate` makes it y += W·x, `gate` makes it y = silu(gate) ⊙ W·x.
-  const matmul = (w: GpuMatrix, x: GPUBuffer, y: GPUBuffer, tokens: number, epilogue: Pick<MatmulOptions, 'accumulate' | 'gate'> = {}) =>
+  // `accumulate` makes it y += W·x, `gate` makes it y = silu(gate) ⊙ W·x. For W stacked from
+  // several weights, y is one output per weight (the rows of each).
+  const matmul = (w: GpuMatrix, x: GPUBuffer, y: GPUBuffer | MatmulOutput[], tokens: number, epilogue: Pick<MatmulOptions, 'accumulate' | 'gate'> = {}) =>
     matmulOps(gpu, w, x, y, tokens, { variant: kernels.matmul, ...epilogue });
   const { dim, headDim, rmsEps: eps } = config;
   const heads = rangeLength(view.heads);
@@ -144,6 +145,12 @@ export function recordLlamaForward(
     style: 'normal' as const,
   };
   const attentionShape = { nTokens: T, nHeads: heads, nKvHeads: kvHeads, headDim };
+  // Where a layer's stacked Q, K and V weight (weights.ts) puts its rows.
+  const qkv: MatmulOutput[] = [
+    { buffer: a.q, rows: heads * headDim },
+    { buffer: a.k, rows: kvHeads * headDim },
+    { buffer: a.v, rows: kvHeads * headDim },
+  ];
   const paging = {
     tokenSlots: a.tokenSlots,
     blockTable: a.blockTable,
@@ -161,10 +168,14 @@ export function recordLlamaForward(
 
     // Attention: x += Wo · softmax(rope(Wq·n) · rope(Wk·n)ᵀ / √d) · (Wv·n),  n = rmsnorm(x)
     f.run(rmsnormOp(gpu, a.x, w.attentionNorm, a.xNorm, T, dim, eps));
-    f.run(...matmul(w.query, a.xNorm, a.q, T));
-    f.run(...matmul(w.key, a.xNorm, a.k, T));
-    f.run(...matmul(w.value, a.xNorm, a.v, T));
-    f.run(ropeAndCacheWriteOp(gpu, a.q, a.k, a.v, a.positions, paging, keys, values, { ...rope, nHeads: heads, nKvHeads: kvHeads }));
+    if (w.qkv) {
+      f.run(...matmul(w.qkv, a.xNorm, qkv, T)); // [q; k; v] = [Wq; Wk; Wv]·n, one dispatch
+    } else {
+      f.run(...matmul(w.query, a.xNorm, a.q, T));
+      f.run(...matmul(w.key, a.xNorm, a.k, T));
+      f.run(...matmul(w.value, a.xNorm, a.v, T));
+    }
+    f.run(...ropeAndCacheWriteOps(gpu, a.q, a.k, a.v, a.positions, paging, keys, values, { ...rope, nHeads: heads, nKvHeads: kvHeads }));
     f.run(...attentionOps(gpu, a.q, keys, values, a.positions, paging, a.attention, attentionShape, { scratch: a.attentionPartials }));
     f.run(...matmul(w.output, a.attention, a.x, T, { accumulate: addsResidual(view.heads) }));
     f.allReduceSum(a.x, T * dim, `layer ${layer} attention`);

@@ -3,6 +3,11 @@
 // Tensor parallel slices follow Megatron-LM: Q, K, V, gate and up are split by output rows
 // (whole heads, whole KV heads, FFN columns), the attention output and down projections by
 // input columns, so each shard's partial output is summed by one all-reduce per block.
+//
+// A layer's Q, K and V (as this shard reads them: whole, or its heads' rows) go to the GPU as one
+// stacked weight, q rows then k rows then v rows, when they share a type and width: the forward
+// pass then runs them as one matmul dispatch that splits its output rows over q, k and v. Where
+// the types differ (Q4_K_M files keep some attn_v at a higher precision) they stay three weights.
 
 import type { GpuContext } from '../gpu/device.ts';
 import { storageBuffer } from '../gpu/kernel.ts';
@@ -22,17 +27,21 @@ import { rangeLength, type Range, type ShardView } from './shard-view.ts';
  */
 export type GpuMatrix = GpuWeight[];
 
-export interface LayerWeights {
+interface LayerWeightsCommon {
   attentionNorm: GPUBuffer;
-  query: GpuMatrix;
-  key: GpuMatrix;
-  value: GpuMatrix;
   output: GpuMatrix;
   ffnNorm: GPUBuffer;
   gate: GpuMatrix;
   up: GpuMatrix;
   down: GpuMatrix;
 }
+
+/**
+ * One layer's weights. Q, K and V are one stacked weight `qkv` (this shard's q rows, then its k
+ * rows, then its v rows) where they share a GGML type and width, else three weights.
+ */
+export type LayerWeights = LayerWeightsCommon &
+  ({ qkv: GpuMatrix; query?: undefined; key?: undefined; value?: undefined } | { qkv?: undefined; query: GpuMatrix; key: GpuMatrix; value: GpuMatrix });
 
 export interface LlamaWeights {
   tokenEmbedding?: GpuMatrix;
@@ -61,6 +70,8 @@ export type Slice = { rows?: Range; columns?: Range };
 export interface TensorRead {
   name: string;
   slice: Slice;
+  /** Consecutive reads with the same `stack` go to the GPU as one weight, stacked by rows, when their types and widths match. */
+  stack?: string;
 }
 
 function rowCount(t: GGUFTensorInfo): number {
@@ -97,6 +108,9 @@ export function outputHeadIsEmbedding(config: LlamaConfig, view: ShardView): boo
   return config.tiedEmbeddings && view.embeds && view.vocab.start === 0 && view.vocab.end === config.vocabSize;
 }
 
+/** The name of layer `l`'s stacked Q, K and V weight (not a tensor of the file). */
+const qkvName = (l: number): string => `blk.${l}.attn_qkv`;
+
 /** The tensor reads a shard needs, in file order of use. */
 export function plannedReads(config: LlamaConfig, view: ShardView): TensorRead[] {
   const hd = config.headDim;
@@ -108,9 +122,9 @@ export function plannedReads(config: LlamaConfig, view: ShardView): TensorRead[]
   for (let l = view.layers.start; l < view.layers.end; l++) {
     reads.push(
       { name: `blk.${l}.attn_norm.weight`, slice: {} },
-      { name: `blk.${l}.attn_q.weight`, slice: { rows: headRows } },
-      { name: `blk.${l}.attn_k.weight`, slice: { rows: kvRows } },
-      { name: `blk.${l}.attn_v.weight`, slice: { rows: kvRows } },
+      { name: `blk.${l}.attn_q.weight`, slice: { rows: headRows }, stack: qkvName(l) },
+      { name: `blk.${l}.attn_k.weight`, slice: { rows: kvRows }, stack: qkvName(l) },
+      { name: `blk.${l}.attn_v.weight`, slice: { rows: kvRows }, stack: qkvName(l) },
       { name: `blk.${l}.attn_output.weight`, slice: { columns: headRows } },
       { name: `blk.${l}.ffn_norm.weight`, slice: {} },
       { name: `blk.${l}.ffn_gate.weight`, slice: { rows: view.ffn } },
@@ -132,10 +146,54 @@ export function shardReadBytes(file: GGUFFile, config: LlamaConfig, view: ShardV
   return plannedReads(config, view).reduce((sum, r) => sum + sliceBytes(file, file.tensor(r.name), r.slice), 0);
 }
 
+/** What a shard puts on the GPU, made from its planned reads: the loader uploads exactly these, the memory planner counts them. */
+export type PlannedUpload =
+  /** A 1-D tensor (a norm's weights), uploaded as f32 values. */
+  | { kind: 'vector'; name: string; tensor: GGUFTensorInfo }
+  /**
+   * A matrix: one read, or several stacked by rows (a layer's Q, K and V), each a segment.
+   * `name` is how the loader finds it (a tensor name, 'output head', or a stack's name).
+   */
+  | { kind: 'matrix'; name: string; label: string; type: GGMLType; rows: number; cols: number; segments: Array<WeightSegment & { tensor: string }> };
+
+/** The GPU buffers a shard's reads become, in read order (see PlannedUpload). */
+export function plannedUploads(file: GGUFFile, config: LlamaConfig, view: ShardView): PlannedUpload[] {
+  const reads = plannedReads(config, view);
+  const uploads: PlannedUpload[] = [];
+  for (let i = 0; i < reads.length; ) {
+    const t = file.tensor(reads[i]!.name);
+    if (t.shape.length === 1) {
+      uploads.push({ kind: 'vector', name: t.name, tensor: t });
+      i++;
+      continue;
+    }
+    // A run of reads of one stack becomes one weight if they share a type and width.
+    const stack = reads[i]!.stack;
+    let end = i + 1;
+    while (stack !== undefined && end < reads.length && reads[end]!.stack === stack) end++;
+    const matrices = reads.slice(i, end).map((read) => {
+      const tensor = file.tensor(read.name);
+      return { read, type: tensor.type, ...fileRows(file, tensor, read.slice) };
+    });
+    const stacked = matrices.length > 1 && matrices.every((m) => m.type === matrices[0]!.type && m.cols === matrices[0]!.cols);
+    for (const group of stacked ? [matrices] : matrices.map((m) => [m])) {
+      const { read, type, cols } = group[0]!;
+      // The tied output head and the embedding are different reads of one tensor.
+      const name = stacked ? stack! : read.slice.rows && read.name === 'token_embd.weight' ? 'output head' : read.name;
+      const segments = group.map((m) => ({ tensor: m.read.name, rows: m.rows, at: m.at }));
+      const rows = segments.reduce((sum, segment) => sum + segment.rows, 0);
+      uploads.push({ kind: 'matrix', name, label: stacked ? stack! : read.name, type, rows, cols, segments });
+    }
+    i = end;
+  }
+  return uploads;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Streaming the bytes to the GPU
 //
-// Every weight is cut into chunks of whole rows (LOAD_CHUNK_BYTES of file bytes at most), read
+// Every weight is cut into chunks of whole rows (LOAD_CHUNK_BYTES of file bytes at most; a
+// stacked weight's chunks each come from one of its segments), read
 // into a small ring of reused host buffers, repacked into one more (unless its GPU layout is its
 // file layout, as for F32/F16 rows of whole groups of 8 and the word-sized quant types: then the
 // read buffer goes to the queue as it is) and written into the weight's GPU buffer at the rows'
@@ -157,13 +215,21 @@ export interface FileRows {
   length: number;
 }
 
-/** A weight to upload: `rows × cols` values of `type`, read from `at`. */
+/** `rows` consecutive rows of a weight, read from `at`. */
+export interface WeightSegment {
+  rows: number;
+  at: FileRows;
+}
+
+/**
+ * A weight to upload: rows of `cols` values of `type`, read from one or more places in the file
+ * (segments, stacked by rows in order: a layer's Q, K and V rows make one weight).
+ */
 export interface WeightRead {
   label: string;
   type: GGMLType;
-  rows: number;
   cols: number;
-  at: FileRows;
+  segments: WeightSegment[];
 }
 
 export interface StreamOptions {
@@ -199,6 +265,13 @@ async function readStep(source: ByteSource, step: LoadStep, target: Uint8Array):
   await Promise.all(reads);
 }
 
+/** One binding part being uploaded: its buffer (made at its first chunk) and the last scale written. */
+interface UploadTarget {
+  layout: GpuLayout;
+  buffer?: GPUBuffer;
+  lastScale: number;
+}
+
 /** Turns weights into load steps and writes chunks to the GPU; one per load. */
 class WeightUploader {
   private scratch = new Uint8Array(0);
@@ -214,40 +287,58 @@ class WeightUploader {
 
   /**
    * The steps that upload a weight as binding-sized row ranges (as uploadWeightSplit cuts it),
-   * chunk by chunk. `parts` is filled as the steps run; `done` is called after the last one.
+   * chunk by chunk; a chunk never straddles two segments (a part may). `parts` is filled as the
+   * steps run; `done` is called after the last one.
    */
   steps(w: WeightRead, parts: GpuWeight[], done?: () => void): LoadStep[] {
+    const rows = w.segments.reduce((sum, segment) => sum + segment.rows, 0);
+    const rowLength = w.segments[0]!.at.length;
+    if (w.segments.some((segment) => segment.at.length !== rowLength || !(segment.rows >= 1))) {
+      throw new Error(`${w.label}: segments must be non-empty runs of rows of one length`);
+    }
     let split: Array<{ first: number; rows: number }>;
     try {
-      split = bindingParts(w.type, w.rows, w.cols, this.maxBindingBytes);
+      split = bindingParts(w.type, rows, w.cols, this.maxBindingBytes);
     } catch (error) {
       throw new Error(`${w.label}: ${(error as Error).message}`);
     }
+    // The segment holding a row of the stacked weight, and where that row is in it.
+    const segmentAt = (row: number): { at: FileRows; row: number; rows: number } => {
+      let start = 0;
+      for (const segment of w.segments) {
+        if (row < start + segment.rows) return { at: segment.at, row: row - start, rows: segment.rows };
+        start += segment.rows;
+      }
+      throw new Error(`${w.label}: row ${row} is past its ${rows} rows`);
+    };
     const steps: LoadStep[] = [];
     for (const part of split) {
       const label = split.length > 1 ? `${w.label}[${part.first}..${part.first + part.rows})` : w.label;
       const layout = gpuLayout(w.type, part.rows, w.cols);
-      let rowsPerChunk = Math.max(1, Math.floor(this.chunkBytes / w.at.length));
-      // A chunk of a split type starts on an even block, so its scales start on a whole word.
+      let rowsPerChunk = Math.max(1, Math.floor(this.chunkBytes / rowLength));
+      // A chunk of a split type starts on an even block where it can, so its scales start on a
+      // whole word (after a segment that ends on an odd block, see writeRows).
       if (layout.scalesOffset > 0 && layout.blocksPerRow % 2 === 1 && rowsPerChunk % 2 === 1) rowsPerChunk += rowsPerChunk === 1 ? 1 : -1;
-      let buffer: GPUBuffer | undefined;
-      for (let first = 0; first < part.rows; first += rowsPerChunk) {
-        const count = Math.min(rowsPerChunk, part.rows - first);
-        const whole = w.at.stride === w.at.length;
-        const offset = w.at.offset + (part.first + first) * w.at.stride;
+      const target: UploadTarget = { layout, lastScale: 0 };
+      for (let first = 0; first < part.rows; ) {
+        const { at, row: inSegment, rows: segmentRows } = segmentAt(part.first + first);
+        const count = Math.min(rowsPerChunk, part.rows - first, segmentRows - inSegment);
+        const whole = at.stride === at.length;
+        const chunkFirst = first;
         steps.push({
-          offset,
-          length: whole ? count * w.at.length : w.at.length,
-          stride: whole ? 0 : w.at.stride,
+          offset: at.offset + inSegment * at.stride,
+          length: whole ? count * at.length : at.length,
+          stride: whole ? 0 : at.stride,
           count: whole ? 1 : count,
           consume: (data) => {
-            if (!buffer) {
-              buffer = storageBuffer(this.gpu.device, label, layout.totalWords * 4);
-              parts.push({ buffer, type: w.type, rows: part.rows, cols: w.cols, label, bytes: buffer.size, layout, rowOffset: part.first, totalRows: w.rows });
+            if (!target.buffer) {
+              target.buffer = storageBuffer(this.gpu.device, label, layout.totalWords * 4);
+              parts.push({ buffer: target.buffer, type: w.type, rows: part.rows, cols: w.cols, label, bytes: target.buffer.size, layout, rowOffset: part.first, totalRows: rows });
             }
-            this.writeRows(buffer, layout, data, first, count);
+            this.writeRows(target, data, chunkFirst, count);
           },
         });
+        first += count;
       }
     }
     if (done) {
@@ -261,23 +352,39 @@ class WeightUploader {
     return steps;
   }
 
-  /** Repacks `count` rows (from row `first` of the part) and writes them in place in `buffer`. */
-  private writeRows(buffer: GPUBuffer, layout: GpuLayout, data: Uint8Array, first: number, count: number): void {
+  /**
+   * Repacks `count` rows (from row `first` of the part) and writes them in place in its buffer.
+   * Writes are whole words: rows that start on an odd block (after a segment of an odd number of
+   * blocks) share their first scales word with the rows before, whose last scale is kept for it.
+   */
+  private writeRows(target: UploadTarget, data: Uint8Array, first: number, count: number): void {
+    const { layout, buffer } = target;
     const queue = this.gpu.device.queue;
     const at = rowsPlacement(layout, first, count);
     if (isVerbatimLayout(layout)) {
-      queue.writeBuffer(buffer, at.quantsAt, data, 0, at.quantsBytes); // whole words: word-sized blocks, rows of 8 floats
+      queue.writeBuffer(buffer!, at.quantsAt, data, 0, at.quantsBytes); // whole words: word-sized blocks, rows of 8 floats
       this.wrote(at.quantsBytes);
       return;
     }
-    const scalesBytes = Math.ceil(at.scalesBytes / 4) * 4; // writes are whole words; the pad is the scales region's own
-    if (this.scratch.length < at.quantsBytes + scalesBytes) this.scratch = new Uint8Array(at.quantsBytes + scalesBytes);
+    // Scratch: the quants, a word for the half word kept from the rows before, the scales.
+    const lead = at.scalesAt % 4; // 2 when the first scale is the high half of a word
+    const scalesAt = at.quantsBytes + 4;
+    const scalesEnd = at.scalesBytes > 0 ? scalesAt - lead + Math.ceil((lead + at.scalesBytes) / 4) * 4 : scalesAt;
+    if (this.scratch.length < scalesEnd + 4) this.scratch = new Uint8Array(scalesEnd + 4);
     const quants = this.scratch.subarray(0, at.quantsBytes);
-    const scales = scalesBytes > 0 ? this.scratch.subarray(at.quantsBytes, at.quantsBytes + scalesBytes) : undefined;
+    const scales = at.scalesBytes > 0 ? this.scratch.subarray(scalesAt, scalesAt + Math.ceil(at.scalesBytes / 4) * 4) : undefined;
     repackRows(layout, data, count, quants, scales);
-    queue.writeBuffer(buffer, at.quantsAt, quants);
-    if (scales) queue.writeBuffer(buffer, at.scalesAt, scales);
-    this.wrote(at.quantsBytes + scalesBytes);
+    queue.writeBuffer(buffer!, at.quantsAt, quants);
+    let written = at.quantsBytes;
+    if (scales) {
+      const view = new DataView(this.scratch.buffer, this.scratch.byteOffset);
+      if (lead > 0) view.setUint16(scalesAt - 2, target.lastScale, true);
+      this.scratch.fill(0, scalesAt + at.scalesBytes, scalesEnd); // the pad after an odd last scale is the scales region's own
+      target.lastScale = view.getUint16(scalesAt + at.scalesBytes - 2, true);
+      queue.writeBuffer(buffer!, at.scalesAt - lead, this.scratch.subarray(scalesAt - lead, scalesEnd));
+      written += scalesEnd - (scalesAt - lead);
+    }
+    this.wrote(written);
   }
 
   private wrote(bytes: number): void {
@@ -380,13 +487,14 @@ export async function loadLlamaWeights(
   let gpuBytes = 0;
   onProgress?.(0, total);
 
-  // Upload every planned read once: 1-D tensors (norm weights) as f32 vectors, the rest as matrices.
+  // Upload every planned read once: 1-D tensors (norm weights) as f32 vectors, the rest as
+  // matrices (a layer's Q, K and V stacked into one where they can be).
   const uploaded = new Map<string, GpuMatrix | GPUBuffer>();
   const uploader = new WeightUploader(gpu, options.chunkBytes ?? LOAD_CHUNK_BYTES);
   const steps: LoadStep[] = [];
-  for (const { name, slice } of reads) {
-    const t = file.tensor(name);
-    if (t.shape.length === 1) {
+  for (const upload of plannedUploads(file, config, view)) {
+    if (upload.kind === 'vector') {
+      const t = upload.tensor;
       steps.push({
         offset: t.offset,
         length: t.byteLength,
@@ -395,17 +503,16 @@ export async function loadLlamaWeights(
         consume: (data) => {
           const values = dequantize(t.type, data, t.shape[0]!);
           gpuBytes += values.byteLength;
-          uploaded.set(name, storageBuffer(gpu.device, name, values));
+          uploaded.set(upload.name, storageBuffer(gpu.device, upload.name, values));
         },
       });
       continue;
     }
     // (A column slice as wide as the row is whole rows: read in one piece per chunk.)
-    const { rows, cols, at } = fileRows(file, t, slice);
+    const { label, type, cols, segments } = upload;
     const parts: GpuWeight[] = [];
-    // The tied output head and the embedding are different reads of one tensor.
-    uploaded.set(slice.rows && name === 'token_embd.weight' ? 'output head' : name, parts);
-    steps.push(...uploader.steps({ label: name, type: t.type, rows, cols, at }, parts, () => (gpuBytes += parts.reduce((sum, p) => sum + p.bytes, 0))));
+    uploaded.set(upload.name, parts);
+    steps.push(...uploader.steps({ label, type, cols, segments }, parts, () => (gpuBytes += parts.reduce((sum, p) => sum + p.bytes, 0))));
   }
   let loadMs: { read: number; upload: number };
   try {
@@ -422,11 +529,12 @@ export async function loadLlamaWeights(
   if (view.embeds) weights.tokenEmbedding = matrix('token_embd.weight');
   if (config.ropeFreqsTensor) weights.ropeFrequencyFactors = uploaded.get(config.ropeFreqsTensor) as GPUBuffer | undefined;
   for (let l = view.layers.start; l < view.layers.end; l++) {
+    const qkv = uploaded.has(qkvName(l))
+      ? { qkv: matrix(qkvName(l)) }
+      : { query: matrix(`blk.${l}.attn_q.weight`), key: matrix(`blk.${l}.attn_k.weight`), value: matrix(`blk.${l}.attn_v.weight`) };
     weights.layers.push({
       attentionNorm: vector(`blk.${l}.attn_norm.weight`),
-      query: matrix(`blk.${l}.attn_q.weight`),
-      key: matrix(`blk.${l}.attn_k.weight`),
-      value: matrix(`blk.${l}.attn_v.weight`),
+      ...qkv,
       output: matrix(`blk.${l}.attn_output.weight`),
       ffnNorm: vector(`blk.${l}.ffn_norm.weight`),
       gate: matrix(`blk.${l}.ffn_gate.weight`),

@@ -21,12 +21,17 @@
 //
 // Epilogues fuse the element-wise op that follows a projection in the forward pass: `accumulate`
 // (y += W·x, the residual add) and `gate` (y = silu(gate) ⊙ W·x, the FFN's SwiGLU), which saves
-// a dispatch and a pass over the activations each.
+// a dispatch and a pass over the activations each. The output rows can also be split over
+// several buffers (`MatmulOutput`s: the first `rows` rows go to the first, the next to the
+// second, ...), so projections stacked into one weight (Q, K and V) run as one dispatch and still
+// fill their own activations: every kernel hands each finished sum to `put(tok, row, s)`, which
+// picks the output whose rows hold `row`.
 //
 // Row-workgroup counts above the per-dimension limit (e.g. a 128256-row vocabulary) fold into
 // the grid's y dimension; tokens use z. Weights bigger than one storage binding (browsers:
 // 128 MiB) are split by rows with `uploadWeightSplit`: every part is a GpuWeight that knows its
-// `rowOffset` in the whole weight, and `matmulOp` on a part writes its slice y[t][rowOffset ..).
+// `rowOffset` in the whole weight, and `matmulOp` on a part writes its slice y[t][rowOffset ..)
+// (with split outputs: to the outputs its rows fall in, binding only those).
 
 import { kernelOp, params, storageBuffer, uniformBuffer, workgroupGrid, writeBuffer, type KernelOp } from '../gpu/kernel.ts';
 import type { GpuContext } from '../gpu/device.ts';
@@ -54,12 +59,22 @@ export interface GpuWeight {
 export const MATMUL_VARIANTS = ['auto', 'int8', 'matvec', 'matvec-subgroup', 'matvec-int8', 'tiled', 'tiled-large', 'tiled-int8'] as const;
 export type MatmulVariant = (typeof MATMUL_VARIANTS)[number];
 
+/**
+ * One of several buffers a matmul's output rows are split over: the outputs take the weight's
+ * rows in order (`rows` each; together all of `totalRows`), and row r of output o is stored at
+ * `o.buffer[t * o.rows + (r - first row of o)]` for token t.
+ */
+export interface MatmulOutput {
+  buffer: GPUBuffer;
+  rows: number;
+}
+
 export interface MatmulOptions {
   variant?: MatmulVariant;
   label?: string;
-  /** Row length of y (default: the whole weight's rows, `w.totalRows`). */
+  /** Row length of y (default: the whole weight's rows, `w.totalRows`); one y only. */
   yRowStride?: number;
-  /** Where this weight's first output row goes in a y row (default: `w.rowOffset`). */
+  /** Where this weight's first output row goes in a y row (default: `w.rowOffset`); one y only. */
   yRowOffset?: number;
   /** Row length of x (default: `w.cols`), e.g. to read a slice of wider activations. */
   xRowStride?: number;
@@ -135,7 +150,10 @@ export type MatmulEpilogue =
   /** y[i] = silu(gate[i]) · s: the SwiGLU of the FFN fused into the up projection. */
   | 'gate';
 
-const paramsStruct = /* wgsl */ `
+/** The parameters and shared bindings; outputs past the first are bound at 4, 5, ... (gate epilogue: one output). */
+function paramsWgsl(outputs: number): string {
+  const extra = Array.from({ length: outputs - 1 }, (_, k) => k + 1);
+  return /* wgsl */ `
 struct Params {
   rows: u32,           // rows of this weight (part)
   cols: u32,           // values per row (and per x row)
@@ -146,11 +164,14 @@ struct Params {
   y_stride: u32,
   y_offset: u32,
   grid_x: u32,         // workgroups along x, to unfold the row-tile index
-}
+${extra.length > 0 ? '  // Outputs 1, 2, ...: the first row (of this part) each takes, its row length, where that row goes.\n' : ''}${extra
+    .map((k) => `  y${k}_first: u32,\n  y${k}_stride: u32,\n  y${k}_offset: u32,\n`)
+    .join('')}}
 @group(0) @binding(1) var<storage, read> x: array<vec4f>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<uniform> p: Params;
-`;
+${extra.map((k) => `@group(0) @binding(${3 + k}) var<storage, read_write> y${k}: array<f32>;\n`).join('')}`;
+}
 
 /** Reading activations (x is bound as vec4s; rows that start on a vec4 use them whole). */
 function activationWgsl(rowsAligned: boolean): string {
@@ -173,18 +194,32 @@ fn x8(t: u32, c: u32) -> W8 {
 }`;
 }
 
-/** The output function `put(i, s)` for an epilogue (the gate, if any, is binding 4). */
-function epilogueWgsl(epilogue: MatmulEpilogue): string {
-  switch (epilogue) {
-    case 'store':
-      return 'fn put(i: u32, s: f32) { y[i] = s; }';
-    case 'accumulate':
-      return 'fn put(i: u32, s: f32) { y[i] = y[i] + s; }';
-    case 'gate':
-      // The same expression as swigluOp (src/shaders/elementwise.ts), so fusing changes no bit.
-      return `@group(0) @binding(4) var<storage, read> gate: array<f32>;
-fn put(i: u32, s: f32) { let g = gate[i]; y[i] = g / (1.0 + exp(-g)) * s; }`;
+/**
+ * The output function `put(tok, row, s)` for an epilogue: row `row` of this weight (part) for
+ * token `tok` goes to the output whose rows hold it (the gate, if any, is binding 4).
+ */
+function epilogueWgsl(epilogue: MatmulEpilogue, outputs: number): string {
+  const store = (y: string): string => {
+    switch (epilogue) {
+      case 'store':
+        return `${y}[i] = s;`;
+      case 'accumulate':
+        return `${y}[i] = ${y}[i] + s;`;
+      case 'gate':
+        // The same expression as swigluOp (src/shaders/elementwise.ts), so fusing changes no bit.
+        return `let g = gate[i]; ${y}[i] = g / (1.0 + exp(-g)) * s;`;
+    }
+  };
+  if (epilogue === 'gate' && outputs > 1) throw new Error('the gate epilogue writes one output');
+  // Later outputs first: each takes the rows from its first one on.
+  let later = '';
+  for (let k = outputs - 1; k >= 1; k--) {
+    later += `  if (row >= p.y${k}_first) { let i = tok * p.y${k}_stride + p.y${k}_offset + (row - p.y${k}_first); ${store(`y${k}`)} return; }\n`;
   }
+  return `${epilogue === 'gate' ? '@group(0) @binding(4) var<storage, read> gate: array<f32>;\n' : ''}fn put(tok: u32, row: u32, s: f32) {
+${later}  let i = tok * p.y_stride + p.y_offset + row;
+  ${store('y')}
+}`;
 }
 
 const MATVEC_WG = 64;
@@ -196,6 +231,8 @@ const matvecRows = (int8: boolean) => (int8 ? 8 : 4);
 export interface KernelSpec {
   type: GGMLType;
   epilogue: MatmulEpilogue;
+  /** Buffers the output rows are split over (1: one y). */
+  outputs: number;
   /** Every x row starts on a 16-byte boundary (x_stride % 4 == 0), so rows load as vec4s. */
   rowsAligned: boolean;
 }
@@ -310,9 +347,9 @@ export function matvecWgsl(spec: KernelSpec, tokens: number, subgroups: boolean,
 
   return /* wgsl */ `${subgroups ? 'enable subgroups;' : ''}
 ${int8 ? weightDecodeInt8Wgsl(spec.type, 0) : weightDecodeWgsl(spec.type, 0)}
-${paramsStruct}
+${paramsWgsl(spec.outputs)}
 ${activationWgsl(spec.rowsAligned)}
-${epilogueWgsl(spec.epilogue)}
+${epilogueWgsl(spec.epilogue, spec.outputs)}
 const WG: u32 = ${MATVEC_WG}u;
 const ROWS: u32 = ${matvecRows(int8)}u;
 const TOKENS: u32 = ${tokens}u;
@@ -324,7 +361,7 @@ var<workgroup> partial: array<array<f32, WG>, OUTS>;
 fn store(row0: u32, tok0: u32, i: u32, value: f32) {
   let row = row0 + i / TOKENS;
   let tok = tok0 + i % TOKENS;
-  if (row < p.rows && tok < p.n_tokens) { put(tok * p.y_stride + p.y_offset + row, value); }
+  if (row < p.rows && tok < p.n_tokens) { put(tok, row, value); }
 }
 
 @compute @workgroup_size(WG)
@@ -375,9 +412,9 @@ export function tiledWgsl(spec: KernelSpec, config: TileConfig): string {
   const { threadsM, threadsN, perThreadM, perThreadN, tileK } = config;
   return /* wgsl */ `
 ${weightDecodeWgsl(spec.type, 0)}
-${paramsStruct}
+${paramsWgsl(spec.outputs)}
 ${activationWgsl(spec.rowsAligned)}
-${epilogueWgsl(spec.epilogue)}
+${epilogueWgsl(spec.epilogue, spec.outputs)}
 const TM: u32 = ${threadsM}u;
 const TN: u32 = ${threadsN}u;
 const PM: u32 = ${perThreadM}u;
@@ -441,7 +478,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
     for (var j = 0u; j < PN; j++) {
       let row = m0 + tm + TM * i;
       let tok = n0 + tn + TN * j;
-      if (row < p.rows && tok < p.n_tokens) { put(tok * p.y_stride + p.y_offset + row, acc[i * PN + j]); }
+      if (row < p.rows && tok < p.n_tokens) { put(tok, row, acc[i * PN + j]); }
     }
   }
 }
@@ -462,9 +499,9 @@ export function tiledInt8Wgsl(spec: KernelSpec, config: TileConfig): string {
   const { threadsM, threadsN, perThreadM, perThreadN } = config;
   return /* wgsl */ `
 ${weightDecodeInt8Wgsl(spec.type, 0)}
-${paramsStruct}
+${paramsWgsl(spec.outputs)}
 ${activationWgsl(spec.rowsAligned)}
-${epilogueWgsl(spec.epilogue)}
+${epilogueWgsl(spec.epilogue, spec.outputs)}
 const TM: u32 = ${threadsM}u;
 const TN: u32 = ${threadsN}u;
 const PM: u32 = ${perThreadM}u;
@@ -556,7 +593,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
     for (var j = 0u; j < PN; j++) {
       let row = m0 + tm + TM * i;
       let tok = n0 + tn + TN * j;
-      if (row < p.rows && tok < p.n_tokens) { put(tok * p.y_stride + p.y_offset + row, acc[i * PN + j]); }
+      if (row < p.rows && tok < p.n_tokens) { put(tok, row, acc[i * PN + j]); }
     }
   }
 }
@@ -611,23 +648,74 @@ export function largeTileFits(gpu: GpuContext): boolean {
   return fitsTile(gpu, TILE_CONFIGS['tiled-large']);
 }
 
-/** y[t][yRowOffset + r] = Σ_c W[r][c] · x[t][c] for r < w.rows, t < nTokens (or the epilogue's variation of it). */
-export function matmulOp(gpu: GpuContext, w: GpuWeight, x: GPUBuffer, y: GPUBuffer, nTokens: number, options: MatmulOptions = {}): KernelOp {
+/** Where a weight part's rows go in one output: rows `first ..< first + rows` of the part, to `tok * stride + offset + (row - first)`. */
+interface BoundOutput {
+  buffer: GPUBuffer;
+  first: number;
+  rows: number;
+  stride: number;
+  offset: number;
+}
+
+/** The outputs a weight part writes (those its rows fall in), in row order; checks that they fit. */
+function boundOutputs(label: string, w: GpuWeight, y: GPUBuffer | readonly MatmulOutput[], options: MatmulOptions, nTokens: number): BoundOutput[] {
+  let bound: BoundOutput[];
+  if (!Array.isArray(y)) {
+    const stride = options.yRowStride ?? w.totalRows;
+    const offset = options.yRowOffset ?? w.rowOffset;
+    if (offset + w.rows > stride) throw new Error(`${label}: rows ${offset}..${offset + w.rows} exceed the y row of ${stride}`);
+    bound = [{ buffer: y as GPUBuffer, first: 0, rows: w.rows, stride, offset }];
+  } else {
+    const outputs = y as readonly MatmulOutput[];
+    if (options.yRowStride !== undefined || options.yRowOffset !== undefined) throw new Error(`${label}: split outputs take their own row lengths (no yRowStride / yRowOffset)`);
+    if (options.gate) throw new Error(`${label}: the gate epilogue writes one output`);
+    if (!outputs.every((o) => Number.isInteger(o.rows) && o.rows >= 1)) throw new Error(`${label}: output rows must be positive integers, got ${outputs.map((o) => o.rows).join(', ')}`);
+    const total = outputs.reduce((sum, o) => sum + o.rows, 0);
+    if (total !== w.totalRows) throw new Error(`${label}: outputs of ${outputs.map((o) => o.rows).join(' + ')} rows do not split the weight's ${w.totalRows}`);
+    bound = [];
+    let start = 0; // the output's first row in the whole weight
+    for (const o of outputs) {
+      const [from, to] = [Math.max(start, w.rowOffset), Math.min(start + o.rows, w.rowOffset + w.rows)];
+      if (from < to) bound.push({ buffer: o.buffer, first: from - w.rowOffset, rows: to - from, stride: o.rows, offset: from - start });
+      start += o.rows;
+    }
+  }
+  for (const [k, o] of bound.entries()) {
+    const bytes = ((nTokens - 1) * o.stride + o.offset + o.rows) * 4;
+    const name = bound.length > 1 ? `output ${k}` : 'y';
+    if (o.buffer.size < bytes) throw new Error(`${label}: ${name} (${o.buffer.size} bytes) is too small for ${nTokens} rows of ${o.stride} f32`);
+    if (options.gate && options.gate.size < bytes) throw new Error(`${label}: gate (${options.gate.size} bytes) is smaller than y's ${bytes}`);
+  }
+  return bound;
+}
+
+/**
+ * y[t][yRowOffset + r] = Σ_c W[r][c] · x[t][c] for r < w.rows, t < nTokens (or the epilogue's
+ * variation of it). With `y` a list of outputs, each row goes to the output that takes it
+ * (see MatmulOutput): a part of a split weight binds only the outputs its rows fall in.
+ */
+export function matmulOp(
+  gpu: GpuContext,
+  w: GpuWeight,
+  x: GPUBuffer,
+  y: GPUBuffer | readonly MatmulOutput[],
+  nTokens: number,
+  options: MatmulOptions = {},
+): KernelOp {
   const label = options.label ?? `matmul ${w.label}`;
   const variant = pickVariant(gpu, options.variant ?? 'auto', nTokens, w.type);
-  const yRowStride = options.yRowStride ?? w.totalRows;
-  const yRowOffset = options.yRowOffset ?? w.rowOffset;
   const xRowStride = options.xRowStride ?? w.cols;
   const epilogue = options.gate ? 'gate' : options.accumulate ? 'accumulate' : 'store';
   if (!Number.isInteger(nTokens) || nTokens < 1) throw new Error(`${label}: nTokens must be a positive integer, got ${nTokens}`);
-  if (yRowOffset + w.rows > yRowStride) throw new Error(`${label}: rows ${yRowOffset}..${yRowOffset + w.rows} exceed the y row of ${yRowStride}`);
   if (x.size < ((nTokens - 1) * xRowStride + w.cols) * 4) throw new Error(`${label}: x (${x.size} bytes) is too small for ${nTokens} × ${w.cols} f32`);
-  const ySize = ((nTokens - 1) * yRowStride + yRowOffset + w.rows) * 4;
-  if (y.size < ySize) throw new Error(`${label}: y (${y.size} bytes) is too small for ${nTokens} rows of ${yRowStride} f32`);
-  if (options.gate && options.gate.size < ySize) throw new Error(`${label}: gate (${options.gate.size} bytes) is smaller than y's ${ySize}`);
   if (options.gate && options.accumulate) throw new Error(`${label}: gate and accumulate cannot be combined`);
+  const outputs = boundOutputs(label, w, y, options, nTokens);
+  const storageBuffers = 2 + outputs.length + (options.gate ? 1 : 0);
+  if (storageBuffers > gpu.limits.maxStorageBuffersPerShaderStage) {
+    throw new Error(`${label}: ${outputs.length} outputs need ${storageBuffers} storage buffers, the device allows ${gpu.limits.maxStorageBuffersPerShaderStage}`);
+  }
   const maxPerDimension = options.maxWorkgroupsPerDimension ?? gpu.limits.maxComputeWorkgroupsPerDimension;
-  const spec: KernelSpec = { type: w.type, epilogue, rowsAligned: xRowStride % 4 === 0 };
+  const spec: KernelSpec = { type: w.type, epilogue, outputs: outputs.length, rowsAligned: xRowStride % 4 === 0 };
   let wgsl: string;
   let rowsPerWorkgroup: number;
   let tokensPerWorkgroup: number;
@@ -647,17 +735,29 @@ export function matmulOp(gpu: GpuContext, w: GpuWeight, x: GPUBuffer, y: GPUBuff
   const [gridX, gridY] = workgroupGrid(Math.ceil(w.rows / rowsPerWorkgroup), maxPerDimension);
   const gridZ = Math.ceil(nTokens / tokensPerWorkgroup);
   if (gridZ > maxPerDimension) throw new Error(`${label}: ${nTokens} tokens is too many for one dispatch`);
+  const [first, ...later] = outputs;
   const uniforms = uniformBuffer(
     gpu.device,
     `${label} params`,
-    params([w.rows, w.cols, nTokens, w.layout.blocksPerRow, w.layout.scalesOffset, xRowStride, yRowStride, yRowOffset, gridX]),
+    params([
+      ...[w.rows, w.cols, nTokens, w.layout.blocksPerRow, w.layout.scalesOffset, xRowStride, first!.stride, first!.offset, gridX],
+      ...later.flatMap((o) => [o.first, o.stride, o.offset]),
+    ]),
   );
-  const buffers = [w.buffer, x, y, uniforms, ...(options.gate ? [options.gate] : [])];
-  return kernelOp(gpu.device, `${label} (${ggmlTypeName(w.type)} ${variant}${epilogue === 'store' ? '' : ` ${epilogue}`})`, wgsl, buffers, [gridX, gridY, gridZ]);
+  const buffers = [w.buffer, x, first!.buffer, uniforms, ...(options.gate ? [options.gate] : []), ...later.map((o) => o.buffer)];
+  const what = [ggmlTypeName(w.type), variant, ...(epilogue === 'store' ? [] : [epilogue]), ...(later.length > 0 ? [`→ ${outputs.length} outputs`] : [])];
+  return kernelOp(gpu.device, `${label} (${what.join(' ')})`, wgsl, buffers, [gridX, gridY, gridZ]);
 }
 
-/** One op per part of a (possibly split) weight; together they fill all of y's rows. */
-export function matmulOps(gpu: GpuContext, parts: readonly GpuWeight[], x: GPUBuffer, y: GPUBuffer, nTokens: number, options: MatmulOptions = {}): KernelOp[] {
+/** One op per part of a (possibly split) weight; together they fill all of y's rows (or all the outputs'). */
+export function matmulOps(
+  gpu: GpuContext,
+  parts: readonly GpuWeight[],
+  x: GPUBuffer,
+  y: GPUBuffer | readonly MatmulOutput[],
+  nTokens: number,
+  options: MatmulOptions = {},
+): KernelOp[] {
   return parts.map((part) => matmulOp(gpu, part, x, y, nTokens, options));
 }
 

@@ -29,16 +29,17 @@
 // * Vocabulary rows of the output head: split across the last stage's shards (rows need no
 //   alignment). Norms are replicated. The embedding table is whole on every stage-0 shard.
 //
-// Memory per shard mirrors what the loader allocates: every planned read's GPU layout (split over
-// storage bindings as `uploadWeightSplit` does), the KV cache (`kvCacheBytes`), and the scratch
-// activations of `createActivations`. Limits are checked here, so a plan that would not fit fails
+// Memory per shard mirrors what the loader allocates: every planned upload's GPU layout (a read,
+// or a layer's Q, K and V stacked into one weight; split over storage bindings as
+// `uploadWeightSplit` does), the KV cache (`kvCacheBytes`), and the scratch activations of
+// `createActivations`. Limits are checked here, so a plan that would not fit fails
 // with the numbers instead of an out-of-memory in the middle of a load.
 
 import { align16 } from '../gpu/kernel.ts';
 import { kvCacheBytes, kvGeometry, kvLayerBytes as kvLayerBufferBytes, type KvGeometry } from '../engine/kv-cache.ts';
 import { activationSizes } from '../engine/llama.ts';
 import { rangeLength, type Range, type ShardView } from '../engine/shard-view.ts';
-import { plannedReads, shardReadBytes } from '../engine/weights.ts';
+import { plannedUploads, shardReadBytes } from '../engine/weights.ts';
 import type { LlamaConfig } from '../model/config.ts';
 import { blockGeometry, ggmlTypeName, type GGMLType } from '../model/ggml-type.ts';
 import type { GGUFFile, GGUFTensorInfo } from '../model/gguf.ts';
@@ -351,30 +352,29 @@ function shardWeightBytes(file: GGUFFile, config: LlamaConfig, view: ShardView, 
   const maxBinding = Math.min(device.maxStorageBufferBindingSize, device.maxBufferSize);
   const known = new Set<number>(repackableTypes());
   let bytes = 0;
-  for (const { name, slice } of plannedReads(config, view)) {
-    const t = file.tensor(name);
-    if (t.shape.length === 1) {
-      bytes += f32Buffer(t.shape[0]!); // 1-D weights (norms) are uploaded as f32
+  // What the loader uploads: norms as f32, matrices (a layer's Q, K and V stacked into one where they share a type and width).
+  for (const upload of plannedUploads(file, config, view)) {
+    if (upload.kind === 'vector') {
+      bytes += f32Buffer(upload.tensor.shape[0]!); // 1-D weights (norms) are uploaded as f32
       continue;
     }
-    if (!known.has(t.type)) {
+    const { label, type, rows, cols } = upload;
+    if (!known.has(type)) {
       throw new ShardPlanError({
         rank,
-        problem: `${who}: tensor ${name} is ${ggmlTypeName(t.type)}, which has no GPU layout`,
+        problem: `${who}: tensor ${upload.segments[0]!.tensor} is ${ggmlTypeName(type)}, which has no GPU layout`,
         suggestion: `Use a file quantized to one of ${[...known].map(ggmlTypeName).join(', ')}`,
       });
     }
-    const rows = slice.rows ? rangeLength(slice.rows) : t.shape.slice(1).reduce((a, b) => a * b, 1);
-    const cols = slice.columns ? rangeLength(slice.columns) : t.shape[0]!;
-    const rowBytes = gpuRowBytes(t.type, cols);
-    if (rowsPerBinding(t.type, cols, maxBinding) < 1) {
+    const rowBytes = gpuRowBytes(type, cols);
+    if (rowsPerBinding(type, cols, maxBinding) < 1) {
       throw new ShardPlanError({
         rank,
-        problem: `${who}: one row of ${name} (${cols} ${ggmlTypeName(t.type)} values, ${formatBytes(rowBytes)} on the GPU) does not fit the device's ${formatBytes(maxBinding)} storage binding`,
+        problem: `${who}: one row of ${label} (${cols} ${ggmlTypeName(type)} values, ${formatBytes(rowBytes)} on the GPU) does not fit the device's ${formatBytes(maxBinding)} storage binding`,
         suggestion: 'Use a device with larger maxStorageBufferBindingSize/maxBufferSize, or more tensor-parallel shards',
       });
     }
-    bytes += gpuMatrixBytes(t.type, rows, cols, maxBinding);
+    bytes += gpuMatrixBytes(type, rows, cols, maxBinding);
   }
   return bytes;
 }
