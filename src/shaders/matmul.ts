@@ -403,26 +403,39 @@ const tileTokens = (c: TileConfig) => c.threadsN * c.perThreadN;
 const tileThreads = (c: TileConfig) => c.threadsM * c.threadsN;
 const tileWorkgroupBytes = (c: TileConfig) => (tileRows(c) + tileTokens(c)) * c.tileK * 4;
 
+/** A tile configuration as WGSL constants: thread grid, outputs per thread, tile size, workgroup size. */
+function tileConstantsWgsl(c: TileConfig): string {
+  return /* wgsl */ `const TM: u32 = ${c.threadsM}u;
+const TN: u32 = ${c.threadsN}u;
+const PM: u32 = ${c.perThreadM}u;
+const PN: u32 = ${c.perThreadN}u;
+const TILE_M: u32 = TM * PM;
+const TILE_N: u32 = TN * PN;
+const WG: u32 = TM * TN;`;
+}
+
+/** Every tiled kernel's end: each thread hands its register tile (rows tm + TM·i, tokens tn + TN·j) to put. */
+const storeTileWgsl = /* wgsl */ `  for (var i = 0u; i < PM; i++) {
+    for (var j = 0u; j < PN; j++) {
+      let row = m0 + tm + TM * i;
+      let tok = n0 + tn + TN * j;
+      if (row < p.rows && tok < p.n_tokens) { put(tok, row, acc[i * PN + j]); }
+    }
+  }`;
+
 /**
  * The WGSL of a tiled (prefill) kernel: per step the workgroup decodes a TILE_K-column slice of
  * its rows of W to f32 and stages the same columns of its tokens of x in workgroup memory; each
  * thread then accumulates its perThreadM × perThreadN register tile from them.
  */
 export function tiledWgsl(spec: KernelSpec, config: TileConfig): string {
-  const { threadsM, threadsN, perThreadM, perThreadN, tileK } = config;
   return /* wgsl */ `
 ${weightDecodeWgsl(spec.type, 0)}
 ${paramsWgsl(spec.outputs)}
 ${activationWgsl(spec.rowsAligned)}
 ${epilogueWgsl(spec.epilogue, spec.outputs)}
-const TM: u32 = ${threadsM}u;
-const TN: u32 = ${threadsN}u;
-const PM: u32 = ${perThreadM}u;
-const PN: u32 = ${perThreadN}u;
-const TILE_M: u32 = TM * PM;
-const TILE_N: u32 = TN * PN;
-const TILE_K: u32 = ${tileK}u;
-const WG: u32 = TM * TN;
+${tileConstantsWgsl(config)}
+const TILE_K: u32 = ${config.tileK}u;
 
 var<workgroup> wt: array<f32, TILE_K * TILE_M>; // [k][m]: decoded weights
 var<workgroup> xt: array<f32, TILE_K * TILE_N>; // [k][n]: activations
@@ -474,13 +487,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
     }
     workgroupBarrier();
   }
-  for (var i = 0u; i < PM; i++) {
-    for (var j = 0u; j < PN; j++) {
-      let row = m0 + tm + TM * i;
-      let tok = n0 + tn + TN * j;
-      if (row < p.rows && tok < p.n_tokens) { put(tok, row, acc[i * PN + j]); }
-    }
-  }
+${storeTileWgsl}
 }
 `;
 }
@@ -496,19 +503,12 @@ const int8TileWorkgroupBytes = (c: TileConfig) => 4 * (tileRows(c) * 9 + tileTok
  * instruction, and scales each block's integer sums once.
  */
 export function tiledInt8Wgsl(spec: KernelSpec, config: TileConfig): string {
-  const { threadsM, threadsN, perThreadM, perThreadN } = config;
   return /* wgsl */ `
 ${weightDecodeInt8Wgsl(spec.type, 0)}
 ${paramsWgsl(spec.outputs)}
 ${activationWgsl(spec.rowsAligned)}
 ${epilogueWgsl(spec.epilogue, spec.outputs)}
-const TM: u32 = ${threadsM}u;
-const TN: u32 = ${threadsN}u;
-const PM: u32 = ${perThreadM}u;
-const PN: u32 = ${perThreadN}u;
-const TILE_M: u32 = TM * PM;
-const TILE_N: u32 = TN * PN;
-const WG: u32 = TM * TN;
+${tileConstantsWgsl(config)}
 
 var<workgroup> wq: array<u32, 8 * TILE_M>;     // [word][m]: the rows' block, packed signed bytes
 var<workgroup> wd: array<f32, TILE_M>;         // the rows' block scales
@@ -589,13 +589,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
     }
     workgroupBarrier();
   }
-  for (var i = 0u; i < PM; i++) {
-    for (var j = 0u; j < PN; j++) {
-      let row = m0 + tm + TM * i;
-      let tok = n0 + tn + TN * j;
-      if (row < p.rows && tok < p.n_tokens) { put(tok, row, acc[i * PN + j]); }
-    }
-  }
+${storeTileWgsl}
 }
 `;
 }
