@@ -37,6 +37,46 @@ function quantizeActivationsInt8(x: Float32Array): Float32Array {
   return out;
 }
 
+/**
+ * Runs a weight with both epilogues (y += W·x over random y, and y = silu(gate) ⊙ W·x) on x rows
+ * `xStride` apart, and checks them against the reference (over int8-quantized activations for
+ * the int8 variants, which is what they compute).
+ */
+async function checkEpilogues(
+  gpu: GpuContext,
+  c: { type: GGMLType; rows: number; cols: number; nTokens: number; xStride: number; variant: Exclude<MatmulVariant, 'auto'>; seed: number },
+): Promise<void> {
+  const { type, rows, cols, nTokens, xStride, variant, seed } = c;
+  const bytes = randomWeightBytes(type, rows, cols, seed);
+  const xRows = randomF32(nTokens * xStride, seed + 1);
+  const x = new Float32Array(nTokens * cols);
+  for (let t = 0; t < nTokens; t++) x.set(xRows.subarray(t * xStride, t * xStride + cols), t * cols);
+  const int8 = variant === 'int8' || variant.endsWith('-int8');
+  const ref = matmulReference(dequantize(type, bytes, rows * cols), rows, cols, int8 ? quantizeActivationsInt8(x) : x, nTokens);
+  const start = randomF32(nTokens * rows, seed + 2);
+  const gate = randomF32(nTokens * rows, seed + 3, 4);
+  const weight = uploadWeight(gpu, 'w', type, rows, cols, bytes);
+  const xBuf = storageBuffer(gpu.device, 'x', xRows);
+  const accumulated = storageBuffer(gpu.device, 'y accumulate', start);
+  const gated = storageBuffer(gpu.device, 'y gate', new Float32Array(nTokens * rows).fill(NaN));
+  const gateBuf = storageBuffer(gpu.device, 'gate', gate);
+  const options = { variant, xRowStride: xStride };
+  runOps(gpu.device, [
+    matmulOp(gpu, weight, xBuf, accumulated, nTokens, { ...options, accumulate: true }),
+    matmulOp(gpu, weight, xBuf, gated, nTokens, { ...options, gate: gateBuf }),
+  ]);
+  const gotAccumulated = await readF32(gpu.device, accumulated, nTokens * rows);
+  const gotGated = await readF32(gpu.device, gated, nTokens * rows);
+  for (let i = 0; i < nTokens * rows; i++) {
+    const where = `${variant}, ${nTokens} tokens, output ${i}`;
+    const tolerance = TOLERANCE * ref.magnitude[i]! + 1e-6;
+    expect(Math.abs(gotAccumulated[i]! - (start[i]! + ref.y[i]!)), where).toBeLessThan(tolerance + 1e-6 * Math.abs(start[i]!));
+    const silu = gate[i]! / (1 + Math.exp(-gate[i]!));
+    expect(Math.abs(gotGated[i]! - silu * ref.y[i]!), where).toBeLessThan(tolerance * (Math.abs(silu) + 1) + 1e-6);
+  }
+  for (const b of [weight.buffer, xBuf, accumulated, gated, gateBuf]) b.destroy();
+}
+
 /** Worst |gpu - reference| relative to the sum's magnitude Σ|w·x| (robust to cancellation). */
 async function runAndCompare(
   gpu: GpuContext,
@@ -148,33 +188,7 @@ describe('matmul', async () => {
   });
 
   it('the int8 tiled kernel takes the residual and SwiGLU epilogues and unaligned x rows', async () => {
-    const [type, rows, cols, nTokens, xStride] = [GGMLType.Q8_0, 40, 64, 19, 66];
-    const bytes = randomWeightBytes(type, rows, cols, 3);
-    const xRows = randomF32(nTokens * xStride, 4);
-    const x = new Float32Array(nTokens * cols);
-    for (let t = 0; t < nTokens; t++) x.set(xRows.subarray(t * xStride, t * xStride + cols), t * cols);
-    const ref = matmulReference(dequantize(type, bytes, rows * cols), rows, cols, quantizeActivationsInt8(x), nTokens);
-    const start = randomF32(nTokens * rows, 5);
-    const gate = randomF32(nTokens * rows, 6, 4);
-    const weight = uploadWeight(gpu, 'w', type, rows, cols, bytes);
-    const xBuf = storageBuffer(gpu.device, 'x', xRows);
-    const accumulated = storageBuffer(gpu.device, 'y accumulate', start);
-    const gated = storageBuffer(gpu.device, 'y gate', new Float32Array(nTokens * rows).fill(NaN));
-    const gateBuf = storageBuffer(gpu.device, 'gate', gate);
-    const options = { variant: 'tiled-int8' as const, xRowStride: xStride };
-    runOps(gpu.device, [
-      matmulOp(gpu, weight, xBuf, accumulated, nTokens, { ...options, accumulate: true }),
-      matmulOp(gpu, weight, xBuf, gated, nTokens, { ...options, gate: gateBuf }),
-    ]);
-    const gotAccumulated = await readF32(gpu.device, accumulated, nTokens * rows);
-    const gotGated = await readF32(gpu.device, gated, nTokens * rows);
-    for (let i = 0; i < nTokens * rows; i++) {
-      const tolerance = TOLERANCE * ref.magnitude[i]! + 1e-6;
-      expect(Math.abs(gotAccumulated[i]! - (start[i]! + ref.y[i]!)), `output ${i}`).toBeLessThan(tolerance + 1e-6 * Math.abs(start[i]!));
-      const silu = gate[i]! / (1 + Math.exp(-gate[i]!));
-      expect(Math.abs(gotGated[i]! - silu * ref.y[i]!), `output ${i}`).toBeLessThan(tolerance * (Math.abs(silu) + 1) + 1e-6);
-    }
-    for (const b of [weight.buffer, xBuf, accumulated, gated, gateBuf]) b.destroy();
+    await checkEpilogues(gpu, { type: GGMLType.Q8_0, rows: 40, cols: 64, nTokens: 19, xStride: 66, variant: 'tiled-int8', seed: 3 });
   });
 
   it('auto picks a working variant for decode and prefill', async () => {
@@ -298,33 +312,7 @@ describe('matmul', async () => {
     it.each(variants)('%s', async (variant) => {
       for (const nTokens of [1, 3, 19]) {
         if (variant.startsWith('matvec') && nTokens > 4) continue;
-        const bytes = randomWeightBytes(type, rows, cols, nTokens);
-        const xRows = randomF32(nTokens * xStride, nTokens + 1);
-        const x = new Float32Array(nTokens * cols);
-        for (let t = 0; t < nTokens; t++) x.set(xRows.subarray(t * xStride, t * xStride + cols), t * cols);
-        const ref = matmulReference(dequantize(type, bytes, rows * cols), rows, cols, x, nTokens);
-        const start = randomF32(nTokens * rows, nTokens + 2);
-        const gate = randomF32(nTokens * rows, nTokens + 3, 4);
-        const weight = uploadWeight(gpu, 'w', type, rows, cols, bytes);
-        const xBuf = storageBuffer(gpu.device, 'x', xRows);
-        const accumulated = storageBuffer(gpu.device, 'y accumulate', start);
-        const gated = storageBuffer(gpu.device, 'y gate', new Float32Array(nTokens * rows).fill(NaN));
-        const gateBuf = storageBuffer(gpu.device, 'gate', gate);
-        const options = { variant, xRowStride: xStride };
-        runOps(gpu.device, [
-          matmulOp(gpu, weight, xBuf, accumulated, nTokens, { ...options, accumulate: true }),
-          matmulOp(gpu, weight, xBuf, gated, nTokens, { ...options, gate: gateBuf }),
-        ]);
-        const gotAccumulated = await readF32(gpu.device, accumulated, nTokens * rows);
-        const gotGated = await readF32(gpu.device, gated, nTokens * rows);
-        for (let i = 0; i < nTokens * rows; i++) {
-          const where = `${nTokens} tokens, output ${i}`;
-          const tolerance = TOLERANCE * ref.magnitude[i]! + 1e-6;
-          expect(Math.abs(gotAccumulated[i]! - (start[i]! + ref.y[i]!)), where).toBeLessThan(tolerance + 1e-6 * Math.abs(start[i]!));
-          const silu = gate[i]! / (1 + Math.exp(-gate[i]!));
-          expect(Math.abs(gotGated[i]! - silu * ref.y[i]!), where).toBeLessThan(tolerance * (Math.abs(silu) + 1) + 1e-6);
-        }
-        for (const b of [weight.buffer, xBuf, accumulated, gated, gateBuf]) b.destroy();
+        await checkEpilogues(gpu, { type, rows, cols, nTokens, xStride, variant, seed: nTokens });
       }
     });
   });

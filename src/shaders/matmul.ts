@@ -222,6 +222,11 @@ ${later}  let i = tok * p.y_stride + p.y_offset + row;
 }`;
 }
 
+/** What every matmul kernel shares around its loop: parameters and bindings, reading x, storing y. */
+function kernelIoWgsl(spec: KernelSpec): string {
+  return [paramsWgsl(spec.outputs), activationWgsl(spec.rowsAligned), epilogueWgsl(spec.epilogue, spec.outputs)].join('\n');
+}
+
 const MATVEC_WG = 64;
 /** Tokens one matvec workgroup multiplies at once: each weight chunk it loads serves all of them. */
 const MATVEC_TOKENS = 4;
@@ -347,9 +352,7 @@ export function matvecWgsl(spec: KernelSpec, tokens: number, subgroups: boolean,
 
   return /* wgsl */ `${subgroups ? 'enable subgroups;' : ''}
 ${int8 ? weightDecodeInt8Wgsl(spec.type, 0) : weightDecodeWgsl(spec.type, 0)}
-${paramsWgsl(spec.outputs)}
-${activationWgsl(spec.rowsAligned)}
-${epilogueWgsl(spec.epilogue, spec.outputs)}
+${kernelIoWgsl(spec)}
 const WG: u32 = ${MATVEC_WG}u;
 const ROWS: u32 = ${matvecRows(int8)}u;
 const TOKENS: u32 = ${tokens}u;
@@ -431,9 +434,7 @@ const storeTileWgsl = /* wgsl */ `  for (var i = 0u; i < PM; i++) {
 export function tiledWgsl(spec: KernelSpec, config: TileConfig): string {
   return /* wgsl */ `
 ${weightDecodeWgsl(spec.type, 0)}
-${paramsWgsl(spec.outputs)}
-${activationWgsl(spec.rowsAligned)}
-${epilogueWgsl(spec.epilogue, spec.outputs)}
+${kernelIoWgsl(spec)}
 ${tileConstantsWgsl(config)}
 const TILE_K: u32 = ${config.tileK}u;
 
@@ -505,9 +506,7 @@ const int8TileWorkgroupBytes = (c: TileConfig) => 4 * (tileRows(c) * 9 + tileTok
 export function tiledInt8Wgsl(spec: KernelSpec, config: TileConfig): string {
   return /* wgsl */ `
 ${weightDecodeInt8Wgsl(spec.type, 0)}
-${paramsWgsl(spec.outputs)}
-${activationWgsl(spec.rowsAligned)}
-${epilogueWgsl(spec.epilogue, spec.outputs)}
+${kernelIoWgsl(spec)}
 ${tileConstantsWgsl(config)}
 
 var<workgroup> wq: array<u32, 8 * TILE_M>;     // [word][m]: the rows' block, packed signed bytes

@@ -258,6 +258,9 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
 `;
 }
 
+/** Storage buffers the fused op binds: q, k, v, positions, slots, block table, both caches (+ rope_freqs). */
+const fusedStorageBuffers = (shape: RopeCacheWriteShape): number => (shape.freqFactors ? 9 : 8);
+
 /**
  * One dispatch for rope(q), rope(k) and the paged cache write of k and v: bit-identical to
  * ropeOp(q, nHeads), ropeOp(k, nKvHeads), kvCacheWriteOp(k, v). Like that sequence it leaves q
@@ -276,16 +279,15 @@ export function ropeAndCacheWriteOp(
   shape: RopeCacheWriteShape,
 ): KernelOp {
   const { nTokens, nHeads, nKvHeads, headDim, ropeDims } = shape;
-  const uniforms = ropeParams(gpu, shape, 'ropeAndCacheWriteOp');
-  const buffers = [q, k, v, positions, paging.tokenSlots, paging.blockTable, kCache, vCache, uniforms];
-  if (shape.freqFactors) buffers.push(shape.freqFactors);
-  const storageCount = buffers.length - 1;
+  const storageCount = fusedStorageBuffers(shape);
   if (storageCount > gpu.limits.maxStorageBuffersPerShaderStage) {
-    uniforms.destroy();
     throw new Error(
       `ropeAndCacheWriteOp: needs ${storageCount} storage buffers, the device allows ${gpu.limits.maxStorageBuffersPerShaderStage}; use ropeOp + kvCacheWriteOp`,
     );
   }
+  const uniforms = ropeParams(gpu, shape, 'ropeAndCacheWriteOp');
+  const buffers = [q, k, v, positions, paging.tokenSlots, paging.blockTable, kCache, vCache, uniforms];
+  if (shape.freqFactors) buffers.push(shape.freqFactors);
   const invocations = nTokens * (nHeads * (ropeDims / 2) + nKvHeads * headDim);
   const wgsl = ropeAndCacheWriteWgsl(shape, paging, shape.freqFactors !== undefined);
   return kernelOp(gpu.device, `rope ${shape.style} + kv cache write`, wgsl, buffers, workgroupGrid(Math.ceil(invocations / FUSED_WORKGROUP_SIZE)));
@@ -306,8 +308,7 @@ export function ropeAndCacheWriteOps(
   vCache: GPUBuffer,
   shape: RopeCacheWriteShape,
 ): KernelOp[] {
-  const storageBuffers = shape.freqFactors ? 9 : 8;
-  if (storageBuffers <= gpu.limits.maxStorageBuffersPerShaderStage) return [ropeAndCacheWriteOp(gpu, q, k, v, positions, paging, kCache, vCache, shape)];
+  if (fusedStorageBuffers(shape) <= gpu.limits.maxStorageBuffersPerShaderStage) return [ropeAndCacheWriteOp(gpu, q, k, v, positions, paging, kCache, vCache, shape)];
   return [
     ropeOp(gpu, q, positions, { ...shape, nHeads: shape.nHeads }),
     ropeOp(gpu, k, positions, { ...shape, nHeads: shape.nKvHeads }),
