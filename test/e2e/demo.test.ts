@@ -127,7 +127,7 @@ describe('demo page in headless Chromium (SwiftShader WebGPU)', { timeout: 360_0
         badges: [...document.querySelectorAll('#env li.ok')].map((li) => li.textContent),
       };
     });
-    // The kernels must work within these limits (DESIGN.md, "Browser facts"); the generation tests below prove they do.
+    // The kernels must work within these limits (ARCHITECTURE.md, "Measured facts": browser limits); the generation tests below prove they do.
     expect(env).toMatchObject({ isolated: true, sharedArrayBuffer: true, shaderF16: false });
     expect(env.invocations).toBeLessThanOrEqual(256);
     expect(env.storageBuffers).toBeLessThanOrEqual(10);
