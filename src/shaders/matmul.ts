@@ -29,14 +29,14 @@
 //
 // Row-workgroup counts above the per-dimension limit (e.g. a 128256-row vocabulary) fold into
 // the grid's y dimension; tokens use z. Weights bigger than one storage binding (browsers:
-// 128 MiB) are split by rows with `uploadWeightSplit`: every part is a GpuWeight that knows its
+// 128 MiB) are uploaded by rows (engine/weights.ts, the one upload path): every part is a GpuWeight that knows its
 // `rowOffset` in the whole weight, and `matmulOp` on a part writes its slice y[t][rowOffset ..)
 // (with split outputs: to the outputs its rows fall in, binding only those).
 
-import { kernelOp, params, storageBuffer, uniformBuffer, workgroupGrid, writeBuffer, type KernelOp } from '../gpu/kernel.ts';
+import { kernelOp, params, uniformBuffer, workgroupGrid, type KernelOp } from '../gpu/kernel.ts';
 import type { GpuContext } from '../gpu/device.ts';
-import { blockGeometry, ggmlTypeName, type GGMLType } from '../model/ggml-type.ts';
-import { bindingParts, gpuLayout, repackForGpu, type GpuLayout } from '../model/repack.ts';
+import { ggmlTypeName, type GGMLType } from '../model/ggml-type.ts';
+import { gpuLayout, type GpuLayout } from '../model/repack.ts';
 import { gpuDecodableTypes, int8DecodableTypes, weightDecodeInt8Wgsl, weightDecodeWgsl } from './quant-wgsl.ts';
 
 /** A weight matrix on the GPU, in its repacked layout. */
@@ -50,9 +50,9 @@ export interface GpuWeight {
   /** Bytes of the GPU buffer. */
   bytes: number;
   layout: GpuLayout;
-  /** First row of this part in the whole weight (0 unless made by uploadWeightSplit). */
+  /** First row of this part in the whole weight (0 unless the weight was split over bindings). */
   rowOffset: number;
-  /** Rows of the whole weight (= rows unless made by uploadWeightSplit). */
+  /** Rows of the whole weight (= rows unless the weight was split over bindings). */
   totalRows: number;
 }
 
@@ -92,50 +92,6 @@ export const MATVEC_MAX_TOKENS = 4;
 /** Weight types matmulOp and embeddingOp accept. */
 export function supportedWeightTypes(): GGMLType[] {
   return gpuDecodableTypes();
-}
-
-/** Repacks GGUF bytes (`rows × cols`, row-major) and uploads them as one storage buffer. */
-export function uploadWeight(gpu: GpuContext, label: string, type: GGMLType, rows: number, cols: number, ggufBytes: Uint8Array): GpuWeight {
-  const { layout, words } = repackForGpu(type, rows, cols, ggufBytes);
-  const bytes = words.byteLength;
-  const limit = Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize);
-  if (bytes > limit) {
-    throw new Error(
-      `${label}: ${ggmlTypeName(type)} ${rows} × ${cols} needs ${bytes} bytes, over this device's ${limit}-byte storage binding; use uploadWeightSplit`,
-    );
-  }
-  const buffer = storageBuffer(gpu.device, label, bytes); // rounded up to whole vec4s
-  writeBuffer(gpu.device, buffer, 0, words);
-  return { buffer, type, rows, cols, label, bytes: buffer.size, layout, rowOffset: 0, totalRows: rows };
-}
-
-/**
- * Uploads a weight as one or more row ranges, each small enough for one storage binding
- * (`maxBindingBytes`, default the device's limit). Returns the parts in row order; run them
- * with `matmulOps` / `embeddingOps`, or one by one with `matmulOp`.
- */
-export function uploadWeightSplit(
-  gpu: GpuContext,
-  label: string,
-  type: GGMLType,
-  rows: number,
-  cols: number,
-  ggufBytes: Uint8Array,
-  maxBindingBytes: number = Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize),
-): GpuWeight[] {
-  const geometry = blockGeometry[type]!;
-  const fileRowBytes = (cols / geometry.blockSize) * geometry.typeSize;
-  let parts: Array<{ first: number; rows: number }>;
-  try {
-    parts = bindingParts(type, rows, cols, maxBindingBytes);
-  } catch (error) {
-    throw new Error(`${label}: ${(error as Error).message}`);
-  }
-  return parts.map(({ first, rows: n }) => {
-    const bytes = ggufBytes.subarray(first * fileRowBytes, (first + n) * fileRowBytes);
-    const name = parts.length > 1 ? `${label}[${first}..${first + n})` : label;
-    return { ...uploadWeight(gpu, name, type, n, cols, bytes), rowOffset: first, totalRows: rows };
-  });
 }
 
 // ---------------------------------------------------------------------------------------------
