@@ -7,16 +7,8 @@
 // Exit codes: 0 on success, 2 for bad arguments, 1 for anything else. The process ends by
 // returning from main (never Deno.exit) so Dawn devices are released cleanly first.
 
-import { byteSize, choiceFlag, flag, numberFlag, parseFlags, UsageError, type Flags, type FlagSpec } from './flags.ts';
-import { MATMUL_VARIANTS } from './shaders/matmul.ts';
-import { describeAdapters, type GpuBackend, type GpuOptions } from './gpu/device.ts';
-import { chooseShardSplit } from './sharding/auto.ts';
-import { loadModel, type Model } from './api/model.ts';
-import { llamaConfig } from './model/config.ts';
-import { readGGUF } from './model/gguf.ts';
-import { ggmlTypeName } from './model/ggml-type.ts';
-import { openSource, type ModelSource } from './model/source.ts';
-import { randomLlamaGGUF, DEFAULT_RANDOM_LLAMA } from './model/random-llama.ts';
+import { flag, gpuBackend, LOAD_FLAGS, LOAD_FLAGS_USAGE, loadOptionsFromFlags, numberFlag, parseFlags, UsageError, type Flags, type FlagSpec } from './flags.ts';
+import { DEFAULT_RANDOM_LLAMA, describeAdapters, loadModel, randomLlamaGGUF, readModelInfo, type Model, type ModelSource } from './index.ts';
 
 declare const Deno: {
   args: string[];
@@ -33,43 +25,28 @@ Commands (deno task <command> ...):
   info      print model metadata, tensor types and the GPU adapters found
 
 Options:
-  -m, --model PATH|URL    GGUF model (run: default is a built-in random-weight demo model)
-  -p, --prompt TEXT       prompt (default "Once upon a time")
-  -n, --max-tokens N      tokens to generate (default 128)
-      --temperature T     0 = greedy (default 0.8)
-      --top-k K           (default 40)      --top-p P   (default 0.95)
-      --min-p P           (default 0.05)    --repeat-penalty R (default 1)
-  -s, --seed N            same seed, same text
-  -c, --ctx N             context length to allocate (default: model's, at most 4096)
-      --stop TEXT         stop string (repeatable)
-      --ignore-eos        keep generating past end-of-generation tokens
-      --text TEXT         (tokenize) text to tokenize
-      --json              machine-readable output
-      --gpu dawn|deno     WebGPU implementation (default dawn; deno = Deno's built-in WebGPU)
-      --tp N              tensor-parallel shards (one worker and one GPU device each)
-      --pp N              pipeline stages (tp × pp shards in all)
-      --devices N|LIST    how many devices (on one adapter), or adapter names, one per shard;
-                          with more than one and no --tp/--pp, the split is chosen by measuring
-                          the all-reduce and the kernels on these devices (--shard auto)
-      --gpu-memory SIZE   memory budget per device for the planner, e.g. 8GiB or 512MiB
-      --matmul KIND       matmul kernels: auto (default), int8 (int8 activations for Q4_0/Q8_0
-                          weights, as llama.cpp's CPU path), or one variant forced everywhere
+  -m, --model PATH|URL        GGUF model (run: default is a built-in random-weight demo model)
+  -p, --prompt TEXT           prompt (default "Once upon a time")
+  -n, --max-tokens N          tokens to generate (default 128)
+      --temperature T         0 = greedy (default 0.8)
+      --top-k K               (default 40)      --top-p P   (default 0.95)
+      --min-p P               (default 0.05)    --repeat-penalty R (default 1)
+  -s, --seed N                same seed, same text
+      --stop TEXT             stop string (repeatable)
+      --ignore-eos            keep generating past end-of-generation tokens
+      --text TEXT             (tokenize) text to tokenize
+      --json                  machine-readable output
+${LOAD_FLAGS_USAGE}
   -h, --help`;
 
 const cliFlags: FlagSpec = {
   aliases: { m: 'model', p: 'prompt', n: 'max-tokens', s: 'seed', c: 'ctx', h: 'help', temp: 'temperature' },
   booleans: new Set(['json', 'ignore-eos', 'help']),
   known: new Set([
-    'model', 'prompt', 'max-tokens', 'temperature', 'top-k', 'top-p', 'min-p', 'repeat-penalty', 'seed', 'ctx',
-    'stop', 'text', 'json', 'gpu', 'ignore-eos', 'help', 'tp', 'pp', 'devices', 'gpu-memory', 'matmul',
+    'model', 'prompt', 'max-tokens', 'temperature', 'top-k', 'top-p', 'min-p', 'repeat-penalty', 'seed',
+    'stop', 'text', 'json', 'ignore-eos', 'help', ...LOAD_FLAGS,
   ]),
 };
-
-function gpuBackend(flags: Flags): GpuBackend {
-  const gpu = flag(flags, 'gpu') ?? 'dawn';
-  if (gpu !== 'dawn' && gpu !== 'deno') throw new UsageError(`--gpu must be "dawn" or "deno"; got "${gpu}"`);
-  return gpu;
-}
 
 const encoder = new TextEncoder();
 const out = (text: string) => Deno.stdout.write(encoder.encode(text));
@@ -114,62 +91,16 @@ async function openModel(flags: Flags): Promise<Model> {
     );
     source = randomLlamaGGUF(shape, 1);
   }
-  const backend = gpuBackend(flags);
-  const devicesFlag = flag(flags, 'devices');
-  const deviceCount = devicesFlag && /^\d+$/.test(devicesFlag.trim()) ? Number(devicesFlag) : undefined;
-  const adapterNames = deviceCount ? undefined : devicesFlag?.split(',').map((name) => name.trim()).filter(Boolean);
-  const devices = adapterNames?.map((adapterName) => ({ backend, adapterName })) ?? (deviceCount ? Array.from({ length: deviceCount }, () => ({ backend })) : undefined);
-  let tp = numberFlag(flags, 'tp', { integer: true });
-  let pp = numberFlag(flags, 'pp', { integer: true });
-  const contextLength = numberFlag(flags, 'ctx', { integer: true });
-  const gpuMemoryBytes = byteSize(flags, 'gpu-memory');
-  if (devices && devices.length > 1 && tp === undefined && pp === undefined) {
-    ({ tp, pp } = await autoSplit(source, devices, contextLength, gpuMemoryBytes));
-  }
   const progress = progressReporter();
   const model = await loadModel(source, {
-    contextLength,
-    gpu: { backend },
-    tp,
-    pp,
-    devices,
-    gpuMemoryBytes,
-    kernels: { matmul: choiceFlag(flags, 'matmul', MATMUL_VARIANTS) },
+    ...loadOptionsFromFlags(flags),
     onProgress: ({ bytesLoaded, bytesTotal }) => progress.update(bytesLoaded, bytesTotal),
     onWarning: (message) => void err(`warning: ${message}\n`),
+    onStatus: (message) => void err(`${message}\n`),
   });
   await progress.finish();
   if (model.plan) await err(model.plan.summary.join('\n') + '\n');
   return model;
-}
-
-/** --shard auto: measure the devices, plan every split that fits, take the fastest; say why. */
-async function autoSplit(
-  source: ModelSource,
-  devices: GpuOptions[],
-  contextLength: number | undefined,
-  gpuMemoryBytes: number | undefined,
-): Promise<{ tp: number; pp: number }> {
-  if (typeof source !== 'string' && !(source instanceof Uint8Array)) throw new UsageError('--devices needs a model path or URL');
-  const bytes = await openSource(source);
-  try {
-    const file = await readGGUF(bytes);
-    const config = llamaConfig(file);
-    const context = contextLength ?? Math.min(config.contextLength, 4096);
-    const choice = await chooseShardSplit(file, config, {
-      source,
-      deviceCount: devices.length,
-      devices,
-      contextLength: context,
-      maxBatchTokens: Math.min(512, context),
-      gpuMemoryBytes,
-      onStatus: (message) => void err(`${message}\n`),
-    });
-    await err(`${choice.reason}\npredicted ${choice.predictedTokensPerSecond.toFixed(1)} tokens/s (--tp/--pp override this choice)\n`);
-    return { tp: choice.tp, pp: choice.pp };
-  } finally {
-    await bytes.close();
-  }
 }
 
 async function run(flags: Flags): Promise<void> {
@@ -235,42 +166,27 @@ async function tokenize(flags: Flags): Promise<void> {
   const text = flag(flags, 'text') ?? flag(flags, 'prompt');
   if (text === undefined) throw new UsageError('tokenize needs --text TEXT');
   if (!flag(flags, 'model')) throw new UsageError('tokenize needs --model PATH');
-  const source = await openSource(flag(flags, 'model')!);
-  try {
-    const file = await readGGUF(source);
-    const { LlamaTokenizer } = await import('./model/tokenizer.ts');
-    const ids = LlamaTokenizer.fromGGUFMetadata(file.metadata).encode(text);
-    await out(flags.has('json') ? JSON.stringify({ ids }) + '\n' : ids.join(' ') + '\n');
-  } finally {
-    await source.close();
-  }
+  const ids = (await readModelInfo(flag(flags, 'model')!)).tokenize(text);
+  await out(flags.has('json') ? JSON.stringify({ ids }) + '\n' : ids.join(' ') + '\n');
 }
 
 async function info(flags: Flags): Promise<void> {
   const lines: string[] = [];
   const modelArg = flag(flags, 'model');
   if (modelArg) {
-    const source = await openSource(modelArg);
-    try {
-      const file = await readGGUF(source);
-      const config = llamaConfig(file);
-      const typeCounts = new Map<string, number>();
-      for (const t of file.tensors) typeCounts.set(ggmlTypeName(t.type), (typeCounts.get(ggmlTypeName(t.type)) ?? 0) + 1);
-      const parameters = file.tensors.reduce((sum, t) => sum + t.shape.reduce((a, b) => a * b, 1), 0);
-      lines.push(
-        `model:        ${source.name} (${(source.size / 1e6).toFixed(2)} MB, GGUF v${file.version})`,
-        `architecture: ${config.architecture}, ${(parameters / 1e6).toFixed(2)}M parameters`,
-        `shape:        dim ${config.dim}, ${config.nLayers} layers, ${config.nHeads} heads (${config.nKvHeads} KV), head dim ${config.headDim}, FFN ${config.ffnDim}, vocab ${config.vocabSize}`,
-        `rope:         base ${config.ropeBase}, dims ${config.ropeDims}, scaling ${config.ropeScaling.type}; rms eps ${Number(config.rmsEps.toPrecision(6))}; context ${config.contextLength}`,
-        `tensors:      ${[...typeCounts].map(([type, n]) => `${type} ×${n}`).join(', ')}`,
-        'metadata:',
-      );
-      for (const [key, value] of file.metadata) {
-        const shown = Array.isArray(value) || ArrayBuffer.isView(value) ? `[${(value as ArrayLike<unknown>).length} values]` : String(value);
-        lines.push(`  ${key} = ${shown.length > 100 ? shown.slice(0, 97) + '...' : shown}`);
-      }
-    } finally {
-      await source.close();
+    const model = await readModelInfo(modelArg);
+    const config = model.config;
+    lines.push(
+      `model:        ${model.name} (${(model.sizeBytes / 1e6).toFixed(2)} MB, GGUF v${model.ggufVersion})`,
+      `architecture: ${config.architecture}, ${(model.parameters / 1e6).toFixed(2)}M parameters`,
+      `shape:        dim ${config.dim}, ${config.nLayers} layers, ${config.nHeads} heads (${config.nKvHeads} KV), head dim ${config.headDim}, FFN ${config.ffnDim}, vocab ${config.vocabSize}`,
+      `rope:         base ${config.ropeBase}, dims ${config.ropeDims}, scaling ${config.ropeScaling.type}; rms eps ${Number(config.rmsEps.toPrecision(6))}; context ${config.contextLength}`,
+      `tensors:      ${[...model.tensorTypes].map(([type, n]) => `${type} ×${n}`).join(', ')}`,
+      'metadata:',
+    );
+    for (const [key, value] of model.metadata) {
+      const shown = Array.isArray(value) || ArrayBuffer.isView(value) ? `[${(value as ArrayLike<unknown>).length} values]` : String(value);
+      lines.push(`  ${key} = ${shown.length > 100 ? shown.slice(0, 97) + '...' : shown}`);
     }
   }
   lines.push('adapters:');

@@ -12,3 +12,12 @@ export { ShardPlanError, type ShardPlan, type ShardSpec } from './sharding/plan.
 export type { DeviceStats } from './engine/forward-engine.ts';
 export type { Range, ShardView } from './engine/shard-view.ts';
 export { QueueFullError } from './engine/scheduler.ts';
+export { readModelInfo, type ModelInfo } from './api/model-info.ts';
+export type { ModelSource } from './model/source.ts';
+export { tokenLogprobs, type TokenAlternative, type TokenLogprob } from './engine/sampler.ts';
+export type { LlamaTokenizer } from './model/tokenizer.ts';
+export type { KernelChoice } from './engine/llama.ts';
+/** The matmul kernel choices of `LoadOptions.kernels.matmul`. */
+export { MATMUL_VARIANTS, type MatmulVariant } from './shaders/matmul.ts';
+/** webshard's built-in demo model: a deterministic random-weight Llama written as GGUF bytes. */
+export { randomLlamaGGUF, DEFAULT_RANDOM_LLAMA, type RandomLlamaShape } from './model/random-llama.ts';

@@ -7,6 +7,7 @@ import { readGGUF, type GGUFFile } from '../model/gguf.ts';
 import { openSource, type ModelSource } from '../model/source.ts';
 import { LlamaTokenizer } from '../model/tokenizer.ts';
 import { describeShardDevices, distinctAdapters } from '../sharding/devices.ts';
+import { chooseShardSplit } from '../sharding/auto.ts';
 import { ShardGroup } from '../sharding/group.ts';
 import { planShards, type DeviceDescription, type ShardPlan } from '../sharding/plan.ts';
 import type { DeviceStats, ForwardEngine } from '../engine/forward-engine.ts';
@@ -38,6 +39,12 @@ export interface LoadOptions {
   tp?: number;
   /** Pipeline stages (default 1). tp × pp shards run in one worker each, one device each. */
   pp?: number;
+  /**
+   * 'auto' (instead of tp / pp): once the header is read, time an all-reduce and a decode step on
+   * `devices` and take the fastest tp × pp split over all of them that fits (sharding/auto.ts);
+   * `onStatus` hears what was measured and why the split won. One device: no split.
+   */
+  split?: 'auto';
   /** Per-shard GPU options (e.g. a different adapter each); default: `gpu` for every shard. */
   devices?: GpuOptions[];
   /** Per-device memory budget in bytes for the planner (WebGPU does not report device memory). */
@@ -56,6 +63,8 @@ export interface LoadOptions {
   kernels?: KernelChoice;
   /** Called with notes worth telling a user (e.g. several shards share one GPU). */
   onWarning?: (message: string) => void;
+  /** Called with progress notes of the load (e.g. what `split: 'auto'` measures, and its choice). */
+  onStatus?: (message: string) => void;
 }
 
 export interface Completion {
@@ -115,8 +124,12 @@ export class Model {
   }
 
   static async load(source: ModelSource, options: LoadOptions = {}): Promise<Model> {
-    const tp = options.tp ?? 1;
-    const pp = options.pp ?? 1;
+    let tp = options.tp ?? 1;
+    let pp = options.pp ?? 1;
+    if (options.split !== undefined && options.split !== 'auto') throw new InvalidOptionError(`split must be 'auto' or absent; got ${JSON.stringify(options.split)}.`);
+    if (options.split === 'auto' && (options.tp !== undefined || options.pp !== undefined)) {
+      throw new InvalidOptionError(`split: 'auto' chooses tp and pp itself; pass either split: 'auto' or tp / pp, not both.`);
+    }
     const counts = {
       tp,
       pp,
@@ -151,6 +164,7 @@ export class Model {
       const onProgress = (bytesLoaded: number, bytesTotal: number) => options.onProgress?.({ bytesLoaded, bytesTotal });
       const create = (engine: ForwardEngine, gpu: GpuContext | undefined, plan: ShardPlan | undefined, ownsDevice: boolean) =>
         new Model(config, file, tokenizer, engine, contextLength, gpu, plan, ownsDevice, options.maxWaiting);
+      if (options.split === 'auto') ({ tp, pp } = await autoSplit(file, config, source, options, { contextLength, maxBatchTokens, maxSequences }));
       const planOptions = { tp, pp, contextLength, maxSequences, kvCacheTokens: options.kvCacheTokens, maxBatchTokens, weights: options.shardWeights };
       if (tp * pp === 1) {
         // One device is planned too: buffer limits, tensor types and the memory budget are
@@ -372,6 +386,30 @@ function workerSource(source: ModelSource): string | Blob | Uint8Array {
   if (source instanceof Uint8Array) return new Blob([source as Uint8Array<ArrayBuffer>]);
   if (typeof source === 'string' || source instanceof Blob) return source;
   throw new InvalidOptionError('A sharded model needs a path, URL, Blob/File or bytes as its source (each shard worker opens it itself), not an open ByteSource.');
+}
+
+/** split: 'auto' — the fastest split over `options.devices` that fits, from measurements on them. */
+async function autoSplit(
+  file: GGUFFile,
+  config: LlamaConfig,
+  source: ModelSource,
+  options: LoadOptions,
+  sizes: { contextLength: number; maxBatchTokens: number; maxSequences: number },
+): Promise<{ tp: number; pp: number }> {
+  const devices = options.devices ?? [];
+  if (devices.length < 2) return { tp: 1, pp: 1 };
+  const choice = await chooseShardSplit(file, config, {
+    ...sizes,
+    source: workerSource(source),
+    deviceCount: devices.length,
+    devices,
+    kvCacheTokens: options.kvCacheTokens,
+    gpuMemoryBytes: options.gpuMemoryBytes,
+    shardWeights: options.shardWeights,
+    onStatus: options.onStatus,
+  });
+  options.onStatus?.(`${choice.reason}\npredicted ${choice.predictedTokensPerSecond.toFixed(1)} tokens/s (tp / pp override this choice)`);
+  return { tp: choice.tp, pp: choice.pp };
 }
 
 /** The planner's view of each shard's device, with a warning when several shards share one adapter. */

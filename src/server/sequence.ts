@@ -19,8 +19,8 @@ export interface SequenceSpec {
   logprobs?: number;
 }
 
-export type { TokenAlternative, TokenLogprob } from '../engine/sampler.ts';
-import type { TokenLogprob } from '../engine/sampler.ts';
+export type { TokenAlternative, TokenLogprob } from '../index.ts';
+import type { TokenLogprob } from '../index.ts';
 
 export interface SequenceResult {
   ids: number[];
@@ -125,4 +125,4 @@ export async function runSequence(
   }
 }
 
-export { tokenLogprobs as logprobsOf } from '../engine/sampler.ts';
+export { tokenLogprobs as logprobsOf } from '../index.ts';
