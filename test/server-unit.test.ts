@@ -5,7 +5,7 @@ import { ChatTemplate, renderPlain } from '../src/server/chat-template.ts';
 import { HealthMonitor } from '../src/server/health.ts';
 import { MetricsRegistry, renderNumericFields, snakeCase } from '../src/server/metrics.ts';
 import { parseChatRequest, parseCompletionRequest } from '../src/server/openai-schema.ts';
-import { Scheduler } from '../src/server/scheduler.ts';
+import { engineAdmission, SequenceReservations } from '../src/server/reservations.ts';
 import { logprobsOf } from '../src/server/sequence.ts';
 import { InferenceServer, type ServerLimits, type ServerOptions } from '../src/server/server.ts';
 import { FakeModel, readSse, sleep, type FakeModelOptions } from './server-harness.ts';
@@ -216,37 +216,35 @@ describe('metrics', () => {
   });
 });
 
-describe('scheduler', () => {
-  it('grants slots in order, queues up to the limit, refuses beyond it, and leaves the queue on abort', async () => {
-    const scheduler = new Scheduler(1, 2);
-    const never = new AbortController().signal;
-    const [first] = scheduler.enqueue(1, never);
-    const order: string[] = [];
-    const aborted = new AbortController();
-    const [second] = scheduler.enqueue(1, aborted.signal);
-    const [third] = scheduler.enqueue(1, never);
-    expect(() => scheduler.enqueue(1, never)).toThrowError(expect.objectContaining({ status: 429, details: expect.objectContaining({ headers: { 'retry-after': '1' } }) }));
-    expect([scheduler.running, scheduler.queued]).toEqual([1, 2]);
-    aborted.abort(new Error('gone'));
-    await expect(second).rejects.toThrow('gone');
-    expect(scheduler.queued).toBe(1);
-    void third!.then((slot) => {
-      order.push('third');
-      slot.release();
-    });
-    const idle = scheduler.whenIdle().then(() => order.push('idle'));
-    (await first!).release();
-    await idle;
-    expect(order).toEqual(['third', 'idle']);
-    expect([scheduler.running, scheduler.queued]).toEqual([0, 0]);
+describe('sequence reservations', () => {
+  it('counts running and queued places, refuses beyond them with 429 and Retry-After, and resolves when idle', async () => {
+    const reservations = new SequenceReservations(1, 2);
+    const [first] = reservations.reserve(1);
+    const [second, third] = reservations.reserve(2);
+    expect(() => reservations.reserve(1)).toThrowError(expect.objectContaining({ status: 429, details: expect.objectContaining({ headers: { 'retry-after': '1' } }) }));
+    expect([reservations.running, reservations.queued]).toEqual([1, 2]);
+    second!.release();
+    second!.release(); // twice is once
+    expect([reservations.running, reservations.queued]).toEqual([1, 1]);
+    let idle = false;
+    const whenIdle = reservations.whenIdle().then(() => (idle = true));
+    first!.release();
+    await Promise.resolve();
+    expect(idle).toBe(false);
+    third!.release();
+    await whenIdle;
+    expect([reservations.running, reservations.queued]).toEqual([0, 0]);
   });
 
   it('admits a request with several choices all or nothing', () => {
-    const scheduler = new Scheduler(2, 1);
-    const signal = new AbortController().signal;
-    expect(() => scheduler.enqueue(4, signal)).toThrowError(expect.objectContaining({ status: 429 }));
-    expect(scheduler.running + scheduler.queued).toBe(0);
-    expect(scheduler.enqueue(3, signal)).toHaveLength(3);
+    const reservations = new SequenceReservations(2, 1);
+    expect(() => reservations.reserve(4)).toThrowError(expect.objectContaining({ status: 429 }));
+    expect(reservations.running + reservations.queued).toBe(0);
+    expect(reservations.reserve(3)).toHaveLength(3);
+  });
+
+  it('loads the engine with the same limits: its slots and its waiting room', () => {
+    expect(engineAdmission({ maxRunning: 3, maxQueued: 5 })).toEqual({ maxSequences: 3, maxWaiting: 5 });
   });
 });
 

@@ -12,6 +12,7 @@
 
 import { loadModel, type LoadOptions, type Model } from '../index.ts';
 import { flag, LOAD_FLAGS, LOAD_FLAGS_USAGE, loadOptionsFromFlags, numberFlag, parseFlags, UsageError, type Flags, type FlagSpec } from '../flags.ts';
+import { engineAdmission } from './reservations.ts';
 import { DEFAULT_LIMITS, InferenceServer, type ServerLimits } from './server.ts';
 
 interface DenoServer {
@@ -94,10 +95,12 @@ function serveConfig(flags: Flags): ServeConfig {
     const s = numberFlag(flags, name, { min });
     return s === undefined ? undefined : Math.round(s * 1000);
   };
-  const parallel = numberFlag(flags, 'parallel', { integer: true, min: 1 }) ?? DEFAULT_LIMITS.maxRunning;
+  const admission = {
+    maxRunning: numberFlag(flags, 'parallel', { integer: true, min: 1 }) ?? DEFAULT_LIMITS.maxRunning,
+    maxQueued: numberFlag(flags, 'max-queue', { integer: true }) ?? DEFAULT_LIMITS.maxQueued,
+  };
   const limits: Partial<ServerLimits> = {
-    maxRunning: parallel,
-    maxQueued: numberFlag(flags, 'max-queue', { integer: true }),
+    ...admission,
     maxBodyBytes: numberFlag(flags, 'max-body-bytes', { integer: true, min: 1 }),
     maxHeaderBytes: numberFlag(flags, 'max-header-bytes', { integer: true, min: 1 }),
     requestTimeoutMs: seconds('request-timeout', 0.001),
@@ -109,8 +112,9 @@ function serveConfig(flags: Flags): ServeConfig {
     port: numberFlag(flags, 'port', { integer: true }) ?? 8080,
     load: {
       ...loadOptionsFromFlags(flags),
-      // The server hands the engine at most `parallel` sequences, and the engine batches them all.
-      maxSequences: parallel,
+      // The engine's scheduler is the one admission queue: as many sequence slots as --parallel,
+      // as much waiting room as --max-queue (the server only checks a request's n choices fit).
+      ...engineAdmission(admission),
       kvCacheTokens: numberFlag(flags, 'kv-cache-tokens', { integer: true, min: 1 }),
       onWarning: (message) => log(`warning: ${message}`),
       onStatus: log,

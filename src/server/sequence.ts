@@ -4,7 +4,7 @@
 
 import type { SamplingParams } from './openai-schema.ts';
 import type { EngineFinishReason, GeneratedToken, GenerateOptions, ServedModel } from './served-model.ts';
-import type { Slot } from './scheduler.ts';
+import type { Reservation } from './reservations.ts';
 
 export type FinishReason = 'stop' | 'length';
 
@@ -73,14 +73,14 @@ export function finishReasonOf(finish: EngineFinishReason | undefined): FinishRe
 }
 
 /**
- * Runs one sequence in `slot`, calling `onToken` for each token. Resolves with the finished
+ * Runs one sequence in its reserved place (`slot`), calling `onToken` for each token. Resolves with the finished
  * sequence; rejects with `signal.reason` as soon as the signal aborts. The slot is released when
  * the engine has let go of the sequence, which after an abort is at the end of its current step.
  */
 export async function runSequence(
   model: ServedModel,
   spec: SequenceSpec,
-  slot: Slot,
+  slot: Reservation,
   signal: AbortSignal,
   onToken: (token: GeneratedToken) => void = () => undefined,
 ): Promise<SequenceResult> {

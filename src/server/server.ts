@@ -24,7 +24,7 @@ import { HealthMonitor } from './health.ts';
 import { checkRequestSize, readJsonBody } from './http.ts';
 import { ChatFormat, CompletionFormat, usageOf, type ChoiceFormat, type ResponseMeta, type Usage } from './openai-format.ts';
 import { parseChatRequest, parseCompletionRequest, type ChatMessage, type GenerationParams, type Prompt } from './openai-schema.ts';
-import { Scheduler, type Slot } from './scheduler.ts';
+import { SequenceReservations, type Reservation } from './reservations.ts';
 import { runSequence, type SequenceResult, type SequenceSpec } from './sequence.ts';
 import { ServerMetrics, type CancelReason } from './server-metrics.ts';
 import type { GeneratedToken, ServedModel } from './served-model.ts';
@@ -35,9 +35,12 @@ export interface ServerLimits {
   maxBodyBytes: number;
   maxHeaderBytes: number;
   maxUrlBytes: number;
-  /** Sequences handed to the engine at once (the engine batches them: load it with as many sequence slots). */
+  /**
+   * Sequences generating at once, and sequences that may wait beyond those (more is refused with
+   * 429): a request's n choices must fit, all or nothing. The waiting is done by the engine's
+   * scheduler: load the model with `engineAdmission(limits)` (reservations.ts).
+   */
   maxRunning: number;
-  /** Sequences that may wait beyond those; more is refused with 429. */
   maxQueued: number;
   /** Deadline of a whole generation request, waiting included. */
   requestTimeoutMs: number;
@@ -129,7 +132,7 @@ interface Answer {
   model: ServedModel;
   /** One per choice, in choice order. */
   specs: SequenceSpec[];
-  slots: Array<Promise<Slot>>;
+  slots: Reservation[];
   flight: InFlight;
   format: ChoiceFormat;
   meta: ResponseMeta;
@@ -144,7 +147,7 @@ interface Route {
 export class InferenceServer {
   readonly limits: ServerLimits;
   readonly metrics: ServerMetrics;
-  private readonly scheduler: Scheduler;
+  private readonly reservations: SequenceReservations;
   private readonly routes: Map<string, Route>;
   private readonly inFlight = new Set<InFlight>();
   /** Streaming responses, counted in the metrics when their stream ends rather than when they start. */
@@ -157,11 +160,11 @@ export class InferenceServer {
 
   constructor(private readonly options: ServerOptions) {
     this.limits = { ...DEFAULT_LIMITS, ...options.limits };
-    this.scheduler = new Scheduler(this.limits.maxRunning, this.limits.maxQueued);
+    this.reservations = new SequenceReservations(this.limits.maxRunning, this.limits.maxQueued);
     this.log = options.log ?? (() => undefined);
     this.metrics = new ServerMetrics({
-      queued: () => this.scheduler.queued,
-      running: () => this.scheduler.running,
+      queued: () => this.reservations.queued,
+      running: () => this.reservations.running,
       ready: () => this.state === 'ready',
       engineStats: () => this.model?.stats(),
     });
@@ -235,7 +238,7 @@ export class InferenceServer {
       for (const flight of this.inFlight) flight.cancel('shutdown', new ServiceUnavailableError('The server is shutting down.', { code: 'shutting_down' }));
       await allDone();
     }
-    await this.scheduler.whenIdle();
+    await this.reservations.whenIdle();
     this.state = 'stopped';
   }
 
@@ -357,9 +360,9 @@ export class InferenceServer {
       })),
     );
     const flight = new InFlight(request, this.limits.requestTimeoutMs, (reason) => this.metrics.cancelled.inc({ reason }));
-    let slots: Array<Promise<Slot>>;
+    let slots: Reservation[];
     try {
-      slots = this.scheduler.enqueue(specs.length, flight.signal);
+      slots = this.reservations.reserve(specs.length);
     } catch (error) {
       flight.end();
       throw error;
@@ -433,12 +436,12 @@ export class InferenceServer {
   }
 
   /**
-   * Runs each spec in its slot, all at once (the scheduler decides who waits). The first failure
+   * Runs each spec in its reserved place, all at once (the engine's scheduler decides who waits). The first failure
    * stops the others and is thrown.
    */
   private async runAll({ model, specs, slots, flight }: Answer, hooks: SequenceHooks = {}): Promise<SequenceResult[]> {
     const runs = specs.map(async (spec, index) => {
-      const slot = await slots[index]!;
+      const slot = slots[index]!;
       let generated = 0;
       const result = await runSequence(model, spec, slot, flight.signal, (token) => {
         if (generated++ === 0) {
