@@ -286,7 +286,7 @@ class WeightUploader {
   }
 
   /**
-   * The steps that upload a weight as binding-sized row ranges (as uploadWeightSplit cuts it),
+   * The steps that upload a weight as binding-sized row ranges (`bindingParts`),
    * chunk by chunk; a chunk never straddles two segments (a part may). `parts` is filled as the
    * steps run; `done` is called after the last one.
    */
@@ -445,7 +445,7 @@ async function runSteps(
 
 /**
  * Streams weights from `source` into GPU buffers in their repacked layouts (each as binding-sized
- * parts, like uploadWeightSplit), reading the next chunk while the current one is repacked.
+ * parts, as `bindingParts` cuts them), reading the next chunk while the current one is repacked.
  */
 export async function uploadWeights(
   gpu: GpuContext,

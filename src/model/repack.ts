@@ -293,7 +293,7 @@ export function repackForGpu(type: GGMLType, rows: number, cols: number, bytes: 
 
 /**
  * The most rows of `cols` values of `type` whose GPU layout fits `maxBindingBytes` (0 if not even
- * one row does): how uploadWeightSplit cuts a big weight, and how the planner counts its bytes.
+ * one row does): how the loader (engine/weights.ts) cuts a big weight, and how the planner counts its bytes.
  */
 export function rowsPerBinding(type: GGMLType, cols: number, maxBindingBytes: number): number {
   let rows = Math.floor(maxBindingBytes / gpuRowBytes(type, cols));
