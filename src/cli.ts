@@ -7,11 +7,13 @@
 // Exit codes: 0 on success, 2 for bad arguments, 1 for anything else. The process ends by
 // returning from main (never Deno.exit) so Dawn devices are released cleanly first.
 
-import { byteSize, choiceFlag, flag, numberFlag, parseFlags, UsageError, type Flags, type FlagSpec } from './flags.ts';
+import { byteSize, choiceFlag, flag, numberFlag, parseFlags, SPECULATIVE_ALIASES, SPECULATIVE_FLAGS, speculativeFlags, UsageError, type Flags, type FlagSpec } from './flags.ts';
 import { MATMUL_VARIANTS } from './shaders/matmul.ts';
 import { describeAdapters, type GpuBackend, type GpuOptions } from './gpu/device.ts';
 import { chooseShardSplit } from './sharding/auto.ts';
 import { loadModel, type Model } from './api/model.ts';
+import type { GenerationResult } from './engine/generate.ts';
+import type { SpeculationCounts } from './engine/speculative.ts';
 import { llamaConfig } from './model/config.ts';
 import { readGGUF } from './model/gguf.ts';
 import { ggmlTypeName } from './model/ggml-type.ts';
@@ -54,14 +56,21 @@ Options:
       --gpu-memory SIZE   memory budget per device for the planner, e.g. 8GiB or 512MiB
       --matmul KIND       matmul kernels: auto (default), int8 (int8 activations for Q4_0/Q8_0
                           weights, as llama.cpp's CPU path), or one variant forced everywhere
+  -md, --model-draft PATH speculative decoding: a smaller model of the same vocabulary drafts,
+                          the model verifies (same output, fewer model steps)
+      --draft-max N       most tokens drafted per step (default 16)
+      --draft-min N       verify only drafts at least this long (default 0)
+      --draft-p-min P     stop drafting below this draft probability (default 0.75)
+      --lookup-ngram N    speculative decoding without a draft model: propose what followed the
+                          last N tokens earlier in the prompt + output (prompt lookup)
   -h, --help`;
 
 const cliFlags: FlagSpec = {
-  aliases: { m: 'model', p: 'prompt', n: 'max-tokens', s: 'seed', c: 'ctx', h: 'help', temp: 'temperature' },
+  aliases: { m: 'model', p: 'prompt', n: 'max-tokens', s: 'seed', c: 'ctx', h: 'help', temp: 'temperature', ...SPECULATIVE_ALIASES },
   booleans: new Set(['json', 'ignore-eos', 'help']),
   known: new Set([
     'model', 'prompt', 'max-tokens', 'temperature', 'top-k', 'top-p', 'min-p', 'repeat-penalty', 'seed', 'ctx',
-    'stop', 'text', 'json', 'gpu', 'ignore-eos', 'help', 'tp', 'pp', 'devices', 'gpu-memory', 'matmul',
+    'stop', 'text', 'json', 'gpu', 'ignore-eos', 'help', 'tp', 'pp', 'devices', 'gpu-memory', 'matmul', ...SPECULATIVE_FLAGS,
   ]),
 };
 
@@ -126,8 +135,10 @@ async function openModel(flags: Flags): Promise<Model> {
   if (devices && devices.length > 1 && tp === undefined && pp === undefined) {
     ({ tp, pp } = await autoSplit(source, devices, contextLength, gpuMemoryBytes));
   }
+  const speculative = speculativeFlags(flags);
   const progress = progressReporter();
   const model = await loadModel(source, {
+    speculative,
     contextLength,
     gpu: { backend },
     tp,
@@ -190,7 +201,8 @@ async function run(flags: Flags): Promise<void> {
     };
     if (json) {
       const result = await model.complete(prompt, options);
-      await out(JSON.stringify({ prompt_ids: result.promptIds, generated_ids: result.ids, text: result.text }) + '\n');
+      const speculative = result.speculative && { drafted: result.speculative.drafted, accepted: result.speculative.accepted, target_steps: result.speculative.targetSteps };
+      await out(JSON.stringify({ prompt_ids: result.promptIds, generated_ids: result.ids, text: result.text, ...(speculative && { speculative }) }) + '\n');
       return;
     }
     const promptIds = model.tokenize(prompt);
@@ -198,7 +210,8 @@ async function run(flags: Flags): Promise<void> {
     const start = performance.now();
     let firstAt = 0;
     let count = 0;
-    for await (const token of model.generate(promptIds, options)) {
+    const result: GenerationResult = {};
+    for await (const token of model.generate(promptIds, options, result)) {
       if (count++ === 0) firstAt = performance.now();
       await out(token.text);
     }
@@ -208,11 +221,18 @@ async function run(flags: Flags): Promise<void> {
     await err(
       `\nprefill: ${promptIds.length} tokens in ${(firstAt - start).toFixed(1)} ms (${((promptIds.length * 1000) / (firstAt - start)).toFixed(1)} tok/s)\n` +
         `decode:  ${decodeTokens} tokens in ${(end - firstAt).toFixed(1)} ms (${decodeTokens ? ((decodeTokens * 1000) / (end - firstAt)).toFixed(1) : '0'} tok/s)\n` +
+        (result.speculative ? speculationReport(result.speculative, count) : '') +
         (model.gpu ? `device:  ${model.gpu.adapterDescription} (${model.gpu.backend})\n` : shardReport(model)),
     );
   } finally {
     await model.dispose();
   }
+}
+
+/** How much speculation saved: accepted drafts and target steps per generated token. */
+function speculationReport({ drafted, accepted, targetSteps }: SpeculationCounts, generated: number): string {
+  const rate = drafted ? ((100 * accepted) / drafted).toFixed(0) : '0';
+  return `speculative: ${accepted} of ${drafted} drafted tokens accepted (${rate}%); ${targetSteps} target steps for ${generated} tokens (${(targetSteps / Math.max(generated, 1)).toFixed(2)} per token)\n`;
 }
 
 /** Per shard, after a sharded run: weights held, step time, all-reduce time and its waiting share. */

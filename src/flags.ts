@@ -66,3 +66,30 @@ export function byteSize(flags: Flags, name: string): number | undefined {
   const units: Record<string, number> = { b: 1, kib: 2 ** 10, mib: 2 ** 20, gib: 2 ** 30, tib: 2 ** 40, kb: 1e3, mb: 1e6, gb: 1e9, tb: 1e12 };
   return Math.round(Number(match[1]) * units[(match[2] ?? 'b').toLowerCase()]!);
 }
+
+/** The speculative-decoding flags shared by the CLI and the server (llama.cpp's names). */
+export const SPECULATIVE_FLAGS = ['model-draft', 'draft-max', 'draft-min', 'draft-p-min', 'lookup-ngram'] as const;
+export const SPECULATIVE_ALIASES: Readonly<Record<string, string>> = { md: 'model-draft' };
+
+/** Speculative decoding options from -md/--model-draft, --draft-max, --draft-min, --draft-p-min, --lookup-ngram; undefined when off. */
+export function speculativeFlags(flags: Flags): {
+  draftModel?: string;
+  lookupNgram?: number;
+  draftMax?: number;
+  draftMin?: number;
+  draftPMin?: number;
+} | undefined {
+  const draftModel = flag(flags, 'model-draft');
+  const lookupNgram = numberFlag(flags, 'lookup-ngram', { integer: true, min: 1 });
+  const draftMax = numberFlag(flags, 'draft-max', { integer: true, min: 1 });
+  const draftMin = numberFlag(flags, 'draft-min', { integer: true, min: 0 });
+  const draftPMin = numberFlag(flags, 'draft-p-min', { min: 0 });
+  if (draftPMin !== undefined && draftPMin > 1) throw new UsageError(`--draft-p-min must be a probability from 0 to 1; got "${flag(flags, 'draft-p-min')}"`);
+  if (draftModel !== undefined && lookupNgram !== undefined) throw new UsageError('give either --model-draft (a draft model) or --lookup-ngram (prompt lookup), not both');
+  if (draftModel === undefined && lookupNgram === undefined) {
+    const stray = ['draft-max', 'draft-min', 'draft-p-min'].find((name) => flags.has(name));
+    if (stray) throw new UsageError(`--${stray} needs --model-draft PATH or --lookup-ngram N`);
+    return undefined;
+  }
+  return { draftModel, lookupNgram, draftMax, draftMin, draftPMin };
+}
