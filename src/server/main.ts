@@ -10,7 +10,7 @@
 // Exit codes: 0 after a clean shutdown, 2 for bad arguments, 1 when the model cannot be loaded.
 
 import { loadModel, type LoadOptions, type Model } from '../api/model.ts';
-import { byteSize, choiceFlag, flag, numberFlag, parseFlags, UsageError, type Flags, type FlagSpec } from '../flags.ts';
+import { byteSize, choiceFlag, flag, numberFlag, parseFlags, SPECULATIVE_ALIASES, SPECULATIVE_FLAGS, speculativeFlags, UsageError, type Flags, type FlagSpec } from '../flags.ts';
 import { MATMUL_VARIANTS } from '../shaders/matmul.ts';
 import { DEFAULT_LIMITS, InferenceServer, type ServerLimits } from './server.ts';
 
@@ -62,15 +62,19 @@ Options:
       --shutdown-grace S      on SIGINT/SIGTERM, time in-flight requests get to finish (default 10)
       --api-key KEY           require "Authorization: Bearer KEY" on /v1/* (or env WEBSHARD_API_KEY)
       --gpu dawn|deno         WebGPU implementation (default dawn)
+  -md, --model-draft PATH     speculative decoding with a draft model of the same vocabulary
+      --draft-max N / --draft-min N / --draft-p-min P   as llama.cpp (defaults 16, 0, 0.75)
+      --lookup-ngram N        speculative decoding by prompt lookup (no draft model)
+                              (a request opts out with "speculative": false)
       --test-hooks            enable POST /admin/step-delay {"ms": N} (tests only; never in production)
   -h, --help`;
 
 const serveFlags: FlagSpec = {
-  aliases: { m: 'model', c: 'ctx', h: 'help' },
+  aliases: { m: 'model', c: 'ctx', h: 'help', ...SPECULATIVE_ALIASES },
   booleans: new Set(['test-hooks', 'help']),
   known: new Set([
     'model', 'model-name', 'host', 'port', 'ctx', 'tp', 'pp', 'devices', 'gpu-memory', 'matmul', 'parallel', 'kv-cache-tokens', 'max-queue', 'max-body-bytes', 'max-header-bytes',
-    'request-timeout', 'health-deadline-ms', 'shutdown-grace', 'api-key', 'gpu', 'test-hooks', 'help',
+    'request-timeout', 'health-deadline-ms', 'shutdown-grace', 'api-key', 'gpu', 'test-hooks', 'help', ...SPECULATIVE_FLAGS,
   ]),
 };
 
@@ -127,6 +131,7 @@ function serveConfig(flags: Flags): ServeConfig {
       // The server hands the engine at most `parallel` sequences, and the engine batches them all.
       maxSequences: parallel,
       kvCacheTokens: numberFlag(flags, 'kv-cache-tokens', { integer: true, min: 1 }),
+      speculative: speculativeFlags(flags),
       onWarning: (message) => log(`warning: ${message}`),
     },
     limits: Object.fromEntries(Object.entries(limits).filter(([, v]) => v !== undefined)),
