@@ -1,7 +1,7 @@
 // The demo page: pick a model (URL or local file), pick devices and a split, generate, and watch
 // every device work. Plain TypeScript over the DOM; the library is imported from its sources.
 
-import { loadModel, type FinishReason, type GenerateOptions, type LoadOptions, type Model } from '../src/index.ts';
+import { loadModel, type FinishReason, type GenerateOptions, type GenerationResult, type LoadOptions, type Model } from '../src/index.ts';
 import { gpuOptionsFor, listAdapters, type AdapterEntry, type AdapterKind } from './adapters.ts';
 import { $, h } from './dom.ts';
 import { formatBytes, formatCount, formatDuration, formatRate, formatTokensPerSecond } from './format.ts';
@@ -67,6 +67,8 @@ const el = {
   repeatPenalty: $<HTMLInputElement>('#repeat-penalty'),
   maxTokens: $<HTMLInputElement>('#max-tokens'),
   seed: $<HTMLInputElement>('#seed'),
+  speculative: $<HTMLInputElement>('#speculative'),
+  mAccepted: $('#m-accepted'),
   transcript: $('#transcript'),
   outputPrompt: $('#output-prompt'),
   output: $('#output'),
@@ -417,6 +419,8 @@ async function load(pick: ModelPick): Promise<void> {
       gpuMemoryBytes: el.memoryBudget.value !== '' && budgetMB > 0 ? budgetMB * 1e6 : undefined,
       onProgress: ({ bytesLoaded, bytesTotal }) => meter.update(bytesLoaded, bytesTotal),
       onWarning: showNotice,
+      // Prompt lookup costs no second model; each generation turns it on or off (the checkbox).
+      speculative: { lookupNgram: 3, draftMax: 8 },
     };
     if (tp * pp > 1) {
       options.tp = tp;
@@ -531,16 +535,16 @@ async function generate(): Promise<void> {
   el.outputPrompt.textContent = prompt;
   el.output.textContent = '';
   el.transcript.dataset.state = 'generating';
-  for (const m of [el.mDecode, el.mPrefill, el.mTtft, el.mTokens, el.mFinish]) m.textContent = '—';
+  for (const m of [el.mDecode, el.mPrefill, el.mTtft, el.mTokens, el.mFinish, el.mAccepted]) m.textContent = '—';
 
   const started = performance.now();
   let firstAt = 0;
   let count = 0;
   let promptTokens = 0;
-  const result: { finish?: FinishReason } = {};
+  const result: GenerationResult = {};
   try {
     promptTokens = model.tokenize(prompt).length;
-    for await (const token of model.generate(prompt, { ...options, signal: controller.signal }, result)) {
+    for await (const token of model.generate(prompt, { ...options, speculative: el.speculative.checked, signal: controller.signal }, result)) {
       const now = performance.now();
       if (count === 0) {
         firstAt = now;
@@ -554,6 +558,8 @@ async function generate(): Promise<void> {
         if (follow) el.transcript.scrollTop = el.transcript.scrollHeight;
       }
       el.mTokens.textContent = String(count);
+      const drafts = result.speculative;
+      if (drafts) el.mAccepted.textContent = `${drafts.accepted}/${drafts.drafted} · ${(count / drafts.targetSteps).toFixed(2)} tok/step`;
       if (count > 1) el.mDecode.textContent = formatTokensPerSecond((count - 1) / ((now - firstAt) / 1000));
       // The first token's step is the prompt's prefill: counted, not charted.
       const samples = devicePanel.update(model.stats(), count > 1);

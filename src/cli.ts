@@ -7,8 +7,8 @@
 // Exit codes: 0 on success, 2 for bad arguments, 1 for anything else. The process ends by
 // returning from main (never Deno.exit) so Dawn devices are released cleanly first.
 
-import { flag, gpuBackend, LOAD_FLAGS, LOAD_FLAGS_USAGE, loadOptionsFromFlags, numberFlag, parseFlags, UsageError, type Flags, type FlagSpec } from './flags.ts';
-import { DEFAULT_RANDOM_LLAMA, describeAdapters, loadModel, randomLlamaGGUF, readModelInfo, type Model, type ModelSource } from './index.ts';
+import { flag, gpuBackend, LOAD_ALIASES, LOAD_FLAGS, LOAD_FLAGS_USAGE, loadOptionsFromFlags, numberFlag, parseFlags, UsageError, type Flags, type FlagSpec } from './flags.ts';
+import { DEFAULT_RANDOM_LLAMA, describeAdapters, loadModel, randomLlamaGGUF, readModelInfo, type GenerationResult, type Model, type ModelSource, type SpeculationCounts } from './index.ts';
 
 declare const Deno: {
   args: string[];
@@ -40,7 +40,7 @@ ${LOAD_FLAGS_USAGE}
   -h, --help`;
 
 const cliFlags: FlagSpec = {
-  aliases: { m: 'model', p: 'prompt', n: 'max-tokens', s: 'seed', c: 'ctx', h: 'help', temp: 'temperature' },
+  aliases: { m: 'model', p: 'prompt', n: 'max-tokens', s: 'seed', h: 'help', temp: 'temperature', ...LOAD_ALIASES },
   booleans: new Set(['json', 'ignore-eos', 'help']),
   known: new Set([
     'model', 'prompt', 'max-tokens', 'temperature', 'top-k', 'top-p', 'min-p', 'repeat-penalty', 'seed',
@@ -121,7 +121,8 @@ async function run(flags: Flags): Promise<void> {
     };
     if (json) {
       const result = await model.complete(prompt, options);
-      await out(JSON.stringify({ prompt_ids: result.promptIds, generated_ids: result.ids, text: result.text }) + '\n');
+      const speculative = result.speculative && { drafted: result.speculative.drafted, accepted: result.speculative.accepted, target_steps: result.speculative.targetSteps };
+      await out(JSON.stringify({ prompt_ids: result.promptIds, generated_ids: result.ids, text: result.text, ...(speculative && { speculative }) }) + '\n');
       return;
     }
     const promptIds = model.tokenize(prompt);
@@ -129,7 +130,8 @@ async function run(flags: Flags): Promise<void> {
     const start = performance.now();
     let firstAt = 0;
     let count = 0;
-    for await (const token of model.generate(promptIds, options)) {
+    const result: GenerationResult = {};
+    for await (const token of model.generate(promptIds, options, result)) {
       if (count++ === 0) firstAt = performance.now();
       await out(token.text);
     }
@@ -139,11 +141,18 @@ async function run(flags: Flags): Promise<void> {
     await err(
       `\nprefill: ${promptIds.length} tokens in ${(firstAt - start).toFixed(1)} ms (${((promptIds.length * 1000) / (firstAt - start)).toFixed(1)} tok/s)\n` +
         `decode:  ${decodeTokens} tokens in ${(end - firstAt).toFixed(1)} ms (${decodeTokens ? ((decodeTokens * 1000) / (end - firstAt)).toFixed(1) : '0'} tok/s)\n` +
+        (result.speculative ? speculationReport(result.speculative, count) : '') +
         (model.gpu ? `device:  ${model.gpu.adapterDescription} (${model.gpu.backend})\n` : shardReport(model)),
     );
   } finally {
     await model.dispose();
   }
+}
+
+/** How much speculation saved: accepted drafts and target steps per generated token. */
+function speculationReport({ drafted, accepted, targetSteps }: SpeculationCounts, generated: number): string {
+  const rate = drafted ? ((100 * accepted) / drafted).toFixed(0) : '0';
+  return `speculative: ${accepted} of ${drafted} drafted tokens accepted (${rate}%); ${targetSteps} target steps for ${generated} tokens (${(targetSteps / Math.max(generated, 1)).toFixed(2)} per token)\n`;
 }
 
 /** Per shard, after a sharded run: weights held, step time, all-reduce time and its waiting share. */

@@ -2,7 +2,7 @@
 // `--name value`, `--name=value`, short aliases, repeatable flags, booleans without a value; and
 // the one mapping of the model-loading flags both share onto loadModel's options.
 
-import { MATMUL_VARIANTS, type GpuBackend, type LoadOptions } from './index.ts';
+import { MATMUL_VARIANTS, type GpuBackend, type LoadOptions, type SpeculativeOptions } from './index.ts';
 
 export class UsageError extends Error {
   override name = 'UsageError';
@@ -71,7 +71,10 @@ export function byteSize(flags: Flags, name: string): number | undefined {
 }
 
 /** The model-loading flags of `run` and `serve`, with one meaning in both. */
-export const LOAD_FLAGS = ['ctx', 'gpu', 'tp', 'pp', 'devices', 'gpu-memory', 'matmul'] as const;
+export const LOAD_FLAGS = ['ctx', 'gpu', 'tp', 'pp', 'devices', 'gpu-memory', 'matmul', 'model-draft', 'draft-max', 'draft-min', 'draft-p-min', 'lookup-ngram'] as const;
+
+/** Their short names. */
+export const LOAD_ALIASES: Readonly<Record<string, string>> = { c: 'ctx', md: 'model-draft' };
 
 /** Their usage lines, shown by both. */
 export const LOAD_FLAGS_USAGE = `  -c, --ctx N                 context length to allocate (default: model's, at most 4096)
@@ -84,7 +87,14 @@ export const LOAD_FLAGS_USAGE = `  -c, --ctx N                 context length to
                               kernels on them (loadModel's split: 'auto')
       --gpu-memory SIZE       memory budget per device for the shard planner, e.g. 8GiB or 512MiB
       --matmul KIND           matmul kernels: auto (default), int8 (int8 activations for Q4_0/Q8_0
-                              weights, as llama.cpp's CPU path), or one variant forced everywhere`;
+                              weights, as llama.cpp's CPU path), or one variant forced everywhere
+  -md, --model-draft PATH     speculative decoding: a smaller model of the same vocabulary drafts,
+                              the model verifies (same output, fewer model steps)
+      --draft-max N           most tokens drafted per step (default 16)
+      --draft-min N           verify only drafts at least this long (default 0)
+      --draft-p-min P         stop drafting below this draft probability (default 0.75)
+      --lookup-ngram N        speculative decoding without a draft model: propose what followed the
+                              last N tokens earlier in the prompt and output (prompt lookup)`;
 
 /** --gpu: which WebGPU implementation. */
 export function gpuBackend(flags: Flags): GpuBackend {
@@ -112,5 +122,23 @@ export function loadOptionsFromFlags(flags: Flags): LoadOptions {
     devices,
     gpuMemoryBytes: byteSize(flags, 'gpu-memory'),
     kernels: { matmul: choiceFlag(flags, 'matmul', MATMUL_VARIANTS) },
+    speculative: speculativeFlags(flags),
   };
+}
+
+/** Speculative decoding options from -md/--model-draft, --draft-max, --draft-min, --draft-p-min, --lookup-ngram; undefined when off. */
+function speculativeFlags(flags: Flags): SpeculativeOptions | undefined {
+  const draftModel = flag(flags, 'model-draft');
+  const lookupNgram = numberFlag(flags, 'lookup-ngram', { integer: true, min: 1 });
+  const draftMax = numberFlag(flags, 'draft-max', { integer: true, min: 1 });
+  const draftMin = numberFlag(flags, 'draft-min', { integer: true, min: 0 });
+  const draftPMin = numberFlag(flags, 'draft-p-min', { min: 0 });
+  if (draftPMin !== undefined && draftPMin > 1) throw new UsageError(`--draft-p-min must be a probability from 0 to 1; got "${flag(flags, 'draft-p-min')}"`);
+  if (draftModel !== undefined && lookupNgram !== undefined) throw new UsageError('give either --model-draft (a draft model) or --lookup-ngram (prompt lookup), not both');
+  if (draftModel === undefined && lookupNgram === undefined) {
+    const stray = ['draft-max', 'draft-min', 'draft-p-min'].find((name) => flags.has(name));
+    if (stray) throw new UsageError(`--${stray} needs --model-draft PATH or --lookup-ngram N`);
+    return undefined;
+  }
+  return { draftModel, lookupNgram, draftMax, draftMin, draftPMin };
 }

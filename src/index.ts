@@ -1,6 +1,7 @@
 // webshard's public API.
-export { loadModel, Model, type Completion, type HealthReport, type LoadOptions, type LoadProgressEvent, type ModelStats } from './api/model.ts';
-export type { FinishReason, GeneratedToken, GenerateOptions } from './engine/generate.ts';
+export { loadModel, Model, type Completion, type HealthReport, type LoadOptions, type LoadProgressEvent, type ModelStats, type SpeculativeOptions } from './api/model.ts';
+export type { FinishReason, GeneratedToken, GenerateOptions, GenerationResult } from './engine/generate.ts';
+export type { SpeculationCounts } from './engine/speculative.ts';
 export { InvalidOptionError, type SamplingOptions } from './engine/sampler.ts';
 export { ContextOverflowError } from './engine/runner.ts';
 export { requestGpu, describeAdapters, GpuUnavailableError, type GpuBackend, type GpuContext, type GpuOptions } from './gpu/device.ts';

@@ -114,6 +114,7 @@ describe('request validation', () => {
       includeUsage: false,
       logprobs: undefined,
       ignoreEos: false,
+      speculative: true,
       sampling: { temperature: 1, topP: 1, topK: 0, minP: 0, presencePenalty: 0, frequencyPenalty: 0, repetitionPenalty: 1, seed: undefined },
     });
     const chat = parseChatRequest({
@@ -134,6 +135,8 @@ describe('request validation', () => {
     expect(chat).toMatchObject({ maxTokens: 7, stop: ['x'], logprobs: 3, includeUsage: true, sampling: { topK: 0, seed: 42 } });
     expect(parseChatRequest({ model: 'm', messages: [{ role: 'user', content: 'x' }] }).maxTokens).toBeUndefined();
     expect(parseCompletionRequest({ model: 'm', prompt: [[1, 2], 'b'] }).prompts).toEqual([[1, 2], 'b']);
+    expect(parseCompletionRequest({ model: 'm', prompt: 'x', speculative: false }).speculative).toBe(false);
+    expect(() => parseCompletionRequest({ model: 'm', prompt: 'x', speculative: 'no' })).toThrowError(expect.objectContaining({ status: 400, details: expect.objectContaining({ param: 'speculative' }) }));
   });
 });
 

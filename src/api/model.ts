@@ -11,10 +11,11 @@ import { chooseShardSplit } from '../sharding/auto.ts';
 import { ShardGroup } from '../sharding/group.ts';
 import { planShards, type DeviceDescription, type ShardPlan } from '../sharding/plan.ts';
 import type { DeviceStats, ForwardEngine } from '../engine/forward-engine.ts';
-import { checkGeneration, generateTokens, type FinishReason, type GeneratedToken, type GenerateOptions, type GenerationBackend } from '../engine/generate.ts';
+import { checkGeneration, generateTokens, type FinishReason, type GeneratedToken, type GenerateOptions, type GenerationBackend, type GenerationResult, type Speculation } from '../engine/generate.ts';
 import { kvGeometry } from '../engine/kv-cache.ts';
 import type { KernelChoice } from '../engine/llama.ts';
-import { InvalidOptionError } from '../engine/sampler.ts';
+import { InvalidOptionError, isGreedy, Sampler, type ResolvedSampling } from '../engine/sampler.ts';
+import { DraftModelDrafter, PromptLookupDrafter, type Drafter, type SpeculationCounts } from '../engine/speculative.ts';
 import { ContextOverflowError, LlamaRunner } from '../engine/runner.ts';
 import { Scheduler, type SchedulerStats, type Sequence } from '../engine/scheduler.ts';
 import { wholeModelView } from '../engine/shard-view.ts';
@@ -65,6 +66,41 @@ export interface LoadOptions {
   onWarning?: (message: string) => void;
   /** Called with progress notes of the load (e.g. what `split: 'auto'` measures, and its choice). */
   onStatus?: (message: string) => void;
+  /** Speculative decoding: a draft model or prompt lookup proposes tokens, this model verifies them. */
+  speculative?: SpeculativeOptions;
+}
+
+/**
+ * Speculative decoding (llama.cpp's -md/--draft-max/--draft-min/--draft-p-min, vLLM's
+ * speculative_model/num_speculative_tokens): the output is the target model's own, greedy token
+ * for token and sampled in distribution, in fewer target steps. Give a draft model or `lookupNgram`.
+ */
+export interface SpeculativeOptions {
+  /**
+   * A smaller model with the same vocabulary that proposes tokens: a source, loaded on its own
+   * device (`draftLoadOptions`), or a loaded Model (not disposed with this one).
+   */
+  draftModel?: ModelSource | Model;
+  /** How to load `draftModel` when it is a source (default: this model's gpu and contextLength). */
+  draftLoadOptions?: LoadOptions;
+  /** Prompt lookup instead of a draft model: propose what followed the latest match of the last n tokens (prompt + output). */
+  lookupNgram?: number;
+  /** Most tokens drafted per step. Default 16 (llama.cpp's). */
+  draftMax?: number;
+  /** Fewer drafted tokens than this are not verified (a plain step runs instead). Default 0. */
+  draftMin?: number;
+  /** The draft model stops drafting when its best token's probability is below this. Default 0.75 (llama.cpp's). */
+  draftPMin?: number;
+}
+
+/** Speculative options with every default filled in, and the loaded draft model if any. */
+interface ResolvedSpeculation {
+  draft?: Model;
+  ownsDraft: boolean;
+  lookupNgram: number;
+  draftMax: number;
+  draftMin: number;
+  draftPMin: number;
 }
 
 export interface Completion {
@@ -73,6 +109,8 @@ export interface Completion {
   text: string;
   finishReason: FinishReason;
   timings: { prefillMs: number; decodeMs: number; promptTokens: number; generatedTokens: number };
+  /** With speculative decoding: tokens drafted and accepted, and target steps taken (prompt included). */
+  speculative?: SpeculationCounts;
 }
 
 /** Liveness of the whole model: can a forward step still complete? */
@@ -88,6 +126,8 @@ export interface ModelStats extends SchedulerStats {
   lastStepMs: number;
   /** Per device (per shard): steps, step time, collective (all-reduce/hand-off) time, memory. */
   devices: DeviceStats[];
+  /** Speculative decoding totals over finished generations (zeros without it). */
+  speculative: SpeculationCounts;
 }
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
@@ -100,6 +140,8 @@ export class Model {
   private lastStepMs = 0;
   private lastStepEndedAt = 0;
   private readonly scheduler: Scheduler;
+  private speculation?: ResolvedSpeculation;
+  private readonly speculationTotals: SpeculationCounts = { drafted: 0, accepted: 0, targetSteps: 0 };
   /** Test hook: every forward step first waits this long (simulates a wedged GPU). */
   stepDelayMs = 0;
 
@@ -160,10 +202,25 @@ export class Model {
         throw new InvalidOptionError(`maxBatchTokens (${options.maxBatchTokens}) must exceed maxSequences (${maxSequences}), or waiting prompts never get into a step.`);
       }
       const maxBatchTokens = Math.min(options.maxBatchTokens ?? Math.max(512, 2 * maxSequences), contextLength * maxSequences);
-      const geometry = kvGeometry(contextLength, options.maxSequences ?? 1, options.kvCacheTokens);
+      const speculative = checkSpeculativeOptions(options.speculative);
+      const samplesPerSequence = speculative ? 1 + speculative.draftMax : 1;
+      if (speculative && speculative.draftMax + 1 > (options.maxBatchTokens ?? Infinity)) {
+        throw new InvalidOptionError(`speculative.draftMax (${speculative.draftMax}) + 1 must fit maxBatchTokens (${options.maxBatchTokens}): a verification step runs them together.`);
+      }
+      const geometry = kvGeometry(contextLength, options.maxSequences ?? 1, options.kvCacheTokens, samplesPerSequence);
       const onProgress = (bytesLoaded: number, bytesTotal: number) => options.onProgress?.({ bytesLoaded, bytesTotal });
-      const create = (engine: ForwardEngine, gpu: GpuContext | undefined, plan: ShardPlan | undefined, ownsDevice: boolean) =>
-        new Model(config, file, tokenizer, engine, contextLength, gpu, plan, ownsDevice, options.maxWaiting);
+      const create = async (engine: ForwardEngine, gpu: GpuContext | undefined, plan: ShardPlan | undefined, ownsDevice: boolean) => {
+        const model = new Model(config, file, tokenizer, engine, contextLength, gpu, plan, ownsDevice, options.maxWaiting);
+        if (speculative) {
+          try {
+            model.speculation = await loadSpeculation(model, speculative, options);
+          } catch (error) {
+            await model.dispose();
+            throw error;
+          }
+        }
+        return model;
+      };
       if (options.split === 'auto') ({ tp, pp } = await autoSplit(file, config, source, options, { contextLength, maxBatchTokens, maxSequences }));
       const planOptions = { tp, pp, contextLength, maxSequences, kvCacheTokens: options.kvCacheTokens, maxBatchTokens, weights: options.shardWeights };
       if (tp * pp === 1) {
@@ -174,7 +231,7 @@ export class Model {
           const device = { name: gpu.adapterDescription, maxBufferSize: gpu.limits.maxBufferSize, maxStorageBufferBindingSize: gpu.limits.maxStorageBufferBindingSize, memoryBudgetBytes: options.gpuMemoryBytes };
           planShards(file, config, { ...planOptions, devices: [device] });
           const runner = await LlamaRunner.load(gpu, file, config, wholeModelView(config), { geometry, maxBatchTokens, onProgress, kernels: options.kernels });
-          return create(runner, gpu, undefined, !options.device);
+          return await create(runner, gpu, undefined, !options.device);
         } catch (error) {
           if (!options.device) gpu.device.destroy();
           throw error;
@@ -196,7 +253,7 @@ export class Model {
         kernels: options.kernels,
         onProgress,
       });
-      return create(group, undefined, plan, false);
+      return await create(group, undefined, plan, false);
     } catch (error) {
       await bytes.close();
       throw error;
@@ -224,12 +281,12 @@ export class Model {
   async *generate(
     prompt: string | readonly number[],
     options: GenerateOptions = {},
-    result: { finish?: FinishReason } = {},
+    result: GenerationResult = {},
   ): AsyncGenerator<GeneratedToken> {
     const promptIds = typeof prompt === 'string' ? this.tokenize(prompt) : [...prompt];
     this.checkAlive();
     // Bad requests fail here, before they wait for a slot or cost a step.
-    const { maxTokens } = checkGeneration(promptIds, options, this.contextLength, this.config.vocabSize);
+    const { maxTokens, sampling } = checkGeneration(promptIds, options, this.contextLength, this.config.vocabSize);
     if (options.signal?.aborted) {
       result.finish = 'abort';
       return;
@@ -240,16 +297,19 @@ export class Model {
       return;
     }
     try {
-      yield* generateTokens(this.backend(sequence), promptIds, options, result);
+      const positions = Math.min(this.contextLength, promptIds.length + maxTokens);
+      const speculation = options.speculative === false ? undefined : await this.speculationFor(sequence, positions, sampling, options.signal);
+      yield* generateTokens(this.backend(sequence, speculation), promptIds, options, result);
     } finally {
       sequence.release();
+      if (result.speculative) for (const key of ['drafted', 'accepted', 'targetSteps'] as const) this.speculationTotals[key] += result.speculative[key];
     }
   }
 
   /** Generates to the end and returns ids, text and timings. */
   async complete(prompt: string | readonly number[], options: GenerateOptions = {}): Promise<Completion> {
     const promptIds = typeof prompt === 'string' ? this.tokenize(prompt) : [...prompt];
-    const result: { finish?: FinishReason } = {};
+    const result: GenerationResult = {};
     const ids: number[] = [];
     let text = '';
     const start = performance.now();
@@ -266,6 +326,7 @@ export class Model {
       text,
       finishReason: result.finish ?? 'length',
       timings: { prefillMs: firstTokenAt - start, decodeMs: end - firstTokenAt, promptTokens: promptIds.length, generatedTokens: ids.length },
+      ...(result.speculative && { speculative: result.speculative }),
     };
   }
 
@@ -323,7 +384,7 @@ export class Model {
   }
 
   stats(): ModelStats {
-    return { ...this.scheduler.stats(), lastStepMs: this.lastStepMs, devices: this.engine.deviceStats() };
+    return { ...this.scheduler.stats(), lastStepMs: this.lastStepMs, devices: this.engine.deviceStats(), speculative: { ...this.speculationTotals } };
   }
 
   /** Refuses new generations, lets running ones finish, then frees the devices. */
@@ -337,6 +398,7 @@ export class Model {
     // Nothing new starts; what is running finishes (nothing is lost), then the devices go.
     this.scheduler.close(new Error('This model was disposed; load it again to use it.'));
     await this.scheduler.idle();
+    if (this.speculation?.ownsDraft) await this.speculation.draft?.dispose();
     await this.engine.dispose();
     if (this.ownsDevice) this.gpu?.device.destroy();
     await this.file.source.close();
@@ -346,8 +408,40 @@ export class Model {
     if (this.disposed) throw new Error('This model was disposed; load it again to use it.');
   }
 
-  private backend(sequence: Sequence): GenerationBackend {
+  /** A sequence of this model for another model's drafter (the target asks its draft model). */
+  private async admitDraftSequence(positions: number, signal?: AbortSignal): Promise<Sequence | undefined> {
+    this.checkAlive();
+    return this.scheduler.admit(positions, signal);
+  }
+
+  /** How this generation drafts and verifies, if the model speculates. */
+  private async speculationFor(sequence: Sequence, positions: number, sampling: ResolvedSampling, signal?: AbortSignal): Promise<Speculation | undefined> {
+    const spec = this.speculation;
+    if (!spec) return undefined;
+    let drafter: Drafter;
+    if (spec.draft) {
+      const draftSequence = await spec.draft.admitDraftSequence(positions, signal);
+      if (!draftSequence) return undefined;
+      // A sampling target drafts by sampling the draft's own distribution (any q is exact; a
+      // close one is accepted more often); a greedy target drafts the draft's argmax.
+      const sampler = isGreedy(sampling) ? undefined : new Sampler({ ...sampling, seed: (sampling.seed + 0x9e3779b9) % 2 ** 32 });
+      drafter = new DraftModelDrafter(
+        { forward: (tokens, startPos, wantLogits) => draftSequence.forward(tokens, startPos, wantLogits), release: () => draftSequence.release() },
+        { pMin: spec.draftPMin, minTokens: spec.draftMin, sampler },
+      );
+    } else {
+      drafter = new PromptLookupDrafter(spec.lookupNgram);
+    }
     return {
+      drafter,
+      maxDraft: spec.draftMax,
+      forwardAll: (tokens, startPos, wantLogits) => sequence.forwardAll(tokens, startPos, wantLogits),
+    };
+  }
+
+  private backend(sequence: Sequence, speculation?: Speculation): GenerationBackend {
+    return {
+      speculation,
       contextLength: this.contextLength,
       vocabSize: this.config.vocabSize,
       forward: (tokens, startPos, wantLogits, topK) => sequence.forward(tokens, startPos, wantLogits, topK),
@@ -377,6 +471,58 @@ export class Model {
       },
     };
   }
+}
+
+/** Checks the speculative options (before anything loads); undefined when speculation is off. */
+function checkSpeculativeOptions(options: SpeculativeOptions | undefined): Omit<ResolvedSpeculation, 'draft' | 'ownsDraft'> | undefined {
+  if (!options) return undefined;
+  const { draftModel, lookupNgram } = options;
+  if ((draftModel === undefined) === (lookupNgram === undefined)) {
+    throw new InvalidOptionError('speculative needs exactly one of draftModel (a smaller model of the same vocabulary) and lookupNgram (prompt lookup).');
+  }
+  const resolved = { lookupNgram: lookupNgram ?? 0, draftMax: options.draftMax ?? 16, draftMin: options.draftMin ?? 0, draftPMin: options.draftPMin ?? 0.75 };
+  const integer = (name: string, value: number, least: number) => {
+    if (!Number.isInteger(value) || value < least) throw new InvalidOptionError(`speculative.${name} must be an integer ≥ ${least}; got ${value}.`);
+  };
+  if (lookupNgram !== undefined) integer('lookupNgram', lookupNgram, 1);
+  integer('draftMax', resolved.draftMax, 1);
+  integer('draftMin', resolved.draftMin, 0);
+  if (resolved.draftMin > resolved.draftMax) throw new InvalidOptionError(`speculative.draftMin (${resolved.draftMin}) must not exceed draftMax (${resolved.draftMax}).`);
+  if (!(resolved.draftPMin >= 0 && resolved.draftPMin <= 1)) throw new InvalidOptionError(`speculative.draftPMin must be in [0, 1]; got ${resolved.draftPMin}.`);
+  return resolved;
+}
+
+/** Loads (or takes) the draft model and checks that it speaks the target's vocabulary. */
+async function loadSpeculation(target: Model, spec: NonNullable<ReturnType<typeof checkSpeculativeOptions>>, options: LoadOptions): Promise<ResolvedSpeculation> {
+  const source = options.speculative!.draftModel;
+  if (source === undefined) return { ...spec, ownsDraft: false };
+  const ownsDraft = !(source instanceof Model);
+  const draft = source instanceof Model ? source : await loadModel(source, { gpu: options.gpu, contextLength: target.contextLength, maxSequences: options.maxSequences, ...options.speculative!.draftLoadOptions });
+  try {
+    checkSameVocabulary(target, draft);
+    if (draft.contextLength < target.contextLength) {
+      throw new InvalidOptionError(`the draft model's context (${draft.contextLength}) is shorter than the target's (${target.contextLength}); load it with contextLength ≥ ${target.contextLength}.`);
+    }
+  } catch (error) {
+    if (ownsDraft) await draft.dispose();
+    throw error;
+  }
+  return { ...spec, draft, ownsDraft };
+}
+
+/** A draft must number tokens as the target does, or its proposals mean other words. */
+function checkSameVocabulary(target: Model, draft: Model): void {
+  const tokensOf = (model: Model) => (model.file.metadata.get('tokenizer.ggml.tokens') as string[] | undefined) ?? [];
+  const [a, b] = [tokensOf(target), tokensOf(draft)];
+  const n = Math.max(a.length, b.length);
+  let at = 0;
+  while (at < n && a[at] === b[at]) at++;
+  if (at === n) return;
+  throw new InvalidOptionError(
+    `the draft model's vocabulary differs from the target's: ${b.length} tokens against ${a.length}; ` +
+      `the first difference is token ${at}, ${JSON.stringify(b[at] ?? '(none)')} in the draft and ${JSON.stringify(a[at] ?? '(none)')} in the target` +
+      '. Use a draft model of the same family and tokenizer (e.g. a smaller or more quantized file of the same model).',
+  );
 }
 
 /** What a shard worker can open itself: it reads its own byte ranges, so it gets a path, URL, Blob or bytes. */

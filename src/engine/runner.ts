@@ -84,7 +84,7 @@ export class LlamaRunner implements ForwardEngine {
     const T = batch.tokens.length;
     const S = batch.sampleRows.length;
     if (T === 0 || T > a.maxTokens) throw new RangeError(`a step takes 1..${a.maxTokens} tokens; got ${T}`);
-    if (S > a.maxSequences) throw new RangeError(`a step samples at most ${a.maxSequences} rows; got ${S}`);
+    if (S > a.maxSamples) throw new RangeError(`a step samples at most ${a.maxSamples} rows; got ${S}`);
     const asked = batch.topK ?? 0;
     if (!Number.isInteger(asked) || asked < 0 || asked > Math.min(MAX_TOP_K, this.config.vocabSize)) {
       throw new RangeError(`a step reads back 0..${Math.min(MAX_TOP_K, this.config.vocabSize)} candidates per row; got topK ${asked}`);

@@ -11,7 +11,7 @@
 // Exit codes: 0 after a clean shutdown, 2 for bad arguments, 1 when the model cannot be loaded.
 
 import { loadModel, type LoadOptions, type Model } from '../index.ts';
-import { flag, LOAD_FLAGS, LOAD_FLAGS_USAGE, loadOptionsFromFlags, numberFlag, parseFlags, UsageError, type Flags, type FlagSpec } from '../flags.ts';
+import { flag, LOAD_ALIASES, LOAD_FLAGS, LOAD_FLAGS_USAGE, loadOptionsFromFlags, numberFlag, parseFlags, UsageError, type Flags, type FlagSpec } from '../flags.ts';
 import { engineAdmission } from './reservations.ts';
 import { DEFAULT_LIMITS, InferenceServer, type ServerLimits } from './server.ts';
 
@@ -57,11 +57,12 @@ ${LOAD_FLAGS_USAGE}
       --health-deadline-ms N  /health fails when no forward step completes within N ms (default 5000)
       --shutdown-grace S      on SIGINT/SIGTERM, time in-flight requests get to finish (default 10)
       --api-key KEY           require "Authorization: Bearer KEY" on /v1/* (or env WEBSHARD_API_KEY)
+                              (with -md or --lookup-ngram, a request opts out with "speculative": false)
       --test-hooks            enable POST /admin/step-delay {"ms": N} (tests only; never in production)
   -h, --help`;
 
 const serveFlags: FlagSpec = {
-  aliases: { m: 'model', c: 'ctx', h: 'help' },
+  aliases: { m: 'model', h: 'help', ...LOAD_ALIASES },
   booleans: new Set(['test-hooks', 'help']),
   known: new Set([
     'model', 'model-name', 'host', 'port', 'parallel', 'kv-cache-tokens', 'max-queue', 'max-body-bytes', 'max-header-bytes',

@@ -14,6 +14,8 @@ export interface SequenceSpec {
   maxTokens: number;
   stop: string[];
   ignoreEos: boolean;
+  /** false: plain decoding even where the model speculates. */
+  speculative: boolean;
   sampling: SamplingParams;
   /** Alternatives to report per token; undefined = no logprobs. */
   logprobs?: number;
@@ -40,6 +42,7 @@ export function generateOptions(spec: SequenceSpec, signal: AbortSignal): Genera
     maxTokens: spec.maxTokens,
     stop: spec.stop,
     ignoreEos: spec.ignoreEos,
+    speculative: spec.speculative,
     temperature: s.temperature,
     topK: s.topK,
     topP: s.topP,

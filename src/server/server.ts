@@ -354,6 +354,7 @@ export class InferenceServer {
         maxTokens: Math.min(params.maxTokens ?? Infinity, model.contextLength - promptIds.length),
         stop: params.stop,
         ignoreEos: params.ignoreEos,
+        speculative: params.speculative,
         // Same seed, same answers; each choice its own stream of draws.
         sampling: { ...params.sampling, seed: params.sampling.seed === undefined ? undefined : params.sampling.seed + i },
         logprobs: params.logprobs,

@@ -151,6 +151,8 @@ describe('demo page in headless Chromium (SwiftShader WebGPU)', { timeout: 360_0
     expect(await page.textContent('#m-tokens')).toBe(String(referenceCase.n_predict));
     expect(await page.textContent('#m-finish')).toBe('token limit');
     expect(Number(await page.textContent('#m-decode'))).toBeGreaterThan(0);
+    // Speculative decoding (prompt lookup, on by default) kept the text; its acceptance is shown live.
+    expect(await page.textContent('#m-accepted')).toMatch(/^\d+\/\d+ · [\d.]+ tok\/step$/);
     // The device card charted the decode steps.
     expect(await page.textContent('#device-grid .device header')).toMatch(/Shard 0.*\d+ steps/s);
     await page.screenshot({ path: resolve(artifacts, 'demo-1-shard.png'), fullPage: true });
