@@ -126,11 +126,11 @@ describe('vocabulary loading', () => {
     expect(llama2().encode('a\uFEFFb')).toEqual([1, 263, 30143, 29890]);
   });
 
-  it('refuses a tokenizer model other than "llama", naming it', () => {
+  it('refuses a tokenizer model other than "llama" and "gpt2", naming it and the supported ones', () => {
     const metadata = new Map(metadataByFile.get(modelPath(STORIES_FILE))!);
-    metadata.set('tokenizer.ggml.model', 'gpt2');
+    metadata.set('tokenizer.ggml.model', 'rwkv');
     expect(() => LlamaTokenizer.fromGGUFMetadata(metadata, { file: 'x.gguf' })).toThrow(UnsupportedTokenizerError);
-    expect(() => LlamaTokenizer.fromGGUFMetadata(metadata, { file: 'x.gguf' })).toThrow(/"gpt2"/);
+    expect(() => LlamaTokenizer.fromGGUFMetadata(metadata, { file: 'x.gguf' })).toThrow(/"rwkv".*"llama".*"gpt2"/);
   });
 
   it('reads add_bos_token / add_eos_token / add_space_prefix when present', () => {

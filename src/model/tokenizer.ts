@@ -1,5 +1,9 @@
-// SentencePiece-style BPE tokenizer with byte fallback: the "llama" tokenizer model of GGUF,
-// i.e. llama.cpp's `llm_tokenizer_spm` (reference: llama.cpp commit c392e509, Feb 2025).
+// The tokenizer of a GGUF model, both of the models llama.cpp calls SPM and BPE:
+// - "llama": SentencePiece-style BPE with byte fallback, llama.cpp's `llm_tokenizer_spm`
+//   (Llama 1/2, Mistral, Phi-3);
+// - "gpt2": byte-level BPE with merge rules and a pre-tokenizer regex, llama.cpp's
+//   `llm_tokenizer_bpe` (Llama 3.x, Qwen2.5, Qwen3). Its parts are in ./tokenizer/.
+// Both share the vocabulary, the special-token handling and the end-of-generation set here.
 //
 // The goal is token-for-token equality with `llama_tokenize(add_special, parse_special)` and
 // byte-for-byte equality with `llama_token_to_piece` / `llama_detokenize`. Where llama.cpp does
@@ -8,6 +12,11 @@
 // The tokenizer is built from plain data (`VocabData`), so it does not depend on the file format;
 // `LlamaTokenizer.fromGGUFMetadata` is the adapter for GGUF metadata. Web APIs only.
 import { ModelFormatError, UnsupportedModelError } from './errors.ts';
+import { mergeSymbols } from './tokenizer/bigram-merge.ts';
+import { cleanSpaces, fromByteLevel, toByteLevel } from './tokenizer/byte-level.ts';
+import { preTokenize, preTokenizerFor, type PreTokenizer } from './tokenizer/pre-tokenizer.ts';
+
+export { SUPPORTED_PRE_TOKENIZERS, UnsupportedPreTokenizerError } from './tokenizer/pre-tokenizer.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Vocabulary data
@@ -27,7 +36,16 @@ export type TokenType = (typeof TokenType)[keyof typeof TokenType];
 /** Ids that llama.cpp reads besides BOS/EOS/UNK; they decide which tokens end generation. */
 export type SpecialTokenRole = 'eot' | 'eom' | 'fimPre' | 'fimSuf' | 'fimMid' | 'fimPad' | 'fimRep' | 'fimSep';
 
+/** Which of GGUF's tokenizer models: "llama" (SentencePiece) or "gpt2" (byte-level BPE). */
+export type TokenizerModel = 'llama' | 'gpt2';
+
 export interface VocabData {
+  /** Default "llama" (SentencePiece). */
+  model?: TokenizerModel;
+  /** Byte-level BPE only: the merge rules "left right", best (rank 0) first. */
+  merges?: readonly string[];
+  /** Byte-level BPE only: `tokenizer.ggml.pre`, which picks the pre-tokenizer regex. Default "default". */
+  pre?: string;
   /** Token texts, with "▁" (U+2581) for spaces and `<0xXX>` for byte tokens. */
   tokens: string[];
   /** Merge priority of each token (higher merges first). */
@@ -61,8 +79,8 @@ export class UnsupportedTokenizerError extends UnsupportedModelError {
     super({
       file,
       field: 'tokenizer.ggml.model',
-      problem: `tokenizer model "${tokenizerModel}" is not supported (only "llama", the SentencePiece BPE tokenizer, is)`,
-      fix: 'use a model with a Llama/SentencePiece vocabulary (Llama 1/2, Mistral 7B v0.1, TinyLlama, llama2.c models)',
+      problem: `tokenizer model "${tokenizerModel}" is not supported (supported: "llama" = SentencePiece, "gpt2" = byte-level BPE)`,
+      fix: 'use a model with a SentencePiece (Llama 1/2, Mistral, Phi-3) or byte-level BPE (Llama 3.x, Qwen2.5, Qwen3) vocabulary',
     });
     this.tokenizerModel = tokenizerModel;
   }
@@ -143,17 +161,26 @@ function attrOfType(type: number): number {
 // name. A token found this way is forced to CONTROL, which matters: control tokens decode to
 // nothing and are not split out of plain text.
 const ROLE_TEXTS: ReadonlyArray<readonly [SpecialTokenRole, readonly string[]]> = [
-  ['eot', ['<|eot_id|>', '<|im_end|>', '<|end|>', '<end_of_turn>', '<|endoftext|>', '<EOT>', '<｜end▁of▁sentence｜>']],
+  ['eot', ['<|eot_id|>', '<|im_end|>', '<|end|>', '<end_of_turn>', '<|endoftext|>', '<|end_of_text|>', '<EOT>', '_<EOT>', '[EOT]', '<end_of_utterance>']],
   ['eom', ['<|eom_id|>']],
-  ['fimPre', ['<|fim_prefix|>', '<fim-prefix>', '<｜fim▁begin｜>', '<PRE>']],
-  ['fimSuf', ['<|fim_suffix|>', '<fim-suffix>', '<｜fim▁hole｜>', '<SUF>']],
-  ['fimMid', ['<|fim_middle|>', '<fim-middle>', '<｜fim▁end｜>', '<MID>']],
-  ['fimPad', ['<|fim_pad|>', '<fim-pad>', '<PAD>']],
-  ['fimRep', ['<|fim_repo|>', '<|repo_name|>', '<fim-repo>', '<REPO>']],
+  ['fimPre', ['<|fim_prefix|>', '<fim-prefix>', '<fim_prefix>', '<PRE>', '<|code_prefix|>', '<|prefix|>']],
+  ['fimSuf', ['<|fim_suffix|>', '<fim-suffix>', '<fim_suffix>', '<SUF>', '<|code_suffix|>', '<|suffix|>']],
+  ['fimMid', ['<|fim_middle|>', '<fim-middle>', '<fim_middle>', '<MID>', '<|code_middle|>', '<|middle|>']],
+  ['fimPad', ['<|fim_pad|>', '<fim-pad>', '<fim_pad>', '<PAD>', '[PAD]']],
+  ['fimRep', ['<|fim_repo|>', '<|repo_name|>', '<fim-repo>', '<REPO>', '<reponame>']],
   ['fimSep', ['<|file_sep|>']],
 ];
-// Tokens that end generation by their text alone (the same list in llama.cpp).
-const EOG_TEXTS = new Set(['<|eot_id|>', '<|im_end|>', '<|end|>', '<end_of_turn>', '<|endoftext|>', '<|eom_id|>', '<EOT>']);
+// Tokens that end generation by their text alone (llama.cpp's list, 2026). Each also becomes
+// CONTROL, so it is no longer split out of plain text: that is why Phi-3's "</s>", USER_DEFINED in
+// its GGUF, stays text in a prompt without parse_special (and Qwen's normal "</s>" decodes to nothing).
+const EOG_TEXTS = new Set([
+  '<|eot_id|>', '<|eom_id|>', '<|end_of_text|>', // Llama 3
+  '<|im_end|>', '<|endoftext|>', // Qwen (ChatML), Phi-3
+  '<|end|>', // Phi-3
+  '</s>',
+  '<|return|>', '<|call|>', '<|flush|>', '<|calls|>', '<end_of_turn>', '<EOT>', '_<EOT>', '[EOT]', '[EOS]',
+  '<end_of_utterance>', '<eos>', '<turn|>', '<|tool_response>',
+]);
 
 const SPACE = ' ';
 const ESCAPED_SPACE = '\u2581'; // "▁", SentencePiece's visible space
@@ -189,98 +216,17 @@ function pushUtf8(codePoint: number, out: number[]): void {
   }
 }
 
-// ---------------------------------------------------------------------------------------------
-// The merge queue: a binary max-heap of candidate bigrams in parallel typed arrays.
-
-/** Does merge candidate A come out of the queue before B? Higher score first, then the leftmost. */
-function ranksBefore(scoreA: number, leftA: number, scoreB: number, leftB: number): boolean {
-  return scoreA > scoreB || (scoreA === scoreB && leftA < leftB);
-}
-
-/**
- * Candidate merges of two adjacent symbols, best first by `ranksBefore` (exactly llama.cpp's
- * `llm_bigram_spm::comparator`). Entries go stale when a neighbour merges first; the caller checks
- * them when they come out, as llama.cpp does, instead of deleting them from the heap.
- */
-class BigramQueue {
-  private score = new Float64Array(64);
-  private left = new Int32Array(64);
-  private right = new Int32Array(64);
-  private size = new Int32Array(64);
-  length = 0;
-
-  // The entry removed by the last `pop`.
-  topLeft = 0;
-  topRight = 0;
-  topSize = 0;
-
-  push(score: number, left: number, right: number, size: number): void {
-    if (this.length === this.score.length) this.grow();
-    let i = this.length++;
-    // Sift up: parents that rank after the new entry move down one level.
-    while (i > 0) {
-      const parent = (i - 1) >> 1;
-      if (!ranksBefore(score, left, this.score[parent]!, this.left[parent]!)) break;
-      this.move(parent, i);
-      i = parent;
-    }
-    this.set(i, score, left, right, size);
-  }
-
-  /** Removes the best entry into `topLeft`, `topRight`, `topSize`. */
-  pop(): void {
-    this.topLeft = this.left[0]!;
-    this.topRight = this.right[0]!;
-    this.topSize = this.size[0]!;
-    const last = --this.length;
-    if (last === 0) return;
-    const score = this.score[last]!;
-    const left = this.left[last]!;
-    const right = this.right[last]!;
-    const size = this.size[last]!;
-    // Sift the former last entry down from the root.
-    let i = 0;
-    for (;;) {
-      let child = 2 * i + 1;
-      if (child >= last) break;
-      if (child + 1 < last && ranksBefore(this.score[child + 1]!, this.left[child + 1]!, this.score[child]!, this.left[child]!)) child++;
-      if (!ranksBefore(this.score[child]!, this.left[child]!, score, left)) break;
-      this.move(child, i);
-      i = child;
-    }
-    this.set(i, score, left, right, size);
-  }
-
-  private set(i: number, score: number, left: number, right: number, size: number): void {
-    this.score[i] = score;
-    this.left[i] = left;
-    this.right[i] = right;
-    this.size[i] = size;
-  }
-
-  private move(from: number, to: number): void {
-    this.set(to, this.score[from]!, this.left[from]!, this.right[from]!, this.size[from]!);
-  }
-
-  private grow(): void {
-    const capacity = this.score.length * 2;
-    const score = new Float64Array(capacity);
-    const left = new Int32Array(capacity);
-    const right = new Int32Array(capacity);
-    const size = new Int32Array(capacity);
-    score.set(this.score);
-    left.set(this.left);
-    right.set(this.right);
-    size.set(this.size);
-    this.score = score;
-    this.left = left;
-    this.right = right;
-    this.size = size;
-  }
-}
-
 /** A piece of the input after special tokens are split out: raw text, or a token id. */
 type Fragment = string | number;
+
+/** Byte-level BPE state: merge ranks, the pre-tokenizer, and the ids of words seen before. */
+interface BpeState {
+  readonly mergeRanks: Map<string, number>;
+  readonly preTokenizer: PreTokenizer;
+  readonly wordCache: Map<string, number[]>;
+}
+// Words repeat (Zipf), so a modest cache catches most of them; it is dropped whole when full.
+const WORD_CACHE_LIMIT = 1 << 16;
 
 // ---------------------------------------------------------------------------------------------
 
@@ -292,6 +238,7 @@ export class LlamaTokenizer {
   readonly addBos: boolean;
   readonly addEos: boolean;
   readonly addSpacePrefix: boolean;
+  readonly model: TokenizerModel;
   /** Every token that ends generation (EOS, EOT, EOM, FIM pad/repo/sep, and `<|im_end|>`-like texts). */
   readonly eogIds: ReadonlySet<number>;
 
@@ -308,6 +255,10 @@ export class LlamaTokenizer {
   /** Lazily built piece bytes (llama.cpp's `cache_token_to_piece`, special = true). */
   private readonly pieceCache: Array<Uint8Array | undefined>;
   private readonly encoder = new TextEncoder();
+  /** Set for byte-level BPE ("gpt2") vocabularies. */
+  private readonly bpe?: BpeState;
+  /** Detokenizing applies llama.cpp's space clean-up (byte-level BPE except Qwen's). */
+  private readonly cleanSpaces: boolean;
 
   constructor(vocab: VocabData) {
     const n = vocab.tokens.length;
@@ -322,6 +273,15 @@ export class LlamaTokenizer {
     this.addBos = vocab.addBos;
     this.addEos = vocab.addEos;
     this.addSpacePrefix = vocab.addSpacePrefix;
+    this.model = vocab.model ?? 'llama';
+    if (this.model === 'gpt2') {
+      const preTokenizer = preTokenizerFor(vocab.pre, 'vocabulary');
+      const mergeRanks = new Map<string, number>();
+      // A rule listed twice keeps its first (best) rank, as llama.cpp's map insert does.
+      (vocab.merges ?? []).forEach((merge, rank) => mergeRanks.has(merge) || mergeRanks.set(merge, rank));
+      this.bpe = { mergeRanks, preTokenizer, wordCache: new Map() };
+    }
+    this.cleanSpaces = this.bpe?.preTokenizer.cleanSpaces ?? false;
 
     this.texts = new Array<string>(n);
     this.scores = Float32Array.from(vocab.scores);
@@ -393,8 +353,12 @@ export class LlamaTokenizer {
         afterSpecial = true;
         continue;
       }
-      const prefixed = this.addSpacePrefix && afterSpecial ? SPACE + fragment : fragment;
-      this.encodeFragment(prefixed.replaceAll(SPACE, ESCAPED_SPACE), output);
+      if (this.bpe) {
+        this.encodeBpeFragment(fragment, output);
+      } else {
+        const prefixed = this.addSpacePrefix && afterSpecial ? SPACE + fragment : fragment;
+        this.encodeSpmFragment(prefixed.replaceAll(SPACE, ESCAPED_SPACE), output);
+      }
       afterSpecial = false;
     }
 
@@ -447,59 +411,18 @@ export class LlamaTokenizer {
    * adjacent pair whose merged text is the best-scoring token (ties: leftmost), then emit each
    * symbol as its token or, if it is not in the vocabulary, as byte tokens.
    */
-  private encodeFragment(text: string, output: number[]): void {
-    // Symbols: one per code point at first, as a doubly linked list over the text. `length` is in
-    // UTF-16 code units; a merged-away symbol has length 0.
-    const capacity = text.length;
-    const start = new Int32Array(capacity);
-    const length = new Int32Array(capacity);
-    const prev = new Int32Array(capacity);
-    const next = new Int32Array(capacity);
-    let count = 0;
-    for (let offset = 0; offset < text.length; count++) {
-      const unitLength = text.codePointAt(offset)! > 0xffff ? 2 : 1;
-      start[count] = offset;
-      length[count] = unitLength;
-      prev[count] = count - 1;
-      offset += unitLength;
-      next[count] = offset === text.length ? -1 : count + 1;
-    }
-    if (count === 0) return;
-
-    const queue = new BigramQueue();
-    const tryAddBigram = (left: number, right: number): void => {
-      if (left < 0 || right < 0) return;
-      const size = length[left]! + length[right]!;
-      if (size > this.maxTextLength) return;
-      const id = this.textToId.get(text.slice(start[left], start[left]! + size));
-      if (id === undefined) return;
-      queue.push(this.scores[id]!, left, right, size);
-    };
-
-    for (let i = 1; i < count; i++) tryAddBigram(i - 1, i);
-
-    while (queue.length > 0) {
-      queue.pop();
-      const left = queue.topLeft;
-      const right = queue.topRight;
-      // Stale entry: one side already merged into something else.
-      if (length[left] === 0 || length[right] === 0 || length[left]! + length[right]! !== queue.topSize) continue;
-
-      length[left] = length[left]! + length[right]!;
-      length[right] = 0;
-      next[left] = next[right]!;
-      if (next[right]! >= 0) prev[next[right]!] = left;
-
-      tryAddBigram(prev[left]!, left);
-      tryAddBigram(left, next[left]!);
-    }
-
+  private encodeSpmFragment(text: string, output: number[]): void {
+    const symbols = mergeSymbols(text, (start, leftLength, rightLength) => {
+      const size = leftLength + rightLength;
+      if (size > this.maxTextLength) return undefined;
+      const id = this.textToId.get(text.slice(start, start + size));
+      return id === undefined ? undefined : this.scores[id]!;
+    });
     // Every merged symbol is a token by construction. A single character may not be: llama.cpp's
     // `resegment` then emits its UTF-8 bytes as byte tokens (its `rev_merge` lookup can only hit
     // texts of two or more characters, so it never applies to a single character).
     const bytes: number[] = [];
-    for (let i = 0; i !== -1; i = next[i]!) {
-      const symbol = text.slice(start[i], start[i]! + length[i]!);
+    for (const symbol of symbols) {
       const id = this.textToId.get(symbol);
       if (id !== undefined) {
         output.push(id);
@@ -509,6 +432,53 @@ export class LlamaTokenizer {
       pushUtf8(symbol.codePointAt(0)!, bytes);
       for (const byte of bytes) output.push(this.byteToToken(byte));
     }
+  }
+
+  /**
+   * Byte-level BPE over one text fragment, llama.cpp's `llm_tokenizer_bpe_session::tokenize`: the
+   * pre-tokenizer cuts it into words; each word, as byte-level characters, is merged pair by pair
+   * by merge rank (lowest first, ties leftmost). Words seen before come from a cache.
+   */
+  private encodeBpeFragment(text: string, output: number[]): void {
+    const bpe = this.bpe!;
+    for (const word of preTokenize(text, bpe.preTokenizer)) {
+      let ids = bpe.wordCache.get(word);
+      if (ids === undefined) {
+        ids = this.encodeBpeWord(toByteLevel(word));
+        if (bpe.wordCache.size >= WORD_CACHE_LIMIT) bpe.wordCache.clear();
+        bpe.wordCache.set(word, ids);
+      }
+      for (const id of ids) output.push(id);
+    }
+  }
+
+  private encodeBpeWord(word: string): number[] {
+    const bpe = this.bpe!;
+    if (bpe.preTokenizer.ignoreMerges) {
+      // Llama 3: a word that is a token is that token, even where the merges would split it.
+      const id = this.textToId.get(word);
+      if (id !== undefined) return [id];
+    }
+    const symbols = mergeSymbols(word, (start, leftLength, rightLength) => {
+      const leftEnd = start + leftLength;
+      const rank = bpe.mergeRanks.get(`${word.slice(start, leftEnd)} ${word.slice(leftEnd, leftEnd + rightLength)}`);
+      return rank === undefined ? undefined : -rank; // the lowest rank merges first
+    });
+    const ids: number[] = [];
+    for (const symbol of symbols) {
+      const id = this.textToId.get(symbol);
+      if (id !== undefined) {
+        ids.push(id);
+        continue;
+      }
+      // Not reachable with a converter-made vocabulary (every byte character is a token). llama.cpp
+      // then looks up each byte of the symbol's UTF-8 as a one-byte text, which only ASCII can be.
+      for (const char of symbol) {
+        const byteId = char.charCodeAt(0) < 0x80 ? this.textToId.get(char) : undefined;
+        if (byteId !== undefined) ids.push(byteId);
+      }
+    }
+    return ids;
   }
 
   private byteToToken(byte: number): number {
@@ -549,6 +519,9 @@ export class LlamaTokenizer {
       const text = this.texts[id]!;
       if (attr & (Attr.Unknown | Attr.Control | Attr.UserDefined)) {
         piece = this.encoder.encode(text);
+      } else if (this.bpe) {
+        // Byte-level BPE: normal tokens spell bytes; other types (byte, unused) render as nothing.
+        piece = attr & Attr.Normal ? fromByteLevel(text) : EMPTY_BYTES;
       } else if (attr & Attr.Normal) {
         piece = this.encoder.encode(text.replaceAll(ESCAPED_SPACE, SPACE));
       } else if (attr & Attr.Byte) {
@@ -591,7 +564,7 @@ export class LlamaTokenizer {
       bytes.set(piece, offset);
       offset += piece.length;
     }
-    return bytes;
+    return this.cleanSpaces ? cleanSpaces(bytes) : bytes;
   }
 
   /** Token ids to text, as `llama_detokenize`; invalid UTF-8 (a cut-off character) becomes U+FFFD. */
@@ -650,9 +623,9 @@ export class LlamaTokenizer {
       if (id !== undefined && id >= 0 && id < this.vocabSize) roles.set(role, id);
     }
     // llama.cpp walks an unordered_map here; with one candidate per role the order does not matter.
-    // llama.cpp replaces the attributes outright.
+    // It adds CONTROL to the token's attributes (a user-defined token stays user-defined too).
     const forceControl = (id: number): void => {
-      this.attrs[id] = Attr.Control;
+      this.attrs[id] = this.attrs[id]! | Attr.Control;
     };
     for (const [text, id] of this.textToId) {
       for (const [role, texts] of ROLE_TEXTS) {
@@ -677,6 +650,21 @@ export class LlamaTokenizer {
     for (const id of [this.eosId, roles.get('eot'), roles.get('eom')]) {
       if (id !== undefined && id >= 0) eog.add(id);
     }
+
+    // llama.cpp's two exceptions: "<|end|>" does not end a turn where "<|return|>"/"<|call|>"
+    // (gpt-oss) or "<|calls|>"/"<|flush|>" (Solar) do; "</s>" is a plain token next to "<|tool_response>" (Gemma 4).
+    const eogText = (text: string): number | undefined => {
+      const id = this.textToId.get(text);
+      return id !== undefined && eog.has(id) ? id : undefined;
+    };
+    const demote = (id: number | undefined, attr: number): void => {
+      if (id === undefined) return;
+      eog.delete(id);
+      this.attrs[id] = attr;
+    };
+    const hasCall = eogText('<|call|>') !== undefined || eogText('<|calls|>') !== undefined;
+    if (hasCall && (eogText('<|return|>') !== undefined || eogText('<|flush|>') !== undefined)) demote(eogText('<|end|>'), Attr.UserDefined);
+    if (eogText('<|tool_response>') !== undefined) demote(eogText('</s>'), Attr.Normal);
     return eog;
   }
 
@@ -756,7 +744,25 @@ function vocabFromGGUFMetadata(metadata: Map<string, unknown>, file: string): Vo
       fix: 'use a GGUF converted with its vocabulary (llama.cpp convert_hf_to_gguf.py includes it)',
     });
   }
-  if (model !== 'llama') throw new UnsupportedTokenizerError(file, model);
+  if (model !== 'llama' && model !== 'gpt2') throw new UnsupportedTokenizerError(file, model);
+  const byteLevel = model === 'gpt2';
+  // Refuse an unknown pre-tokenizer now, naming the file; the tokenizer resolves it again.
+  const pre = byteLevel ? optional('tokenizer.ggml.pre', 'a string', isString) : undefined;
+  const preTokenizer = byteLevel ? preTokenizerFor(pre, file) : undefined;
+  let merges: string[] | undefined;
+  if (byteLevel) {
+    const value = metadata.get('tokenizer.ggml.merges');
+    if (value === undefined) {
+      throw new ModelFormatError({
+        file,
+        field: 'tokenizer.ggml.merges',
+        problem: 'the byte-level BPE vocabulary has no merge rules (metadata key tokenizer.ggml.merges is missing)',
+        fix: 're-convert the model with a current llama.cpp',
+      });
+    }
+    if (!Array.isArray(value) || !value.every((merge) => typeof merge === 'string')) throw wrongType('tokenizer.ggml.merges', 'an array of strings');
+    merges = value as string[];
+  }
 
   const tokens = metadata.get('tokenizer.ggml.tokens');
   if (tokens === undefined) {
@@ -787,8 +793,9 @@ function vocabFromGGUFMetadata(metadata: Map<string, unknown>, file: string): Vo
   const scores = scoresValue ? checkLength('tokenizer.ggml.scores', scoresValue) : new Float32Array(n);
   const tokenTypes = typesValue ? checkLength('tokenizer.ggml.token_type', typesValue) : new Int32Array(n).fill(TokenType.Normal);
 
-  // SentencePiece defaults; an id outside the vocabulary (e.g. 0xFFFFFFFF for "none") keeps the default.
-  const ids: Partial<Record<'bos' | 'eos' | 'unk' | SpecialTokenRole, number>> = { bos: 1, eos: 2, unk: 0 };
+  // llama.cpp's defaults (SentencePiece: 1, 2, 0; GPT-2: 11, 11, none); an id outside the
+  // vocabulary (e.g. 0xFFFFFFFF for "none") keeps the default.
+  const ids: Partial<Record<'bos' | 'eos' | 'unk' | SpecialTokenRole, number>> = byteLevel ? { bos: 11, eos: 11 } : { bos: 1, eos: 2, unk: 0 };
   for (const [key, role] of SPECIAL_ID_KEYS) {
     const value = optional(key, 'an integer', isInteger);
     if (value === undefined) continue;
@@ -798,15 +805,18 @@ function vocabFromGGUFMetadata(metadata: Map<string, unknown>, file: string): Vo
   const { bos, eos, unk, ...specialIds } = ids;
 
   return {
+    model,
+    merges,
+    pre,
     tokens: tokens as string[],
     scores,
     tokenTypes,
     bosId: bos ?? -1,
     eosId: eos ?? -1,
     unkId: unk ?? -1,
-    addBos: optional('tokenizer.ggml.add_bos_token', 'a bool', isBool) ?? true,
+    addBos: optional('tokenizer.ggml.add_bos_token', 'a bool', isBool) ?? preTokenizer?.addBos ?? true,
     addEos: optional('tokenizer.ggml.add_eos_token', 'a bool', isBool) ?? false,
-    addSpacePrefix: optional('tokenizer.ggml.add_space_prefix', 'a bool', isBool) ?? true,
+    addSpacePrefix: optional('tokenizer.ggml.add_space_prefix', 'a bool', isBool) ?? !byteLevel,
     specialIds,
     modelName: optional('general.name', 'a string', isString),
   };
