@@ -3,7 +3,7 @@
 // `model.chat` on a real device streams what `generate` gives for that prompt (llama.cpp's tokens).
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ChatTemplate, ChatTemplateError, loadModel, MissingChatTemplateError, type ChatMessage, type Model } from '../src/index.ts';
+import { ChatTemplate, ChatTemplateError, loadModel, MissingChatTemplateError, type ChatMessage, type FinishReason, type Model } from '../src/index.ts';
 import { readGGUF } from '../src/model/gguf.ts';
 import { fileSource } from '../src/model/source.ts';
 import { LlamaTokenizer } from '../src/model/tokenizer.ts';
@@ -85,7 +85,7 @@ describe('model.chat on a real device (stories260K, which has no template of its
   it("streams llama.cpp's tokens for the rendered prompt, as generate does", async () => {
     const messages = [{ role: 'user', content: once.prompt }];
     expect(model.chatPromptIds(messages, { chatTemplate: echo })).toEqual(once.prompt_ids);
-    const result: { finish?: string } = {};
+    const result: { finish?: FinishReason } = {};
     const ids: number[] = [];
     let text = '';
     for await (const token of model.chat(messages, { chatTemplate: echo, temperature: 0, maxTokens: 12, ignoreEos: true }, result)) {
