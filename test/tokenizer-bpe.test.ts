@@ -13,6 +13,7 @@ import {
   type VocabData,
 } from '../src/model/tokenizer.ts';
 import { ModelFormatError } from '../src/model/errors.ts';
+import { generateTokens, type FinishReason, type GenerationBackend } from '../src/engine/generate.ts';
 
 interface ModernTokenizerCase {
   id: string;
@@ -164,6 +165,45 @@ describe('byte-level BPE vocabulary rules', () => {
     }
     for (const id of ids(PHI3, ['<|end|>', '<|endoftext|>', '</s>'])) expect(tokenizer(PHI3).isEog(id)).toBe(true);
     expect(tokenizer(PHI3).isEog(tokenizer(PHI3).tokenId('<|assistant|>')!)).toBe(false);
+  });
+
+  it('makes the generate loop stop on every end-of-generation token of each family, or go on with ignoreEos', async () => {
+    /** A forward pass that "predicts" `script` in turn, with this vocabulary's EOG set and decoder. */
+    const scripted = (t: LlamaTokenizer, script: number[]): GenerationBackend => {
+      let call = 0;
+      return {
+        contextLength: 64,
+        vocabSize: t.vocabSize,
+        forward: async () => ({ argmaxId: script[call++]! }),
+        isEndOfGeneration: (id) => t.isEog(id),
+        createStreamDecoder: () => t.createStreamDecoder(),
+      };
+    };
+    const run = async (t: LlamaTokenizer, script: number[], ignoreEos = false) => {
+      const result: { finish?: FinishReason } = {};
+      const ids: number[] = [];
+      let text = '';
+      for await (const token of generateTokens(scripted(t, script), t.encode('Hi'), { temperature: 0, maxTokens: script.length, ignoreEos }, result)) {
+        ids.push(token.id);
+        text += token.text;
+      }
+      return { ids, text, finish: result.finish };
+    };
+    const ends: Array<[string, string[]]> = [
+      [LLAMA3, ['<|eot_id|>', '<|end_of_text|>']],
+      [QWEN2, ['<|im_end|>', '<|endoftext|>']],
+      [QWEN3, ['<|im_end|>', '<|endoftext|>']],
+      [PHI3, ['<|end|>', '<|endoftext|>']],
+    ];
+    for (const [file, texts] of ends) {
+      const t = tokenizer(file);
+      const [hello] = t.encode('Hello', { addBos: false });
+      for (const end of texts) {
+        const stop = t.tokenId(end)!;
+        expect(await run(t, [hello!, stop, hello!]), `${file} ${end}`).toEqual({ ids: [hello, stop], text: piecesText(t, [hello!]), finish: 'eos' });
+        expect((await run(t, [hello!, stop, hello!], true)).finish).toBe('length');
+      }
+    }
   });
 
   it('round-trips text byte for byte (Qwen: no clean-up, no NFC), streaming never splits a character', () => {
