@@ -1,7 +1,7 @@
 // The demo page: pick a model (URL or local file), pick devices and a split, generate, and watch
 // every device work. Plain TypeScript over the DOM; the library is imported from its sources.
 
-import { loadModel, type FinishReason, type GenerateOptions, type LoadOptions, type Model } from '../src/index.ts';
+import { loadModel, type ChatMessage, type FinishReason, type GenerateOptions, type LoadOptions, type Model } from '../src/index.ts';
 import { gpuOptionsFor, listAdapters, type AdapterEntry, type AdapterKind } from './adapters.ts';
 import { $, h } from './dom.ts';
 import { formatBytes, formatCount, formatDuration, formatRate, formatTokensPerSecond } from './format.ts';
@@ -73,6 +73,9 @@ const el = {
   prompt: $<HTMLTextAreaElement>('#prompt'),
   generate: $<HTMLButtonElement>('#generate'),
   stop: $<HTMLButtonElement>('#stop'),
+  chatMode: $('#chat-mode'),
+  chatToggle: $<HTMLInputElement>('#chat-toggle'),
+  newChat: $<HTMLButtonElement>('#new-chat'),
   mDecode: $('#m-decode'),
   mPrefill: $('#m-prefill'),
   mTtft: $('#m-ttft'),
@@ -99,6 +102,8 @@ const state = {
   chosenAdapters: new Set<AdapterKind>(),
   shards: 1,
   split: 'tensor' as SplitMode,
+  /** The conversation so far, when the chat view is on. */
+  chat: [] as ChatMessage[],
 };
 
 function setBusy(busy: boolean, what: 'loading' | 'generating' = 'loading'): void {
@@ -485,6 +490,30 @@ function showModel(loaded: Loaded): void {
     : 'per forward step, live';
   el.generate.disabled = false;
   el.transcript.dataset.state = el.output.textContent ? el.transcript.dataset.state : 'ready';
+  // The chat view is offered (and on) when the model carries a chat template.
+  el.chatMode.hidden = !model.hasChatTemplate;
+  el.chatToggle.checked = model.hasChatTemplate;
+  newChat();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The chat view: the prompt box sends a user message; the transcript shows the conversation.
+
+const chatOn = (): boolean => !el.chatMode.hidden && el.chatToggle.checked;
+
+function chatTranscript(messages: readonly ChatMessage[]): string {
+  return messages.map((m) => `${m.role === 'user' ? 'You' : m.role === 'assistant' ? 'Assistant' : m.role}: ${m.content}\n\n`).join('');
+}
+
+function newChat(): void {
+  state.chat = [];
+  el.newChat.hidden = !chatOn();
+  el.generate.textContent = chatOn() ? 'Send' : 'Generate';
+  if (chatOn()) {
+    el.prompt.placeholder = 'Write a message…';
+    el.outputPrompt.textContent = '';
+    el.output.textContent = '';
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -528,7 +557,8 @@ async function generate(): Promise<void> {
   el.stop.hidden = false;
   clearError();
 
-  el.outputPrompt.textContent = prompt;
+  const chat = chatOn() ? [...state.chat, { role: 'user', content: prompt }] : undefined;
+  el.outputPrompt.textContent = chat ? `${chatTranscript(chat)}Assistant: ` : prompt;
   el.output.textContent = '';
   el.transcript.dataset.state = 'generating';
   for (const m of [el.mDecode, el.mPrefill, el.mTtft, el.mTokens, el.mFinish]) m.textContent = '—';
@@ -539,8 +569,10 @@ async function generate(): Promise<void> {
   let promptTokens = 0;
   const result: { finish?: FinishReason } = {};
   try {
-    promptTokens = model.tokenize(prompt).length;
-    for await (const token of model.generate(prompt, { ...options, signal: controller.signal }, result)) {
+    const generation = { ...options, signal: controller.signal };
+    promptTokens = chat ? model.chatPromptIds(chat).length : model.tokenize(prompt).length;
+    const stream = chat ? model.chat(chat, generation, result) : model.generate(prompt, generation, result);
+    for await (const token of stream) {
       const now = performance.now();
       if (count === 0) {
         firstAt = now;
@@ -560,6 +592,11 @@ async function generate(): Promise<void> {
       if (samples.length > 0) diagram.pulse(Math.max(...samples.map((s) => s.stepMs)), loaded.shape.nLayers);
     }
     el.mFinish.textContent = result.finish ? finishLabels[result.finish] : '—';
+    if (chat) {
+      // The answer (even a stopped one) joins the conversation; the box is ready for the next message.
+      state.chat = [...chat, { role: 'assistant', content: el.output.textContent ?? '' }];
+      el.prompt.value = '';
+    }
   } catch (error) {
     showError(error);
     el.mFinish.textContent = 'error';
@@ -665,6 +702,8 @@ function wire(): void {
 
   el.generate.addEventListener('click', () => void generate());
   el.stop.addEventListener('click', stopGeneration);
+  el.chatToggle.addEventListener('change', newChat);
+  el.newChat.addEventListener('click', newChat);
   el.prompt.addEventListener('keydown', (event) => {
     if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) {
       event.preventDefault();
