@@ -3,7 +3,7 @@
 // "qwen2"), SentencePiece with added tokens for Phi-3. Each GGUF header is read once.
 import { readFileSync } from 'node:fs';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { modelPath } from './helpers/models.ts';
+import { modelPath, type GenerationCase, type TokenizerCase } from './helpers/models.ts';
 import { readGGUF } from '../src/model/gguf.ts';
 import { fileSource } from '../src/model/source.ts';
 import {
@@ -15,30 +15,12 @@ import {
 import { ModelFormatError } from '../src/model/errors.ts';
 import { generateTokens, type FinishReason, type GenerationBackend } from '../src/engine/generate.ts';
 
-interface ModernTokenizerCase {
-  id: string;
-  vocab: string;
-  model: string;
-  text: string;
-  add_bos: boolean;
+type ModernGenerationCase = Pick<GenerationCase, 'id' | 'model' | 'prompt' | 'prompt_ids' | 'generated_ids' | 'generated_text' | 'detokenized'> & {
   parse_special: boolean;
-  ids: number[];
-  tokens: string[];
-  detokenized: string;
-}
-interface ModernGenerationCase {
-  id: string;
-  model: string;
-  prompt: string;
-  parse_special: boolean;
-  prompt_ids: number[];
-  generated_ids: number[];
-  generated_text: string;
-  detokenized: string;
-}
+};
 interface ModernReference {
   models: Record<string, { file: string }>;
-  tokenizer_cases: ModernTokenizerCase[];
+  tokenizer_cases: TokenizerCase[];
   generation_cases: ModernGenerationCase[];
 }
 

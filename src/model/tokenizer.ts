@@ -749,31 +749,17 @@ function vocabFromGGUFMetadata(metadata: Map<string, unknown>, file: string): Vo
   // Refuse an unknown pre-tokenizer now, naming the file; the tokenizer resolves it again.
   const pre = byteLevel ? optional('tokenizer.ggml.pre', 'a string', isString) : undefined;
   const preTokenizer = byteLevel ? preTokenizerFor(pre, file) : undefined;
-  let merges: string[] | undefined;
-  if (byteLevel) {
-    const value = metadata.get('tokenizer.ggml.merges');
+  /** A string array the vocabulary cannot do without; `what` says what it is when it is missing. */
+  const requiredStrings = (key: string, what: string): string[] => {
+    const value = metadata.get(key);
     if (value === undefined) {
-      throw new ModelFormatError({
-        file,
-        field: 'tokenizer.ggml.merges',
-        problem: 'the byte-level BPE vocabulary has no merge rules (metadata key tokenizer.ggml.merges is missing)',
-        fix: 're-convert the model with a current llama.cpp',
-      });
+      throw new ModelFormatError({ file, field: key, problem: `${what} (metadata key ${key}) is missing`, fix: 're-convert the model with a current llama.cpp' });
     }
-    if (!Array.isArray(value) || !value.every((merge) => typeof merge === 'string')) throw wrongType('tokenizer.ggml.merges', 'an array of strings');
-    merges = value as string[];
-  }
-
-  const tokens = metadata.get('tokenizer.ggml.tokens');
-  if (tokens === undefined) {
-    throw new ModelFormatError({
-      file,
-      field: 'tokenizer.ggml.tokens',
-      problem: 'the vocabulary (metadata key tokenizer.ggml.tokens) is missing',
-      fix: 're-convert the model with a current llama.cpp',
-    });
-  }
-  if (!Array.isArray(tokens) || !tokens.every((token) => typeof token === 'string')) throw wrongType('tokenizer.ggml.tokens', 'an array of strings');
+    if (!Array.isArray(value) || !value.every((item) => typeof item === 'string')) throw wrongType(key, 'an array of strings');
+    return value as string[];
+  };
+  const merges = byteLevel ? requiredStrings('tokenizer.ggml.merges', 'the merge rules of the byte-level BPE vocabulary') : undefined;
+  const tokens = requiredStrings('tokenizer.ggml.tokens', 'the vocabulary');
   const n = tokens.length;
 
   const checkLength = (key: string, values: ArrayLike<number>): ArrayLike<number> => {
@@ -808,7 +794,7 @@ function vocabFromGGUFMetadata(metadata: Map<string, unknown>, file: string): Vo
     model,
     merges,
     pre,
-    tokens: tokens as string[],
+    tokens,
     scores,
     tokenTypes,
     bosId: bos ?? -1,
