@@ -1,9 +1,10 @@
 // The Deno CLI's chat command and tokenizer flags end to end: `chat -p` answers one turn with
-// llama.cpp's tokens, interactive chat answers line by line and ends at Ctrl-D (end of input), a
+// llama.cpp's tokens, interactive chat answers line by line, Ctrl-C stops one answer and Ctrl-D (end
+// of input) ends the session, a
 // model without a template is refused naming --chat-template FILE, and `tokenize --parse-special
 // --no-bos` gives llama.cpp's ids for a special-token prompt.
-import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -53,6 +54,36 @@ describe('deno task chat', () => {
     expect(turns[2]).toBe('');
     expect(turns[3]!.trim().length).toBeGreaterThan(0);
   });
+
+  it('Ctrl-C stops the answer being written, not the session; the next line is answered', async () => {
+    // The npm "deno" command is a Node wrapper that a signal would kill first: run the platform binary it wraps.
+    const platforms = resolve(root, 'node_modules/@deno');
+    const binary = readdirSync(platforms).map((dir) => join(platforms, dir, 'deno')).find((path) => existsSync(path));
+    expect(binary, 'the deno binary under node_modules/@deno').toBeDefined();
+    const child = spawn(binary!, ['run', '--allow-read', '--allow-write', '--allow-env', '--allow-ffi', '--allow-net', 'src/cli.ts', 'chat', '-m', stories, '--chat-template', echoTemplate, '-n', '400', ...greedy], {
+      cwd: root,
+      env: { ...process.env, XDG_RUNTIME_DIR: '/tmp', NO_COLOR: '1' },
+    });
+    let stdout = '';
+    let interrupted = false;
+    const exited = new Promise<number | null>((done) => child.on('exit', (code) => done(code)));
+    child.stdout.on('data', (chunk: Buffer) => {
+      stdout += chunk.toString();
+      // Some of the first answer is out: press Ctrl-C, then ask once more and close the input (Ctrl-D).
+      if (!interrupted && stdout.length > 40) {
+        interrupted = true;
+        child.kill('SIGINT');
+        setTimeout(() => child.stdin.end('Lily\n'), 500);
+      }
+    });
+    child.stdin.write(`${once.prompt}\n`);
+    expect(await exited).toBe(0);
+    const turns = stdout.split('> ');
+    expect(turns).toHaveLength(4); // two answers, then the end of input
+    expect(once.generated_text.startsWith(turns[1]!.trimEnd())).toBe(true); // llama.cpp's text, cut short
+    expect(turns[1]!.length).toBeLessThan(once.generated_text.length);
+    expect(turns[2]!.trim().length).toBeGreaterThan(0);
+  }, 180_000);
 
   it('refuses a model without a chat template, naming --chat-template FILE', () => {
     const r = task(['chat', '-m', stories, '-p', 'Hi', '-n', '1']);
