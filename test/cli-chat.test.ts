@@ -1,8 +1,7 @@
 // The Deno CLI's chat command and tokenizer flags end to end: `chat -p` answers one turn with
-// llama.cpp's tokens, interactive chat answers line by line, Ctrl-C stops one answer and Ctrl-D (end
-// of input) ends the session, a
-// model without a template is refused naming --chat-template FILE, and `tokenize --parse-special
-// --no-bos` gives llama.cpp's ids for a special-token prompt.
+// llama.cpp's tokens; interactive chat answers line by line, Ctrl-C stops one answer and Ctrl-D
+// (end of input) ends the session; a model without a template is refused naming --chat-template
+// FILE; `tokenize --parse-special --no-bos` gives llama.cpp's ids for a special-token prompt.
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';

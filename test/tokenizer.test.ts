@@ -308,6 +308,25 @@ describe('merge order', () => {
   });
 });
 
+describe('merges across a word start', () => {
+  it('merges the whole fragment at once when a token has "▁" after another character ("a▁b")', () => {
+    const tokens = ['<unk>', '<s>', '</s>', '▁', 'a', 'b', '▁a', 'a▁', 'a▁b'];
+    const tokenizer = new LlamaTokenizer({
+      tokens,
+      scores: [0, 0, 0, -5, -5, -5, -2, -1, -1],
+      tokenTypes: [TokenType.Unknown, TokenType.Control, TokenType.Control, ...tokens.slice(3).map(() => TokenType.Normal)],
+      bosId: 1,
+      eosId: 2,
+      unkId: 0,
+      addBos: false,
+      addEos: false,
+      addSpacePrefix: true,
+    });
+    // "▁a▁b": "a▁" (-1) beats "▁a" (-2), then "a▁" + "b" is a token: a merge no word-by-word split could make.
+    expect(tokenizer.encode('a b')).toEqual([3, 8]);
+  });
+});
+
 describe('long text', () => {
   it('tokenizes ~100 KB in one piece and round-trips it', () => {
     const paragraph =

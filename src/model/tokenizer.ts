@@ -228,6 +228,20 @@ interface BpeState {
 // Words repeat (Zipf), so a modest cache catches most of them; it is dropped whole when full.
 const WORD_CACHE_LIMIT = 1 << 16;
 
+/** The ids of `word` from `cache`, or from `encode` (then cached). */
+function cachedWord(cache: Map<string, number[]>, word: string, encode: (word: string) => number[]): number[] {
+  let ids = cache.get(word);
+  if (ids === undefined) {
+    ids = encode(word);
+    if (cache.size >= WORD_CACHE_LIMIT) cache.clear();
+    cache.set(word, ids);
+  }
+  return ids;
+}
+
+/** A SentencePiece token text with a word start ("▁") after another character. */
+const WORD_START_INSIDE = /[^\u2581]\u2581/;
+
 // ---------------------------------------------------------------------------------------------
 
 export class LlamaTokenizer {
@@ -259,6 +273,12 @@ export class LlamaTokenizer {
   private readonly bpe?: BpeState;
   /** Detokenizing applies llama.cpp's space clean-up (byte-level BPE except Qwen's). */
   private readonly cleanSpaces: boolean;
+  /**
+   * SentencePiece: ids of the words seen before. Only where no token has a "▁" right after another
+   * character: then no merge can cross a word start, and each word can be merged on its own
+   * (Llama 2 and Phi-3 vocabularies). Undefined otherwise: the whole fragment is merged at once.
+   */
+  private readonly spmWordCache?: Map<string, number[]>;
 
   constructor(vocab: VocabData) {
     const n = vocab.tokens.length;
@@ -296,6 +316,7 @@ export class LlamaTokenizer {
       maxTextLength = Math.max(maxTextLength, text.length);
     }
     this.maxTextLength = maxTextLength;
+    if (!this.bpe && !this.texts.some((text) => WORD_START_INSIDE.test(text))) this.spmWordCache = new Map();
     this.pieceCache = new Array<Uint8Array | undefined>(n);
 
     for (let byte = 0; byte < 256; byte++) {
@@ -412,6 +433,21 @@ export class LlamaTokenizer {
    * symbol as its token or, if it is not in the vocabulary, as byte tokens.
    */
   private encodeSpmFragment(text: string, output: number[]): void {
+    const cache = this.spmWordCache;
+    if (!cache) {
+      for (const id of this.mergeSpm(text)) output.push(id);
+      return;
+    }
+    // Word by word: each "▁" after another character starts a word (see spmWordCache).
+    for (let start = 0, end = 1; end <= text.length; end++) {
+      if (end < text.length && !(text[end] === ESCAPED_SPACE && text[end - 1] !== ESCAPED_SPACE)) continue;
+      for (const id of cachedWord(cache, text.slice(start, end), (word) => this.mergeSpm(word))) output.push(id);
+      start = end;
+    }
+  }
+
+  private mergeSpm(text: string): number[] {
+    const output: number[] = [];
     const symbols = mergeSymbols(text, (start, leftLength, rightLength) => {
       const size = leftLength + rightLength;
       if (size > this.maxTextLength) return undefined;
@@ -432,6 +468,7 @@ export class LlamaTokenizer {
       pushUtf8(symbol.codePointAt(0)!, bytes);
       for (const byte of bytes) output.push(this.byteToToken(byte));
     }
+    return output;
   }
 
   /**
@@ -442,13 +479,7 @@ export class LlamaTokenizer {
   private encodeBpeFragment(text: string, output: number[]): void {
     const bpe = this.bpe!;
     for (const word of preTokenize(text, bpe.preTokenizer)) {
-      let ids = bpe.wordCache.get(word);
-      if (ids === undefined) {
-        ids = this.encodeBpeWord(toByteLevel(word));
-        if (bpe.wordCache.size >= WORD_CACHE_LIMIT) bpe.wordCache.clear();
-        bpe.wordCache.set(word, ids);
-      }
-      for (const id of ids) output.push(id);
+      for (const id of cachedWord(bpe.wordCache, word, (w) => this.encodeBpeWord(toByteLevel(w)))) output.push(id);
     }
   }
 
