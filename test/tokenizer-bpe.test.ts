@@ -230,7 +230,7 @@ describe('byte-level BPE vocabulary rules', () => {
       addSpacePrefix: false,
     };
     const t = new LlamaTokenizer(vocab);
-    // " ab" is one word (" ?\p{L}+"); "1234" splits into "123" and "4"... "4" is not a token, so it is dropped.
+    // GPT-2's regexes cut "ab", " ab" (" ?\p{L}+") and "123" (" ?\p{N}+"); each merges by rank.
     expect(t.encode('ab ab123')).toEqual([2, 9, 7]);
   });
 });

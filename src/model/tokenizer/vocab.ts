@@ -51,7 +51,7 @@ export interface VocabData {
   modelName?: string;
 }
 
-/** The GGUF tokenizer model is not the SentencePiece "llama" one. */
+/** The GGUF tokenizer model (`tokenizer.ggml.model`) is neither "llama" (SentencePiece) nor "gpt2" (byte-level BPE). */
 export class UnsupportedTokenizerError extends UnsupportedModelError {
   override name = 'UnsupportedTokenizerError';
   /** The `tokenizer.ggml.model` value, e.g. "gpt2". */
