@@ -13,6 +13,7 @@ import {
   type VocabData,
 } from '../src/model/tokenizer.ts';
 import { ModelFormatError } from '../src/model/errors.ts';
+import { preTokenize, preTokenizerFor } from '../src/model/tokenizer/pre-tokenizer.ts';
 import { generateTokens, type FinishReason, type GenerationBackend } from '../src/engine/generate.ts';
 
 type ModernGenerationCase = Pick<GenerationCase, 'id' | 'model' | 'prompt' | 'prompt_ids' | 'generated_ids' | 'generated_text' | 'detokenized'> & {
@@ -213,6 +214,16 @@ describe('byte-level BPE vocabulary rules', () => {
     metadata.delete('tokenizer.ggml.merges');
     expect(load).toThrow(ModelFormatError);
     expect(load).toThrow(/tokenizer\.ggml\.merges/);
+  });
+
+  it("takes whitespace to be Unicode's White_Space, as llama.cpp (U+0085 is, U+FEFF is not; JavaScript's \\s says the opposite)", () => {
+    for (const pre of ['llama-bpe', 'qwen2', 'default']) {
+      const preTokenizer = preTokenizerFor(pre, 'test');
+      expect(preTokenize('a \uFEFFb', preTokenizer), pre).toEqual(['a', ' \uFEFF', 'b']);
+    }
+    const qwen = preTokenizerFor('qwen2', 'test');
+    expect(preTokenize('a \u0085b', qwen)).toEqual(['a', ' ', '\u0085b']);
+    expect(preTokenize('x \u0085\u0085', qwen)).toEqual(['x', ' \u0085\u0085']);
   });
 
   it('uses the default pre-tokenizer (GPT-2 regexes) when the GGUF names none', () => {

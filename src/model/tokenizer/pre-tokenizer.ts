@@ -20,10 +20,15 @@ export interface PreTokenizer {
 
 // The Hugging Face originals start with the case-insensitive group (?i:'s|'t|'re|'ve|'m|'ll|'d);
 // llama.cpp (and this) spell the case out, because its regex engine has no inline flags.
+// Whitespace is Unicode's White_Space, as in llama.cpp's tables and Rust's `\s`: JavaScript's
+// `\s` differs on two characters (it has U+FEFF and lacks U+0085), so it is written out as
+// WS / NOT_WS.
+const WS = String.raw`\p{White_Space}`;
+const NOT_WS = String.raw`\P{White_Space}`;
 const CONTRACTIONS = String.raw`(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])`;
 const wordsAndDigits = (digits: string): RegExp =>
   new RegExp(
-    String.raw`${CONTRACTIONS}|[^\r\n\p{L}\p{N}]?\p{L}+|${digits}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`,
+    String.raw`${CONTRACTIONS}|[^\r\n\p{L}\p{N}]?\p{L}+|${digits}| ?[^${WS}\p{L}\p{N}]+[\r\n]*|${WS}*[\r\n]+|${WS}+(?!${NOT_WS})|${WS}+`,
     'gu',
   );
 
@@ -47,7 +52,7 @@ const DEFAULT: PreTokenizer = {
   family: 'default',
   regexes: [
     /[\p{P}\$\+<=>\^~\|]+/gu,
-    /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+/gu,
+    new RegExp(String.raw`'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^${WS}\p{L}\p{N}]+|${WS}+(?!${NOT_WS})|${WS}+`, 'gu'),
     /\p{N}+/gu,
     /[0-9][0-9][0-9]/gu,
   ],
