@@ -71,8 +71,11 @@ const BY_PRE: Readonly<Record<string, PreTokenizer>> = {
   pixtral: LLAMA3,
   'midm-2.0': LLAMA3,
   lfm2: LLAMA3,
+  'jina-v5-nano': LLAMA3,
   qwen2: QWEN2,
   'deepseek-r1-qwen': QWEN2,
+  kormo: QWEN2,
+  f2llmv2: QWEN2,
   // llama.cpp gives Megrez the Qwen2 regex but keeps the space clean-up on.
   megrez: { ...QWEN2, cleanSpaces: true },
 };
