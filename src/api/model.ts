@@ -18,7 +18,7 @@ import { ContextOverflowError, LlamaRunner } from '../engine/runner.ts';
 import { Scheduler, type SchedulerStats, type Sequence } from '../engine/scheduler.ts';
 import { wholeModelView } from '../engine/shard-view.ts';
 import { MATMUL_VARIANTS } from '../shaders/matmul.ts';
-import { ChatTemplate, MissingChatTemplateError, type ChatMessage, type ChatRenderOptions } from './chat.ts';
+import { CHAT_TEMPLATE_KEY, ChatTemplate, MissingChatTemplateError, type ChatMessage, type ChatRenderOptions } from './chat.ts';
 
 export interface LoadProgressEvent {
   bytesLoaded: number;
@@ -209,9 +209,10 @@ export class Model {
     return this.tokenizer.encode(text, options);
   }
 
-  /** Does the model file carry a chat template (so `chat` works without a `chatTemplate` option)? */
+  /** Does the model file carry a chat template (so `chat` needs no `chatTemplate` option)? It is parsed on first use. */
   get hasChatTemplate(): boolean {
-    return this.modelChatTemplate() !== undefined;
+    const source = this.file.metadata.get(CHAT_TEMPLATE_KEY);
+    return typeof source === 'string' && source.trim() !== '';
   }
 
   /**
