@@ -241,7 +241,10 @@ async function run(flags: Flags): Promise<void> {
  */
 async function chat(flags: Flags): Promise<void> {
   const templateFile = flag(flags, 'chat-template');
-  const chatTemplate = templateFile === undefined ? undefined : await Deno.readTextFile(templateFile);
+  const chatTemplate =
+    templateFile === undefined ? undefined : await Deno.readTextFile(templateFile).catch((error: Error) => {
+      throw new UsageError(`--chat-template: cannot read ${templateFile} (${error.message})`);
+    });
   const model = await openModel(flags);
   let stopAnswer: AbortController | undefined;
   let lines: LineReader | undefined;
