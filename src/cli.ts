@@ -1,6 +1,7 @@
-// The webshard command line (Deno): run | tokenize | info.
+// The webshard command line (Deno): run | chat | tokenize | info.
 //
 //   deno task run  [-m model.gguf] [-p prompt] [-n 128] [--temperature 0.8] [--json] ...
+//   deno task chat -m model.gguf [--system "Be brief."] [-p "one question"] [--chat-template FILE]
 //   deno task tokenize -m model.gguf --text "Hello" --json
 //   deno task info -m model.gguf
 //
@@ -8,19 +9,25 @@
 // returning from main (never Deno.exit) so Dawn devices are released cleanly first.
 
 import { flag, gpuBackend, LOAD_ALIASES, LOAD_FLAGS, LOAD_FLAGS_USAGE, loadOptionsFromFlags, numberFlag, parseFlags, UsageError, type Flags, type FlagSpec } from './flags.ts';
-import { DEFAULT_RANDOM_LLAMA, describeAdapters, loadModel, randomLlamaGGUF, readModelInfo, type GenerationResult, type Model, type ModelSource, type SpeculationCounts } from './index.ts';
+import { DEFAULT_RANDOM_LLAMA, describeAdapters, loadModel, MissingChatTemplateError, randomLlamaGGUF, readModelInfo, type ChatMessage, type GenerateOptions, type GenerationResult, type Model, type ModelSource, type SpeculationCounts } from './index.ts';
 
 declare const Deno: {
   args: string[];
   exitCode: number;
   stdout: { write(bytes: Uint8Array): Promise<number> };
   stderr: { write(bytes: Uint8Array): Promise<number>; isTerminal(): boolean };
+  stdin: { readable: ReadableStream<Uint8Array>; isTerminal(): boolean };
+  readTextFile(path: string): Promise<string>;
+  addSignalListener(signal: 'SIGINT', handler: () => void): void;
+  removeSignalListener(signal: 'SIGINT', handler: () => void): void;
 };
 
 const USAGE = `webshard — LLM inference on WebGPU
 
 Commands (deno task <command> ...):
   run       generate text
+  chat      talk with a chat model (its own template): interactive, history kept; Ctrl-C stops
+            an answer, Ctrl-D quits; -p asks one question and exits
   tokenize  print token ids
   info      print model metadata, tensor types and the GPU adapters found
 
@@ -34,6 +41,11 @@ Options:
   -s, --seed N                same seed, same text
       --stop TEXT             stop string (repeatable)
       --ignore-eos            keep generating past end-of-generation tokens
+      --parse-special         (run, tokenize) special-token text in the prompt ("<|im_start|>")
+                              becomes those tokens, as a rendered chat template needs (default: text)
+      --no-bos                (tokenize) add no BOS/EOS around the text
+      --system TEXT           (chat) system message
+      --chat-template FILE    (chat) Jinja chat template to use instead of the model's
       --text TEXT             (tokenize) text to tokenize
       --json                  machine-readable output
 ${LOAD_FLAGS_USAGE}
@@ -41,10 +53,10 @@ ${LOAD_FLAGS_USAGE}
 
 const cliFlags: FlagSpec = {
   aliases: { m: 'model', p: 'prompt', n: 'max-tokens', s: 'seed', h: 'help', temp: 'temperature', ...LOAD_ALIASES },
-  booleans: new Set(['json', 'ignore-eos', 'help']),
+  booleans: new Set(['json', 'ignore-eos', 'help', 'parse-special', 'no-bos']),
   known: new Set([
     'model', 'prompt', 'max-tokens', 'temperature', 'top-k', 'top-p', 'min-p', 'repeat-penalty', 'seed',
-    'stop', 'text', 'json', 'ignore-eos', 'help', ...LOAD_FLAGS,
+    'stop', 'text', 'json', 'ignore-eos', 'help', 'parse-special', 'no-bos', 'system', 'chat-template', ...LOAD_FLAGS,
   ]),
 };
 
@@ -103,29 +115,33 @@ async function openModel(flags: Flags): Promise<Model> {
   return model;
 }
 
+function generateOptions(flags: Flags, defaultMaxTokens: number): GenerateOptions {
+  return {
+    maxTokens: numberFlag(flags, 'max-tokens', { integer: true }) ?? defaultMaxTokens,
+    temperature: numberFlag(flags, 'temperature'),
+    topK: numberFlag(flags, 'top-k', { integer: true }),
+    topP: numberFlag(flags, 'top-p'),
+    minP: numberFlag(flags, 'min-p'),
+    repeatPenalty: numberFlag(flags, 'repeat-penalty'),
+    seed: numberFlag(flags, 'seed', { integer: true }),
+    stop: flags.get('stop'),
+    ignoreEos: flags.has('ignore-eos'),
+  };
+}
+
 async function run(flags: Flags): Promise<void> {
   const json = flags.has('json');
   const model = await openModel(flags);
   try {
     const prompt = flag(flags, 'prompt') ?? 'Once upon a time';
-    const options = {
-      maxTokens: numberFlag(flags, 'max-tokens', { integer: true }) ?? 128,
-      temperature: numberFlag(flags, 'temperature'),
-      topK: numberFlag(flags, 'top-k', { integer: true }),
-      topP: numberFlag(flags, 'top-p'),
-      minP: numberFlag(flags, 'min-p'),
-      repeatPenalty: numberFlag(flags, 'repeat-penalty'),
-      seed: numberFlag(flags, 'seed', { integer: true }),
-      stop: flags.get('stop'),
-      ignoreEos: flags.has('ignore-eos'),
-    };
+    const options = generateOptions(flags, 128);
+    const promptIds = model.tokenize(prompt, { parseSpecial: flags.has('parse-special') });
     if (json) {
-      const result = await model.complete(prompt, options);
+      const result = await model.complete(promptIds, options);
       const speculative = result.speculative && { drafted: result.speculative.drafted, accepted: result.speculative.accepted, target_steps: result.speculative.targetSteps };
       await out(JSON.stringify({ prompt_ids: result.promptIds, generated_ids: result.ids, text: result.text, ...(speculative && { speculative }) }) + '\n');
       return;
     }
-    const promptIds = model.tokenize(prompt);
     await out(prompt);
     const start = performance.now();
     let firstAt = 0;
@@ -155,6 +171,104 @@ function speculationReport({ drafted, accepted, targetSteps }: SpeculationCounts
   return `speculative: ${accepted} of ${drafted} drafted tokens accepted (${rate}%); ${targetSteps} target steps for ${generated} tokens (${(targetSteps / Math.max(generated, 1)).toFixed(2)} per token)\n`;
 }
 
+/**
+ * A conversation with the model's chat template: each answer streams out and joins the history.
+ * Ctrl-C stops the answer being written (what came so far stays in the history); at the prompt,
+ * Ctrl-C or Ctrl-D ends the session. With -p: one question, one answer (--json: ids and text).
+ */
+async function chat(flags: Flags): Promise<void> {
+  const templateFile = flag(flags, 'chat-template');
+  const chatTemplate =
+    templateFile === undefined ? undefined : await Deno.readTextFile(templateFile).catch((error: Error) => {
+      throw new UsageError(`--chat-template: cannot read ${templateFile} (${error.message})`);
+    });
+  const model = await openModel(flags);
+  let stopAnswer: AbortController | undefined;
+  let lines: LineReader | undefined;
+  const onInterrupt = () => (stopAnswer ? stopAnswer.abort() : lines?.close());
+  Deno.addSignalListener('SIGINT', onInterrupt);
+  try {
+    if (chatTemplate === undefined && !model.hasChatTemplate) throw new MissingChatTemplateError(flag(flags, 'model') ?? 'the model');
+    const generation = generateOptions(flags, 512);
+    const options = { ...generation, chatTemplate };
+    const system = flag(flags, 'system');
+    const messages: ChatMessage[] = system === undefined ? [] : [{ role: 'system', content: system }];
+    const answer = async (question: string): Promise<void> => {
+      messages.push({ role: 'user', content: question });
+      stopAnswer = new AbortController();
+      let text = '';
+      try {
+        for await (const token of model.chat(messages, { ...options, signal: stopAnswer.signal })) {
+          text += token.text;
+          await out(token.text);
+        }
+      } finally {
+        stopAnswer = undefined;
+        messages.push({ role: 'assistant', content: text });
+      }
+      await out('\n');
+    };
+
+    const question = flag(flags, 'prompt');
+    if (question !== undefined) {
+      if (!flags.has('json')) return await answer(question);
+      const promptIds = model.chatPromptIds([...messages, { role: 'user', content: question }], options);
+      const result = await model.complete(promptIds, generation);
+      await out(JSON.stringify({ prompt_ids: result.promptIds, generated_ids: result.ids, text: result.text }) + '\n');
+      return;
+    }
+    await err('chatting; Ctrl-C stops an answer, Ctrl-D (or Ctrl-C here) quits\n');
+    lines = new LineReader(Deno.stdin.readable);
+    for (;;) {
+      await out('> ');
+      const line = await lines.next();
+      if (line === undefined) break;
+      if (line.trim() !== '') await answer(line);
+    }
+    await out('\n');
+  } finally {
+    Deno.removeSignalListener('SIGINT', onInterrupt);
+    await lines?.close();
+    await model.dispose();
+  }
+}
+
+/** Lines of a byte stream (stdin), one at a time; `undefined` at its end or once closed. */
+class LineReader {
+  private readonly reader: ReadableStreamDefaultReader<Uint8Array>;
+  private readonly decoder = new TextDecoder();
+  private buffered = '';
+  private closed = false;
+
+  constructor(stream: ReadableStream<Uint8Array>) {
+    this.reader = stream.getReader();
+  }
+
+  async next(): Promise<string | undefined> {
+    for (;;) {
+      const newline = this.buffered.indexOf('\n');
+      if (newline >= 0) {
+        const line = this.buffered.slice(0, newline).replace(/\r$/, '');
+        this.buffered = this.buffered.slice(newline + 1);
+        return line;
+      }
+      const { value, done } = this.closed ? { value: undefined, done: true } : await this.reader.read();
+      if (done) {
+        const rest = this.buffered;
+        this.buffered = '';
+        return rest === '' ? undefined : rest;
+      }
+      this.buffered += this.decoder.decode(value, { stream: true });
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.reader.cancel().catch(() => {});
+  }
+}
+
 /** Per shard, after a sharded run: weights held, step time, all-reduce time and its waiting share. */
 function shardReport(model: Model): string {
   const group = model.shards!;
@@ -175,7 +289,10 @@ async function tokenize(flags: Flags): Promise<void> {
   const text = flag(flags, 'text') ?? flag(flags, 'prompt');
   if (text === undefined) throw new UsageError('tokenize needs --text TEXT');
   if (!flag(flags, 'model')) throw new UsageError('tokenize needs --model PATH');
-  const ids = (await readModelInfo(flag(flags, 'model')!)).tokenize(text);
+  const ids = (await readModelInfo(flag(flags, 'model')!)).tokenize(text, {
+    parseSpecial: flags.has('parse-special'),
+    ...(flags.has('no-bos') ? { addBos: false, addEos: false } : {}),
+  });
   await out(flags.has('json') ? JSON.stringify({ ids }) + '\n' : ids.join(' ') + '\n');
 }
 
@@ -212,6 +329,7 @@ async function main(args: string[]): Promise<void> {
       return;
     }
     if (command === 'run') await run(flags);
+    else if (command === 'chat') await chat(flags);
     else if (command === 'tokenize') await tokenize(flags);
     else if (command === 'info') await info(flags);
     else throw new UsageError(`unknown command "${command}"`);

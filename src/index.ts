@@ -1,5 +1,8 @@
 // webshard's public API.
 export { loadModel, Model, type Completion, type HealthReport, type LoadOptions, type LoadProgressEvent, type ModelStats, type SpeculativeOptions } from './api/model.ts';
+export type { ChatOptions } from './api/model.ts';
+export { ChatTemplate, ChatTemplateError, MissingChatTemplateError, type ChatMessage, type ChatRenderOptions } from './api/chat.ts';
+export { UnsupportedPreTokenizerError, UnsupportedTokenizerError } from './model/tokenizer.ts';
 export type { FinishReason, GeneratedToken, GenerateOptions, GenerationResult } from './engine/generate.ts';
 export type { SpeculationCounts } from './engine/speculative.ts';
 export { InvalidOptionError, type SamplingOptions } from './engine/sampler.ts';

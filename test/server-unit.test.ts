@@ -1,14 +1,14 @@
 // The HTTP server without a GPU: its modules one by one, then the whole handler over a stand-in
 // model that runs the engine's real generate loop on a scripted forward pass.
 import { describe, expect, it } from 'vitest';
-import { ChatTemplate, renderPlain } from '../src/server/chat-template.ts';
+import { ChatTemplate, ChatTemplateError, renderPlain } from '../src/api/chat.ts';
 import { HealthMonitor } from '../src/server/health.ts';
 import { MetricsRegistry, renderNumericFields, snakeCase } from '../src/server/metrics.ts';
 import { parseChatRequest, parseCompletionRequest } from '../src/server/openai-schema.ts';
 import { engineAdmission, SequenceReservations } from '../src/server/reservations.ts';
 import { logprobsOf } from '../src/server/sequence.ts';
 import { InferenceServer, type ServerLimits, type ServerOptions } from '../src/server/server.ts';
-import { FakeModel, readSse, sleep, type FakeModelOptions } from './server-harness.ts';
+import { FakeModel, fakeTokenizer, readSse, sleep, type FakeModelOptions } from './server-harness.ts';
 
 const CHATML =
   "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}" +
@@ -141,23 +141,23 @@ describe('request validation', () => {
 });
 
 describe('chat templates', () => {
-  const tokens = { bosToken: '<s>', eosToken: '</s>' };
+  const tokens = fakeTokenizer; // BOS "<s>", EOS "</s>"
 
   it("renders the model's Jinja template with the generation prompt", () => {
-    const template = ChatTemplate.fromMetadata(new Map([['tokenizer.chat_template', CHATML]]), tokens);
+    const template = ChatTemplate.fromMetadata(new Map([['tokenizer.chat_template', CHATML]]), tokens)!;
     expect(template.source).toBe('model');
     expect(template.render([{ role: 'user', content: 'Hi' }])).toBe('<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n');
   });
 
-  it("turns the template's raise_exception into a 400 naming messages", () => {
+  it("turns the template's raise_exception into a ChatTemplateError (the server's 400 naming messages)", () => {
     const strict = ChatTemplate.fromSource("{% if messages[0]['role'] != 'user' %}{{ raise_exception('first message must be the user') }}{% endif %}ok", tokens);
-    expect(() => strict.render([{ role: 'assistant', content: 'x' }])).toThrowError(
-      expect.objectContaining({ status: 400, message: expect.stringMatching(/first message must be the user/) }),
-    );
+    expect(() => strict.render([{ role: 'assistant', content: 'x' }])).toThrowError(ChatTemplateError);
+    expect(() => strict.render([{ role: 'assistant', content: 'x' }])).toThrowError(/first message must be the user/);
   });
 
   it('falls back to a plain transcript when the model has no template', () => {
-    const template = ChatTemplate.fromMetadata(new Map(), tokens);
+    expect(ChatTemplate.fromMetadata(new Map(), tokens)).toBeUndefined();
+    const template = ChatTemplate.plain(tokens);
     expect(template.source).toBe('plain');
     const messages = [
       { role: 'system' as const, content: 'Be brief.' },

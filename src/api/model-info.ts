@@ -4,7 +4,7 @@ import { llamaConfig, type LlamaConfig } from '../model/config.ts';
 import { ggmlTypeName } from '../model/ggml-type.ts';
 import { readGGUF, type GGUFValue } from '../model/gguf.ts';
 import { openSource, type ModelSource } from '../model/source.ts';
-import { LlamaTokenizer } from '../model/tokenizer.ts';
+import { LlamaTokenizer, type EncodeOptions } from '../model/tokenizer.ts';
 
 export interface ModelInfo {
   /** The source's name (file name or URL). */
@@ -17,7 +17,7 @@ export interface ModelInfo {
   parameters: number;
   metadata: ReadonlyMap<string, GGUFValue>;
   /** Token ids of `text` as the model's tokenizer gives them (BOS prepended unless addBos is false). */
-  tokenize(text: string, options?: { addBos?: boolean }): number[];
+  tokenize(text: string, options?: EncodeOptions): number[];
 }
 
 /** Reads a model's header: its configuration, tensor types, metadata and tokenizer. */

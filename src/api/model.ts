@@ -20,6 +20,7 @@ import { ContextOverflowError, LlamaRunner } from '../engine/runner.ts';
 import { Scheduler, type SchedulerStats, type Sequence } from '../engine/scheduler.ts';
 import { wholeModelView } from '../engine/shard-view.ts';
 import { MATMUL_VARIANTS } from '../shaders/matmul.ts';
+import { CHAT_TEMPLATE_KEY, ChatTemplate, MissingChatTemplateError, type ChatMessage, type ChatRenderOptions } from './chat.ts';
 
 export interface LoadProgressEvent {
   bytesLoaded: number;
@@ -101,6 +102,12 @@ interface ResolvedSpeculation {
   draftMax: number;
   draftMin: number;
   draftPMin: number;
+}
+
+/** `model.chat` options: generation options, template variables, and an optional template of one's own. */
+export interface ChatOptions extends GenerateOptions, ChatRenderOptions {
+  /** Jinja source to use instead of the model's `tokenizer.chat_template` (the CLI's --chat-template FILE). */
+  chatTemplate?: string;
 }
 
 export interface Completion {
@@ -265,9 +272,41 @@ export class Model {
     return this.engine instanceof ShardGroup ? this.engine : undefined;
   }
 
-  /** Token ids of `text`, with BOS prepended as llama.cpp does (unless addBos is false). */
-  tokenize(text: string, options: { addBos?: boolean } = {}): number[] {
+  /**
+   * Token ids of `text`, with BOS prepended as llama.cpp does (unless addBos is false). With
+   * parseSpecial, special-token texts such as "<|im_start|>" become those tokens.
+   */
+  tokenize(text: string, options: { addBos?: boolean; parseSpecial?: boolean } = {}): number[] {
     return this.tokenizer.encode(text, options);
+  }
+
+  /** Does the model file carry a chat template (so `chat` needs no `chatTemplate` option)? It is parsed on first use. */
+  get hasChatTemplate(): boolean {
+    const source = this.file.metadata.get(CHAT_TEMPLATE_KEY);
+    return typeof source === 'string' && source.trim() !== '';
+  }
+
+  /**
+   * The prompt ids for the assistant's next turn after `messages`: rendered with the model's chat
+   * template (or `options.chatTemplate`), special tokens parsed, BOS as the vocabulary wants it.
+   * No template at all is a `MissingChatTemplateError`.
+   */
+  chatPromptIds(messages: readonly ChatMessage[], options: ChatOptions = {}): number[] {
+    const template = options.chatTemplate !== undefined ? ChatTemplate.fromSource(options.chatTemplate, this.tokenizer) : this.modelChatTemplate();
+    if (!template) throw new MissingChatTemplateError(this.file.source.name);
+    return template.tokenize(messages, options);
+  }
+
+  /** Streams the assistant's answer to `messages`: `generate` on `chatPromptIds(messages)`. */
+  async *chat(messages: readonly ChatMessage[], options: ChatOptions = {}, result: { finish?: FinishReason } = {}): AsyncGenerator<GeneratedToken> {
+    const { chatTemplate: _template, variables: _variables, addGenerationPrompt: _prompt, ...generateOptions } = options;
+    yield* this.generate(this.chatPromptIds(messages, options), generateOptions, result);
+  }
+
+  private chatTemplateCache?: { template: ChatTemplate | undefined };
+  private modelChatTemplate(): ChatTemplate | undefined {
+    this.chatTemplateCache ??= { template: ChatTemplate.fromMetadata(this.file.metadata, this.tokenizer) };
+    return this.chatTemplateCache.template;
   }
 
   detokenize(ids: readonly number[]): string {

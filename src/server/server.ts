@@ -6,7 +6,7 @@
 //   GET  /health (liveness: a forward step within a deadline)     GET /ready (model loaded)
 //   GET  /metrics (Prometheus)  POST /admin/step-delay (only with testHooks)
 
-import { ChatTemplate } from './chat-template.ts';
+import { ChatTemplate, ChatTemplateError } from '../index.ts';
 import {
   AuthenticationError,
   ClientClosedError,
@@ -192,13 +192,11 @@ export class InferenceServer {
   attach(model: ServedModel): void {
     if (this.state !== 'loading') throw new Error(`cannot attach a model to a server that is ${this.state}`);
     const { tokenizer } = model;
-    const tokenText = (id: number) => (id >= 0 && id < tokenizer.vocabSize ? tokenizer.tokenText(id) : '');
-    const tokens = { bosToken: tokenText(tokenizer.bosId), eosToken: tokenText(tokenizer.eosId) };
     try {
-      this.template = ChatTemplate.fromMetadata(model.file.metadata, tokens);
+      this.template = ChatTemplate.fromMetadata(model.file.metadata, tokenizer) ?? ChatTemplate.plain(tokenizer);
     } catch (error) {
       this.log(`warning: ${(error as Error).message}; chat requests use the plain transcript instead.`);
-      this.template = ChatTemplate.plain(tokens);
+      this.template = ChatTemplate.plain(tokenizer);
     }
     this.model = model;
     this.health = new HealthMonitor(model, this.options.healthDeadlineMs ?? 5000);
@@ -323,15 +321,13 @@ export class InferenceServer {
   }
 
   private chatPromptIds(model: ServedModel, messages: readonly ChatMessage[]): number[] {
-    const template = this.template!;
-    const text = template.render(messages);
-    if (template.source === 'plain') return this.checkContext(model, model.tokenizer.encode(text), 'messages');
-    // A model's template writes its control tokens (and often BOS) as text: parse them as tokens,
-    // and add BOS only if the template did not.
-    const { tokenizer } = model;
-    const bosText = tokenizer.bosId >= 0 ? tokenizer.tokenText(tokenizer.bosId) : undefined;
-    const startsWithBos = bosText !== undefined && bosText !== '' && text.startsWith(bosText);
-    const ids = tokenizer.encode(text, { parseSpecial: true, ...(startsWithBos ? { addBos: false } : {}) });
+    let ids: number[];
+    try {
+      ids = this.template!.tokenize(messages);
+    } catch (error) {
+      if (!(error instanceof ChatTemplateError)) throw error;
+      throw new InvalidRequestError(`The model's ${error.message.replace(/^The /, '')}`, { param: 'messages', code: 'chat_template_error' });
+    }
     return this.checkContext(model, ids, 'messages');
   }
 

@@ -146,6 +146,9 @@ describe('demo page in headless Chromium (SwiftShader WebGPU)', { timeout: 360_0
     expect(requests.length).toBeGreaterThan(1);
     expect(requests.every((r) => r.range?.startsWith('bytes='))).toBe(true);
 
+    // stories260K has no chat template: no chat view, the box generates from the plain prompt.
+    expect(await page.isHidden('#chat-mode')).toBe(true);
+    expect(await page.textContent('#generate')).toBe('Generate');
     const text = await generateGreedy(page, referenceCase.prompt, referenceCase.n_predict);
     expect(text).toBe(referenceCase.generated_text);
     expect(await page.textContent('#m-tokens')).toBe(String(referenceCase.n_predict));
