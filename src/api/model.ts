@@ -335,11 +335,13 @@ export class Model {
       result.finish = 'abort'; // aborted while waiting for a slot: it never cost a step
       return;
     }
+    let speculation: Speculation | undefined;
     try {
       const positions = Math.min(this.contextLength, promptIds.length + maxTokens);
-      const speculation = options.speculative === false ? undefined : await this.speculationFor(sequence, positions, sampling, options.signal);
+      speculation = options.speculative === false ? undefined : await this.speculationFor(sequence, positions, sampling, options.signal);
       yield* generateTokens(this.backend(sequence, speculation), promptIds, options, result);
     } finally {
+      speculation?.drafter.release();
       sequence.release();
       if (result.speculative) for (const key of ['drafted', 'accepted', 'targetSteps'] as const) this.speculationTotals[key] += result.speculative[key];
     }

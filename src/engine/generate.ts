@@ -42,7 +42,7 @@ export interface GenerationResult {
 
 /** How a backend verifies drafted tokens: several tokens of the sequence in one step, each sampled. */
 export interface Speculation {
-  /** A drafter for this sequence (released when the generation ends). */
+  /** A drafter for this sequence (its owner releases it when the generation ends). */
   drafter: Drafter;
   /** Most tokens to draft per step. */
   maxDraft: number;
@@ -221,51 +221,47 @@ export async function* generateTokens(
     result.finish = 'abort';
     return;
   }
-  try {
-    let decided = [decide(await targetStep(promptIds, 0))];
-    for (let generated = 1; ; ) {
-      for (const { id, logprobs: scores } of decided) {
-        const scored = scores ? { logprobs: scores } : {};
-        history.push(id);
-        // The end-of-generation token is yielded too (its text is only what was still held back).
-        if (!options.ignoreEos && backend.isEndOfGeneration(id)) {
-          const tail = drain();
-          result.finish = tail.stopped ? 'stop' : 'eos';
-          yield { id, text: tail.text, ...scored };
-          return;
-        }
-        const { text, stopped } = filter.push(decoder.push(id));
-        let finish: FinishReason | undefined =
-          stopped ? 'stop'
-          : generated >= maxTokens ? 'length'
-          : history.length >= backend.contextLength ? 'context'
-          : options.signal?.aborted ? 'abort'
-          : undefined;
-        if (finish) {
-          // The last token carries whatever text was still held back (unless a stop string cut it).
-          let tail = '';
-          if (!stopped) {
-            const drained = drain();
-            tail = drained.text;
-            if (drained.stopped) finish = 'stop';
-          }
-          // Known as soon as the last token is, even to a caller that stops iterating there.
-          result.finish = finish;
-          yield { id, text: text + tail, ...scored };
-          return;
-        }
-        yield { id, text, ...scored };
-        generated++;
-      }
-      // Aborted while the caller held the token: stop before spending another step on the device.
-      if (options.signal?.aborted) {
-        result.finish = 'abort';
+  let decided = [decide(await targetStep(promptIds, 0))];
+  for (let generated = 1; ; ) {
+    for (const { id, logprobs: scores } of decided) {
+      const scored = scores ? { logprobs: scores } : {};
+      history.push(id);
+      // The end-of-generation token is yielded too (its text is only what was still held back).
+      if (!options.ignoreEos && backend.isEndOfGeneration(id)) {
+        const tail = drain();
+        result.finish = tail.stopped ? 'stop' : 'eos';
+        yield { id, text: tail.text, ...scored };
         return;
       }
-      decided = await nextTokens(generated - 1);
+      const { text, stopped } = filter.push(decoder.push(id));
+      let finish: FinishReason | undefined =
+        stopped ? 'stop'
+        : generated >= maxTokens ? 'length'
+        : history.length >= backend.contextLength ? 'context'
+        : options.signal?.aborted ? 'abort'
+        : undefined;
+      if (finish) {
+        // The last token carries whatever text was still held back (unless a stop string cut it).
+        let tail = '';
+        if (!stopped) {
+          const drained = drain();
+          tail = drained.text;
+          if (drained.stopped) finish = 'stop';
+        }
+        // Known as soon as the last token is, even to a caller that stops iterating there.
+        result.finish = finish;
+        yield { id, text: text + tail, ...scored };
+        return;
+      }
+      yield { id, text, ...scored };
+      generated++;
     }
-  } finally {
-    speculation?.drafter.release();
+    // Aborted while the caller held the token: stop before spending another step on the device.
+    if (options.signal?.aborted) {
+      result.finish = 'abort';
+      return;
+    }
+    decided = await nextTokens(generated - 1);
   }
 }
 
