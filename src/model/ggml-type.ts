@@ -31,6 +31,13 @@ export const GGMLType = {
   F64: 28,
   IQ1_M: 29,
   BF16: 30,
+  /**
+   * Not a GGUF type: 4-bit quants with an f16 scale and an integer zero point per 32 values,
+   * w = (q - zero) · scale. The form AWQ and GPTQ checkpoints take on the GPU (made at load by
+   * src/model/awq-gptq.ts, which moves their bits and never makes floats of them). Ids from 1000
+   * on are webshard's own; a GGUF file never holds them (see isGgufType).
+   */
+  Q4_ZP: 1000,
 } as const;
 
 export type GGMLType = (typeof GGMLType)[keyof typeof GGMLType];
@@ -67,7 +74,17 @@ export const blockGeometry: Partial<Record<GGMLType, BlockGeometry>> = {
   [GGMLType.I32]: { blockSize: 1, typeSize: 4 },
   [GGMLType.I64]: { blockSize: 1, typeSize: 8 },
   [GGMLType.F64]: { blockSize: 1, typeSize: 8 },
+  // f16 scale, u16 zero point, then 16 bytes of nibbles as Q4_0's (value j low nibble of byte j, value 16 + j high).
+  [GGMLType.Q4_ZP]: { blockSize: 32, typeSize: 2 + 2 + 16 },
 };
+
+/** The first id of webshard's own types, which only the loader makes (never read from a GGUF). */
+export const FIRST_WEBSHARD_TYPE = 1000;
+
+/** Whether a type id can appear in a GGUF file (webshard's own types, like Q4_ZP, cannot). */
+export function isGgufType(type: number): boolean {
+  return type < FIRST_WEBSHARD_TYPE;
+}
 
 const typeNames = new Map<number, string>(Object.entries(GGMLType).map(([name, id]) => [id, name]));
 

@@ -129,6 +129,18 @@ fn w_group(blk: u32, sub: u32, scales: u32) -> W8 {
   return W8(d * iq4x4(q[0]), d * iq4x4(q[1]));
 }`,
 
+  // AWQ / GPTQ (webshard's Q4_ZP): word 0 = f16 scale | zero point << 16, then Q4_0's nibbles.
+  [GGMLType.Q4_ZP]: `${nibbleWords}
+const W_GROUPS_PER_BLOCK: u32 = 4u;
+fn w_group(blk: u32, sub: u32, scales: u32) -> W8 {
+  let base = blk * 5u;
+  let head = w_word(base);
+  let d = unpack2x16float(head).x;
+  let zero = f32(head >> 16u);
+  let q = nibbles8(base + 1u, sub);
+  return W8((u8x4(q[0]) - zero) * d, (u8x4(q[1]) - zero) * d);
+}`,
+
   // Q5: bit v of qh is the fifth bit of value v.
   [GGMLType.Q5_0]: `${nibbleWords}
 const W_GROUPS_PER_BLOCK: u32 = 4u;
@@ -291,24 +303,32 @@ fn w_chunk(blk: u32, sub0: u32, scales: u32) -> array<W8, 4> {
 
 // Integer decoders, for the int8 matvec (activations quantized to int8 per block of 32, as
 // llama.cpp's quantized matmuls do): a block as 8 words of packed signed bytes (values 4i..4i+3
-// in word i) for dot4I8Packed, its scale, and W_I8_OFFSET, the constant every stored byte is
-// above its value (Q4_0's nibbles 0..15 stand for -8..7: the -8 is applied once per block, as
-// -8·Σx, which keeps the bytes valid signed operands).
+// in word i) for dot4I8Packed, its scale `d`, and its offset `o`, what every stored byte is above
+// its value (Q4_0's nibbles 0..15 stand for -8..7, so 8; AWQ/GPTQ's zero point, per block): the
+// offset is applied once per block, as -o·Σx, which keeps the bytes valid signed operands.
 const int8Snippets: Partial<Record<GGMLType, string>> = {
   [GGMLType.Q8_0]: `
-const W_I8_OFFSET: i32 = 0;
 fn w_block_i8(blk: u32, scales: u32) -> WI8 {
   let lo = w[2u * blk];
   let hi = w[2u * blk + 1u];
-  return WI8(array<u32, 8>(lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w), w_half(scales, blk));
+  return WI8(array<u32, 8>(lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w), w_half(scales, blk), 0i);
 }`,
   [GGMLType.Q4_0]: `
-const W_I8_OFFSET: i32 = 8;
 fn w_block_i8(blk: u32, scales: u32) -> WI8 {
   let q = w[blk];
   let lo = q & vec4u(0x0f0f0f0fu);
   let hi = (q >> vec4u(4u)) & vec4u(0x0f0f0f0fu);
-  return WI8(array<u32, 8>(lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w), w_half(scales, blk));
+  return WI8(array<u32, 8>(lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w), w_half(scales, blk), 8i);
+}`,
+  // 5-word blocks are not 16-byte aligned: four word loads after the header.
+  [GGMLType.Q4_ZP]: `
+fn w_block_i8(blk: u32, scales: u32) -> WI8 {
+  let base = blk * 5u;
+  let head = w_word(base);
+  let q = vec4u(w_word(base + 1u), w_word(base + 2u), w_word(base + 3u), w_word(base + 4u));
+  let lo = q & vec4u(0x0f0f0f0fu);
+  let hi = (q >> vec4u(4u)) & vec4u(0x0f0f0f0fu);
+  return WI8(array<u32, 8>(lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w), unpack2x16float(head).x, i32(head >> 16u));
 }`,
 };
 
@@ -322,7 +342,7 @@ export function weightDecodeInt8Wgsl(type: GGMLType, binding: number): string {
   const snippet = int8Snippets[type];
   if (!snippet) throw new Error(`no int8 GPU decoder for ${ggmlTypeName(type)} weights (only ${int8DecodableTypes().map(ggmlTypeName).join(', ')})`);
   return `${weightDecodeWgsl(type, binding)}
-struct WI8 { q: array<u32, 8>, d: f32 }
+struct WI8 { q: array<u32, 8>, d: f32, o: i32 }
 ${snippet}`;
 }
 

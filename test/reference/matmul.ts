@@ -54,6 +54,12 @@ const scaleFields: Partial<Record<GGMLType, number[]>> = {
   [GGMLType.Q4_K]: [0, 2],
   [GGMLType.Q5_K]: [0, 2],
   [GGMLType.Q6_K]: [208],
+  [GGMLType.Q4_ZP]: [0],
+};
+
+/** Byte offsets of u16 zero points inside one block (random in 0..16, the range AWQ and GPTQ v1 give). */
+const zeroFields: Partial<Record<GGMLType, number[]>> = {
+  [GGMLType.Q4_ZP]: [2],
 };
 
 /**
@@ -89,6 +95,10 @@ export function randomWeightBytes(type: GGMLType, rows: number, cols: number, se
       const h = f32ToF16((next() * 2 - 1) * 0.05);
       bytes[o + at] = h & 0xff;
       bytes[o + at + 1] = h >> 8;
+    }
+    for (const at of zeroFields[type] ?? []) {
+      bytes[o + at] = Math.floor(next() * 17);
+      bytes[o + at + 1] = 0;
     }
   }
   return bytes;

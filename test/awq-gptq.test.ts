@@ -1,0 +1,281 @@
+// AWQ and GPTQ read as they are: the real checkpoints in ../shared/models decode exactly to the
+// weights llama.cpp ran (their *-dequant-F32.gguf), through the plain reference and through the
+// loader's Q4_ZP blocks; every matmul variant multiplies Q4_ZP weights (group sizes 32/64/128,
+// symmetric and not, act-order) like the f64 reference; tensor-parallel cuts respect groups.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { readFileSync } from 'node:fs';
+import { randomF32, testGpu } from './helpers/gpu.ts';
+import { modelPath } from './helpers/models.ts';
+import { dequantizeInt4Reference, permuteColumns, randomInt4Linear, type RandomInt4Options } from './reference/awq-gptq.ts';
+import { matmulReference } from './reference/matmul.ts';
+import { checkInt4Split, int4ToQ4Zp, QuantizedSplitError, type Int4Linear } from '../src/model/awq-gptq.ts';
+import { ModelFormatError } from '../src/model/errors.ts';
+import { GGMLType } from '../src/model/ggml-type.ts';
+import { readGGUF, readTensorBytes, type GGUFFile } from '../src/model/gguf.ts';
+import { hfToGgufName, readHfConfig, type HfModelConfig } from '../src/model/hf-config.ts';
+import { dequantize } from '../src/model/quant.ts';
+import { readSafetensors, readSafetensorsBytes, type SafetensorsFile } from '../src/model/safetensors.ts';
+import { fileSource } from '../src/model/source.ts';
+import { readF32, runOps, storageBuffer } from '../src/gpu/kernel.ts';
+import { matmulOp, uploadWeight, type MatmulVariant } from '../src/shaders/matmul.ts';
+import { int8DecodableTypes } from '../src/shaders/quant-wgsl.ts';
+
+const VARIANTS = ['awq-tiny/awq-g32', 'gptq-tiny/gptq-g32', 'gptq-tiny/gptq-g32-actorder'] as const;
+const LINEAR = ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj', 'self_attn.o_proj', 'mlp.gate_proj', 'mlp.up_proj', 'mlp.down_proj'];
+
+interface Checkpoint {
+  folder: string;
+  st: SafetensorsFile;
+  config: HfModelConfig;
+  gguf: GGUFFile;
+}
+
+const u32 = (bytes: Uint8Array) => new Uint32Array(bytes.slice().buffer);
+
+/** A linear layer's packed tensors, as the loader will read them. */
+async function linear(c: Checkpoint, layer: number, module: string): Promise<Int4Linear> {
+  const name = `model.layers.${layer}.${module}`;
+  const q = c.config.quantization!;
+  const qweight = c.st.tensor(`${name}.qweight`);
+  const scales = c.st.tensor(`${name}.scales`);
+  const [inFeatures, outFeatures] = q.method === 'awq' ? [qweight.shape[0]!, qweight.shape[1]! * 8] : [qweight.shape[0]! * 8, qweight.shape[1]!];
+  expect(scales.shape).toEqual([inFeatures / q.groupSize, outFeatures]);
+  const gIdx = c.st.hasTensor(`${name}.g_idx`) ? new Int32Array((await readSafetensorsBytes(c.st.tensor(`${name}.g_idx`))).slice().buffer) : undefined;
+  return {
+    method: q.method,
+    file: c.st.source.name,
+    name,
+    inFeatures,
+    outFeatures,
+    groupSize: q.groupSize,
+    qweight: u32(await readSafetensorsBytes(qweight)),
+    qzeros: u32(await readSafetensorsBytes(c.st.tensor(`${name}.qzeros`))),
+    scales: new Uint16Array((await readSafetensorsBytes(scales)).slice().buffer),
+    ...(gIdx ? { gIdx } : {}),
+    checkpointFormat: q.checkpointFormat,
+  };
+}
+
+/** The GGUF's F32 weight in HF row order (llama.cpp's converter permutes Q/K rows for interleaved RoPE). */
+async function ggufWeight(c: Checkpoint, hfName: string): Promise<Float32Array> {
+  const t = c.gguf.tensor(hfToGgufName(hfName)!);
+  const w = dequantize(GGMLType.F32, await readTensorBytes(c.gguf, t), t.shape.reduce((a, b) => a * b, 1));
+  const heads = hfName.includes('q_proj') ? c.config.nHeads : hfName.includes('k_proj') ? c.config.nKvHeads : 0;
+  return heads ? unpermuteRope(w, t.shape[0]!, heads, c.config.headDim) : w;
+}
+
+/** GGUF row h·d + 2i + j holds HF row h·d + j·d/2 + i. */
+export function unpermuteRope(w: Float32Array, cols: number, heads: number, headDim: number): Float32Array {
+  const out = new Float32Array(w.length);
+  for (let h = 0; h < heads; h++) {
+    for (let i = 0; i < headDim / 2; i++) {
+      for (let j = 0; j < 2; j++) {
+        const from = (h * headDim + 2 * i + j) * cols;
+        out.set(w.subarray(from, from + cols), (h * headDim + j * (headDim / 2) + i) * cols);
+      }
+    }
+  }
+  return out;
+}
+
+/** Q4_ZP rows dequantized, columns put back in input order. */
+function q4zpToInputOrder(l: Int4Linear): Float32Array {
+  const zp = int4ToQ4Zp(l);
+  const w = dequantize(GGMLType.Q4_ZP, zp.bytes, zp.rows * zp.cols);
+  if (!zp.inputOrder) return w;
+  const out = new Float32Array(w.length);
+  for (let r = 0; r < zp.rows; r++) for (let t = 0; t < zp.cols; t++) out[r * zp.cols + zp.inputOrder[t]!] = w[r * zp.cols + t]!;
+  return out;
+}
+
+function expectSameBits(a: Float32Array, b: Float32Array, what: string): void {
+  expect(a.length, what).toBe(b.length);
+  const [x, y] = [new Uint32Array(a.buffer, a.byteOffset, a.length), new Uint32Array(b.buffer, b.byteOffset, b.length)];
+  let differ = 0;
+  for (let i = 0; i < x.length; i++) if (x[i] !== y[i] && !(a[i] === 0 && b[i] === 0)) differ++;
+  expect(differ, `${what}: values that differ`).toBe(0);
+}
+
+const checkpoints = new Map<string, Checkpoint>();
+
+beforeAll(async () => {
+  for (const folder of VARIANTS) {
+    const json = (file: string) => JSON.parse(readFileSync(modelPath(`${folder}/${file}`), 'utf8')) as unknown;
+    const config = readHfConfig({
+      file: folder,
+      config: json('config.json'),
+      generationConfig: json('generation_config.json'),
+      ...(folder.startsWith('gptq') ? { quantizeConfig: json('quantize_config.json') } : {}),
+    });
+    const st = await readSafetensors(await fileSource(modelPath(`${folder}/model.safetensors`)));
+    const gguf = await readGGUF(await fileSource(modelPath(`${folder}-dequant-F32.gguf`)));
+    checkpoints.set(folder, { folder, st, config, gguf });
+  }
+});
+
+afterAll(async () => {
+  for (const c of checkpoints.values()) {
+    await c.st.source.close();
+    await c.gguf.source.close();
+  }
+});
+
+describe('the real AWQ and GPTQ checkpoints', () => {
+  it('read their quantization from config.json', () => {
+    expect(checkpoints.get('awq-tiny/awq-g32')!.config.quantization).toMatchObject({ method: 'awq', bits: 4, groupSize: 32, zeroPoint: true, descAct: false });
+    expect(checkpoints.get('gptq-tiny/gptq-g32')!.config.quantization).toMatchObject({ method: 'gptq', groupSize: 32, zeroPoint: false, descAct: false, checkpointFormat: 'gptq' });
+    expect(checkpoints.get('gptq-tiny/gptq-g32-actorder')!.config.quantization).toMatchObject({ method: 'gptq', descAct: true, lmHead: false });
+  });
+
+  it.each(VARIANTS)('%s: every layer decodes exactly to the dequantized GGUF, by the reference and through Q4_ZP', async (folder) => {
+    const c = checkpoints.get(folder)!;
+    let permuted = 0;
+    for (let layer = 0; layer < c.config.nLayers; layer++) {
+      for (const module of LINEAR) {
+        const l = await linear(c, layer, module);
+        const expected = await ggufWeight(c, `model.layers.${layer}.${module}.weight`);
+        expectSameBits(dequantizeInt4Reference(l), expected, `${l.name} (reference)`);
+        expectSameBits(q4zpToInputOrder(l), expected, `${l.name} (Q4_ZP)`);
+        if (int4ToQ4Zp(l).inputOrder) permuted++;
+      }
+    }
+    // Act-order is really exercised: every layer of that checkpoint has a permuted g_idx.
+    expect(permuted).toBe(folder.endsWith('actorder') ? 7 * c.config.nLayers : 0);
+  });
+
+  it.each(VARIANTS)('%s: the F16 tensors (embeddings, norms, lm_head) equal the GGUF', async (folder) => {
+    const c = checkpoints.get(folder)!;
+    const f16 = c.st.tensors.filter((t) => t.dtype === 'F16' && !t.name.endsWith('.scales'));
+    expect(f16.length).toBe(11);
+    for (const t of f16) {
+      const count = t.shape.reduce((a, b) => a * b, 1);
+      expectSameBits(dequantize(GGMLType.F16, await readSafetensorsBytes(t), count), await ggufWeight(c, t.name), t.name);
+    }
+  });
+});
+
+describe('random AWQ / GPTQ layers of every supported kind', () => {
+  // Pairwise over method × group size × zero points × act-order × zero format.
+  const kinds: RandomInt4Options[] = [
+    { method: 'awq', inFeatures: 96, outFeatures: 24, groupSize: 32, asymmetric: true, seed: 1 },
+    { method: 'awq', inFeatures: 256, outFeatures: 40, groupSize: 128, asymmetric: false, seed: 2 },
+    { method: 'gptq', inFeatures: 128, outFeatures: 16, groupSize: 64, asymmetric: true, seed: 3 },
+    { method: 'gptq', inFeatures: 256, outFeatures: 24, groupSize: 128, asymmetric: true, actOrder: true, checkpointFormat: 'gptq_v2', seed: 4 },
+    { method: 'gptq', inFeatures: 192, outFeatures: 8, groupSize: 64, asymmetric: false, actOrder: true, seed: 5 },
+    { method: 'gptq', inFeatures: 96, outFeatures: 40, groupSize: 32, asymmetric: true, checkpointFormat: 'gptq_v2', seed: 6 },
+  ];
+  const name = (k: RandomInt4Options) =>
+    `${k.method} g${k.groupSize} ${k.asymmetric ? 'asym' : 'sym'}${k.actOrder ? ' act-order' : ''}${k.checkpointFormat === 'gptq_v2' ? ' v2' : ''} ${k.outFeatures}×${k.inFeatures}`;
+
+  it.each(kinds.map((k) => [name(k), k] as const))('%s: Q4_ZP decodes as the reference', (_name, kind) => {
+    const l = randomInt4Linear(kind);
+    expectSameBits(q4zpToInputOrder(l), dequantizeInt4Reference(l), name(kind));
+    expect(Boolean(int4ToQ4Zp(l).inputOrder)).toBe(Boolean(kind.actOrder));
+  });
+
+  it('refuses bad layers with the tensor and the numbers', () => {
+    const good = randomInt4Linear(kinds[2]!);
+    const bad = (patch: Partial<Int4Linear>) => () => int4ToQ4Zp({ ...good, ...patch });
+    expect(bad({ scales: good.scales.subarray(1) })).toThrow(/scales: holds 31 values, but \[2, 16\] needs 32/);
+    expect(bad({ groupSize: 16 })).toThrow(/group size 16/);
+    expect(bad({ gIdx: new Int32Array(128) })).toThrow(/g_idx: group 0 has 128 columns, not the group size 64/);
+    expect(bad({ gIdx: new Int32Array(128).fill(5) })).toThrow(/g_idx: column 0 is in group 5, outside 0..1/);
+    expect(bad({ checkpointFormat: 'marlin' })).toThrow(/checkpoint_format "marlin" is not supported/);
+    expect(bad({ outFeatures: 12 })).toThrow(ModelFormatError);
+  });
+});
+
+describe('Q4_ZP on the GPU', async () => {
+  const gpu = await testGpu();
+  const variants: Array<Exclude<MatmulVariant, 'auto'>> = ['matvec', 'tiled', 'tiled-large', 'matvec-int8', 'tiled-int8', 'int8'];
+  if (gpu.features.subgroups) variants.push('matvec-subgroup');
+
+  it('is a type the int8 kernels read', () => {
+    expect(int8DecodableTypes()).toContain(GGMLType.Q4_ZP);
+  });
+
+  /** x quantized per block of 32 to int8 and back, as the int8 kernels see it. */
+  function int8Activations(x: Float32Array): Float32Array {
+    const out = new Float32Array(x.length);
+    const f = Math.fround;
+    for (let b = 0; b < x.length; b += 32) {
+      let amax = 0;
+      for (let i = b; i < b + 32; i++) amax = Math.max(amax, Math.abs(x[i]!));
+      const d = f(amax / 127);
+      const inverse = d > 0 ? f(1 / d) : 0;
+      for (let i = b; i < b + 32; i++) {
+        const v = f(x[i]! * inverse);
+        out[i] = f((Math.abs(v % 1) === 0.5 ? 2 * Math.round(v / 2) : Math.round(v)) * d);
+      }
+    }
+    return out;
+  }
+
+  // Each variant meets a different layer kind and token count (pairwise, not the full product);
+  // the real act-order layer runs with its activations permuted as the engine will feed them.
+  const cases: Array<{ variant: Exclude<MatmulVariant, 'auto'>; layer: () => Promise<Int4Linear>; nTokens: number }> = [];
+  const randomKinds: RandomInt4Options[] = [
+    { method: 'awq', inFeatures: 256, outFeatures: 40, groupSize: 128, asymmetric: true, seed: 11 },
+    { method: 'gptq', inFeatures: 192, outFeatures: 24, groupSize: 64, asymmetric: true, actOrder: true, seed: 12 },
+    { method: 'gptq', inFeatures: 96, outFeatures: 72, groupSize: 32, asymmetric: false, seed: 13 },
+  ];
+  const real = (folder: (typeof VARIANTS)[number], module: string) => () => linear(checkpoints.get(folder)!, 1, module);
+  const layers = [
+    real('awq-tiny/awq-g32', 'mlp.down_proj'),
+    real('gptq-tiny/gptq-g32-actorder', 'self_attn.k_proj'),
+    ...randomKinds.map((k) => async () => randomInt4Linear(k)),
+  ];
+  // Two cases per variant (lavapipe compiles each kernel slowly), together every layer kind thrice.
+  for (const [i, variant] of variants.entries()) {
+    for (const j of [0, 1]) {
+      const nTokens = variant.startsWith('matvec') ? [1, 3][j]! : [37, 70][j]!;
+      cases.push({ variant, layer: layers[(2 * i + j) % layers.length]!, nTokens });
+    }
+  }
+
+  it.each(variants)('%s matches the f64 reference', async (variant) => {
+    for (const c of cases.filter((c) => c.variant === variant)) {
+      const l = await c.layer();
+      const zp = int4ToQ4Zp(l);
+      const x = randomF32(c.nTokens * zp.cols, zp.rows + zp.cols + c.nTokens);
+      // The engine feeds an act-order layer its activations in group order.
+      const xFed = permuteColumns(x, zp.cols, zp.inputOrder);
+      const int8 = variant.endsWith('int8');
+      const ref = matmulReference(dequantizeInt4Reference(l), zp.rows, zp.cols, int8 ? permuteBack(int8Activations(xFed), zp.cols, zp.inputOrder) : x, c.nTokens);
+      const weight = uploadWeight(gpu, l.name, GGMLType.Q4_ZP, zp.rows, zp.cols, zp.bytes);
+      const xBuf = storageBuffer(gpu.device, 'x', xFed);
+      const yBuf = storageBuffer(gpu.device, 'y', new Float32Array(c.nTokens * zp.rows).fill(NaN));
+      runOps(gpu.device, [matmulOp(gpu, weight, xBuf, yBuf, c.nTokens, { variant })]);
+      const y = await readF32(gpu.device, yBuf, c.nTokens * zp.rows);
+      for (const b of [weight.buffer, xBuf, yBuf]) b.destroy();
+      for (let i = 0; i < y.length; i++) {
+        expect(Math.abs(y[i]! - ref.y[i]!), `${l.name} ${zp.rows}×${zp.cols}, ${c.nTokens} tokens, output ${i}`).toBeLessThan(1e-4 * ref.magnitude[i]! + 1e-30);
+      }
+    }
+  });
+
+  /** Inverse of permuteColumns: back to input order (the reference multiplies in input order). */
+  function permuteBack(x: Float32Array, cols: number, order: Int32Array | undefined): Float32Array {
+    if (!order) return x;
+    const out = new Float32Array(x.length);
+    for (let r = 0; r < x.length / cols; r++) for (let t = 0; t < cols; t++) out[r * cols + order[t]!] = x[r * cols + t]!;
+    return out;
+  }
+});
+
+describe('tensor-parallel cuts', () => {
+  const layer = { method: 'gptq', name: 'model.layers.0.mlp.down_proj', inFeatures: 256, outFeatures: 128, groupSize: 64 } as const;
+
+  it('allow cuts on packing words (rows) and whole groups (columns)', () => {
+    expect(() => checkInt4Split(layer, 'rows', [0, 64, 128])).not.toThrow();
+    expect(() => checkInt4Split(layer, 'rows', [8, 40])).not.toThrow();
+    expect(() => checkInt4Split(layer, 'columns', [0, 128, 256])).not.toThrow();
+  });
+
+  it('refuse other cuts with the numbers', () => {
+    expect(() => checkInt4Split(layer, 'rows', [0, 60, 128])).toThrow(QuantizedSplitError);
+    expect(() => checkInt4Split(layer, 'rows', [60])).toThrow(/down_proj: cannot cut the rows at 60: rows cuts must be multiples of 8 \(GPTQ packs 8 output features/);
+    expect(() => checkInt4Split(layer, 'columns', [96])).toThrow(/cannot cut the columns at 96: columns cuts must be multiples of 64 \(each group of 64 input features/);
+    expect(() => checkInt4Split(layer, 'columns', [320])).toThrow(/at 320.*inside 0..256/);
+  });
+});
