@@ -19,6 +19,10 @@ import { fileSource } from '../src/model/source.ts';
 import { readF32, runOps, storageBuffer } from '../src/gpu/kernel.ts';
 import { matmulOp, uploadWeight, type MatmulVariant } from '../src/shaders/matmul.ts';
 import { int8DecodableTypes } from '../src/shaders/quant-wgsl.ts';
+import { loadModel, type Model } from '../src/api/model.ts';
+import { GGUFValueType, type GGUFValue } from '../src/model/gguf.ts';
+import { writeGGUF, type GGUFTypedValue } from '../src/model/gguf-writer.ts';
+import type { GenerationCase } from './helpers/models.ts';
 
 const VARIANTS = ['awq-tiny/awq-g32', 'gptq-tiny/gptq-g32', 'gptq-tiny/gptq-g32-actorder'] as const;
 const LINEAR = ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj', 'self_attn.o_proj', 'mlp.gate_proj', 'mlp.up_proj', 'mlp.down_proj'];
@@ -97,6 +101,8 @@ function expectSameBits(a: Float32Array, b: Float32Array, what: string): void {
 }
 
 const checkpoints = new Map<string, Checkpoint>();
+// One device for the whole file (opened here, at file level, so it outlives each describe).
+const device = testGpu();
 
 beforeAll(async () => {
   for (const folder of VARIANTS) {
@@ -186,7 +192,7 @@ describe('random AWQ / GPTQ layers of every supported kind', () => {
 });
 
 describe('Q4_ZP on the GPU', async () => {
-  const gpu = await testGpu();
+  const gpu = await device;
   const variants: Array<Exclude<MatmulVariant, 'auto'>> = ['matvec', 'tiled', 'tiled-large', 'matvec-int8', 'tiled-int8', 'int8'];
   if (gpu.features.subgroups) variants.push('matvec-subgroup');
 
@@ -277,5 +283,82 @@ describe('tensor-parallel cuts', () => {
     expect(() => checkInt4Split(layer, 'rows', [60])).toThrow(/down_proj: cannot cut the rows at 60: rows cuts must be multiples of 8 \(GPTQ packs 8 output features/);
     expect(() => checkInt4Split(layer, 'columns', [96])).toThrow(/cannot cut the columns at 96: columns cuts must be multiples of 64 \(each group of 64 input features/);
     expect(() => checkInt4Split(layer, 'columns', [320])).toThrow(/at 320.*inside 0..256/);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// The whole forward pass on Q4_ZP weights, against llama.cpp
+
+/**
+ * Until the Hugging Face loader is wired, a stand-in for its adapter: the dequantized GGUF's
+ * metadata, norms and embeddings, with every linear weight replaced by the checkpoint's Q4_ZP
+ * rows (Q/K rows moved into GGUF's interleaved-RoPE order, since this engine path runs GGUF's
+ * RoPE). Act-order layers need the activation gather the engine does not have yet, so only the
+ * AWQ and plain GPTQ checkpoints run here.
+ */
+async function q4zpGguf(c: Checkpoint): Promise<Uint8Array> {
+  const metadata: Array<[string, GGUFTypedValue]> = [];
+  for (const [key, value] of c.gguf.metadata) metadata.push([key, typedValue(value, c.gguf.metadataTypes.get(key)!)]);
+  const replaced = new Map<string, { bytes: Uint8Array; rows: number; cols: number }>();
+  for (let layer = 0; layer < c.config.nLayers; layer++) {
+    for (const module of LINEAR) {
+      const zp = int4ToQ4Zp(await linear(c, layer, module));
+      expect(zp.inputOrder).toBeUndefined();
+      const heads = module.endsWith('q_proj') ? c.config.nHeads : module.endsWith('k_proj') ? c.config.nKvHeads : 0;
+      const bytes = heads ? ropeRowsToGguf(zp.bytes, zp.bytes.length / zp.rows, heads, c.config.headDim) : zp.bytes;
+      replaced.set(hfToGgufName(`model.layers.${layer}.${module}.weight`)!, { bytes, rows: zp.rows, cols: zp.cols });
+    }
+  }
+  const tensors = [];
+  for (const t of c.gguf.tensors) {
+    const q = replaced.get(t.name);
+    tensors.push(q ? { name: t.name, shape: [q.cols, q.rows], type: GGMLType.Q4_ZP, data: q.bytes } : { name: t.name, shape: t.shape, type: t.type, data: await readTensorBytes(c.gguf, t) });
+  }
+  expect(tensors.filter((t) => t.type === GGMLType.Q4_ZP)).toHaveLength(replaced.size);
+  return writeGGUF({ metadata, tensors });
+}
+
+/** Whole rows (`rowBytes` each) moved from HF order to GGUF's: GGUF row h·d + 2i + j is HF row h·d + j·d/2 + i. */
+function ropeRowsToGguf(bytes: Uint8Array, rowBytes: number, heads: number, headDim: number): Uint8Array {
+  const out = new Uint8Array(bytes.length);
+  for (let h = 0; h < heads; h++) {
+    for (let i = 0; i < headDim / 2; i++) {
+      for (let j = 0; j < 2; j++) {
+        const from = (h * headDim + j * (headDim / 2) + i) * rowBytes;
+        out.set(bytes.subarray(from, from + rowBytes), (h * headDim + 2 * i + j) * rowBytes);
+      }
+    }
+  }
+  return out;
+}
+
+/** A metadata value as the writer takes it (the dequantized GGUFs hold scalars and flat arrays). */
+function typedValue(value: GGUFValue, type: number): GGUFTypedValue {
+  const names: Record<number, string> = { 0: 'u8', 1: 'i8', 2: 'u16', 3: 'i16', 4: 'u32', 5: 'i32', 6: 'f32', 7: 'bool', 8: 'string', 10: 'u64', 11: 'i64', 12: 'f64' };
+  if (type !== GGUFValueType.ARRAY) return { type: names[type], value } as GGUFTypedValue;
+  const element = value instanceof Float32Array ? 'f32' : value instanceof Int32Array ? 'i32' : value instanceof Uint32Array ? 'u32' : Array.isArray(value) && typeof value[0] === 'string' ? 'string' : undefined;
+  if (!element) throw new Error(`no writer type for ${Object.prototype.toString.call(value)}`);
+  return { type: 'array', elementType: element, value } as GGUFTypedValue;
+}
+
+const quantizedCases = (JSON.parse(readFileSync(modelPath('reference/quantized-public.json'), 'utf8')) as { generation_cases: GenerationCase[] }).generation_cases;
+
+describe.each(['awq-tiny/awq-g32', 'gptq-tiny/gptq-g32'] as const)('generation on Q4_ZP weights: %s', (folder) => {
+  let model: Model;
+  beforeAll(async () => {
+    model = await loadModel(await q4zpGguf(checkpoints.get(folder)!), { device: await device, contextLength: 128 });
+  });
+  afterAll(() => model?.dispose());
+
+  // The three prompts with the longest stable prefixes (the cases differ only in their prompt).
+  const longest = quantizedCases
+    .filter((c) => c.model === folder)
+    .sort((a, b) => b.stable_prefix_len['0.01'] - a.stable_prefix_len['0.01'])
+    .slice(0, 3);
+  it.each(longest.map((c) => [c.name, c] as const))('%s: llama.cpp\'s tokens up to the stable prefix', async (_name, c) => {
+    const result = await model.complete(c.prompt_ids, { temperature: 0, maxTokens: c.n_predict, ignoreEos: true });
+    const stable = c.stable_prefix_len['0.01'];
+    expect(stable).toBeGreaterThanOrEqual(32);
+    expect(result.ids.slice(0, stable)).toEqual(c.generated_ids.slice(0, stable));
   });
 });

@@ -302,7 +302,7 @@ export function readHfConfig(files: HfConfigFiles): HfModelConfig {
     ropeStyle: 'neox',
     contextLength: f.count('max_position_embeddings', 2048),
     tiedEmbeddings: f.boolean('tie_word_embeddings', false),
-    attentionBias: f.boolean('attention_bias', family === 'qwen2'),
+    attentionBias: family === 'qwen2' || f.boolean('attention_bias', false), // Qwen2 always has Q/K/V biases
     qkNorm: family === 'qwen3',
     ...(bosTokenId !== undefined ? { bosTokenId } : {}),
     eosTokenIds: generation?.ids('eos_token_id') ?? f.ids('eos_token_id') ?? [],

@@ -337,6 +337,15 @@ export function int8DecodableTypes(): GGMLType[] {
   return Object.keys(int8Snippets).map(Number) as GGMLType[];
 }
 
+/**
+ * The offset `o` every block of a type has (Q8_0: 0, Q4_0: 8), or undefined when it varies per
+ * block (Q4_ZP's zero points): the tiled int8 kernel then stages it per row, in workgroup memory
+ * that the constant-offset types do without.
+ */
+export function int8ConstantOffset(type: GGMLType): number | undefined {
+  return ({ [GGMLType.Q8_0]: 0, [GGMLType.Q4_0]: 8 } as Partial<Record<GGMLType, number>>)[type];
+}
+
 /** weightDecodeWgsl plus `w_block_i8` (see int8Snippets) for a type int8DecodableTypes lists. */
 export function weightDecodeInt8Wgsl(type: GGMLType, binding: number): string {
   const snippet = int8Snippets[type];
