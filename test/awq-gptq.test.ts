@@ -7,7 +7,8 @@ import { readFileSync } from 'node:fs';
 import { randomF32, testGpu } from './helpers/gpu.ts';
 import { modelPath } from './helpers/models.ts';
 import { dequantizeInt4Reference, permuteColumns, randomInt4Linear, type RandomInt4Options } from './reference/awq-gptq.ts';
-import { matmulReference } from './reference/matmul.ts';
+import { matmulReference, quantizeActivationsInt8 } from './reference/matmul.ts';
+import { permuteRopeRows } from './reference/hf-rope.ts';
 import { checkInt4Split, int4ToQ4Zp, QuantizedSplitError, type Int4Linear } from '../src/model/awq-gptq.ts';
 import { ModelFormatError } from '../src/model/errors.ts';
 import { GGMLType } from '../src/model/ggml-type.ts';
@@ -64,22 +65,8 @@ async function linear(c: Checkpoint, layer: number, module: string): Promise<Int
 async function ggufWeight(c: Checkpoint, hfName: string): Promise<Float32Array> {
   const t = c.gguf.tensor(hfToGgufName(hfName)!);
   const w = dequantize(GGMLType.F32, await readTensorBytes(c.gguf, t), t.shape.reduce((a, b) => a * b, 1));
-  const heads = hfName.includes('q_proj') ? c.config.nHeads : hfName.includes('k_proj') ? c.config.nKvHeads : 0;
-  return heads ? unpermuteRope(w, t.shape[0]!, heads, c.config.headDim) : w;
-}
-
-/** GGUF row h·d + 2i + j holds HF row h·d + j·d/2 + i. */
-export function unpermuteRope(w: Float32Array, cols: number, heads: number, headDim: number): Float32Array {
-  const out = new Float32Array(w.length);
-  for (let h = 0; h < heads; h++) {
-    for (let i = 0; i < headDim / 2; i++) {
-      for (let j = 0; j < 2; j++) {
-        const from = (h * headDim + 2 * i + j) * cols;
-        out.set(w.subarray(from, from + cols), (h * headDim + j * (headDim / 2) + i) * cols);
-      }
-    }
-  }
-  return out;
+  const rope = hfName.includes('q_proj') || hfName.includes('k_proj');
+  return rope ? permuteRopeRows(w, t.shape[0]!, c.config.headDim, false) : w;
 }
 
 /** Q4_ZP rows dequantized, columns put back in input order. */
@@ -200,23 +187,6 @@ describe('Q4_ZP on the GPU', async () => {
     expect(int8DecodableTypes()).toContain(GGMLType.Q4_ZP);
   });
 
-  /** x quantized per block of 32 to int8 and back, as the int8 kernels see it. */
-  function int8Activations(x: Float32Array): Float32Array {
-    const out = new Float32Array(x.length);
-    const f = Math.fround;
-    for (let b = 0; b < x.length; b += 32) {
-      let amax = 0;
-      for (let i = b; i < b + 32; i++) amax = Math.max(amax, Math.abs(x[i]!));
-      const d = f(amax / 127);
-      const inverse = d > 0 ? f(1 / d) : 0;
-      for (let i = b; i < b + 32; i++) {
-        const v = f(x[i]! * inverse);
-        out[i] = f((Math.abs(v % 1) === 0.5 ? 2 * Math.round(v / 2) : Math.round(v)) * d);
-      }
-    }
-    return out;
-  }
-
   // Each variant meets a different layer kind and token count (pairwise, not the full product);
   // the real act-order layer runs with its activations permuted as the engine will feed them.
   const cases: Array<{ variant: Exclude<MatmulVariant, 'auto'>; layer: () => Promise<Int4Linear>; nTokens: number }> = [];
@@ -247,7 +217,7 @@ describe('Q4_ZP on the GPU', async () => {
       // The engine feeds an act-order layer its activations in group order.
       const xFed = permuteColumns(x, zp.cols, zp.inputOrder);
       const int8 = variant.endsWith('int8');
-      const ref = matmulReference(dequantizeInt4Reference(l), zp.rows, zp.cols, int8 ? permuteBack(int8Activations(xFed), zp.cols, zp.inputOrder) : x, c.nTokens);
+      const ref = matmulReference(dequantizeInt4Reference(l), zp.rows, zp.cols, int8 ? permuteBack(quantizeActivationsInt8(xFed), zp.cols, zp.inputOrder) : x, c.nTokens);
       const weight = uploadWeight(gpu, l.name, GGMLType.Q4_ZP, zp.rows, zp.cols, zp.bytes);
       const xBuf = storageBuffer(gpu.device, 'x', xFed);
       const yBuf = storageBuffer(gpu.device, 'y', new Float32Array(c.nTokens * zp.rows).fill(NaN));
@@ -304,8 +274,8 @@ async function q4zpGguf(c: Checkpoint): Promise<Uint8Array> {
     for (const module of LINEAR) {
       const zp = int4ToQ4Zp(await linear(c, layer, module));
       expect(zp.inputOrder).toBeUndefined();
-      const heads = module.endsWith('q_proj') ? c.config.nHeads : module.endsWith('k_proj') ? c.config.nKvHeads : 0;
-      const bytes = heads ? ropeRowsToGguf(zp.bytes, zp.bytes.length / zp.rows, heads, c.config.headDim) : zp.bytes;
+      const rope = module.endsWith('q_proj') || module.endsWith('k_proj');
+      const bytes = rope ? permuteRopeRows(zp.bytes, zp.bytes.length / zp.rows, c.config.headDim) : zp.bytes;
       replaced.set(hfToGgufName(`model.layers.${layer}.${module}.weight`)!, { bytes, rows: zp.rows, cols: zp.cols });
     }
   }
@@ -316,20 +286,6 @@ async function q4zpGguf(c: Checkpoint): Promise<Uint8Array> {
   }
   expect(tensors.filter((t) => t.type === GGMLType.Q4_ZP)).toHaveLength(replaced.size);
   return writeGGUF({ metadata, tensors });
-}
-
-/** Whole rows (`rowBytes` each) moved from HF order to GGUF's: GGUF row h·d + 2i + j is HF row h·d + j·d/2 + i. */
-function ropeRowsToGguf(bytes: Uint8Array, rowBytes: number, heads: number, headDim: number): Uint8Array {
-  const out = new Uint8Array(bytes.length);
-  for (let h = 0; h < heads; h++) {
-    for (let i = 0; i < headDim / 2; i++) {
-      for (let j = 0; j < 2; j++) {
-        const from = (h * headDim + j * (headDim / 2) + i) * rowBytes;
-        out.set(bytes.subarray(from, from + rowBytes), (h * headDim + 2 * i + j) * rowBytes);
-      }
-    }
-  }
-  return out;
 }
 
 /** A metadata value as the writer takes it (the dequantized GGUFs hold scalars and flat arrays). */

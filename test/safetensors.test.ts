@@ -4,9 +4,11 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { existsSync, readFileSync } from 'node:fs';
 import { modelPath } from './helpers/models.ts';
+import { permuteRopeRows } from './reference/hf-rope.ts';
 import { ModelFormatError, UnsupportedModelError } from '../src/model/errors.ts';
 import { GGMLType } from '../src/model/ggml-type.ts';
 import { readGGUF, readTensorBytes, type GGUFFile } from '../src/model/gguf.ts';
+import { llamaConfig } from '../src/model/config.ts';
 import { hfToGgufName, readHfConfig } from '../src/model/hf-config.ts';
 import { dequantize } from '../src/model/quant.ts';
 import {
@@ -165,7 +167,7 @@ describe('malformed safetensors', () => {
 
     it('that is not an index', async () => {
       await expect(readSafetensorsIndex(bytesSource(new TextEncoder().encode('{"weight_map": 3}'), 'i.json'), open({}))).rejects.toThrow(/i.json: the index has no weight_map/);
-      await expect(readSafetensorsIndex(bytesSource(new TextEncoder().encode('{'), 'i.json'), open({}))).rejects.toThrow(/i.json: the index is not valid JSON/);
+      await expect(readSafetensorsIndex(bytesSource(new TextEncoder().encode('{'), 'i.json'), open({}))).rejects.toThrow(/i.json: the index is not valid UTF-8 JSON/);
       await expect(readSafetensorsIndex(index({ x: '../etc/passwd' }), open({}))).rejects.toThrow(/names the shard "..\/etc\/passwd", which is not a file name beside the index/);
     });
   });
@@ -175,20 +177,6 @@ describe('malformed safetensors', () => {
 // The real checkpoints
 
 const json = (file: string) => JSON.parse(readFileSync(modelPath(file), 'utf8')) as unknown;
-
-/** GGUF row h·d + 2i + j holds HF row h·d + j·d/2 + i (llama.cpp permutes llama's Q/K for interleaved RoPE). */
-function ropeRowsToGguf(w: Float32Array, cols: number, heads: number, headDim: number): Float32Array {
-  const out = new Float32Array(w.length);
-  for (let h = 0; h < heads; h++) {
-    for (let i = 0; i < headDim / 2; i++) {
-      for (let j = 0; j < 2; j++) {
-        const from = (h * headDim + j * (headDim / 2) + i) * cols;
-        out.set(w.subarray(from, from + cols), (h * headDim + 2 * i + j) * cols);
-      }
-    }
-  }
-  return out;
-}
 
 const open: Array<{ close(): Promise<void> }> = [];
 afterAll(async () => {
@@ -228,8 +216,7 @@ async function expectSameWeights(dir: string, ggufFile: string, permuteQK: boole
     expect(view.shape, name).toEqual(target.shape);
     const count = t.shape.reduce((a, b) => a * b, 1);
     let values = dequantize(view.type, await readSafetensorsBytes(t), count);
-    const heads = /attn_q\.weight$/.test(name) ? config.nHeads : /attn_k\.weight$/.test(name) ? config.nKvHeads : 0;
-    if (permuteQK && heads) values = ropeRowsToGguf(values, t.shape[1]!, heads, config.headDim);
+    if (permuteQK && /attn_[qk]\.weight$/.test(name)) values = permuteRopeRows(values, t.shape[1]!, config.headDim);
     const expected = dequantize(target.type, await readTensorBytes(g, target), count);
     let differ = 0;
     for (let i = 0; i < count; i++) if (!Object.is(values[i], expected[i])) differ++;
@@ -276,27 +263,13 @@ describe('real checkpoints', () => {
 });
 
 describe('config.json', () => {
-  it('maps stories260K', () => {
+  it('maps stories260K to the numbers its GGUF gives', async () => {
     const c = readHfConfig({ file: 'hf/stories260K', config: json('hf/stories260K/config.json'), generationConfig: json('hf/stories260K/generation_config.json') });
-    expect(c).toMatchObject({
-      architecture: 'LlamaForCausalLM',
-      family: 'llama',
-      vocabSize: 512,
-      dim: 64,
-      nLayers: 5,
-      nHeads: 8,
-      nKvHeads: 4,
-      headDim: 8,
-      ffnDim: 172,
-      rmsEps: 1e-5,
-      ropeBase: 10000,
-      ropeScaling: { type: 'none' },
-      ropeDims: 8,
-      ropeStyle: 'neox',
-      tiedEmbeddings: true,
-      bosTokenId: 1,
-      eosTokenIds: [2],
-    });
+    const fromGguf = llamaConfig(await gguf('stories260K.gguf'));
+    const shared = ['vocabSize', 'dim', 'nLayers', 'nHeads', 'nKvHeads', 'headDim', 'ffnDim', 'rmsEps', 'ropeBase', 'ropeScaling', 'ropeDims', 'bosTokenId'] as const;
+    for (const key of shared) expect(c[key], key).toEqual(fromGguf[key]);
+    // The folder's own: the GGUF (from llama2.c) says 2048 positions and has an untied output.weight.
+    expect(c).toMatchObject({ architecture: 'LlamaForCausalLM', family: 'llama', ropeStyle: 'neox', contextLength: 512, tiedEmbeddings: true, eosTokenIds: [fromGguf.eosTokenId] });
     expect(c.quantization).toBeUndefined();
   });
 
@@ -321,7 +294,7 @@ describe('config.json', () => {
 
   it('qwen3: q/k norms, no biases', () => {
     const c = readHfConfig({ file: 'qwen3-tiny/hf', config: json('qwen3-tiny/hf/config.json') });
-    expect(c).toMatchObject({ family: 'qwen3', qkNorm: true, attentionBias: false, headDim: 16, rmsEps: 1e-6, eosTokenIds: [151645] });
+    expect(c).toMatchObject({ family: 'qwen3', qkNorm: true, attentionBias: false, headDim: 16, rmsEps: Math.fround(1e-6), eosTokenIds: [151645] });
     expect(readHfConfig({ file: 'x', config: { architectures: ['Qwen2ForCausalLM'], hidden_size: 64, num_attention_heads: 4, num_hidden_layers: 1, vocab_size: 8, intermediate_size: 8 } })).toMatchObject({
       family: 'qwen2',
       attentionBias: true,

@@ -10,7 +10,9 @@
 // would also break reading a tensor-parallel shard's rows by byte range). So every mapped config
 // says `ropeStyle: 'neox'`, the llama one included. (Permuting back is a reordering of rows within
 // each head: gguf row h·d + 2i + j = hf row h·d + j·d/2 + i, for i < d/2, j ∈ {0, 1}.)
+import type { LlamaConfig } from './config.ts';
 import { ModelFormatError, UnsupportedModelError } from './errors.ts';
+import { isJsonObject } from './json.ts';
 
 /** config.json `architectures` webshard reads, and the family (model_type) each is. */
 export const HF_ARCHITECTURES = {
@@ -46,25 +48,15 @@ export interface HfQuantization {
   lmHead: boolean;
 }
 
-export interface HfModelConfig {
+/** The engine's numbers (LlamaConfig's, same meaning) plus what only an HF folder says. */
+export interface HfModelConfig
+  extends Pick<LlamaConfig, 'vocabSize' | 'dim' | 'nLayers' | 'nHeads' | 'nKvHeads' | 'headDim' | 'ffnDim' | 'rmsEps' | 'ropeBase' | 'ropeDims' | 'contextLength' | 'tiedEmbeddings'> {
   architecture: HfArchitecture;
   family: HfFamily;
-  vocabSize: number;
-  dim: number;
-  nLayers: number;
-  nHeads: number;
-  nKvHeads: number;
-  headDim: number;
-  ffnDim: number;
-  rmsEps: number;
-  ropeBase: number;
+  /** A superset of LlamaConfig's: llama3 carries its per-frequency divisors (GGUF's rope_freqs tensor). */
   ropeScaling: HfRopeScaling;
-  /** Leading dimensions of each head that RoPE rotates (Phi-3's partial_rotary_factor < 1 rotates fewer). */
-  ropeDims: number;
   /** Always 'neox' for HF checkpoints: their Q/K rows are in rotate_half order (see the top of this file). */
   ropeStyle: 'neox';
-  contextLength: number;
-  tiedEmbeddings: boolean;
   /** Q/K/V projections carry biases (Qwen2; or attention_bias). */
   attentionBias: boolean;
   /** Q and K are RMS-normalized per head before RoPE (Qwen3). */
@@ -86,16 +78,6 @@ export interface HfConfigFiles {
   quantizeConfig?: unknown;
 }
 
-const isRecord = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);
-
-/** Parses a JSON side file, with a typed error naming it. */
-export function parseHfJson(file: string, text: string): unknown {
-  try {
-    return JSON.parse(text);
-  } catch (cause) {
-    throw new ModelFormatError({ file, problem: `not valid JSON (${(cause as Error).message})`, fix: 'Download the file again' });
-  }
-}
 
 class Fields {
   constructor(
@@ -195,7 +177,7 @@ export function llama3RopeDivisors(base: number, dims: number, s: { factor: numb
 function readRopeScaling(f: Fields, base: number, ropeDims: number): HfRopeScaling {
   const scaling = f.record.rope_scaling;
   if (scaling === undefined || scaling === null) return { type: 'none' };
-  if (!isRecord(scaling)) throw f.error('rope_scaling', `is ${JSON.stringify(scaling)}, not an object or null`);
+  if (!isJsonObject(scaling)) throw f.error('rope_scaling', `is ${JSON.stringify(scaling)}, not an object or null`);
   const s = new Fields(f.file, scaling, 'rope_scaling.');
   const type = s.string('rope_type', s.string('type', 'default'));
   if (type === 'default') return { type: 'none' };
@@ -221,10 +203,10 @@ function readRopeScaling(f: Fields, base: number, ropeDims: number): HfRopeScali
 
 function readQuantization(file: string, config: Record<string, unknown>, side: unknown): HfQuantization | undefined {
   const inConfig = config.quantization_config;
-  const record = isRecord(inConfig) ? inConfig : isRecord(side) ? side : undefined;
+  const record = isJsonObject(inConfig) ? inConfig : isJsonObject(side) ? side : undefined;
   if (!record) return undefined;
-  const q = new Fields(file, record, isRecord(inConfig) ? 'quantization_config.' : 'quantize_config.json ');
-  const method = q.string('quant_method', isRecord(side) ? 'gptq' : '');
+  const q = new Fields(file, record, isJsonObject(inConfig) ? 'quantization_config.' : 'quantize_config.json ');
+  const method = q.string('quant_method', isJsonObject(side) ? 'gptq' : '');
   const unsupported = (field: string, problem: string) =>
     new UnsupportedModelError({ file, field: q.prefix + field, problem, fix: 'Use a 4-bit AWQ (gemm) or GPTQ checkpoint, or an unquantized one' });
   if (method !== 'awq' && method !== 'gptq') throw unsupported('quant_method', `quantization method "${method}" is not supported (supported: awq, gptq)`);
@@ -265,7 +247,7 @@ function readQuantization(file: string, config: Record<string, unknown>, side: u
 
 /** Maps config.json (and its side files) to the engine's hyper-parameters; refuses what it cannot run, naming the field. */
 export function readHfConfig(files: HfConfigFiles): HfModelConfig {
-  if (!isRecord(files.config)) throw new ModelFormatError({ file: files.file, problem: 'config.json is not a JSON object', fix: 'Download config.json again' });
+  if (!isJsonObject(files.config)) throw new ModelFormatError({ file: files.file, problem: 'config.json is not a JSON object', fix: 'Download config.json again' });
   const f = new Fields(files.file, files.config);
   const architecture = readArchitecture(f);
   const family = HF_ARCHITECTURES[architecture];
@@ -278,12 +260,12 @@ export function readHfConfig(files: HfConfigFiles): HfModelConfig {
   const rotary = f.number('partial_rotary_factor', 1, (v) => v > 0 && v <= 1);
   const ropeDims = Math.round(headDim * rotary);
   if (ropeDims % 2 !== 0) throw f.error('partial_rotary_factor', `rotates ${ropeDims} of ${headDim} dimensions, an odd number`);
-  const ropeBase = f.number('rope_theta', 10000, (v) => v > 0);
+  const ropeBase = fround(f.number('rope_theta', 10000, (v) => v > 0));
   const activation = f.string('hidden_act', 'silu');
   if (activation !== 'silu') {
     throw new UnsupportedModelError({ file: files.file, field: 'hidden_act', problem: `activation "${activation}" is not supported (only silu, SwiGLU's)`, fix: 'Use a checkpoint of a supported architecture' });
   }
-  const generation = isRecord(files.generationConfig) ? new Fields(files.file, files.generationConfig, 'generation_config.') : undefined;
+  const generation = isJsonObject(files.generationConfig) ? new Fields(files.file, files.generationConfig, 'generation_config.') : undefined;
   const bosTokenId = (generation?.ids('bos_token_id') ?? f.ids('bos_token_id'))?.[0];
   return {
     architecture,
@@ -295,7 +277,8 @@ export function readHfConfig(files: HfConfigFiles): HfModelConfig {
     nKvHeads,
     headDim,
     ffnDim: f.count('intermediate_size'),
-    rmsEps: f.number('rms_norm_eps', 1e-6, (v) => v > 0),
+    // f32, as GGUF stores it and the kernels use it: the same numbers as the model's GGUF conversion.
+    rmsEps: fround(f.number('rms_norm_eps', 1e-6, (v) => v > 0)),
     ropeBase,
     ropeScaling: readRopeScaling(f, ropeBase, ropeDims),
     ropeDims,

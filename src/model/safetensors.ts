@@ -13,6 +13,7 @@
 // (`ggufView`); shapes are also kept in the file's own order (outermost first).
 import { ModelFormatError } from './errors.ts';
 import { GGMLType } from './ggml-type.ts';
+import { isJsonObject, parseJson } from './json.ts';
 import type { GGUFTensorInfo } from './gguf.ts';
 import type { ByteSource } from './source.ts';
 
@@ -109,13 +110,12 @@ function tensorLookup(file: string, tensors: readonly SafetensorsTensor[]) {
   };
 }
 
-const isRecord = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);
 const isCount = (value: unknown): value is number => typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
 
 /** Checks one header entry; returns the tensor with absolute offsets. */
 function parseEntry(source: ByteSource, name: string, entry: unknown, dataOffset: number, dataBytes: number): SafetensorsTensor {
   const fail = (problem: string, fix = CORRUPT_FIX) => formatError(source.name, `tensor ${name} ${problem}`, fix, name);
-  if (!isRecord(entry)) throw fail('is not a {dtype, shape, data_offsets} object');
+  if (!isJsonObject(entry)) throw fail('is not a {dtype, shape, data_offsets} object');
   const { dtype, shape, data_offsets: offsets } = entry;
   if (typeof dtype !== 'string' || !(dtype in SAFETENSORS_DTYPE_BYTES)) {
     throw fail(
@@ -169,20 +169,14 @@ export async function readSafetensors(source: ByteSource): Promise<SafetensorsFi
   if (dataOffset > source.size) {
     throw formatError(source.name, `the header length is ${headerLength} bytes, past the end of the ${source.size}-byte file`, 'The file is truncated; download it again', undefined, 'header length');
   }
-  let header: unknown;
-  try {
-    header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(await source.read(8, Number(headerLength))));
-  } catch (cause) {
-    if (!(cause instanceof SyntaxError || cause instanceof TypeError)) throw cause;
-    throw formatError(source.name, `the header is not valid UTF-8 JSON (${cause.message})`, CORRUPT_FIX, undefined, 'header');
-  }
-  if (!isRecord(header)) throw formatError(source.name, 'the header is not a JSON object', CORRUPT_FIX, undefined, 'header');
+  const header = parseJson(source.name, await source.read(8, Number(headerLength)), 'the header', CORRUPT_FIX, 'header');
+  if (!isJsonObject(header)) throw formatError(source.name, 'the header is not a JSON object', CORRUPT_FIX, undefined, 'header');
 
   let metadata: Record<string, string> = {};
   const tensors: SafetensorsTensor[] = [];
   for (const [name, entry] of Object.entries(header)) {
     if (name === '__metadata__') {
-      if (!isRecord(entry) || !Object.values(entry).every((v) => typeof v === 'string')) {
+      if (!isJsonObject(entry) || !Object.values(entry).every((v) => typeof v === 'string')) {
         throw formatError(source.name, '__metadata__ is not an object of strings', CORRUPT_FIX, undefined, '__metadata__');
       }
       metadata = entry as Record<string, string>;
@@ -207,15 +201,9 @@ export async function readSafetensorsModel(source: ByteSource): Promise<Safetens
  * never opened (as vLLM does, which skips e.g. a stray consolidated.safetensors).
  */
 export async function readSafetensorsIndex(index: ByteSource, openShard: (fileName: string) => Promise<ByteSource>): Promise<SafetensorsModel> {
-  let json: unknown;
-  try {
-    json = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(await index.read(0, index.size)));
-  } catch (cause) {
-    if (!(cause instanceof SyntaxError || cause instanceof TypeError)) throw cause;
-    throw formatError(index.name, `the index is not valid JSON (${cause.message})`, 'Download model.safetensors.index.json again', undefined, 'index');
-  }
-  const weightMap = isRecord(json) ? json.weight_map : undefined;
-  if (!isRecord(weightMap) || !Object.values(weightMap).every((v) => typeof v === 'string' && v.length > 0)) {
+  const json = parseJson(index.name, await index.read(0, index.size), 'the index', 'Download model.safetensors.index.json again', 'index');
+  const weightMap = isJsonObject(json) ? json.weight_map : undefined;
+  if (!isJsonObject(weightMap) || !Object.values(weightMap).every((v) => typeof v === 'string' && v.length > 0)) {
     throw formatError(index.name, 'the index has no weight_map of tensor name to file name', 'Download model.safetensors.index.json again', undefined, 'weight_map');
   }
   const names = [...new Set(Object.values(weightMap) as string[])];
@@ -248,7 +236,7 @@ export async function readSafetensorsIndex(index: ByteSource, openShard: (fileNa
     }
     tensors.push(file.tensor(tensor));
   }
-  const metadata = isRecord(json) && isRecord(json.metadata) ? json.metadata : {};
+  const metadata = isJsonObject(json) && isJsonObject(json.metadata) ? json.metadata : {};
   return { files, tensors, metadata, ...tensorLookup(index.name, tensors) };
 }
 

@@ -31,6 +31,27 @@ export function matmulReference(w: Float32Array, rows: number, cols: number, x: 
   return { y, magnitude };
 }
 
+/**
+ * x with each block of 32 quantized to int8 (scale max|x|/127, rounded half to even like WGSL's
+ * round) and dequantized, in f32 as the int8 kernels compute it: what they multiply the weights by.
+ */
+export function quantizeActivationsInt8(x: Float32Array): Float32Array {
+  const out = new Float32Array(x.length);
+  const f = Math.fround;
+  for (let b = 0; b < x.length; b += 32) {
+    let amax = 0;
+    for (let i = b; i < b + 32; i++) amax = Math.max(amax, Math.abs(x[i]!));
+    const d = f(amax / 127);
+    const inverse = d > 0 ? f(1 / d) : 0;
+    for (let i = b; i < b + 32; i++) {
+      const v = f(x[i]! * inverse);
+      const q = Math.abs(v % 1) === 0.5 ? 2 * Math.round(v / 2) : Math.round(v);
+      out[i] = f(q * d);
+    }
+  }
+  return out;
+}
+
 /** out[t][c] = table[ids[t]][c]. */
 export function embeddingReference(table: Float32Array, cols: number, ids: ArrayLike<number>): Float32Array {
   const out = new Float32Array(ids.length * cols);
