@@ -9,13 +9,13 @@ import { modelPath } from './helpers/models.ts';
 import { dequantizeInt4Reference, permuteColumns, randomInt4Linear, type RandomInt4Options } from './reference/awq-gptq.ts';
 import { matmulReference, quantizeActivationsInt8 } from './reference/matmul.ts';
 import { permuteRopeRows } from './reference/hf-rope.ts';
-import { checkInt4Split, int4ToQ4Zp, QuantizedSplitError, type Int4Linear } from '../src/model/awq-gptq.ts';
+import { checkInt4Split, int4ToQ4Zp, QuantizedSplitError, readInt4Linear, type Int4Linear } from '../src/model/awq-gptq.ts';
 import { ModelFormatError } from '../src/model/errors.ts';
 import { GGMLType } from '../src/model/ggml-type.ts';
 import { readGGUF, readTensorBytes, type GGUFFile } from '../src/model/gguf.ts';
 import { hfToGgufName, readHfConfig, type HfModelConfig } from '../src/model/hf-config.ts';
 import { dequantize } from '../src/model/quant.ts';
-import { readSafetensors, readSafetensorsBytes, type SafetensorsFile } from '../src/model/safetensors.ts';
+import { readSafetensorsBytes, readSafetensorsModel, type SafetensorsModel } from '../src/model/safetensors.ts';
 import { fileSource } from '../src/model/source.ts';
 import { readF32, runOps, storageBuffer } from '../src/gpu/kernel.ts';
 import { matmulOp, uploadWeight, type MatmulVariant } from '../src/shaders/matmul.ts';
@@ -30,35 +30,14 @@ const LINEAR = ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj', 'sel
 
 interface Checkpoint {
   folder: string;
-  st: SafetensorsFile;
+  st: SafetensorsModel;
   config: HfModelConfig;
   gguf: GGUFFile;
 }
 
-const u32 = (bytes: Uint8Array) => new Uint32Array(bytes.slice().buffer);
-
 /** A linear layer's packed tensors, as the loader will read them. */
-async function linear(c: Checkpoint, layer: number, module: string): Promise<Int4Linear> {
-  const name = `model.layers.${layer}.${module}`;
-  const q = c.config.quantization!;
-  const qweight = c.st.tensor(`${name}.qweight`);
-  const scales = c.st.tensor(`${name}.scales`);
-  const [inFeatures, outFeatures] = q.method === 'awq' ? [qweight.shape[0]!, qweight.shape[1]! * 8] : [qweight.shape[0]! * 8, qweight.shape[1]!];
-  expect(scales.shape).toEqual([inFeatures / q.groupSize, outFeatures]);
-  const gIdx = c.st.hasTensor(`${name}.g_idx`) ? new Int32Array((await readSafetensorsBytes(c.st.tensor(`${name}.g_idx`))).slice().buffer) : undefined;
-  return {
-    method: q.method,
-    file: c.st.source.name,
-    name,
-    inFeatures,
-    outFeatures,
-    groupSize: q.groupSize,
-    qweight: u32(await readSafetensorsBytes(qweight)),
-    qzeros: u32(await readSafetensorsBytes(c.st.tensor(`${name}.qzeros`))),
-    scales: new Uint16Array((await readSafetensorsBytes(scales)).slice().buffer),
-    ...(gIdx ? { gIdx } : {}),
-    checkpointFormat: q.checkpointFormat,
-  };
+function linear(c: Checkpoint, layer: number, module: string): Promise<Int4Linear> {
+  return readInt4Linear(c.st, `model.layers.${layer}.${module}`, c.config.quantization!);
 }
 
 /** The GGUF's F32 weight in HF row order (llama.cpp's converter permutes Q/K rows for interleaved RoPE). */
@@ -100,7 +79,7 @@ beforeAll(async () => {
       generationConfig: json('generation_config.json'),
       ...(folder.startsWith('gptq') ? { quantizeConfig: json('quantize_config.json') } : {}),
     });
-    const st = await readSafetensors(await fileSource(modelPath(`${folder}/model.safetensors`)));
+    const st = await readSafetensorsModel(await fileSource(modelPath(`${folder}/model.safetensors`)));
     const gguf = await readGGUF(await fileSource(modelPath(`${folder}-dequant-F32.gguf`)));
     checkpoints.set(folder, { folder, st, config, gguf });
   }
@@ -108,7 +87,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   for (const c of checkpoints.values()) {
-    await c.st.source.close();
+    await c.st.files[0]!.source.close();
     await c.gguf.source.close();
   }
 });
@@ -175,6 +154,19 @@ describe('random AWQ / GPTQ layers of every supported kind', () => {
     expect(bad({ gIdx: new Int32Array(128).fill(5) })).toThrow(/g_idx: column 0 is in group 5, outside 0..1/);
     expect(bad({ checkpointFormat: 'marlin' })).toThrow(/checkpoint_format "marlin" is not supported/);
     expect(bad({ outFeatures: 12 })).toThrow(ModelFormatError);
+  });
+
+  it('refuses packed tensors of the wrong dtype, naming the tensor', async () => {
+    const c = checkpoints.get('gptq-tiny/gptq-g32')!;
+    const asAwq = { ...c.config.quantization!, method: 'awq' as const };
+    // A GPTQ checkpoint read as AWQ has the right dtypes but other shapes.
+    await expect(readInt4Linear(c.st, 'model.layers.0.mlp.up_proj', asAwq)).rejects.toThrow(
+      /up_proj.scales has 256 output features, but model.layers.0.mlp.up_proj.qweight \[16, 256\] read as AWQ has 2048/,
+    );
+    const f16Weight = { tensor: (name: string) => ({ ...c.st.tensor(name), dtype: 'F16' as const }), hasTensor: c.st.hasTensor };
+    await expect(readInt4Linear(f16Weight, 'model.layers.0.mlp.up_proj', c.config.quantization!)).rejects.toThrow(
+      /model.layers.0.mlp.up_proj.qweight is F16 \[\d+, \d+\], but GPTQ stores qweight as 2-D I32/,
+    );
   });
 });
 

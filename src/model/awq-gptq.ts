@@ -30,6 +30,8 @@
 // group index in the matmul's inner loop.
 import { GGMLType } from './ggml-type.ts';
 import { ModelFormatError, UnsupportedModelError } from './errors.ts';
+import type { HfQuantization } from './hf-config.ts';
+import { readSafetensorsBytes, type SafetensorsDtype, type SafetensorsModel, type SafetensorsTensor } from './safetensors.ts';
 
 export type Int4Method = 'awq' | 'gptq';
 
@@ -178,6 +180,59 @@ export function int4ToQ4Zp(l: Int4Linear): Q4ZpWeight {
     }
   }
   return { type: GGMLType.Q4_ZP, rows: n, cols: k, bytes, ...(order ? { inputOrder: order } : {}) };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading a layer from a checkpoint
+
+/** Copies into an aligned buffer: tensors start anywhere in a file, typed arrays need alignment. */
+const aligned = (bytes: Uint8Array): ArrayBuffer => bytes.slice().buffer;
+
+/**
+ * Reads the packed tensors of one quantized linear layer (`prefix` e.g.
+ * `model.layers.0.self_attn.q_proj`): qweight, qzeros, scales (and g_idx for GPTQ, if present),
+ * checking their dtypes and shapes against each other and the quantization config.
+ */
+export async function readInt4Linear(model: Pick<SafetensorsModel, 'tensor' | 'hasTensor'>, prefix: string, q: HfQuantization): Promise<Int4Linear> {
+  const part = (name: string, dtype: SafetensorsDtype, rank: number): SafetensorsTensor => {
+    const t = model.tensor(`${prefix}.${name}`);
+    if (t.dtype !== dtype || t.shape.length !== rank) {
+      throw new ModelFormatError({
+        file: t.source.name,
+        tensor: t.name,
+        problem: `${t.name} is ${t.dtype} [${t.shape.join(', ')}], but ${q.method.toUpperCase()} stores ${name} as ${rank}-D ${dtype}`,
+        fix: `Check that config.json's quantization_config (${q.method}) matches the checkpoint, or export it again`,
+      });
+    }
+    return t;
+  };
+  const qweight = part('qweight', 'I32', 2);
+  const [inFeatures, outFeatures] = q.method === 'awq' ? [qweight.shape[0]!, qweight.shape[1]! * 8] : [qweight.shape[0]! * 8, qweight.shape[1]!];
+  const scales = part('scales', 'F16', 2);
+  if (scales.shape[1] !== outFeatures) {
+    throw new ModelFormatError({
+      file: scales.source.name,
+      tensor: scales.name,
+      problem: `${scales.name} has ${scales.shape[1]} output features, but ${qweight.name} [${qweight.shape.join(', ')}] read as ${q.method.toUpperCase()} has ${outFeatures}`,
+      fix: `Check that config.json's quant_method (${q.method}) is the checkpoint's format`,
+    });
+  }
+  const gIdxName = `${prefix}.g_idx`;
+  const gIdx = q.method === 'gptq' && model.hasTensor(gIdxName) ? new Int32Array(aligned(await readSafetensorsBytes(part('g_idx', 'I32', 1)))) : undefined;
+  // Shapes are checked (with the tensor's name) by int4ToQ4Zp against in/out features and the group size.
+  return {
+    method: q.method,
+    file: qweight.source.name,
+    name: prefix,
+    inFeatures,
+    outFeatures,
+    groupSize: q.groupSize,
+    qweight: new Uint32Array(aligned(await readSafetensorsBytes(qweight))),
+    qzeros: new Uint32Array(aligned(await readSafetensorsBytes(part('qzeros', 'I32', 2)))),
+    scales: new Uint16Array(aligned(await readSafetensorsBytes(scales))),
+    ...(gIdx ? { gIdx } : {}),
+    checkpointFormat: q.checkpointFormat,
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
