@@ -35,7 +35,8 @@ export const GGMLType = {
    * Not a GGUF type: 4-bit quants with an f16 scale and an integer zero point per 32 values,
    * w = (q - zero) · scale. The form AWQ and GPTQ checkpoints take on the GPU (made at load by
    * src/model/awq-gptq.ts, which moves their bits and never makes floats of them). Ids from 1000
-   * on are webshard's own; a GGUF file never holds them (see isGgufType).
+   * on are webshard's own, far from ggml's: llama.cpp cannot read a GGUF that holds them, webshard
+   * can (its tests write such files to run AWQ/GPTQ weights through the GGUF loader).
    */
   Q4_ZP: 1000,
 } as const;
@@ -77,14 +78,6 @@ export const blockGeometry: Partial<Record<GGMLType, BlockGeometry>> = {
   // f16 scale, u16 zero point, then 16 bytes of nibbles as Q4_0's (value j low nibble of byte j, value 16 + j high).
   [GGMLType.Q4_ZP]: { blockSize: 32, typeSize: 2 + 2 + 16 },
 };
-
-/** The first id of webshard's own types, which only the loader makes (never read from a GGUF). */
-export const FIRST_WEBSHARD_TYPE = 1000;
-
-/** Whether a type id can appear in a GGUF file (webshard's own types, like Q4_ZP, cannot). */
-export function isGgufType(type: number): boolean {
-  return type < FIRST_WEBSHARD_TYPE;
-}
 
 const typeNames = new Map<number, string>(Object.entries(GGMLType).map(([name, id]) => [id, name]));
 
