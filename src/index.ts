@@ -10,5 +10,6 @@ export type { ByteSource } from './model/source.ts';
 export { ShardError, ShardGroupStoppedError, ShardTimeoutError } from './sharding/errors.ts';
 export { ShardPlanError, type ShardPlan, type ShardSpec } from './sharding/plan.ts';
 export type { DeviceStats } from './engine/forward-engine.ts';
+export { FaultInjector, type Fault, type FaultKind } from './engine/faults.ts';
 export type { Range, ShardView } from './engine/shard-view.ts';
 export { QueueFullError } from './engine/scheduler.ts';

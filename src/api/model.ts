@@ -7,8 +7,10 @@ import { readGGUF, type GGUFFile } from '../model/gguf.ts';
 import { openSource, type ModelSource } from '../model/source.ts';
 import { LlamaTokenizer } from '../model/tokenizer.ts';
 import { describeShardDevices, distinctAdapters } from '../sharding/devices.ts';
-import { ShardGroup } from '../sharding/group.ts';
+import type { ShardGroup } from '../sharding/group.ts';
+import { SelfHealingShardGroup, type RecoveryStats } from '../sharding/self-healing-group.ts';
 import { planShards, type DeviceDescription, type ShardPlan } from '../sharding/plan.ts';
+import { NextStepHang, type Fault, type FaultInjector } from '../engine/faults.ts';
 import type { DeviceStats, ForwardEngine } from '../engine/forward-engine.ts';
 import { checkGeneration, generateTokens, type FinishReason, type GeneratedToken, type GenerateOptions, type GenerationBackend } from '../engine/generate.ts';
 import { kvGeometry } from '../engine/kv-cache.ts';
@@ -56,6 +58,10 @@ export interface LoadOptions {
   kernels?: KernelChoice;
   /** Called with notes worth telling a user (e.g. several shards share one GPU). */
   onWarning?: (message: string) => void;
+  /** Called with what the model does on its own, e.g. a shard group reloading after a failure. */
+  onEvent?: (message: string) => void;
+  /** Tests only: a FaultInjector through which device losses, worker crashes and hangs can be injected. */
+  faults?: FaultInjector;
 }
 
 export interface Completion {
@@ -79,9 +85,9 @@ export interface ModelStats extends SchedulerStats {
   lastStepMs: number;
   /** Per device (per shard): steps, step time, collective (all-reduce/hand-off) time, memory. */
   devices: DeviceStats[];
+  /** A sharded model's group: its state and its recoveries from failed shards. */
+  group?: RecoveryStats;
 }
-
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 export class Model {
   private disposed = false;
@@ -91,8 +97,8 @@ export class Model {
   private lastStepMs = 0;
   private lastStepEndedAt = 0;
   private readonly scheduler: Scheduler;
-  /** Test hook: every forward step first waits this long (simulates a wedged GPU). */
-  stepDelayMs = 0;
+  /** An injected `hang` on one device (tests). */
+  private readonly hang = new NextStepHang();
 
   private constructor(
     readonly config: LlamaConfig,
@@ -107,8 +113,11 @@ export class Model {
     readonly plan: ShardPlan | undefined,
     private readonly ownsDevice: boolean,
     maxWaiting: number | undefined,
+    faults: FaultInjector | undefined,
   ) {
     this.scheduler = new Scheduler(this.timedEngine(), { maxWaiting });
+    // A shard group connects the injector to its workers itself; one device takes faults here.
+    if (!(engine instanceof SelfHealingShardGroup)) faults?.connect((fault) => this.injectOneDeviceFault(fault));
     void gpu?.device.lost.then((info) => {
       if (!this.disposed) this.lost = `the GPU device was lost (${info.reason}): ${info.message || 'no detail'}; load the model again`;
     });
@@ -150,7 +159,7 @@ export class Model {
       const geometry = kvGeometry(contextLength, options.maxSequences ?? 1, options.kvCacheTokens);
       const onProgress = (bytesLoaded: number, bytesTotal: number) => options.onProgress?.({ bytesLoaded, bytesTotal });
       const create = (engine: ForwardEngine, gpu: GpuContext | undefined, plan: ShardPlan | undefined, ownsDevice: boolean) =>
-        new Model(config, file, tokenizer, engine, contextLength, gpu, plan, ownsDevice, options.maxWaiting);
+        new Model(config, file, tokenizer, engine, contextLength, gpu, plan, ownsDevice, options.maxWaiting, options.faults);
       const planOptions = { tp, pp, contextLength, maxSequences, kvCacheTokens: options.kvCacheTokens, maxBatchTokens, weights: options.shardWeights };
       if (tp * pp === 1) {
         // One device is planned too: buffer limits, tensor types and the memory budget are
@@ -170,7 +179,7 @@ export class Model {
       const shardGpus = Array.from({ length: tp * pp }, (_, i) => options.devices?.[i] ?? options.gpu ?? {});
       const devices = await describeDevices(shardGpus, options);
       const plan = planShards(file, config, { ...planOptions, devices });
-      const group = await ShardGroup.start({
+      const group = await SelfHealingShardGroup.start({
         source: shardSource,
         plan,
         geometry,
@@ -181,7 +190,7 @@ export class Model {
         deadlineMs: options.shardDeadlineMs,
         kernels: options.kernels,
         onProgress,
-      });
+      }, { log: options.onEvent, faults: options.faults });
       return create(group, undefined, plan, false);
     } catch (error) {
       await bytes.close();
@@ -189,9 +198,21 @@ export class Model {
     }
   }
 
-  /** The shard group of a sharded model (per-shard load reports, test hooks). */
+  /** The shard group serving a sharded model now (per-shard load reports). */
   get shards(): ShardGroup | undefined {
-    return this.engine instanceof ShardGroup ? this.engine : undefined;
+    return this.engine instanceof SelfHealingShardGroup ? this.engine.current : undefined;
+  }
+
+  /**
+   * Can the model take requests now? Answers at once, without a forward step: false once
+   * disposed, after a one-device model lost its GPU, and while a shard group reloads after a
+   * failed shard (or after it could not be reloaded).
+   */
+  readiness(): HealthReport {
+    if (this.disposed) return { ok: false, detail: 'the model was disposed' };
+    if (this.lost) return { ok: false, detail: this.lost };
+    const problem = this.engine instanceof SelfHealingShardGroup ? this.engine.problem : undefined;
+    return problem ? { ok: false, detail: problem } : { ok: true, detail: 'ready' };
   }
 
   /** Token ids of `text`, with BOS prepended as llama.cpp does (unless addBos is false). */
@@ -275,8 +296,8 @@ export class Model {
    * the running generations completed a step recently. Either must happen within `deadlineMs`.
    */
   async health(deadlineMs = 5000): Promise<HealthReport> {
-    if (this.disposed) return { ok: false, detail: 'the model was disposed' };
-    if (this.lost) return { ok: false, detail: this.lost };
+    const ready = this.readiness();
+    if (!ready.ok) return ready;
     if (this.scheduler.stats().running > 0) {
       const sinceLastStep = performance.now() - this.lastStepEndedAt;
       if (sinceLastStep <= deadlineMs) return { ok: true, detail: `busy; last step ${sinceLastStep.toFixed(0)} ms ago` };
@@ -309,7 +330,8 @@ export class Model {
   }
 
   stats(): ModelStats {
-    return { ...this.scheduler.stats(), lastStepMs: this.lastStepMs, devices: this.engine.deviceStats() };
+    const group = this.engine instanceof SelfHealingShardGroup ? { group: this.engine.recoveryStats() } : {};
+    return { ...this.scheduler.stats(), lastStepMs: this.lastStepMs, devices: this.engine.deviceStats(), ...group };
   }
 
   /** Refuses new generations, lets running ones finish, then frees the devices. */
@@ -342,7 +364,15 @@ export class Model {
     };
   }
 
-  /** The engine with the step timing (and the wedged-GPU test hook) that health checks use. */
+  /** Test-only (FaultInjector) on one device: there is no worker, so only its device or its step can fail. */
+  private async injectOneDeviceFault({ shard, kind, ms }: Fault): Promise<void> {
+    if (shard !== 0) throw new RangeError(`No shard ${shard}: a one-device model is shard 0.`);
+    if (kind === 'worker-crash') throw new InvalidOptionError('A one-device model runs on this thread: it has no worker to crash.');
+    if (kind === 'hang') this.hang.arm(ms);
+    else this.gpu?.device.destroy();
+  }
+
+  /** The engine with the step timing that health checks use (and an injected hang, in tests). */
   private timedEngine(): ForwardEngine {
     const engine = this.engine;
     return {
@@ -352,7 +382,7 @@ export class Model {
       dispose: () => engine.dispose(),
       forward: async (batch) => {
         if (this.lost) throw new GpuUnavailableError(this.lost);
-        if (this.stepDelayMs > 0) await sleep(this.stepDelayMs);
+        await this.hang.wait();
         const start = performance.now();
         const results = await engine.forward(batch).catch((error: unknown) => {
           throw this.lost ? new GpuUnavailableError(this.lost, { cause: error }) : error;

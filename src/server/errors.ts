@@ -7,6 +7,7 @@ import { InvalidOptionError } from '../engine/sampler.ts';
 import { ContextOverflowError } from '../engine/runner.ts';
 import { QueueFullError as EngineQueueFullError } from '../engine/scheduler.ts';
 import { GpuUnavailableError } from '../gpu/device.ts';
+import { ShardError } from '../sharding/errors.ts';
 
 export interface OpenAIErrorBody {
   error: { message: string; type: string; param: string | null; code: string | null };
@@ -127,6 +128,10 @@ export function toHttpError(error: unknown): HttpError {
     return new QueueFullError(error.message, { code: 'queue_full', headers: { 'retry-after': String(error.retryAfterSeconds) } });
   }
   if (error instanceof GpuUnavailableError) return new ServiceUnavailableError(`GPU unavailable: ${error.message}`, { code: 'gpu_unavailable' });
+  // A shard that failed, hung or lost its device: the group reloads itself, so trying again soon works.
+  if (error instanceof ShardError) {
+    return new ServiceUnavailableError(`A shard failed: ${error.message}`, { code: 'shard_failed', headers: { 'retry-after': '5' } });
+  }
   const message = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
   return new EngineError(`The engine failed: ${message}`, { code: 'engine_error' });
 }

@@ -12,6 +12,7 @@
 import { loadModel, type LoadOptions, type Model } from '../api/model.ts';
 import { byteSize, choiceFlag, flag, numberFlag, parseFlags, UsageError, type Flags, type FlagSpec } from '../flags.ts';
 import { MATMUL_VARIANTS } from '../shaders/matmul.ts';
+import { FaultInjector } from '../engine/faults.ts';
 import { DEFAULT_LIMITS, InferenceServer, type ServerLimits } from './server.ts';
 
 interface DenoServer {
@@ -65,7 +66,8 @@ Options:
       --shutdown-grace S      on SIGINT/SIGTERM, time in-flight requests get to finish (default 10)
       --api-key KEY           require "Authorization: Bearer KEY" on /v1/* (or env WEBSHARD_API_KEY)
       --gpu dawn|deno         WebGPU implementation (default dawn)
-      --test-hooks            enable POST /admin/step-delay {"ms": N} (tests only; never in production)
+      --test-hooks            enable POST /admin/fault {"shard": N, "kind": "device-lost"|"worker-crash"|"hang"}
+                              (tests only; never in production)
   -h, --help`;
 
 const serveFlags: FlagSpec = {
@@ -143,7 +145,10 @@ function serveConfig(flags: Flags): ServeConfig {
 const log = (line: string) => console.error(`webshard serve: ${line}`);
 
 async function serve(config: ServeConfig): Promise<void> {
+  // Only --test-hooks makes a fault injector; without one no fault can be injected at all.
+  const faults = config.testHooks ? new FaultInjector() : undefined;
   const server = new InferenceServer({
+    faults,
     modelName: config.modelName,
     limits: config.limits,
     healthDeadlineMs: config.healthDeadlineMs,
@@ -177,7 +182,7 @@ async function serve(config: ServeConfig): Promise<void> {
   };
   globalThis.addEventListener('unhandledrejection', onUnhandled);
 
-  if (config.testHooks) log('--test-hooks: POST /admin/step-delay is enabled; never use this in production');
+  if (config.testHooks) log('--test-hooks: POST /admin/fault is enabled; never use this in production');
   const http = Deno.serve(
     {
       hostname: config.host,
@@ -190,7 +195,7 @@ async function serve(config: ServeConfig): Promise<void> {
   let model: Model | undefined;
   try {
     const started = performance.now();
-    model = await loadModel(config.model, config.load);
+    model = await loadModel(config.model, { ...config.load, faults, onEvent: log });
     for (const line of model.plan?.summary ?? []) log(line);
     server.attach(model);
     const { plan } = model;
