@@ -226,7 +226,9 @@ export class FakeModel implements ServedModel {
   }
 
   stats(): object {
-    return { queued: this.queued, running: this.running, steps: this.steps, devices: [{ stepMs: this.stepMs }] };
+    // A 16-block KV cache, 2 blocks per running sequence.
+    const kvBlocksUsed = 2 * this.running;
+    return { queued: this.queued, running: this.running, steps: this.steps, kvBlocksUsed, kvBlocksFree: 16 - kvBlocksUsed, devices: [{ stepMs: this.stepMs }] };
   }
 
   private backend(): GenerationBackend {

@@ -394,6 +394,21 @@ describe('handler over a stand-in model', () => {
     expect(body.usage).toMatchObject({ prompt_tokens: 5, completion_tokens: 12 });
   });
 
+  it('exports the Model Server Protocol gauges the Inference Extension endpoint picker reads', async () => {
+    const { post, metric } = setup({ model: { stepMs: 20 }, limits: { maxRunning: 1 } });
+    const running = await post('/v1/completions', completion({ max_tokens: 100, stream: true }));
+    const waiting = post('/v1/completions', completion({ max_tokens: 2 }));
+    await until(async () => (await metric('vllm:num_requests_waiting')) === 1);
+    expect(await metric('vllm:num_requests_running')).toBe(1);
+    expect(await metric('vllm:kv_cache_usage_perc')).toBe(2 / 16);
+    expect(await metric('vllm:cache_config_info{block_size="16"}')).toBe(1);
+    await running.body!.cancel();
+    expect((await waiting).status).toBe(200);
+    await until(async () => (await metric('vllm:num_requests_running')) === 0);
+    expect(await metric('vllm:num_requests_waiting')).toBe(0);
+    expect(await metric('vllm:kv_cache_usage_perc')).toBe(0);
+  });
+
   it('stops a stream whose client went away within a step, and counts the cancellation', async () => {
     const { model, post, metric } = setup({ model: { stepMs: 20 } });
     const response = await post('/v1/completions', completion({ max_tokens: 200, stream: true }));
