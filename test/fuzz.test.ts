@@ -6,9 +6,9 @@
 // asks for more bytes than the file has, nor for a GPU buffer larger than the file (the largest
 // of each request is recorded). A failing seed is named, so it reproduces.
 //
-// (Seeds 1–2000 include one, 1949, whose block_count of 8,388,609 (12 tensors in the file) makes validateLlamaTensors run
-// for 78 s and end in an untyped RangeError: a guard belongs in model/config.ts, reported to its
-// owner; this run uses seeds 2001–4000.)
+// (Seeds 1–2000 include one, 1949, whose block_count of 8,388,609 in a 12-tensor file makes
+// validateLlamaTensors run for 78 s and end in an untyped RangeError: a guard belongs in
+// model/config.ts, reported to its owner; this run uses seeds 2001–4000.)
 
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
