@@ -14,6 +14,8 @@ export type { ByteSource } from './model/source.ts';
 export { ShardError, ShardGroupStoppedError, ShardTimeoutError } from './sharding/errors.ts';
 export { ShardPlanError, type ShardPlan, type ShardSpec } from './sharding/plan.ts';
 export type { DeviceStats } from './engine/forward-engine.ts';
+export { FAULT_KINDS, FaultInjector, type Fault, type FaultKind } from './engine/faults.ts';
+export { KV_BLOCK_SIZE } from './engine/kv-cache.ts';
 export type { Range, ShardView } from './engine/shard-view.ts';
 export { QueueFullError } from './engine/scheduler.ts';
 export { readModelInfo, type ModelInfo } from './api/model-info.ts';

@@ -23,7 +23,6 @@ const chatCase = modern.generation_cases.find((c) => c.id === 'qwen2-tiny-f32/ch
 /** A model that "answers" `answer` (token ids, in turn) to any prompt, with the real tokenizer. */
 class ScriptedQwen implements ServedModel {
   readonly contextLength = 512;
-  stepDelayMs = 0;
   readonly prompts: number[][] = [];
   answer: number[] = [];
 
@@ -49,6 +48,9 @@ class ScriptedQwen implements ServedModel {
     throw new Error('not used');
   }
   async health() {
+    return { ok: true, detail: 'scripted' };
+  }
+  readiness() {
     return { ok: true, detail: 'scripted' };
   }
   stats(): object {

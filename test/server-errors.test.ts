@@ -33,7 +33,8 @@ const url = (path: string) => `${server.baseUrl}${path}`;
 const bodyOf = (body: unknown): string | Blob => (typeof body === 'string' || body instanceof Blob ? body : JSON.stringify(body));
 const post = (path: string, body: unknown, headers: Record<string, string> = {}) =>
   fetch(url(path), { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: bodyOf(body) });
-const setStepDelay = async (ms: number) => expect((await post('/admin/step-delay', { ms })).status).toBe(200);
+/** The next forward step stalls `ms` (one device: shard 0). */
+const hangNextStep = async (ms: number) => expect((await post('/admin/fault', { shard: 0, kind: 'hang', ms })).status).toBe(200);
 
 const completion = (extra: Record<string, unknown>) => ({ model: MODEL, prompt: 'Once upon a time', max_tokens: 2, temperature: 0, ...extra });
 const chat = (extra: Record<string, unknown>) => ({ model: MODEL, messages: [{ role: 'user', content: 'Hi' }], max_tokens: 2, ...extra });
@@ -138,14 +139,13 @@ describe('deno task serve: bad requests', () => {
 
 describe('deno task serve: load and faults', () => {
   it('refuses with 429 and Retry-After when the queue is full', async () => {
-    await setStepDelay(300);
+    await hangNextStep(1500);
     const busy = await post('/v1/completions', completion({ max_tokens: 3, stream: true }));
     expect(busy.status).toBe(200);
     const refused = await post('/v1/completions', completion({}));
     expect(refused.status).toBe(429);
     expect(refused.headers.get('retry-after')).toBe('1');
     expect(((await refused.json()) as { error: { type: string } }).error.type).toBe('rate_limit_error');
-    await setStepDelay(0);
     const { done } = await readSse(busy);
     expect(done).toBe(true);
     expect((await post('/v1/completions', completion({}))).status).toBe(200);
@@ -153,7 +153,7 @@ describe('deno task serve: load and faults', () => {
 
   it('fails /health while a forward step hangs, and recovers after', async () => {
     expect((await fetch(url('/health'))).status).toBe(200);
-    await setStepDelay(2500);
+    await hangNextStep(2500);
     const hung = post('/v1/completions', completion({ max_tokens: 2, stream: true }));
     await sleep(1200);
     const started = Date.now();
@@ -163,8 +163,7 @@ describe('deno task serve: load and faults', () => {
     expect(Date.now() - started).toBeLessThan(2000); // the deadline is 1 s: HTTP itself never hung
     expect((await fetch(url('/ready'))).status).toBe(200); // loaded, only not live
 
-    await setStepDelay(0);
-    expect((await readSse(await hung)).done).toBe(true);
+    expect((await readSse(await hung)).done).toBe(true); // the step resumes after 2.5 s
     let status = 0;
     for (let tries = 0; tries < 60 && status !== 200; tries++) {
       await sleep(250);

@@ -5,6 +5,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { generateTokens, type FinishReason, type GenerationBackend } from '../src/engine/generate.ts';
+import { FaultInjector, NextStepHang } from '../src/engine/faults.ts';
 import type { StepResult } from '../src/engine/runner.ts';
 import type { GeneratedToken, GenerateOptions, HealthReport, ServedModel, ServedTokenizer } from '../src/server/served-model.ts';
 
@@ -144,7 +145,9 @@ export class FakeModel implements ServedModel {
   readonly tokenizer = fakeTokenizer;
   readonly contextLength: number;
   readonly file: { metadata: Map<string, unknown> };
-  stepDelayMs = 0;
+  /** Its fault injector: only `hang` on shard 0 (it has no device and no workers). */
+  readonly faults = new FaultInjector();
+  private readonly hang = new NextStepHang();
   steps = 0;
   running = 0;
   queued = 0;
@@ -160,6 +163,14 @@ export class FakeModel implements ServedModel {
     this.stepMs = options.stepMs ?? 1;
     this.contextLength = options.contextLength ?? 256;
     this.file = { metadata: options.metadata ?? new Map() };
+    this.faults.connect(async ({ shard, kind, ms }) => {
+      if (shard !== 0 || kind !== 'hang') throw new RangeError(`the stand-in model only hangs, on shard 0; not ${kind} on shard ${shard}`);
+      this.hang.arm(ms);
+    });
+  }
+
+  readiness(): HealthReport {
+    return { ok: true, detail: 'ready' };
   }
 
   /** The token this model predicts at sequence position `position`, whatever came before. */
@@ -215,7 +226,9 @@ export class FakeModel implements ServedModel {
   }
 
   stats(): object {
-    return { queued: this.queued, running: this.running, steps: this.steps, devices: [{ stepMs: this.stepMs }] };
+    // A 16-block KV cache, 2 blocks per running sequence.
+    const kvBlocksUsed = 2 * this.running;
+    return { queued: this.queued, running: this.running, steps: this.steps, kvBlocksUsed, kvBlocksFree: 16 - kvBlocksUsed, devices: [{ stepMs: this.stepMs }] };
   }
 
   private backend(): GenerationBackend {
@@ -233,7 +246,7 @@ export class FakeModel implements ServedModel {
 
   /** One "forward step" predicting the token at `position`. */
   private async step(position: number, wantLogits: boolean): Promise<StepResult> {
-    if (this.stepDelayMs > 0) await sleep(this.stepDelayMs);
+    await this.hang.wait();
     await sleep(this.stepMs);
     this.steps++;
     this.lastStepEndedAt = performance.now();

@@ -17,7 +17,8 @@ const CHATML =
 function setup(options: { model?: FakeModelOptions; limits?: Partial<ServerLimits> } & Partial<ServerOptions> = {}) {
   const model = new FakeModel(options.model);
   const log: string[] = [];
-  const server = new InferenceServer({ modelName: 'fake', ...options, log: (line) => log.push(line) });
+  const faults = options.testHooks ? model.faults : undefined;
+  const server = new InferenceServer({ modelName: 'fake', faults, ...options, log: (line) => log.push(line) });
   server.attach(model);
   const call = (path: string, init?: RequestInit) => server.handle(new Request(`http://127.0.0.1${path}`, init));
   const post = (path: string, body: unknown, init: RequestInit = {}) =>
@@ -394,6 +395,21 @@ describe('handler over a stand-in model', () => {
     expect(body.usage).toMatchObject({ prompt_tokens: 5, completion_tokens: 12 });
   });
 
+  it('exports the Model Server Protocol gauges the Inference Extension endpoint picker reads', async () => {
+    const { post, metric } = setup({ model: { stepMs: 20 }, limits: { maxRunning: 1 } });
+    const running = await post('/v1/completions', completion({ max_tokens: 100, stream: true }));
+    const waiting = post('/v1/completions', completion({ max_tokens: 2 }));
+    await until(async () => (await metric('vllm:num_requests_waiting')) === 1);
+    expect(await metric('vllm:num_requests_running')).toBe(1);
+    expect(await metric('vllm:kv_cache_usage_perc')).toBe(2 / 16);
+    expect(await metric('vllm:cache_config_info{block_size="16"}')).toBe(1);
+    await running.body!.cancel();
+    expect((await waiting).status).toBe(200);
+    await until(async () => (await metric('vllm:num_requests_running')) === 0);
+    expect(await metric('vllm:num_requests_waiting')).toBe(0);
+    expect(await metric('vllm:kv_cache_usage_perc')).toBe(0);
+  });
+
   it('stops a stream whose client went away within a step, and counts the cancellation', async () => {
     const { model, post, metric } = setup({ model: { stepMs: 20 } });
     const response = await post('/v1/completions', completion({ max_tokens: 200, stream: true }));
@@ -481,20 +497,23 @@ describe('handler over a stand-in model', () => {
   it('fails /health when steps hang and recovers when they resume', async () => {
     const { model, call } = setup({ healthDeadlineMs: 50, testHooks: true });
     expect((await call('/health')).status).toBe(200);
-    const hook = await call('/admin/step-delay', { method: 'POST', body: JSON.stringify({ ms: 300 }) });
-    expect(await hook.json()).toEqual({ step_delay_ms: 300 });
-    expect(model.stepDelayMs).toBe(300);
+    const hook = await call('/admin/fault', { method: 'POST', body: JSON.stringify({ shard: 0, kind: 'hang', ms: 300 }) });
+    expect(await hook.json()).toEqual({ injected: { shard: 0, kind: 'hang', ms: 300 } });
+    const wrongKind = await call('/admin/fault', { method: 'POST', body: JSON.stringify({ shard: 0, kind: 'melt' }) });
+    expect(wrongKind.status).toBe(400);
+    expect(((await wrongKind.json()) as { error: { param: string } }).error.param).toBe('kind');
     const failed = await call('/health');
     expect(failed.status).toBe(503);
     expect(((await failed.json()) as { status: string }).status).toBe('unhealthy');
     expect((await call('/health')).status).toBe(503);
-    model.stepDelayMs = 0;
+    // The hung step ends after 300 ms; the next probe completes a step again.
     await until(async () => (await call('/health')).status === 200, 3000);
+    expect(model.steps).toBeGreaterThan(0);
   });
 
   it('hides the test hook unless enabled, and checks the API key when one is set', async () => {
     const { call, post } = setup({ apiKey: 'secret' });
-    expect((await call('/admin/step-delay', { method: 'POST', body: '{"ms":1}' })).status).toBe(404);
+    expect((await call('/admin/fault', { method: 'POST', body: '{"shard":0,"kind":"hang","ms":1}' })).status).toBe(404);
     const denied = await post('/v1/completions', completion());
     expect(denied.status).toBe(401);
     expect((await post('/v1/completions', completion(), { headers: { authorization: 'Bearer secret' } })).status).toBe(200);

@@ -8,8 +8,10 @@ import { openSource, type ModelSource } from '../model/source.ts';
 import { LlamaTokenizer } from '../model/tokenizer.ts';
 import { describeShardDevices, distinctAdapters } from '../sharding/devices.ts';
 import { chooseShardSplit } from '../sharding/auto.ts';
-import { ShardGroup } from '../sharding/group.ts';
+import type { ShardGroup } from '../sharding/group.ts';
+import { SelfHealingShardGroup, type RecoveryStats } from '../sharding/self-healing-group.ts';
 import { planShards, type DeviceDescription, type ShardPlan } from '../sharding/plan.ts';
+import { NextStepHang, type Fault, type FaultInjector } from '../engine/faults.ts';
 import type { DeviceStats, ForwardEngine } from '../engine/forward-engine.ts';
 import { checkGeneration, generateTokens, type FinishReason, type GeneratedToken, type GenerateOptions, type GenerationBackend, type GenerationResult, type Speculation } from '../engine/generate.ts';
 import { kvGeometry } from '../engine/kv-cache.ts';
@@ -67,6 +69,10 @@ export interface LoadOptions {
   onWarning?: (message: string) => void;
   /** Called with progress notes of the load (e.g. what `split: 'auto'` measures, and its choice). */
   onStatus?: (message: string) => void;
+  /** Called with what the model does on its own, e.g. a shard group reloading after a failure. */
+  onEvent?: (message: string) => void;
+  /** Tests only: a FaultInjector through which device losses, worker crashes and hangs can be injected. */
+  faults?: FaultInjector;
   /** Speculative decoding: a draft model or prompt lookup proposes tokens, this model verifies them. */
   speculative?: SpeculativeOptions;
 }
@@ -135,9 +141,9 @@ export interface ModelStats extends SchedulerStats {
   devices: DeviceStats[];
   /** Speculative decoding totals over finished generations (zeros without it). */
   speculative: SpeculationCounts;
+  /** A sharded model's group: its state and its recoveries from failed shards. */
+  group?: RecoveryStats;
 }
-
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 export class Model {
   private disposed = false;
@@ -149,8 +155,8 @@ export class Model {
   private readonly scheduler: Scheduler;
   private speculation?: ResolvedSpeculation;
   private readonly speculationTotals: SpeculationCounts = { drafted: 0, accepted: 0, targetSteps: 0 };
-  /** Test hook: every forward step first waits this long (simulates a wedged GPU). */
-  stepDelayMs = 0;
+  /** An injected `hang` on one device (tests). */
+  private readonly hang = new NextStepHang();
 
   private constructor(
     readonly config: LlamaConfig,
@@ -165,8 +171,11 @@ export class Model {
     readonly plan: ShardPlan | undefined,
     private readonly ownsDevice: boolean,
     maxWaiting: number | undefined,
+    faults: FaultInjector | undefined,
   ) {
     this.scheduler = new Scheduler(this.timedEngine(), { maxWaiting });
+    // A shard group connects the injector to its workers itself; one device takes faults here.
+    if (!(engine instanceof SelfHealingShardGroup)) faults?.connect((fault) => this.injectOneDeviceFault(fault));
     void gpu?.device.lost.then((info) => {
       if (!this.disposed) this.lost = `the GPU device was lost (${info.reason}): ${info.message || 'no detail'}; load the model again`;
     });
@@ -217,7 +226,7 @@ export class Model {
       const geometry = kvGeometry(contextLength, options.maxSequences ?? 1, options.kvCacheTokens, samplesPerSequence);
       const onProgress = (bytesLoaded: number, bytesTotal: number) => options.onProgress?.({ bytesLoaded, bytesTotal });
       const create = async (engine: ForwardEngine, gpu: GpuContext | undefined, plan: ShardPlan | undefined, ownsDevice: boolean) => {
-        const model = new Model(config, file, tokenizer, engine, contextLength, gpu, plan, ownsDevice, options.maxWaiting);
+        const model = new Model(config, file, tokenizer, engine, contextLength, gpu, plan, ownsDevice, options.maxWaiting, options.faults);
         if (speculative) {
           try {
             model.speculation = await loadSpeculation(model, speculative, options);
@@ -248,7 +257,7 @@ export class Model {
       const shardGpus = Array.from({ length: tp * pp }, (_, i) => options.devices?.[i] ?? options.gpu ?? {});
       const devices = await describeDevices(shardGpus, options);
       const plan = planShards(file, config, { ...planOptions, devices });
-      const group = await ShardGroup.start({
+      const group = await SelfHealingShardGroup.start({
         source: shardSource,
         plan,
         geometry,
@@ -259,7 +268,7 @@ export class Model {
         deadlineMs: options.shardDeadlineMs,
         kernels: options.kernels,
         onProgress,
-      });
+      }, { log: options.onEvent, faults: options.faults });
       return await create(group, undefined, plan, false);
     } catch (error) {
       await bytes.close();
@@ -267,9 +276,21 @@ export class Model {
     }
   }
 
-  /** The shard group of a sharded model (per-shard load reports, test hooks). */
+  /** The shard group serving a sharded model now (per-shard load reports). */
   get shards(): ShardGroup | undefined {
-    return this.engine instanceof ShardGroup ? this.engine : undefined;
+    return this.engine instanceof SelfHealingShardGroup ? this.engine.current : undefined;
+  }
+
+  /**
+   * Can the model take requests now? Answers at once, without a forward step: false once
+   * disposed, after a one-device model lost its GPU, and while a shard group reloads after a
+   * failed shard (or after it could not be reloaded).
+   */
+  readiness(): HealthReport {
+    if (this.disposed) return { ok: false, detail: 'the model was disposed' };
+    if (this.lost) return { ok: false, detail: this.lost };
+    const problem = this.engine instanceof SelfHealingShardGroup ? this.engine.problem : undefined;
+    return problem ? { ok: false, detail: problem } : { ok: true, detail: 'ready' };
   }
 
   /**
@@ -391,8 +412,8 @@ export class Model {
    * the running generations completed a step recently. Either must happen within `deadlineMs`.
    */
   async health(deadlineMs = 5000): Promise<HealthReport> {
-    if (this.disposed) return { ok: false, detail: 'the model was disposed' };
-    if (this.lost) return { ok: false, detail: this.lost };
+    const ready = this.readiness();
+    if (!ready.ok) return ready;
     if (this.scheduler.stats().running > 0) {
       const sinceLastStep = performance.now() - this.lastStepEndedAt;
       if (sinceLastStep <= deadlineMs) return { ok: true, detail: `busy; last step ${sinceLastStep.toFixed(0)} ms ago` };
@@ -425,7 +446,8 @@ export class Model {
   }
 
   stats(): ModelStats {
-    return { ...this.scheduler.stats(), lastStepMs: this.lastStepMs, devices: this.engine.deviceStats(), speculative: { ...this.speculationTotals } };
+    const group = this.engine instanceof SelfHealingShardGroup ? { group: this.engine.recoveryStats() } : {};
+    return { ...this.scheduler.stats(), lastStepMs: this.lastStepMs, devices: this.engine.deviceStats(), speculative: { ...this.speculationTotals }, ...group };
   }
 
   /** Refuses new generations, lets running ones finish, then frees the devices. */
@@ -491,7 +513,15 @@ export class Model {
     };
   }
 
-  /** The engine with the step timing (and the wedged-GPU test hook) that health checks use. */
+  /** Test-only (FaultInjector) on one device: there is no worker, so only its device or its step can fail. */
+  private async injectOneDeviceFault({ shard, kind, ms }: Fault): Promise<void> {
+    if (shard !== 0) throw new RangeError(`No shard ${shard}: a one-device model is shard 0.`);
+    if (kind === 'worker-crash') throw new InvalidOptionError('A one-device model runs on this thread: it has no worker to crash.');
+    if (kind === 'hang') this.hang.arm(ms);
+    else this.gpu?.device.destroy();
+  }
+
+  /** The engine with the step timing that health checks use (and an injected hang, in tests). */
   private timedEngine(): ForwardEngine {
     const engine = this.engine;
     return {
@@ -501,7 +531,7 @@ export class Model {
       dispose: () => engine.dispose(),
       forward: async (batch) => {
         if (this.lost) throw new GpuUnavailableError(this.lost);
-        if (this.stepDelayMs > 0) await sleep(this.stepDelayMs);
+        await this.hang.wait();
         const start = performance.now();
         const results = await engine.forward(batch).catch((error: unknown) => {
           throw this.lost ? new GpuUnavailableError(this.lost, { cause: error }) : error;

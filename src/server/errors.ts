@@ -3,7 +3,7 @@
 // Each HTTP status has its own class, so code that throws says what went wrong, and
 // `errorResponse` is the one place that turns any thrown value into a response.
 
-import { ContextOverflowError, GpuUnavailableError, InvalidOptionError, QueueFullError as EngineQueueFullError } from '../index.ts';
+import { ContextOverflowError, GpuUnavailableError, InvalidOptionError, QueueFullError as EngineQueueFullError, ShardError } from '../index.ts';
 
 export interface OpenAIErrorBody {
   error: { message: string; type: string; param: string | null; code: string | null };
@@ -124,6 +124,10 @@ export function toHttpError(error: unknown): HttpError {
     return new QueueFullError(error.message, { code: 'queue_full', headers: { 'retry-after': String(error.retryAfterSeconds) } });
   }
   if (error instanceof GpuUnavailableError) return new ServiceUnavailableError(`GPU unavailable: ${error.message}`, { code: 'gpu_unavailable' });
+  // A shard that failed, hung or lost its device: the group reloads itself, so trying again soon works.
+  if (error instanceof ShardError) {
+    return new ServiceUnavailableError(`A shard failed: ${error.message}`, { code: 'shard_failed', headers: { 'retry-after': '5' } });
+  }
   const message = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
   return new EngineError(`The engine failed: ${message}`, { code: 'engine_error' });
 }

@@ -3,14 +3,14 @@
 //
 //   deno task serve --model model.gguf [--host 127.0.0.1] [--port 8080] [--parallel 8] ...
 //
-// The server listens at once (GET /ready says 503 until the model is loaded). SIGINT/SIGTERM stop
-// it gracefully: no new requests, in-flight ones get --shutdown-grace seconds to finish and are
-// cancelled after that (a second signal cancels them at once), then the model is released and
-// main returns: exit code 0. Never Deno.exit: Dawn devices must be released first
-// (ARCHITECTURE.md, Runtime hazards).
+// The server listens at once (GET /ready says 503 until the model is loaded). SIGINT, SIGTERM or
+// SIGHUP stop it gracefully: new requests and /ready get 503, in-flight ones get --shutdown-grace
+// seconds to finish and are cancelled after that (a second signal cancels them at once), then the
+// model is released and main returns: exit code 0. Never Deno.exit: Dawn devices must be released
+// first (ARCHITECTURE.md, Runtime hazards).
 // Exit codes: 0 after a clean shutdown, 2 for bad arguments, 1 when the model cannot be loaded.
 
-import { loadModel, type LoadOptions, type Model } from '../index.ts';
+import { FaultInjector, loadModel, type LoadOptions, type Model } from '../index.ts';
 import { flag, LOAD_ALIASES, LOAD_FLAGS, LOAD_FLAGS_USAGE, loadOptionsFromFlags, numberFlag, parseFlags, UsageError, type Flags, type FlagSpec } from '../flags.ts';
 import { engineAdmission } from './reservations.ts';
 import { DEFAULT_LIMITS, InferenceServer, type ServerLimits } from './server.ts';
@@ -20,7 +20,10 @@ interface DenoServer {
   shutdown(): Promise<void>;
 }
 
-type DenoSignal = 'SIGINT' | 'SIGTERM';
+type DenoSignal = 'SIGINT' | 'SIGTERM' | 'SIGHUP';
+
+/** Signals this close together are one request to stop (see onSignal). */
+const REPEATED_SIGNAL_MS = 1000;
 
 declare const Deno: {
   args: string[];
@@ -58,7 +61,8 @@ ${LOAD_FLAGS_USAGE}
       --shutdown-grace S      on SIGINT/SIGTERM, time in-flight requests get to finish (default 10)
       --api-key KEY           require "Authorization: Bearer KEY" on /v1/* (or env WEBSHARD_API_KEY)
                               (with -md or --lookup-ngram, a request opts out with "speculative": false)
-      --test-hooks            enable POST /admin/step-delay {"ms": N} (tests only; never in production)
+      --test-hooks            enable POST /admin/fault {"shard": N, "kind": "device-lost"|"worker-crash"|"hang"}
+                              (tests only; never in production)
   -h, --help`;
 
 const serveFlags: FlagSpec = {
@@ -131,7 +135,10 @@ function serveConfig(flags: Flags): ServeConfig {
 const log = (line: string) => console.error(`webshard serve: ${line}`);
 
 async function serve(config: ServeConfig): Promise<void> {
+  // Only --test-hooks makes a fault injector; without one no fault can be injected at all.
+  const faults = config.testHooks ? new FaultInjector() : undefined;
   const server = new InferenceServer({
+    faults,
     modelName: config.modelName,
     limits: config.limits,
     healthDeadlineMs: config.healthDeadlineMs,
@@ -142,17 +149,20 @@ async function serve(config: ServeConfig): Promise<void> {
 
   let requestStop!: () => void;
   const stopRequested = new Promise<void>((resolve) => (requestStop = resolve));
-  let signals = 0;
+  let firstSignalAt: number | undefined;
   const onSignal = (name: DenoSignal) => () => {
-    if (++signals === 1) {
+    if (firstSignalAt === undefined) {
+      firstSignalAt = performance.now();
       log(`${name}: shutting down (in-flight requests get ${config.shutdownGraceMs / 1000} s)`);
       requestStop();
-    } else {
+    } else if (performance.now() - firstSignalAt > REPEATED_SIGNAL_MS) {
       log(`${name} again: cancelling in-flight requests now`);
       void server.shutdown(0);
     }
+    // A repeat within REPEATED_SIGNAL_MS is the same request to stop, delivered twice: a signal to
+    // the whole process group reaches the server both directly and through the launchers above it.
   };
-  const handlers = { SIGINT: onSignal('SIGINT'), SIGTERM: onSignal('SIGTERM') } as const;
+  const handlers = { SIGINT: onSignal('SIGINT'), SIGTERM: onSignal('SIGTERM'), SIGHUP: onSignal('SIGHUP') } as const;
   for (const [name, handler] of Object.entries(handlers)) Deno.addSignalListener(name as DenoSignal, handler);
 
   // A bug that leaves a promise rejected must not take every other request down with it.
@@ -162,7 +172,7 @@ async function serve(config: ServeConfig): Promise<void> {
   };
   globalThis.addEventListener('unhandledrejection', onUnhandled);
 
-  if (config.testHooks) log('--test-hooks: POST /admin/step-delay is enabled; never use this in production');
+  if (config.testHooks) log('--test-hooks: POST /admin/fault is enabled; never use this in production');
   const http = Deno.serve(
     {
       hostname: config.host,
@@ -175,7 +185,7 @@ async function serve(config: ServeConfig): Promise<void> {
   let model: Model | undefined;
   try {
     const started = performance.now();
-    model = await loadModel(config.model, config.load);
+    model = await loadModel(config.model, { ...config.load, faults, onEvent: log });
     for (const line of model.plan?.summary ?? []) log(line);
     server.attach(model);
     const { plan } = model;
@@ -188,9 +198,10 @@ async function serve(config: ServeConfig): Promise<void> {
     Deno.exitCode = 1;
   }
 
-  const closing = http.shutdown(); // no new connections; open ones finish their requests
+  // Keep listening while draining, so that new requests and /ready get a 503 (a load balancer
+  // learns to send traffic elsewhere) rather than a refused connection; then close.
   await server.shutdown(config.shutdownGraceMs);
-  await closing;
+  await http.shutdown();
   await http.finished;
   await model?.dispose();
   for (const [name, handler] of Object.entries(handlers)) Deno.removeSignalListener(name as DenoSignal, handler);

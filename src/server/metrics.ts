@@ -71,10 +71,11 @@ class LabelledValues {
   }
 }
 
+/** A counter incremented by the code, or read from `collect` at render time (a count kept elsewhere). */
 export class Counter extends Metric {
   private readonly values = new LabelledValues();
 
-  constructor(name: string, help: string) {
+  constructor(name: string, help: string, private readonly collect?: () => number) {
     super(name, help, 'counter');
   }
 
@@ -88,7 +89,7 @@ export class Counter extends Metric {
   }
 
   samples(): Sample[] {
-    return this.values.entries();
+    return this.collect ? [{ labels: {}, value: this.collect() }] : this.values.entries();
   }
 }
 
@@ -150,8 +151,8 @@ export class MetricsRegistry {
   private readonly metrics: Metric[] = [];
   private readonly collectors: Array<() => string> = [];
 
-  counter(name: string, help: string): Counter {
-    return this.add(new Counter(name, help));
+  counter(name: string, help: string, collect?: () => number): Counter {
+    return this.add(new Counter(name, help, collect));
   }
 
   gauge(name: string, help: string, collect?: () => number): Gauge {

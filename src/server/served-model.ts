@@ -23,9 +23,9 @@ export interface ServedModel {
   /** Raw logits of the token after `ids` (used to report logprobs). */
   nextTokenLogits(ids: readonly number[]): Promise<Float32Array>;
   health(deadlineMs: number): Promise<HealthReport>;
+  /** Whether requests can be served now (no forward step): false while a shard group reloads. */
+  readiness(): HealthReport;
   /** Numbers to export as metrics; whatever fields it has are rendered. */
   stats(): object;
-  /** Test hook: each forward step first waits this long. */
-  stepDelayMs: number;
 }
 

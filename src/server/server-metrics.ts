@@ -1,6 +1,7 @@
 // The server's metrics, by name. Latency buckets span a fast GPU (milliseconds) to a software
 // adapter under load (tens of seconds).
 
+import { KV_BLOCK_SIZE } from '../index.ts';
 import { MetricsRegistry, renderNumericFields, type Counter, type Histogram } from './metrics.ts';
 
 export type CancelReason = 'client_disconnect' | 'deadline' | 'shutdown';
@@ -11,6 +12,14 @@ export interface MetricSources {
   ready(): boolean;
   /** The engine's `stats()`, or undefined before the model is loaded. */
   engineStats(): object | undefined;
+}
+
+/** The fields of `model.stats()` that named metrics read (others appear as webshard_engine_*). */
+interface EngineNumbers {
+  waiting?: number;
+  kvBlocksUsed?: number;
+  kvBlocksFree?: number;
+  group?: { recoveries: number; lastRecoverySeconds: number };
 }
 
 export class ServerMetrics {
@@ -47,6 +56,19 @@ export class ServerMetrics {
     r.gauge('webshard_queue_depth', 'Sequences waiting for a place in the engine.', sources.queued);
     r.gauge('webshard_sequences_running', 'Sequences handed to the engine and not yet finished.', sources.running);
     r.gauge('webshard_model_ready', '1 once the model is loaded and the server accepts requests.', () => (sources.ready() ? 1 : 0));
+    const engine = () => (sources.engineStats() ?? {}) as EngineNumbers;
+    r.counter('webshard_group_recoveries_total', 'Times a failed shard group was torn down and reloaded without restarting the process.', () => engine().group?.recoveries ?? 0);
+    r.gauge('webshard_group_last_recovery_seconds', 'From the failure to serving again, of the last shard group recovery.', () => engine().group?.lastRecoverySeconds ?? 0);
+    // The Model Server Protocol of the Gateway API Inference Extension: the endpoint picker reads
+    // these names (vLLM's) to route each request to the replica with the shortest queue and the
+    // most free KV cache.
+    r.gauge('vllm:num_requests_waiting', 'Requests waiting to be scheduled (the server queue and the engine\'s).', () => sources.queued() + (engine().waiting ?? 0));
+    r.gauge('vllm:num_requests_running', 'Requests generating in the engine.', sources.running);
+    r.gauge('vllm:kv_cache_usage_perc', 'Share of the KV cache blocks in use, 0 to 1.', () => {
+      const { kvBlocksUsed = 0, kvBlocksFree = 0 } = engine();
+      return kvBlocksUsed + kvBlocksFree > 0 ? kvBlocksUsed / (kvBlocksUsed + kvBlocksFree) : 0;
+    });
+    r.gauge('vllm:cache_config_info', 'KV cache configuration (labels); the value is always 1.').set(1, { block_size: String(KV_BLOCK_SIZE) });
     r.addCollector(() => {
       const stats = sources.engineStats();
       return stats ? renderNumericFields('webshard_engine', stats) : '';

@@ -4,9 +4,9 @@
 //
 //   POST /v1/completions        POST /v1/chat/completions        GET /v1/models
 //   GET  /health (liveness: a forward step within a deadline)     GET /ready (model loaded)
-//   GET  /metrics (Prometheus)  POST /admin/step-delay (only with testHooks)
+//   GET  /metrics (Prometheus)  POST /admin/fault (only with testHooks and a FaultInjector)
 
-import { ChatTemplate, ChatTemplateError } from '../index.ts';
+import { ChatTemplate, ChatTemplateError, FAULT_KINDS, type FaultInjector, type FaultKind } from '../index.ts';
 import {
   AuthenticationError,
   ClientClosedError,
@@ -63,8 +63,12 @@ export interface ServerOptions {
   healthDeadlineMs?: number;
   /** When set, /v1/* needs `Authorization: Bearer <apiKey>`. */
   apiKey?: string;
-  /** Enables POST /admin/step-delay, which slows every forward step (to test /health). Never in production. */
+  /**
+   * Enables POST /admin/fault {"shard": N, "kind": "device-lost" | "worker-crash" | "hang", "ms"?}
+   * through `faults`, the FaultInjector the model was loaded with. Tests only, never in production.
+   */
   testHooks?: boolean;
+  faults?: FaultInjector;
   log?: (line: string) => void;
 }
 
@@ -176,7 +180,7 @@ export class InferenceServer {
       ['/ready', { method: 'GET', handler: async () => this.readiness() }],
       ['/metrics', { method: 'GET', handler: async () => new Response(this.metrics.render(), { headers: { 'content-type': PROMETHEUS_CONTENT_TYPE } }) }],
     ];
-    if (options.testHooks) routes.push(['/admin/step-delay', { method: 'POST', handler: (r) => this.setStepDelay(r) }]);
+    if (options.testHooks && options.faults) routes.push(['/admin/fault', { method: 'POST', handler: (r) => this.injectFault(r, options.faults!) }]);
     this.routes = new Map(routes);
   }
 
@@ -272,19 +276,31 @@ export class InferenceServer {
   }
 
   private readiness(): Response {
+    const model = this.state === 'ready' ? this.model?.readiness() : undefined;
+    if (model && !model.ok) return jsonResponse({ status: 'unavailable', detail: model.detail }, 503);
     return jsonResponse({ status: this.state }, this.state === 'ready' ? 200 : 503);
   }
 
-  private async setStepDelay(request: Request): Promise<Response> {
-    const model = this.servingModel(request);
-    const body = await readJsonBody(request, this.limits.maxBodyBytes);
-    const ms = (body as { ms?: unknown } | null)?.ms;
-    if (typeof ms !== 'number' || !Number.isFinite(ms) || ms < 0 || ms > 600_000) {
+  private async injectFault(request: Request, faults: FaultInjector): Promise<Response> {
+    this.servingModel(request);
+    const body = (await readJsonBody(request, this.limits.maxBodyBytes)) as { shard?: unknown; kind?: unknown; ms?: unknown } | null;
+    const { shard, kind, ms } = body ?? {};
+    if (typeof shard !== 'number' || !Number.isInteger(shard) || shard < 0) {
+      throw new InvalidRequestError("'shard': expected a shard rank (an integer ≥ 0).", { param: 'shard', code: 'invalid_value' });
+    }
+    if (!FAULT_KINDS.includes(kind as FaultKind)) {
+      throw new InvalidRequestError(`'kind': expected one of ${FAULT_KINDS.join(', ')}.`, { param: 'kind', code: 'invalid_value' });
+    }
+    if (ms !== undefined && (typeof ms !== 'number' || !Number.isFinite(ms) || ms < 0 || ms > 600_000)) {
       throw new InvalidRequestError("'ms': expected a number of milliseconds in [0, 600000].", { param: 'ms', code: 'invalid_value' });
     }
-    model.stepDelayMs = ms;
-    this.log(`test hook: every forward step now waits ${ms} ms first`);
-    return jsonResponse({ step_delay_ms: ms });
+    try {
+      await faults.inject({ shard, kind: kind as FaultKind, ms: ms as number | undefined });
+    } catch (error) {
+      throw new InvalidRequestError((error as Error).message, { param: 'shard', code: 'invalid_value' });
+    }
+    this.log(`test hook: injected ${kind} into shard ${shard}${ms === undefined ? '' : ` (${ms} ms)`}`);
+    return jsonResponse({ injected: { shard, kind, ...(ms === undefined ? {} : { ms }) } });
   }
 
   // --- generation --------------------------------------------------------------------------
@@ -299,6 +315,8 @@ export class InferenceServer {
       throw new ServiceUnavailableError('The model is still loading; try again shortly.', { code: 'model_loading', headers: { 'retry-after': '5' } });
     }
     if (this.state !== 'ready') throw new ServiceUnavailableError('The server is shutting down.', { code: 'shutting_down' });
+    const ready = this.model.readiness();
+    if (!ready.ok) throw new ServiceUnavailableError(`The model cannot serve now: ${ready.detail}.`, { code: 'model_unavailable', headers: { 'retry-after': '5' } });
     return this.model;
   }
 

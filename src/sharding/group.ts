@@ -7,6 +7,7 @@ import * as Comlink from 'comlink';
 import type { GpuOptions } from '../gpu/device.ts';
 import type { DeviceStats, ForwardEngine } from '../engine/forward-engine.ts';
 import { maxSampledRows, type KvGeometry } from '../engine/kv-cache.ts';
+import type { Fault } from '../engine/faults.ts';
 import type { KernelChoice } from '../engine/llama.ts';
 import type { StepBatch, StepResult } from '../engine/runner.ts';
 import { GpuUnavailableError } from '../gpu/device.ts';
@@ -14,7 +15,7 @@ import { ModelFormatError, ModelSourceError } from '../model/errors.ts';
 import { ShardError, ShardGroupStoppedError, ShardPeerTimeoutError, ShardTimeoutError } from './errors.ts';
 import type { ShardPlan } from './plan.ts';
 import { AbortReason, createSharedMemory, ShardCounter, SharedViews } from './shared-memory.ts';
-import { shutdownShardWorker, spawnShardWorker, type ShardWorkerHandle } from './spawn.ts';
+import { shutdownWorker, spawnShardWorker, type ShardWorkerHandle } from './spawn.ts';
 import type { ShardLoadReport, ShardStepReport } from './worker.ts';
 
 export interface ShardGroupOptions {
@@ -32,6 +33,8 @@ export interface ShardGroupOptions {
   /** Longest one step (or one collective inside it) may take. Default 30 s. */
   deadlineMs?: number;
   onProgress?: (bytesDone: number, bytesTotal: number) => void;
+  /** Test-only: let injectFault reach the workers (the model was loaded with a FaultInjector). */
+  faults?: boolean;
 }
 
 const withDeadline = <T>(promise: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> =>
@@ -73,7 +76,7 @@ export class ShardGroup implements ForwardEngine {
     const workers = spawned.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
     const spawnFailure = spawned.find((s): s is PromiseRejectedResult => s.status === 'rejected');
     if (spawnFailure) {
-      await Promise.allSettled(workers.map((w) => shutdownShardWorker(w, deadlineMs)));
+      await Promise.allSettled(workers.map((w) => shutdownWorker(w, deadlineMs)));
       throw spawnFailure.reason;
     }
     const progress = plan.shards.map(() => ({ done: 0, total: 0 }));
@@ -97,6 +100,7 @@ export class ShardGroup implements ForwardEngine {
               gpu: options.gpu[i] ?? options.gpu[0] ?? {},
               kernels: options.kernels,
               deadlineMs,
+              faults: options.faults,
             },
             Comlink.proxy((done: number, total: number) => {
               progress[i] = { done, total };
@@ -108,7 +112,7 @@ export class ShardGroup implements ForwardEngine {
     );
     const loadFailure = loads.findIndex((l) => l.status === 'rejected');
     if (loadFailure >= 0) {
-      await Promise.allSettled(workers.map((w) => shutdownShardWorker(w, deadlineMs)));
+      await Promise.allSettled(workers.map((w) => shutdownWorker(w, deadlineMs)));
       throw reviveLoadError((loads[loadFailure] as PromiseRejectedResult).reason, loadFailure);
     }
     const reports = loads.map((l) => (l as PromiseFulfilledResult<ShardLoadReport>).value);
@@ -125,7 +129,11 @@ export class ShardGroup implements ForwardEngine {
     const steps = this.workers.map((w, rank) =>
       withDeadline(whileAlive(w, w.api.forward(shardBatch)), this.deadlineMs * 2, () =>
         new ShardTimeoutError(rank, `shard ${rank} did not finish a step within ${this.deadlineMs * 2} ms`),
-      ),
+      ).catch((error: unknown) => {
+        // Wake the other shards now (a dead or hung one never will), rather than at their deadlines.
+        this.views.abort(AbortReason.failed);
+        throw error;
+      }),
     );
     const settled = await Promise.allSettled(steps);
     const errors = settled.flatMap((s, rank) => (s.status === 'rejected' ? [reviveShardError(s.reason, rank)] : []));
@@ -168,14 +176,11 @@ export class ShardGroup implements ForwardEngine {
     });
   }
 
-  /** Test hook: make one shard stall before each step. */
-  setStepDelay(rank: number, ms: number): Promise<void> {
-    return this.workers[rank]!.api.setStepDelay(ms);
-  }
-
-  /** Test hook: lose one shard's device mid-run. */
-  destroyDevice(rank: number): Promise<void> {
-    return this.workers[rank]!.api.destroyDevice();
+  /** Test-only (FaultInjector): makes shard `fault.shard` fail as `fault.kind` says. */
+  async injectFault(fault: Fault): Promise<void> {
+    const worker = this.workers[fault.shard];
+    if (!worker) throw new RangeError(`No shard ${fault.shard}: this group has shards 0 to ${this.workers.length - 1}.`);
+    await worker.api.injectFault(fault.kind, fault.ms);
   }
 
   /** Shuts every shard down by message and waits until each has ended. */
@@ -183,7 +188,7 @@ export class ShardGroup implements ForwardEngine {
     if (this.closed) return;
     this.closed = true;
     this.views.abort(AbortReason.shutdown);
-    await Promise.allSettled(this.workers.map((w) => shutdownShardWorker(w, this.deadlineMs)));
+    await Promise.allSettled(this.workers.map((w) => shutdownWorker(w, this.deadlineMs)));
   }
 }
 

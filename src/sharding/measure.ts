@@ -3,7 +3,7 @@
 // Two numbers decide a split (choose.ts): what one collective costs, and what one decode step's
 // kernels cost. Both are measured through the production code, not a model of it:
 //
-// * Collectives: shard workers started by spawnShardWorker, each with its own device, run
+// * Collectives: workers started by spawnCollectiveBenchWorker, each with its own device, run
 //   SharedMemoryCommunicator.collective on a GPU buffer (GPU read-back → shared memory → barrier →
 //   sum → write-back), as the forward pass does after every attention and FFN block. One worker
 //   alone has nothing to add (a shard without tensor-parallel peers takes no part in all-reduces),
@@ -22,8 +22,8 @@ import { shardReadBytes } from '../engine/weights.ts';
 import type { LlamaConfig } from '../model/config.ts';
 import type { GGUFFile } from '../model/gguf.ts';
 import { createSharedMemory, ShardCounter, SharedViews } from './shared-memory.ts';
-import { shutdownShardWorker, spawnShardWorker, type ShardWorkerHandle } from './spawn.ts';
-import type { CollectiveBenchReport } from './worker.ts';
+import type { CollectiveBenchReport } from './collective-bench-worker.ts';
+import { shutdownWorker, spawnCollectiveBenchWorker, spawnShardWorker, type CollectiveBenchWorkerHandle, type WorkerApi, type WorkerHandle } from './spawn.ts';
 
 /** Latency percentiles of a set of samples, in ms. */
 export interface LatencyMs {
@@ -53,9 +53,14 @@ const DEFAULT_DEADLINE_MS = 30_000;
 // ---------------------------------------------------------------------------------------------
 // Workers
 
-/** Runs `body` with `count` fresh shard workers and shuts every one down afterwards, also on errors. */
-async function withShardWorkers<T>(count: number, deadlineMs: number, body: (workers: ShardWorkerHandle[]) => Promise<T>): Promise<{ result: T; stoppedCleanly: boolean }> {
-  const spawned = await Promise.allSettled(Array.from({ length: count }, () => spawnShardWorker()));
+/** Runs `body` with `count` fresh workers and shuts every one down afterwards, also on errors. */
+async function withWorkers<H extends WorkerHandle<WorkerApi>, T>(
+  spawn: () => Promise<H>,
+  count: number,
+  deadlineMs: number,
+  body: (workers: H[]) => Promise<T>,
+): Promise<{ result: T; stoppedCleanly: boolean }> {
+  const spawned = await Promise.allSettled(Array.from({ length: count }, spawn));
   const workers = spawned.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
   try {
     const failed = spawned.find((s): s is PromiseRejectedResult => s.status === 'rejected');
@@ -68,9 +73,9 @@ async function withShardWorkers<T>(count: number, deadlineMs: number, body: (wor
   }
 }
 
-/** Shuts every worker down by message (see shutdownShardWorker); true for each that ended cleanly. */
-function stopWorkers(workers: ShardWorkerHandle[], deadlineMs: number): Promise<boolean[]> {
-  return Promise.all(workers.map((worker) => shutdownShardWorker(worker, deadlineMs)));
+/** Shuts every worker down by message (see shutdownWorker); true for each that ended cleanly. */
+function stopWorkers(workers: WorkerHandle<WorkerApi>[], deadlineMs: number): Promise<boolean[]> {
+  return Promise.all(workers.map((worker) => shutdownWorker(worker, deadlineMs)));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -145,7 +150,7 @@ export async function measureInterconnect(options: InterconnectOptions): Promise
   const spawnStart = performance.now();
   let spawnMs = 0;
   const adapters: string[] = [];
-  const { result: measurements, stoppedCleanly } = await withShardWorkers(workerCount, deadlineMs, async (workers) => {
+  const { result: measurements, stoppedCleanly } = await withWorkers(spawnCollectiveBenchWorker, workerCount, deadlineMs, async (workers) => {
     spawnMs = performance.now() - spawnStart;
     const out: CollectiveMeasurement[] = [];
     for (const bytes of sizes) {
@@ -161,7 +166,7 @@ export async function measureInterconnect(options: InterconnectOptions): Promise
   return { adapters, roundTripMs: headline.roundTripMs, measurements, spawnMs, workersStoppedCleanly: stoppedCleanly };
 }
 
-async function benchGroup(workers: ShardWorkerHandle[], options: InterconnectOptions, bytes: number, warmup: number, deadlineMs: number): Promise<CollectiveBenchReport[]> {
+async function benchGroup(workers: CollectiveBenchWorkerHandle[], options: InterconnectOptions, bytes: number, warmup: number, deadlineMs: number): Promise<CollectiveBenchReport[]> {
   const tp = workers.length;
   const handOff = tp === 1;
   const count = Math.ceil(bytes / 4);
@@ -268,7 +273,7 @@ export async function measureDecodeStep(options: DecodeStepOptions): Promise<Dec
   const geometry = kvGeometry(warmup + steps, 1);
   const blockTable = Uint32Array.from({ length: geometry.blocksPerSequence }, (_, block) => block);
   const token = Math.min(1, config.vocabSize - 1);
-  const { result, stoppedCleanly } = await withShardWorkers(1, deadlineMs, async ([worker]) => {
+  const { result, stoppedCleanly } = await withWorkers(spawnShardWorker, 1, deadlineMs, async ([worker]) => {
     const report = await worker!.api.load({
       source: options.source,
       position: { rank: 0, stage: 0, tpRank: 0, tp: 1, pp: 1 },

@@ -4,17 +4,17 @@
 
 import { requestGpu, type GpuContext, type GpuOptions } from '../gpu/device.ts';
 import type { KvGeometry } from '../engine/kv-cache.ts';
+import { NextStepHang, type FaultKind } from '../engine/faults.ts';
 import type { KernelChoice } from '../engine/llama.ts';
 import { LlamaRunner, type StepBatch } from '../engine/runner.ts';
 import type { ShardView } from '../engine/shard-view.ts';
-import { readBuffer, writeBuffer } from '../gpu/kernel.ts';
 import { llamaConfig } from '../model/config.ts';
 import { readGGUF } from '../model/gguf.ts';
 import { openSource, type ByteSource } from '../model/source.ts';
 import { SharedMemoryCommunicator, type ShardPosition } from './communicator.ts';
 import { ShardError } from './errors.ts';
 import { AbortReason, ShardCounter, SharedViews, type SharedMemory } from './shared-memory.ts';
-import { exposeToParent, closeWorker } from './spawn.ts';
+import { closeWorker, exposeToParent } from './worker-endpoint.ts';
 
 /** What a worker needs to load its shard. Everything here is structured-cloneable. */
 export interface ShardLoadSpec {
@@ -29,6 +29,8 @@ export interface ShardLoadSpec {
   kernels?: KernelChoice;
   /** Longest a shard waits for the others at one collective. */
   deadlineMs: number;
+  /** Test-only: accept injectFault (the model was loaded with a FaultInjector). */
+  faults?: boolean;
 }
 
 export interface ShardLoadReport {
@@ -52,35 +54,6 @@ export interface ShardStepReport {
 
 export type ShardProgress = (bytesDone: number, bytesTotal: number) => void;
 
-/** A collective benchmark (src/sharding/measure.ts). Everything here is structured-cloneable. */
-export interface CollectiveBenchRequest {
-  /**
-   * `allReduceSum`: this worker is `position` in a tp-wide all-reduce (memory shaped tp × pp=1).
-   * `handOff`: this worker alone passes a hidden state from stage 0 to stage 1 and takes it in
-   * again (memory shaped tp=1 × pp=2): both halves of a pipeline hand-off on one device.
-   */
-  kind: 'allReduceSum' | 'handOff';
-  memory: SharedMemory;
-  position: ShardPosition;
-  /** f32 values per collective. */
-  count: number;
-  warmup: number;
-  iterations: number;
-  /** Opens a device with these options if this worker has none yet. */
-  gpu: GpuOptions;
-  deadlineMs: number;
-}
-
-export interface CollectiveBenchReport {
-  adapter: string;
-  /** Wall time of each timed collective, in ms. */
-  iterationMs: number[];
-  /** Of all timed collectives together, time spent waiting for the other shards. */
-  waitMs: number;
-  /** A last, untimed collective of known values came out right (the sum, or the data handed off). */
-  verified: boolean;
-}
-
 class ShardWorker {
   private gpu?: GpuContext;
   private source?: ByteSource;
@@ -91,7 +64,12 @@ class ShardWorker {
   private lost?: string;
   /** Rejects when the device is lost: a step racing it fails at once instead of hanging on the GPU. */
   private deviceLost: Promise<never> = new Promise(() => {});
-  private stepDelayMs = 0;
+  /** An injected `hang` (tests). */
+  private readonly hang = new NextStepHang();
+  /** Set by an injected `worker-crash`. */
+  private crashAtNextStep = false;
+  /** The running step, settled either way: shutdown waits for its GPU work (see shutdown). */
+  private stepInFlight?: Promise<void>;
 
   async load(spec: ShardLoadSpec, onProgress?: ShardProgress): Promise<ShardLoadReport> {
     const start = performance.now();
@@ -129,12 +107,19 @@ class ShardWorker {
   }
 
   /** Runs a batch; a sampling shard returns its best token per sampled row (and writes its logits slice to shared memory). */
-  async forward(batch: StepBatch): Promise<ShardStepReport[]> {
+  forward(batch: StepBatch): Promise<ShardStepReport[]> {
+    const step = this.step(batch);
+    this.stepInFlight = step.then(() => undefined, () => undefined);
+    return step;
+  }
+
+  private async step(batch: StepBatch): Promise<ShardStepReport[]> {
     const runner = this.loaded();
     const spec = this.spec!;
     const start = performance.now();
     try {
-      if (this.stepDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, this.stepDelayMs));
+      if (this.crashAtNextStep) await this.crash();
+      await this.hang.wait();
       const results = await Promise.race([runner.forward(batch), this.deviceLost]);
       this.publishCounters(performance.now() - start);
       if (!spec.view.samples) return [];
@@ -164,78 +149,46 @@ class ShardWorker {
     c[ShardCounter.collectiveWaitMs] = timings.waitMs;
   }
 
-  /**
-   * Times `iterations` collectives through the production communicator (GPU read-back → shared
-   * memory → barrier → sum → write-back) on a GPU buffer of this worker's device. A shard with no
-   * tensor-parallel peers takes no part in all-reduces (nothing to add), so one worker times a
-   * pipeline hand-off instead: sendHidden then receiveHidden, the same read-back and write-back.
-   */
-  async benchCollective(request: CollectiveBenchRequest): Promise<CollectiveBenchReport> {
-    this.gpu ??= await requestGpu(request.gpu);
-    const device = this.gpu.device;
-    const { count, position } = request;
-    const bytes = Math.max(4, count * 4);
-    const usage = 0x0080 | 0x0004 | 0x0008; // STORAGE | COPY_SRC | COPY_DST
-    const buffer = device.createBuffer({ label: 'bench collective', size: bytes, usage });
-    const received = device.createBuffer({ label: 'bench hand-off target', size: bytes, usage });
-    const sender = new SharedMemoryCommunicator(request.memory, position, request.deadlineMs);
-    // A hand-off's receiving half: the next stage, played by this same worker.
-    const receiver = request.kind === 'handOff'
-      ? new SharedMemoryCommunicator(request.memory, { ...position, rank: position.rank + 1, stage: position.stage + 1 }, request.deadlineMs)
-      : undefined;
-    const once = async (): Promise<void> => {
-      if (!receiver) {
-        await sender.collective(device, { kind: 'allReduceSum', buffer, count, label: 'benchmark' });
-      } else {
-        await sender.collective(device, { kind: 'sendHidden', buffer, count });
-        await receiver.collective(device, { kind: 'receiveHidden', buffer: received, count });
-      }
-    };
-    const waited = () => sender.timings.waitMs + (receiver?.timings.waitMs ?? 0);
-    try {
-      // Timed rounds add zeros (the buffers start zeroed), so values never overflow; only the
-      // last round below carries values that are checked.
-      for (let i = 0; i < request.warmup; i++) await once();
-      const waitBefore = waited();
-      const iterationMs: number[] = [];
-      for (let i = 0; i < request.iterations; i++) {
-        const start = performance.now();
-        await once();
-        iterationMs.push(performance.now() - start);
-      }
-      const waitMs = waited() - waitBefore;
-      // Verify: all-reduce of (tpRank + 1) everywhere sums to tp(tp+1)/2; a hand-off arrives unchanged.
-      const values = Float32Array.from({ length: count }, (_, i) => (request.kind === 'allReduceSum' ? position.tpRank + 1 : i % 251));
-      writeBuffer(device, buffer, 0, values);
-      await once();
-      const result = new Float32Array(await readBuffer(device, request.kind === 'allReduceSum' ? buffer : received, count * 4));
-      const expected = (i: number) => (request.kind === 'allReduceSum' ? (position.tp * (position.tp + 1)) / 2 : i % 251);
-      const verified = result.every((value, i) => value === expected(i));
-      return { adapter: this.gpu.adapterDescription, iterationMs, waitMs, verified };
-    } catch (error) {
-      // Wake the other participants now rather than letting them wait out their deadlines.
-      new SharedViews(request.memory).abort(AbortReason.failed);
-      throw error;
-    } finally {
-      sender.dispose();
-      receiver?.dispose();
-      buffer.destroy();
-      received.destroy();
+  /** Test-only (FaultInjector, enabled by the load spec): fail the way a real shard would. */
+  injectFault(kind: FaultKind, ms?: number): void {
+    const spec = this.spec;
+    if (!spec?.faults) throw new Error('this shard was loaded without fault injection');
+    switch (kind) {
+      case 'device-lost':
+        this.gpu?.device.destroy();
+        return;
+      case 'hang':
+        this.hang.arm(ms);
+        return;
+      case 'worker-crash':
+        // At the start of the next step, when no GPU work is pending: a thread that ends with a
+        // Dawn promise pending (or a live device) takes the whole process down.
+        this.crashAtNextStep = true;
+        return;
     }
   }
 
-  /** Test hook: make every following step of this shard stall this long first (a wedged GPU). */
-  setStepDelay(ms: number): void {
-    this.stepDelayMs = ms;
-  }
-
-  /** Test hook: lose this shard's device, as a crashed or reset GPU would. */
-  destroyDevice(): void {
+  /** Ends this worker with an uncaught error, as a bug or a native fault would; never returns. */
+  private async crash(): Promise<never> {
     this.gpu?.device.destroy();
+    await this.source?.close();
+    setTimeout(() => {
+      throw new Error(`shard ${this.spec?.position.rank}: injected worker crash`);
+    }, 0);
+    return new Promise<never>(() => {});
   }
 
   /** Drain, destroy the device, then let the worker end (never terminate() it: DESIGN.md hazards). */
   async shutdown(): Promise<void> {
+    // A group that gave up on a slow step asks a shard to stop while that step may still wait on
+    // the GPU; a thread that ends with a Dawn promise pending aborts the process. The others were
+    // woken (shared memory aborted), so the step soon fails; wait for it, within the deadline.
+    if (this.stepInFlight) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      // A pending timer would keep this thread alive after it closed: clear it.
+      await Promise.race([this.stepInFlight, new Promise((resolve) => (timer = setTimeout(resolve, this.spec?.deadlineMs ?? 0)))]);
+      clearTimeout(timer);
+    }
     await this.runner?.dispose();
     this.communicator?.dispose();
     this.gpu?.device.destroy();
@@ -252,7 +205,7 @@ class ShardWorker {
   }
 }
 
-export type ShardWorkerApi = Pick<ShardWorker, 'load' | 'forward' | 'benchCollective' | 'setStepDelay' | 'destroyDevice' | 'shutdown'>;
+export type ShardWorkerApi = Pick<ShardWorker, 'load' | 'forward' | 'injectFault' | 'shutdown'>;
 
 // No top-level await: bundlers' classic worker format (vite's default) cannot have one.
 const worker = new ShardWorker();

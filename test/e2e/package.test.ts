@@ -70,8 +70,9 @@ function filesUnder(dir: string): string[] {
 
 beforeAll(async () => {
   work = mkdtempSync(join(tmpdir(), 'webshard-package-'));
-  // prepack: clean dist/, then tsc -p tsconfig.build.json.
-  const { stdout } = await run('npm', ['pack', '--ignore-scripts=false', '--json', '--pack-destination', work], { cwd: projectRoot, env, maxBuffer: 1 << 26 });
+  // Exactly as a user packs, with the repository's own npm settings: prepack cleans dist/, then
+  // tsc -p tsconfig.build.json.
+  const { stdout } = await run('npm', ['pack', '--json', '--pack-destination', work], { cwd: projectRoot, env, maxBuffer: 1 << 26 });
   // The prepack script's banner may come first; the JSON report starts at a line that opens with '['.
   const [info] = JSON.parse(stdout.slice(stdout.search(/^\[/m))) as Array<{ filename: string; integrity: string; files: Array<{ path: string }> }>;
   packed = { filename: info!.filename, files: info!.files.map((f) => f.path) };
@@ -105,6 +106,14 @@ describe('npm package', { timeout: 300_000 }, () => {
     expect(packed.files.filter((f) => !f.startsWith('dist/') && !['package.json', 'README.md', 'docs/API.md'].includes(f))).toEqual([]);
     expect(packed.files.filter((f) => f.endsWith('.ts') && !f.endsWith('.d.ts'))).toEqual([]);
     expect(packed.files).not.toContain('dist/cli.js');
+  });
+
+  it('publishes the same files: `npm publish --dry-run` builds dist/ too', async () => {
+    const { stdout } = await run('npm', ['publish', '--dry-run', '--json'], { cwd: projectRoot, env, maxBuffer: 1 << 26 });
+    // npm 11 reports { "webshard": { files, ... } }.
+    const report = JSON.parse(stdout.slice(stdout.search(/^\{/m))) as Record<string, { files: Array<{ path: string }> }>;
+    const files = report.webshard!.files.map((f) => f.path);
+    expect(files.sort()).toEqual([...packed.files].sort());
   });
 
   it('README examples exist for every runtime', () => {
