@@ -105,7 +105,7 @@ const opened: HfCheckpoint[] = [];
 
 beforeAll(async () => {
   scratch = mkdtempSync(join(tmpdir(), 'webshard-folders-'));
-  server = await serveStatic({ '/models/': modelsDir, '/scratch/': scratch });
+  server = await serveStatic({ '/models/': modelsDir, '/scratch/': scratch, '/no-range/': modelsDir }, { rangeless: ['/no-range/'] });
 });
 
 afterAll(async () => {
@@ -227,6 +227,13 @@ describe('incomplete folders', () => {
       expect((error as ModelFormatError).field).toBe('weight_map');
       expect((error as Error).message).toMatch(/in shard model-00002-of-00002.safetensors, which cannot be opened: .*no model-00002-of-00002.safetensors in this folder.*Download model-00002-of-00002.safetensors into the same folder/);
     }
+  });
+
+  it('a server that ignores Range requests is refused at the first weight request (the one-byte probe)', async () => {
+    const before = server.requests.length;
+    await expect(openHfCheckpoint(urlFolder(`${server.origin}/no-range/hf/stories260K/`))).rejects.toThrow(/ignores HTTP Range requests/);
+    const weightGets = server.requests.slice(before).filter((r) => r.path.endsWith('.safetensors') && r.method === 'GET');
+    expect(weightGets).toEqual([{ method: 'GET', path: '/no-range/hf/stories260K/model.safetensors', range: 'bytes=0-0' }]);
   });
 
   it('a URL that 404s, and names that leave the folder', async () => {

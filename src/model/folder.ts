@@ -228,9 +228,9 @@ const HF_FILE = /(^|[\\/])(config\.json|[^\\/]*\.safetensors|model\.safetensors\
 /**
  * A GGUF file or a Hugging Face folder? Decided from the source itself (a local path is stat-ed,
  * a URL is a folder when it ends in `/`, picked files are a folder when config.json is among them);
- * no weights are read and nothing is fetched.
+ * no weights are read and nothing is fetched. `options.headers` go with a URL folder's requests.
  */
-export async function detectModelSource(input: ModelInput): Promise<DetectedModelSource> {
+export async function detectModelSource(input: ModelInput, options: UrlFolderOptions = {}): Promise<DetectedModelSource> {
   if (isModelFolder(input)) return { kind: 'hf-folder', folder: input };
   if (isFileCollection(input)) {
     const folder = filesFolder(input);
@@ -241,7 +241,7 @@ export async function detectModelSource(input: ModelInput): Promise<DetectedMode
   }
   const text = typeof input === 'string' ? input : input instanceof URL ? input.href : undefined;
   if (text === undefined) return { kind: 'gguf', source: input as ModelSource };
-  if (/^https?:\/\//i.test(text)) return text.endsWith('/') ? { kind: 'hf-folder', folder: urlFolder(text) } : { kind: 'gguf', source: input as ModelSource };
+  if (/^https?:\/\//i.test(text)) return text.endsWith('/') ? { kind: 'hf-folder', folder: urlFolder(text, options) } : { kind: 'gguf', source: input as ModelSource };
   const path = text.startsWith('file://') ? decodeURIComponent(new URL(text).pathname) : text;
   const fs = await localFileSystem(path);
   let stats: { isFile(): boolean; isDirectory(): boolean };
