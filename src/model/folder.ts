@@ -39,8 +39,8 @@ function checkName(folder: string, name: string): string {
   return name;
 }
 
-function missingFile(folder: string, name: string, cause?: unknown): ModelSourceError {
-  return new ModelSourceError(folder, `no ${name} in this folder`, cause === undefined ? undefined : { cause });
+function missingFile(folder: string, name: string): ModelSourceError {
+  return new ModelSourceError(folder, `no ${name} in this folder`);
 }
 
 const utf8 = new TextDecoder();
