@@ -7,7 +7,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { modelPath, type TokenizerCase } from './helpers/models.ts';
 import { readGGUF } from '../src/model/gguf.ts';
 import { fileSource } from '../src/model/source.ts';
-import { LlamaTokenizer, vocabFromTokenizerJson, type TokenizerJsonVocab } from '../src/model/tokenizer.ts';
+import { LlamaTokenizer, vocabFromTokenizerJson, type TokenizerJsonVocab, type TokenizerSemantics } from '../src/model/tokenizer.ts';
 import { ModelFormatError, UnsupportedModelError } from '../src/model/errors.ts';
 
 interface CaseWithCrosscheck extends TokenizerCase {
@@ -64,7 +64,7 @@ beforeAll(async () => {
   }
 }, 120_000);
 
-describe.each(FOLDERS)('$name: $folder/tokenizer.json', ({ name, gguf, cases }) => {
+describe.each(FOLDERS)('$name: $folder/tokenizer.json', ({ name, cases }) => {
   it('has the vocabulary of the GGUF converted from it: texts, types, special ids, flags', () => {
     const { read, ggufMetadata, gguf: fromGguf } = get(name);
     expect(read.vocab.tokens).toEqual(ggufMetadata.get('tokenizer.ggml.tokens'));
@@ -77,7 +77,6 @@ describe.each(FOLDERS)('$name: $folder/tokenizer.json', ({ name, gguf, cases }) 
     // Qwen's BOS id comes from config.json (bos_token_id), not from the tokenizer files, and is never added.
     if (t.addBos) expect(t.bosId).toBe(fromGguf.bosId);
     expect(read.chatTemplate).toBe(ggufMetadata.get('tokenizer.chat_template'));
-    void gguf;
   });
 
   it.each(cases)('$id: llama.cpp ids with either semantics (where Hugging Face agrees), decode round-trip', (c) => {
@@ -141,27 +140,49 @@ describe('unsupported or broken tokenizer.json → typed errors naming the probl
       ],
     },
   });
-  const cases: Array<{ what: string; json: () => unknown; error: typeof ModelFormatError; message: RegExp }> = [
+  const cases: Array<{ what: string; json: () => unknown; semantics?: TokenizerSemantics; error: typeof ModelFormatError; message: RegExp }> = [
     { what: 'a WordPiece model', json: () => ({ ...stories(), model: { type: 'WordPiece', vocab: {} } }), error: UnsupportedModelError, message: /model type "WordPiece" is not supported \(supported: byte-level BPE/ },
     { what: 'an unknown Split regex', json: () => withPattern('\\w+'), error: UnsupportedModelError, message: /Split pattern "\\\\w\+" \(known: the Llama 3 and Qwen2 patterns\)/ },
     { what: "GPT-2's ByteLevel regex", json: () => ({ ...llama3, pre_tokenizer: { type: 'ByteLevel', add_prefix_space: false, use_regex: true } }), error: UnsupportedModelError, message: /pre-tokenizer \{"type":"ByteLevel"/ },
     { what: 'an NFKC normalizer', json: () => ({ ...stories(), normalizer: { type: 'NFKC' } }), error: UnsupportedModelError, message: /normalizer \{"type":"NFKC"\} \(supported: NFC/ },
     { what: 'a malformed merge', json: () => ({ ...stories(), model: { ...(stories().model as object), merges: ['a b c'] } }), error: ModelFormatError, message: /model\.merges\[0\].*neither "left right" nor/ },
+    {
+      what: 'Metaspace "first" under Hugging Face semantics',
+      json: () => ({ ...stories(), normalizer: null, pre_tokenizer: { type: 'Metaspace', replacement: '\u2581', prepend_scheme: 'first' } }),
+      semantics: 'huggingface' as const,
+      error: UnsupportedModelError,
+      message: /prepend_scheme "first" with semantics "huggingface"/,
+    },
     { what: 'a non-object', json: () => [], error: ModelFormatError, message: /not a JSON object/ },
   ];
-  it.each(cases)('$what', ({ json, error, message }) => {
-    const attempt = (): unknown => LlamaTokenizer.fromTokenizerJson(json(), undefined, { file: 'my/tokenizer.json' });
+  it.each(cases)('$what', ({ json, semantics, error, message }) => {
+    const attempt = (): unknown => LlamaTokenizer.fromTokenizerJson(json(), undefined, { file: 'my/tokenizer.json', semantics });
     expect(attempt).toThrow(error);
     expect(attempt).toThrow(message);
     expect(attempt).toThrow(/^my\/tokenizer\.json: /);
   });
 
-  it('merges as [left, right] pairs (newer files) read like "left right" strings', () => {
-    const json = stories();
-    const model = json.model as { merges: string[] };
-    const pairs = { ...json, model: { ...model, merges: model.merges.map((merge) => merge.split(' ')) } };
-    const fromPairs = LlamaTokenizer.fromTokenizerJson(pairs);
-    const text = 'Once upon a time, there was a little girl.';
-    expect(fromPairs.encode(text)).toEqual(get('stories260K').gguf.encode(text));
+  // The other spellings of the same SentencePiece-converted tokenizer give the same ids.
+  const variants = [
+    {
+      what: 'merges as [left, right] pairs (newer files)',
+      json: (json: Record<string, unknown>) => {
+        const model = json.model as { merges: string[] };
+        return { ...json, model: { ...model, merges: model.merges.map((merge) => merge.split(' ')) } };
+      },
+    },
+    {
+      what: 'a Metaspace pre-tokenizer instead of the Prepend+Replace normalizer',
+      json: (json: Record<string, unknown>) => ({
+        ...json,
+        normalizer: null,
+        pre_tokenizer: { type: 'Metaspace', replacement: '\u2581', prepend_scheme: 'always', split: false },
+      }),
+    },
+  ];
+  it.each(variants)('$what', ({ json }) => {
+    const variant = LlamaTokenizer.fromTokenizerJson(json(stories()), readJson('hf/stories260K/tokenizer_config.json'));
+    for (const c of storiesCases) expect(variant.encode(c.text), c.id).toEqual(c.ids);
+    expect(variant.addSpacePrefix).toBe(true);
   });
 });

@@ -242,6 +242,11 @@ export function vocabFromTokenizerJson(json: unknown, tokenizerConfig?: unknown,
       if ((step.replacement ?? ESCAPED_SPACE) !== ESCAPED_SPACE) throw unsupported('pre_tokenizer', `Metaspace replacement ${describe(step.replacement)}`);
       if (step.split === true) throw unsupported('pre_tokenizer', 'a Metaspace pre-tokenizer that splits words');
       const scheme = step.prepend_scheme ?? (step.add_prefix_space === false ? 'never' : 'always');
+      // "first": Hugging Face adds no "▁" to a text after an added token, where llama.cpp (and this
+      // tokenizer) does; that is refused under Hugging Face semantics rather than encoded differently.
+      if (scheme === 'first' && options.semantics === 'huggingface') {
+        throw unsupported('pre_tokenizer', 'Metaspace prepend_scheme "first" with semantics "huggingface" (llama.cpp\'s prefix after every added token is what is implemented; use semantics "llama.cpp")');
+      }
       return { kind: 'metaspace', spacePrefix: scheme !== 'never' };
     }
     // Split(regex, Isolated) then ByteLevel(no regex, no prefix space): the only byte-level shape read.
