@@ -14,23 +14,40 @@ interface CaseWithCrosscheck extends TokenizerCase {
   /** Hugging Face's tokenizer gave the same ids (modern-public.json only). */
   crosscheck_ids_equal?: boolean | null;
 }
+/** A generation case's prompt: its ids include BOS when the vocabulary adds it. */
+interface PromptCase {
+  id: string;
+  model: string;
+  prompt: string;
+  prompt_ids: number[];
+  parse_special?: boolean;
+}
+interface ReferenceFile {
+  models: Record<string, { file: string }>;
+  tokenizer_cases: CaseWithCrosscheck[];
+  generation_cases: PromptCase[];
+}
 const readJson = (file: string): unknown => JSON.parse(readFileSync(modelPath(file), 'utf8'));
-const modernCases = (readJson('reference/modern-public.json') as { tokenizer_cases: CaseWithCrosscheck[] }).tokenizer_cases;
-const storiesCases = (readJson('reference/public.json') as { tokenizer_cases: CaseWithCrosscheck[] }).tokenizer_cases.filter(
-  (c) => c.vocab === 'stories260K',
-);
+const modern = readJson('reference/modern-public.json') as ReferenceFile;
+const classic = readJson('reference/public.json') as ReferenceFile;
+const modernCases = modern.tokenizer_cases;
+const storiesCases = classic.tokenizer_cases.filter((c) => c.vocab === 'stories260K');
+/** The generation prompts of the reference models stored in `gguf`. */
+const promptsOf = (reference: ReferenceFile, gguf: string): PromptCase[] =>
+  reference.generation_cases.filter((c) => reference.models[c.model]!.file === gguf);
 
 interface Folder {
   name: string;
   folder: string;
   gguf: string;
   cases: CaseWithCrosscheck[];
+  prompts: PromptCase[];
 }
 const FOLDERS: Folder[] = [
-  { name: 'llama3', folder: 'llama3-tiny/hf', gguf: 'llama3-tiny/llama3-tiny-F32.gguf', cases: modernCases.filter((c) => c.vocab === 'llama3') },
-  { name: 'qwen3', folder: 'qwen3-tiny/hf', gguf: 'qwen3-tiny/qwen3-tiny-F32.gguf', cases: modernCases.filter((c) => c.vocab === 'qwen3') },
-  { name: 'stories260K', folder: 'hf/stories260K', gguf: 'stories260K.gguf', cases: storiesCases },
-  { name: 'awq-tiny base', folder: 'awq-tiny/base', gguf: 'awq-tiny/base-F32.gguf', cases: storiesCases },
+  { name: 'llama3', folder: 'llama3-tiny/hf', gguf: 'llama3-tiny/llama3-tiny-F32.gguf', cases: modernCases.filter((c) => c.vocab === 'llama3'), prompts: promptsOf(modern, 'llama3-tiny/llama3-tiny-F32.gguf') },
+  { name: 'qwen3', folder: 'qwen3-tiny/hf', gguf: 'qwen3-tiny/qwen3-tiny-F32.gguf', cases: modernCases.filter((c) => c.vocab === 'qwen3'), prompts: promptsOf(modern, 'qwen3-tiny/qwen3-tiny-F32.gguf') },
+  { name: 'stories260K', folder: 'hf/stories260K', gguf: 'stories260K.gguf', cases: storiesCases, prompts: promptsOf(classic, 'stories260K.gguf') },
+  { name: 'awq-tiny base', folder: 'awq-tiny/base', gguf: 'awq-tiny/base-F32.gguf', cases: storiesCases, prompts: promptsOf(classic, 'stories260K.gguf') },
 ];
 
 interface Loaded {
@@ -64,7 +81,7 @@ beforeAll(async () => {
   }
 }, 120_000);
 
-describe.each(FOLDERS)('$name: $folder/tokenizer.json', ({ name, cases }) => {
+describe.each(FOLDERS)('$name: $folder/tokenizer.json', ({ name, cases, prompts }) => {
   it('has the vocabulary of the GGUF converted from it: texts, types, special ids, flags', () => {
     const { read, ggufMetadata, gguf: fromGguf } = get(name);
     expect(read.vocab.tokens).toEqual(ggufMetadata.get('tokenizer.ggml.tokens'));
@@ -88,6 +105,17 @@ describe.each(FOLDERS)('$name: $folder/tokenizer.json', ({ name, cases }) => {
     if (c.crosscheck_ids_equal !== false) expect(huggingFace.encode(c.text, options)).toEqual(c.ids);
     expect(llamaCpp.decode(ids, { removeSpecial: false })).toBe(fromGguf.decode(ids, { removeSpecial: false }));
     expect(llamaCpp.decode(ids)).toBe(fromGguf.decode(ids));
+  });
+
+  it('every reference generation prompt gives its prompt_ids under both semantics', () => {
+    expect(prompts.length).toBeGreaterThan(0);
+    const { llamaCpp, huggingFace } = get(name);
+    for (const c of prompts) {
+      const parseSpecial = c.parse_special ?? false;
+      expect(llamaCpp.encode(c.prompt, { parseSpecial }), c.id).toEqual(c.prompt_ids);
+      // Hugging Face always splits added tokens; these prompts hold them only where parse_special is on.
+      expect(huggingFace.encode(c.prompt, { parseSpecial }), c.id).toEqual(c.prompt_ids);
+    }
   });
 });
 
