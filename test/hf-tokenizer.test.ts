@@ -181,6 +181,13 @@ describe('unsupported or broken tokenizer.json → typed errors naming the probl
       error: UnsupportedModelError,
       message: /prepend_scheme "first" with semantics "huggingface"/,
     },
+    {
+      what: "ignore_merges other than the Llama 3 family's, under Hugging Face semantics",
+      json: () => ({ ...llama3, model: { ...(llama3.model as object), ignore_merges: false } }),
+      semantics: 'huggingface' as const,
+      error: UnsupportedModelError,
+      message: /model\.ignore_merges: ignore_merges false with the llama3 pre-tokenizer under semantics "huggingface"/,
+    },
     { what: 'a non-object', json: () => [], error: ModelFormatError, message: /not a JSON object/ },
   ];
   it.each(cases)('$what', ({ json, semantics, error, message }) => {

@@ -125,9 +125,14 @@ export function vocabFromTokenizerJson(json: unknown, tokenizerConfig?: unknown,
   }
   const preName = pre.kind === 'byte-level' ? pre.name : undefined;
   const preTokenizer = preName ? preTokenizerFor(preName, file) : undefined;
+  // llama.cpp takes ignore_merges from the pre-tokenizer family, not from the file (the converter
+  // does not write it); Hugging Face from the file. Where they differ only llama.cpp's is encoded.
   const ignoreMerges = model.ignore_merges === true;
-  if (preTokenizer && preTokenizer.ignoreMerges !== ignoreMerges) {
-    throw unsupported('model.ignore_merges', `ignore_merges ${ignoreMerges} with the ${preTokenizer.family} pre-tokenizer (llama.cpp has it ${preTokenizer.ignoreMerges})`);
+  if (options.semantics === 'huggingface' && preTokenizer && preTokenizer.ignoreMerges !== ignoreMerges) {
+    throw unsupported(
+      'model.ignore_merges',
+      `ignore_merges ${ignoreMerges} with the ${preTokenizer.family} pre-tokenizer under semantics "huggingface" (the ${preTokenizer.family} family has it ${preTokenizer.ignoreMerges}; use semantics "llama.cpp")`,
+    );
   }
 
   // --- Vocabulary: model.vocab, then the added tokens; ids missing in between are padding.
