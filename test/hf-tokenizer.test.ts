@@ -44,8 +44,10 @@ interface Folder {
   prompts: PromptCase[];
 }
 const FOLDERS: Folder[] = [
-  { name: 'llama3', folder: 'llama3-tiny/hf', gguf: 'llama3-tiny/llama3-tiny-F32.gguf', cases: modernCases.filter((c) => c.vocab === 'llama3'), prompts: promptsOf(modern, 'llama3-tiny/llama3-tiny-F32.gguf') },
-  { name: 'qwen3', folder: 'qwen3-tiny/hf', gguf: 'qwen3-tiny/qwen3-tiny-F32.gguf', cases: modernCases.filter((c) => c.vocab === 'qwen3'), prompts: promptsOf(modern, 'qwen3-tiny/qwen3-tiny-F32.gguf') },
+  ...(['llama3', 'qwen3'] as const).map((name) => {
+    const gguf = `${name}-tiny/${name}-tiny-F32.gguf`;
+    return { name, folder: `${name}-tiny/hf`, gguf, cases: modernCases.filter((c) => c.vocab === name), prompts: promptsOf(modern, gguf) };
+  }),
   { name: 'stories260K', folder: 'hf/stories260K', gguf: 'stories260K.gguf', cases: storiesCases, prompts: promptsOf(classic, 'stories260K.gguf') },
   { name: 'awq-tiny base', folder: 'awq-tiny/base', gguf: 'awq-tiny/base-F32.gguf', cases: storiesCases, prompts: promptsOf(classic, 'stories260K.gguf') },
 ];
@@ -88,9 +90,8 @@ describe.each(FOLDERS)('$name: $folder/tokenizer.json', ({ name, cases, prompts 
     expect(Array.from(read.vocab.tokenTypes)).toEqual(Array.from(ggufMetadata.get('tokenizer.ggml.token_type') as ArrayLike<number>));
     if (read.vocab.model === 'gpt2') expect(read.vocab.merges).toEqual(ggufMetadata.get('tokenizer.ggml.merges'));
     const t = get(name).llamaCpp;
-    expect({ model: t.model, eos: t.eosId, unk: t.unkId, addBos: t.addBos, addEos: t.addEos, space: t.addSpacePrefix, eog: [...t.eogIds] }).toEqual({
-      model: fromGguf.model, eos: fromGguf.eosId, unk: fromGguf.unkId, addBos: fromGguf.addBos, addEos: fromGguf.addEos, space: fromGguf.addSpacePrefix, eog: [...fromGguf.eogIds],
-    });
+    const flags = (x: LlamaTokenizer): unknown[] => [x.model, x.eosId, x.unkId, x.addBos, x.addEos, x.addSpacePrefix, [...x.eogIds]];
+    expect(flags(t)).toEqual(flags(fromGguf));
     // Qwen's BOS id comes from config.json (bos_token_id), not from the tokenizer files, and is never added.
     if (t.addBos) expect(t.bosId).toBe(fromGguf.bosId);
     expect(read.chatTemplate).toBe(ggufMetadata.get('tokenizer.chat_template'));
@@ -169,11 +170,36 @@ describe('unsupported or broken tokenizer.json → typed errors naming the probl
     },
   });
   const cases: Array<{ what: string; json: () => unknown; semantics?: TokenizerSemantics; error: typeof ModelFormatError; message: RegExp }> = [
-    { what: 'a WordPiece model', json: () => ({ ...stories(), model: { type: 'WordPiece', vocab: {} } }), error: UnsupportedModelError, message: /model type "WordPiece" is not supported \(supported: byte-level BPE/ },
-    { what: 'an unknown Split regex', json: () => withPattern('\\w+'), error: UnsupportedModelError, message: /Split pattern "\\\\w\+" \(known: the Llama 3 and Qwen2 patterns\)/ },
-    { what: "GPT-2's ByteLevel regex", json: () => ({ ...llama3, pre_tokenizer: { type: 'ByteLevel', add_prefix_space: false, use_regex: true } }), error: UnsupportedModelError, message: /pre-tokenizer \{"type":"ByteLevel"/ },
-    { what: 'an NFKC normalizer', json: () => ({ ...stories(), normalizer: { type: 'NFKC' } }), error: UnsupportedModelError, message: /normalizer \{"type":"NFKC"\} \(supported: NFC/ },
-    { what: 'a malformed merge', json: () => ({ ...stories(), model: { ...(stories().model as object), merges: ['a b c'] } }), error: ModelFormatError, message: /model\.merges\[0\].*neither "left right" nor/ },
+    {
+      what: 'a WordPiece model',
+      json: () => ({ ...stories(), model: { type: 'WordPiece', vocab: {} } }),
+      error: UnsupportedModelError,
+      message: /model type "WordPiece" is not supported \(supported: byte-level BPE/,
+    },
+    {
+      what: 'an unknown Split regex',
+      json: () => withPattern('\\w+'),
+      error: UnsupportedModelError,
+      message: /Split pattern "\\\\w\+" \(known: the Llama 3 and Qwen2 patterns\)/,
+    },
+    {
+      what: "GPT-2's ByteLevel regex",
+      json: () => ({ ...llama3, pre_tokenizer: { type: 'ByteLevel', add_prefix_space: false, use_regex: true } }),
+      error: UnsupportedModelError,
+      message: /pre-tokenizer \{"type":"ByteLevel"/,
+    },
+    {
+      what: 'an NFKC normalizer',
+      json: () => ({ ...stories(), normalizer: { type: 'NFKC' } }),
+      error: UnsupportedModelError,
+      message: /normalizer \{"type":"NFKC"\} \(supported: NFC/,
+    },
+    {
+      what: 'a malformed merge',
+      json: () => ({ ...stories(), model: { ...(stories().model as object), merges: ['a b c'] } }),
+      error: ModelFormatError,
+      message: /model\.merges\[0\].*neither "left right" nor/,
+    },
     {
       what: 'Metaspace "first" under Hugging Face semantics',
       json: () => ({ ...stories(), normalizer: null, pre_tokenizer: { type: 'Metaspace', replacement: '\u2581', prepend_scheme: 'first' } }),

@@ -72,7 +72,8 @@ const SPLIT_PATTERNS: Readonly<Record<string, string>> = {
   [String.raw`(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`]: 'qwen2',
 };
 const SUPPORTED_FORMS =
-  'byte-level BPE with a Split regex of Llama 3 or Qwen2 and a ByteLevel pre-tokenizer, or SentencePiece-converted BPE (byte_fallback, Metaspace or Prepend+Replace)';
+  'byte-level BPE with a Split regex of Llama 3 or Qwen2 and a ByteLevel pre-tokenizer, ' +
+  'or SentencePiece-converted BPE (byte_fallback, Metaspace or Prepend+Replace)';
 const ESCAPED_SPACE = '\u2581';
 const BYTE_TOKEN = /^<0x[0-9A-F]{2}>$/;
 
@@ -117,10 +118,15 @@ export function vocabFromTokenizerJson(json: unknown, tokenizerConfig?: unknown,
   const pre = readPreTokenizer(json.pre_tokenizer);
   const normalizer = readNormalizer(json.normalizer);
   const byteLevel = pre.kind === 'byte-level';
-  if (byteLevel && (normalizer.spacePrefix || normalizer.escapesSpaces)) throw unsupported('normalizer', `normalizer ${describe(json.normalizer)} with a ByteLevel pre-tokenizer`);
+  if (byteLevel && (normalizer.spacePrefix || normalizer.escapesSpaces)) {
+    throw unsupported('normalizer', `normalizer ${describe(json.normalizer)} with a ByteLevel pre-tokenizer`);
+  }
   if (!byteLevel) {
     const escapesSpaces = normalizer.escapesSpaces || pre.kind === 'metaspace';
-    if (!escapesSpaces) throw unsupported('pre_tokenizer', `a BPE tokenizer without ByteLevel or Metaspace (pre_tokenizer ${describe(json.pre_tokenizer)}, normalizer ${describe(json.normalizer)})`);
+    if (!escapesSpaces) {
+      const found = `pre_tokenizer ${describe(json.pre_tokenizer)}, normalizer ${describe(json.normalizer)}`;
+      throw unsupported('pre_tokenizer', `a BPE tokenizer without ByteLevel or Metaspace (${found})`);
+    }
     if (normalizer.nfc) throw unsupported('normalizer', 'an NFC normalizer on a SentencePiece-style tokenizer');
   }
   const preName = pre.kind === 'byte-level' ? pre.name : undefined;
@@ -131,7 +137,8 @@ export function vocabFromTokenizerJson(json: unknown, tokenizerConfig?: unknown,
   if (options.semantics === 'huggingface' && preTokenizer && preTokenizer.ignoreMerges !== ignoreMerges) {
     throw unsupported(
       'model.ignore_merges',
-      `ignore_merges ${ignoreMerges} with the ${preTokenizer.family} pre-tokenizer under semantics "huggingface" (the ${preTokenizer.family} family has it ${preTokenizer.ignoreMerges}; use semantics "llama.cpp")`,
+      `ignore_merges ${ignoreMerges} with the ${preTokenizer.family} pre-tokenizer under semantics "huggingface" ` +
+        `(the ${preTokenizer.family} family has it ${preTokenizer.ignoreMerges}; use semantics "llama.cpp")`,
     );
   }
 
@@ -250,7 +257,11 @@ export function vocabFromTokenizerJson(json: unknown, tokenizerConfig?: unknown,
       // "first": Hugging Face adds no "▁" to a text after an added token, where llama.cpp (and this
       // tokenizer) does; that is refused under Hugging Face semantics rather than encoded differently.
       if (scheme === 'first' && options.semantics === 'huggingface') {
-        throw unsupported('pre_tokenizer', 'Metaspace prepend_scheme "first" with semantics "huggingface" (llama.cpp\'s prefix after every added token is what is implemented; use semantics "llama.cpp")');
+        throw unsupported(
+          'pre_tokenizer',
+          'Metaspace prepend_scheme "first" with semantics "huggingface" ' +
+            '(llama.cpp\'s prefix after every added token is what is implemented; use semantics "llama.cpp")',
+        );
       }
       return { kind: 'metaspace', spacePrefix: scheme !== 'never' };
     }
@@ -273,10 +284,16 @@ export function vocabFromTokenizerJson(json: unknown, tokenizerConfig?: unknown,
     if (value == null) return result;
     const steps = isObject(value) && value.type === 'Sequence' && Array.isArray(value.normalizers) ? value.normalizers : [value];
     for (const step of steps) {
-      if (isObject(step) && step.type === 'NFC') result.nfc = true;
-      else if (isObject(step) && step.type === 'Prepend' && step.prepend === ESCAPED_SPACE && !result.escapesSpaces) result.spacePrefix = true;
-      else if (isObject(step) && step.type === 'Replace' && isObject(step.pattern) && step.pattern.String === ' ' && step.content === ESCAPED_SPACE) result.escapesSpaces = true;
-      else throw unsupported('normalizer', `normalizer ${describe(step)} (supported: NFC, Prepend "▁", Replace " " → "▁")`);
+      const type = isObject(step) ? step.type : undefined;
+      if (type === 'NFC') {
+        result.nfc = true;
+      } else if (type === 'Prepend' && step.prepend === ESCAPED_SPACE && !result.escapesSpaces) {
+        result.spacePrefix = true;
+      } else if (type === 'Replace' && isObject(step.pattern) && step.pattern.String === ' ' && step.content === ESCAPED_SPACE) {
+        result.escapesSpaces = true;
+      } else {
+        throw unsupported('normalizer', `normalizer ${describe(step)} (supported: NFC, Prepend "▁", Replace " " → "▁")`);
+      }
     }
     return result;
   }
