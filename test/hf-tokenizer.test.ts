@@ -66,16 +66,17 @@ beforeAll(async () => {
   for (const { name, folder, gguf } of FOLDERS) {
     const json = readJson(`${folder}/tokenizer.json`);
     const config = readJson(`${folder}/tokenizer_config.json`);
-    const vocabSize = (readJson(`${folder}/config.json`) as { vocab_size: number }).vocab_size;
+    const modelConfig = readJson(`${folder}/config.json`) as { vocab_size: number; bos_token_id?: unknown; eos_token_id?: unknown };
+    const fromModelConfig = { vocabSize: modelConfig.vocab_size, bosTokenId: modelConfig.bos_token_id, eosTokenId: modelConfig.eos_token_id };
     const source = await fileSource(modelPath(gguf));
     try {
       const { metadata } = await readGGUF(source);
       loaded.set(name, {
-        read: vocabFromTokenizerJson(json, config, { vocabSize }),
+        read: vocabFromTokenizerJson(json, config, fromModelConfig),
         ggufMetadata: metadata,
         gguf: LlamaTokenizer.fromGGUFMetadata(metadata, { file: gguf }),
-        llamaCpp: LlamaTokenizer.fromTokenizerJson(json, config, { vocabSize }),
-        huggingFace: LlamaTokenizer.fromTokenizerJson(json, config, { vocabSize, semantics: 'huggingface' }),
+        llamaCpp: LlamaTokenizer.fromTokenizerJson(json, config, fromModelConfig),
+        huggingFace: LlamaTokenizer.fromTokenizerJson(json, config, { ...fromModelConfig, semantics: 'huggingface' }),
       });
     } finally {
       await source.close();
@@ -90,10 +91,8 @@ describe.each(FOLDERS)('$name: $folder/tokenizer.json', ({ name, cases, prompts 
     expect(Array.from(read.vocab.tokenTypes)).toEqual(Array.from(ggufMetadata.get('tokenizer.ggml.token_type') as ArrayLike<number>));
     if (read.vocab.model === 'gpt2') expect(read.vocab.merges).toEqual(ggufMetadata.get('tokenizer.ggml.merges'));
     const t = get(name).llamaCpp;
-    const flags = (x: LlamaTokenizer): unknown[] => [x.model, x.eosId, x.unkId, x.addBos, x.addEos, x.addSpacePrefix, [...x.eogIds]];
+    const flags = (x: LlamaTokenizer): unknown[] => [x.model, x.bosId, x.eosId, x.unkId, x.addBos, x.addEos, x.addSpacePrefix, [...x.eogIds]];
     expect(flags(t)).toEqual(flags(fromGguf));
-    // Qwen's BOS id comes from config.json (bos_token_id), not from the tokenizer files, and is never added.
-    if (t.addBos) expect(t.bosId).toBe(fromGguf.bosId);
     expect(read.chatTemplate).toBe(ggufMetadata.get('tokenizer.chat_template'));
   });
 
@@ -153,6 +152,14 @@ describe('where Hugging Face departs from llama.cpp (shared/models README)', () 
     const c = modernCases.find((item) => item.id === 'llama3/special-parsed')!;
     expect(get('llama3').huggingFace.encode(c.text)).toEqual(c.ids);
     expect(get('llama3').llamaCpp.encode(c.text, { parseSpecial: true })).toEqual(c.ids);
+  });
+});
+
+describe('special ids from config.json', () => {
+  it("Qwen's BOS id comes only from config.json (bos_token_id); without it there is none", () => {
+    const json = readJson('qwen3-tiny/hf/tokenizer.json');
+    expect(vocabFromTokenizerJson(json, readJson('qwen3-tiny/hf/tokenizer_config.json')).vocab.bosId).toBe(-1);
+    expect(get('qwen3').llamaCpp.bosId).toBe(151643);
   });
 });
 

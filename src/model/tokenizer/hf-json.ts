@@ -30,6 +30,12 @@ export interface TokenizerJsonOptions {
    * tokens, so ids line up with the embedding rows.
    */
   vocabSize?: number;
+  /**
+   * config.json `bos_token_id` / `eos_token_id`, used where the tokenizer files name no such token
+   * (as gguf-py's SpecialVocab does: Qwen's BOS id comes only from there). A list is not an id.
+   */
+  bosTokenId?: unknown;
+  eosTokenId?: unknown;
   /** Names the files in error messages. Default "tokenizer.json". */
   file?: string;
 }
@@ -216,8 +222,9 @@ export function vocabFromTokenizerJson(json: unknown, tokenizerConfig?: unknown,
     return text === undefined ? undefined : idOf.get(text);
   };
   const configFlag = (key: string): boolean | undefined => (typeof config[key] === 'boolean' ? (config[key] as boolean) : undefined);
-  const bosId = configToken('bos_token') ?? (template.first !== undefined ? idOf.get(template.first) : undefined) ?? -1;
-  const eosId = configToken('eos_token') ?? (template.last !== undefined ? idOf.get(template.last) : undefined) ?? -1;
+  const modelConfigId = (id: unknown): number | undefined => (typeof id === 'number' && Number.isInteger(id) && id >= 0 && id < count ? id : undefined);
+  const bosId = configToken('bos_token') ?? (template.first !== undefined ? idOf.get(template.first) : undefined) ?? modelConfigId(options.bosTokenId) ?? -1;
+  const eosId = configToken('eos_token') ?? (template.last !== undefined ? idOf.get(template.last) : undefined) ?? modelConfigId(options.eosTokenId) ?? -1;
   const unkId = (unkText !== undefined ? idOf.get(unkText) : undefined) ?? configToken('unk_token') ?? -1;
   const huggingFace = options.semantics === 'huggingface';
   // Unsaid: llama.cpp's defaults for the GGUF; Hugging Face adds only what its template says.
