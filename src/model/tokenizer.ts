@@ -10,7 +10,8 @@
 // something surprising, the code copies it and says so.
 //
 // The tokenizer is built from plain data (`VocabData`), so it does not depend on the file format;
-// `LlamaTokenizer.fromGGUFMetadata` is the adapter for GGUF metadata. Web APIs only.
+// `LlamaTokenizer.fromGGUFMetadata` is the adapter for GGUF metadata, `fromTokenizerJson` the one
+// for a Hugging Face tokenizer.json (tokenizer/hf-json.ts). Web APIs only.
 import { mergeSymbols } from './tokenizer/bigram-merge.ts';
 import { cleanSpaces, fromByteLevel, toByteLevel } from './tokenizer/byte-level.ts';
 import { preTokenize, preTokenizerFor, type PreTokenizer } from './tokenizer/pre-tokenizer.ts';
