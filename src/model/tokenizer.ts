@@ -10,13 +10,16 @@
 // something surprising, the code copies it and says so.
 //
 // The tokenizer is built from plain data (`VocabData`), so it does not depend on the file format;
-// `LlamaTokenizer.fromGGUFMetadata` is the adapter for GGUF metadata. Web APIs only.
+// `LlamaTokenizer.fromGGUFMetadata` is the adapter for GGUF metadata, `fromTokenizerJson` the one
+// for a Hugging Face tokenizer.json (tokenizer/hf-json.ts). Web APIs only.
 import { mergeSymbols } from './tokenizer/bigram-merge.ts';
 import { cleanSpaces, fromByteLevel, toByteLevel } from './tokenizer/byte-level.ts';
 import { preTokenize, preTokenizerFor, type PreTokenizer } from './tokenizer/pre-tokenizer.ts';
+import { vocabFromTokenizerJson, type HuggingFaceDepartures, type TokenizerJsonOptions } from './tokenizer/hf-json.ts';
 import { TokenType, vocabFromGGUFMetadata, type SpecialTokenRole, type TokenizerModel, type VocabData } from './tokenizer/vocab.ts';
 
 export { SUPPORTED_PRE_TOKENIZERS, UnsupportedPreTokenizerError } from './tokenizer/pre-tokenizer.ts';
+export { vocabFromTokenizerJson, type TokenizerJsonOptions, type TokenizerJsonVocab, type TokenizerSemantics } from './tokenizer/hf-json.ts';
 export { TokenType, UnsupportedTokenizerError, type SpecialTokenRole, type TokenizerModel, type VocabData } from './tokenizer/vocab.ts';
 
 export interface EncodeOptions {
@@ -285,6 +288,16 @@ export class LlamaTokenizer {
    */
   static fromGGUFMetadata(metadata: Map<string, unknown>, options: { file?: string } = {}): LlamaTokenizer {
     return new LlamaTokenizer(vocabFromGGUFMetadata(metadata, options.file ?? 'GGUF metadata'));
+  }
+
+  /**
+   * Reads a Hugging Face `tokenizer.json` (parsed), with `tokenizer_config.json` for the special
+   * tokens. By default the ids are llama.cpp's for the GGUF converted from it; with
+   * `semantics: 'huggingface'` Hugging Face's where they differ (NFC, added tokens in raw text).
+   */
+  static fromTokenizerJson(json: unknown, tokenizerConfig?: unknown, options: TokenizerJsonOptions = {}): LlamaTokenizer {
+    const { vocab, huggingFace } = vocabFromTokenizerJson(json, tokenizerConfig, options);
+    return huggingFace ? new HuggingFaceTokenizer(vocab, huggingFace) : new LlamaTokenizer(vocab);
   }
 
   // -------------------------------------------------------------------------------------------
@@ -644,9 +657,62 @@ export class LlamaTokenizer {
     }
   }
 
-  private requireId(id: number, what: string): number {
+  protected requireId(id: number, what: string): number {
     if (id < 0 || id >= this.vocabSize) throw new Error(`the vocabulary has no ${what} token`);
     return id;
+  }
+}
+
+/**
+ * Hugging Face's encoding on the same vocabulary: every added token is split out of the raw text
+ * first (leftmost, longest; special ones unless `parseSpecial: false`, Hugging Face's
+ * `split_special_tokens`), then each text between them is normalized (NFC) and encoded as
+ * llama.cpp does with special-token parsing off. Decoding is llama.cpp's.
+ */
+class HuggingFaceTokenizer extends LlamaTokenizer {
+  /** Added tokens by first character, longest first. */
+  private readonly addedByFirstChar = new Map<string, HuggingFaceDepartures['addedTokens'][number][]>();
+
+  constructor(
+    vocab: VocabData,
+    private readonly departures: HuggingFaceDepartures,
+  ) {
+    super(vocab);
+    for (const token of [...departures.addedTokens].sort((a, b) => b.text.length - a.text.length)) {
+      if (token.text === '') continue;
+      const list = this.addedByFirstChar.get(token.text[0]!) ?? [];
+      list.push(token);
+      this.addedByFirstChar.set(token.text[0]!, list);
+    }
+  }
+
+  override encode(text: string, options: EncodeOptions = {}): number[] {
+    const splitSpecial = options.parseSpecial ?? true;
+    const output: number[] = [];
+    if (options.addBos ?? this.addBos) output.push(this.requireId(this.bosId, 'BOS'));
+    const encodeText = (segment: string): void => {
+      if (segment === '') return;
+      const normalized = this.departures.normalizeNfc ? segment.normalize('NFC') : segment;
+      for (const id of super.encode(normalized, { addBos: false, addEos: false, parseSpecial: false })) output.push(id);
+    };
+    let start = 0;
+    for (let i = 0; i < text.length; ) {
+      const match = this.addedByFirstChar.get(text[i]!)?.find((token) => (splitSpecial || !token.special) && text.startsWith(token.text, i));
+      if (!match) {
+        i++;
+        continue;
+      }
+      let textEnd = i;
+      if (match.lstrip) while (textEnd > start && /\s/u.test(text[textEnd - 1]!)) textEnd--;
+      encodeText(text.slice(start, textEnd));
+      output.push(match.id);
+      i += match.text.length;
+      if (match.rstrip) while (i < text.length && /\s/u.test(text[i]!)) i++;
+      start = i;
+    }
+    encodeText(text.slice(start));
+    if (options.addEos ?? this.addEos) output.push(this.requireId(this.eosId, 'EOS'));
+    return output;
   }
 }
 
