@@ -4,7 +4,7 @@
 // covered pairwise with type × variant; `npm run test:full` runs their full product.
 import { describe, expect, it } from 'vitest';
 import { FULL_SWEEP, pairwise, randomF32, testGpu, uploadTestWeight, uploadWholeWeight } from './helpers/gpu.ts';
-import { matmulReference, randomWeightBytes } from './reference/matmul.ts';
+import { matmulReference, quantizeActivationsInt8, randomWeightBytes } from './reference/matmul.ts';
 import { readF32, runOps, storageBuffer } from '../src/gpu/kernel.ts';
 import { blockGeometry, GGMLType, ggmlTypeName } from '../src/model/ggml-type.ts';
 import { dequantize } from '../src/model/quant.ts';
@@ -19,23 +19,6 @@ import type { GpuContext } from '../src/gpu/device.ts';
 
 const TOLERANCE = 1e-4;
 
-/** x with each block of 32 replaced by its int8 quantization, dequantized (in f32, as the kernel). */
-function quantizeActivationsInt8(x: Float32Array): Float32Array {
-  const out = new Float32Array(x.length);
-  const f = Math.fround;
-  for (let b = 0; b < x.length; b += 32) {
-    let amax = 0;
-    for (let i = b; i < b + 32; i++) amax = Math.max(amax, Math.abs(x[i]!));
-    const d = f(amax / 127);
-    const inverse = d > 0 ? f(1 / d) : 0;
-    for (let i = b; i < b + 32; i++) {
-      const v = f(x[i]! * inverse);
-      const q = Math.abs(v % 1) === 0.5 ? 2 * Math.round(v / 2) : Math.round(v); // round half to even
-      out[i] = f(q * d);
-    }
-  }
-  return out;
-}
 
 /**
  * Runs a weight with both epilogues (y += W·x over random y, and y = silu(gate) ⊙ W·x) on x rows
