@@ -19,7 +19,6 @@ import type { GpuContext } from '../src/gpu/device.ts';
 
 const TOLERANCE = 1e-4;
 
-
 /**
  * Runs a weight with both epilogues (y += W·x over random y, and y = silu(gate) ⊙ W·x) on x rows
  * `xStride` apart, and checks them against the reference (over int8-quantized activations for
