@@ -28,6 +28,10 @@ export default defineConfig({
     include: ['test/**/*.test.ts'],
     // A native crash in Dawn must fail one file, not the whole run.
     pool: 'forks',
+    // Two files at a time, also on a 2-core machine (vitest's default there is one): most of a
+    // GPU test's time is lavapipe compiling kernels, one core each, and compiled kernels are
+    // shared between the files through Mesa's shader cache.
+    maxWorkers: 2,
     testTimeout: 120_000,
     hookTimeout: 120_000,
     env: { XDG_RUNTIME_DIR: '/tmp' },

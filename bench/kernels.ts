@@ -20,7 +20,8 @@ import { GGMLType, ggmlTypeName } from '../src/model/ggml-type.ts';
 import { quantize } from '../src/model/quant.ts';
 import { attentionOps, attentionVariant, type AttentionVariant, type KvPaging } from '../src/shaders/attention.ts';
 import { int8DecodableTypes } from '../src/shaders/quant-wgsl.ts';
-import { largeTileFits, matmulOp, uploadWeight, type GpuWeight, type MatmulVariant } from '../src/shaders/matmul.ts';
+import { largeTileFits, matmulOp, type GpuWeight, type MatmulVariant } from '../src/shaders/matmul.ts';
+import { uploadWeightBytes } from '../src/engine/weights.ts';
 import { rmsnormOp } from '../src/shaders/rmsnorm.ts';
 
 // ---------------------------------------------------------------------------------------------
@@ -425,8 +426,10 @@ export async function benchMatmul(gpu: GpuContext, timer: KernelTimer, peaks: Pe
   const owned: GPUBuffer[] = [];
   try {
     const bytes = o.weightBytes ?? randomWeightBytes(o.type, o.rows, o.cols, 11);
-    const weight = uploadWeight(gpu, `bench ${ggmlTypeName(o.type)}`, o.type, o.rows, o.cols, bytes);
-    owned.push(weight.buffer);
+    const parts = await uploadWeightBytes(gpu, `bench ${ggmlTypeName(o.type)}`, o.type, o.rows, o.cols, bytes);
+    owned.push(...parts.map((part) => part.buffer));
+    if (parts.length !== 1) throw new Error(`bench: a ${o.rows} × ${o.cols} weight does not fit one storage binding of this device`);
+    const weight = parts[0]!;
     const copies = weightCopies(gpu, weight, copiesToFlush(weight.bytes, o.flushBytes), owned);
     const x = f32Buffer(gpu, 'x', o.tokens * o.cols, owned);
     const y = f32Buffer(gpu, 'y', o.tokens * o.rows, owned);

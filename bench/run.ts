@@ -32,6 +32,7 @@ import { benchEndToEnd, requestBenchGpu, tryDropPageCache, type E2EOptions, type
 import { kernelShapes, KernelTimer, measurePeakBandwidth, measurePeakFlops, runKernelSuite, type KernelResult, type KernelShapes, type Peaks, type TimerOptions } from './kernels.ts';
 import { BENCH_SHAPES, BENCH_TYPES, benchModelFile, weightTypeKey, type BenchModelFile, type BenchShapeName } from './models.ts';
 import { benchLlamaCpp, benchTorch, importNodeLlamaCpp, type LlamaCppResult, type PeerStatus, type TorchResult } from './peer.ts';
+import { benchSpeculative, defaultModelsDir, formatSpeculativeTable, type SpeculativeRow } from './speculative.ts';
 
 export interface ModelSpec {
   shape: BenchShapeName;
@@ -47,6 +48,8 @@ export interface SuiteOptions {
   endToEnd: boolean;
   llamaCpp: boolean;
   torch: boolean;
+  /** Speculative decoding vs plain decoding on the shared stories260K files (bench/speculative.ts). */
+  speculative: { tokens: number; draftMax: number; modelsDir: string } | undefined;
   kernelShapes: KernelShapes;
   peakBytes: number;
   peakFlops: { workgroups: number; iterations: number };
@@ -86,6 +89,7 @@ export interface BenchReport {
   timestampProblem?: string;
   kernels: KernelResult[];
   models: ModelReport[];
+  speculative?: SpeculativeRow[];
   torch?: TorchResult;
   llamaCppStatus?: PeerStatus & { version?: string };
   /** Stages that failed, with their errors (the rest of the suite still ran). */
@@ -213,6 +217,19 @@ export async function runBenchSuite(o: SuiteOptions): Promise<BenchReport> {
         entry.llamaCpp = nlc.status;
       }
     }
+  }
+  // 5. Speculative decoding: fewer target steps per token, and what that buys in tokens/s here.
+  if (o.speculative) {
+    const device = await requestBenchGpu();
+    try {
+      report.speculative = await benchSpeculative({ ...o.speculative, device, log });
+    } catch (error) {
+      report.errors.push(`speculative: ${(error as Error).stack ?? error}`);
+      log(`speculative failed: ${(error as Error).message}`);
+    } finally {
+      device.device.destroy();
+    }
+    await stage();
   }
   report.complete = true;
   await stage();
@@ -401,6 +418,7 @@ export function defaultSuiteOptions(quick: boolean, log: (line: string) => void)
     endToEnd: true,
     llamaCpp: true,
     torch: !quick,
+    speculative: { tokens: quick ? 32 : 128, draftMax: 8, modelsDir: defaultModelsDir() },
     kernelShapes: kernelShapes(quick),
     peakBytes: quick ? 16 * 2 ** 20 : 2 ** 30,
     peakFlops: quick ? { workgroups: 16, iterations: 64 } : { workgroups: 4096, iterations: 1024 },
@@ -414,7 +432,7 @@ export function defaultSuiteOptions(quick: boolean, log: (line: string) => void)
 
 function usage(): string {
   return [
-    'usage: deno task bench [--quick] [--models SHAPE:TYPE,...] [--skip kernels,e2e,llama.cpp,torch]',
+    'usage: deno task bench [--quick] [--models SHAPE:TYPE,...] [--skip kernels,e2e,llama.cpp,torch,speculative]',
     '                       [--prefill N] [--decode N] [--batches 1,8,32] [--repeats N] [--cold] [--out DIR]',
     `                       [--matmul ${MATMUL_VARIANTS.join('|')}]`,
     `  SHAPE: ${Object.keys(BENCH_SHAPES).join(' | ')}   TYPE: ${Object.keys(BENCH_TYPES).join(' | ')}`,
@@ -463,7 +481,8 @@ async function main(): Promise<void> {
   o.command = ['deno task bench', ...process.argv.slice(2)].join(' ');
   if (values.models) o.models = parseModels(values.models);
   const skip = new Set((values.skip ?? '').split(',').filter(Boolean));
-  for (const s of skip) if (!['kernels', 'e2e', 'llama.cpp', 'torch'].includes(s)) throw new Error(`bad --skip entry ${s}. ${usage()}`);
+  for (const s of skip) if (!['kernels', 'e2e', 'llama.cpp', 'torch', 'speculative'].includes(s)) throw new Error(`bad --skip entry ${s}. ${usage()}`);
+  if (skip.has('speculative')) o.speculative = undefined;
   o.kernels = !skip.has('kernels');
   o.endToEnd = !skip.has('e2e');
   o.llamaCpp = !skip.has('llama.cpp');
@@ -485,12 +504,14 @@ async function main(): Promise<void> {
     if (values.out) {
       mkdirSync(values.out, { recursive: true });
       copyFileSync(resultsPath, join(values.out, `bench-${report.date}.json`));
-      writeFileSync(join(values.out, `bench-${report.date}.md`), `${reportHeader(report)}\n\n${reportTable(report)}\n\n${reportNotes(report)}\n`);
+      const speculative = report.speculative ? `\n${formatSpeculativeTable(report.speculative)}\n` : '';
+      writeFileSync(join(values.out, `bench-${report.date}.md`), `${reportHeader(report)}\n\n${reportTable(report)}\n\n${reportNotes(report)}\n${speculative}`);
     }
   };
   o.onStage = write;
   const report = await runBenchSuite(o);
   console.log(`${reportHeader(report)}\n\n${reportTable(report)}\n\n${reportNotes(report)}`);
+  if (report.speculative) console.log(`\nSpeculative decoding (greedy, stories260K F32 target):\n\n${formatSpeculativeTable(report.speculative)}`);
   console.log(`\nwrote ${resultsPath}${values.out ? ` (and ${values.out})` : ''} in ${((performance.now() - started) / 1000).toFixed(0)} s`);
   if (report.errors.length > 0) process.exitCode = 1;
 }

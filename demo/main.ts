@@ -1,7 +1,7 @@
 // The demo page: pick a model (URL or local file), pick devices and a split, generate, and watch
 // every device work. Plain TypeScript over the DOM; the library is imported from its sources.
 
-import { loadModel, type FinishReason, type GenerateOptions, type LoadOptions, type Model } from '../src/index.ts';
+import { loadModel, type ChatMessage, type FinishReason, type GenerateOptions, type GenerationResult, type LoadOptions, type Model } from '../src/index.ts';
 import { gpuOptionsFor, listAdapters, type AdapterEntry, type AdapterKind } from './adapters.ts';
 import { $, h } from './dom.ts';
 import { formatBytes, formatCount, formatDuration, formatRate, formatTokensPerSecond } from './format.ts';
@@ -67,12 +67,17 @@ const el = {
   repeatPenalty: $<HTMLInputElement>('#repeat-penalty'),
   maxTokens: $<HTMLInputElement>('#max-tokens'),
   seed: $<HTMLInputElement>('#seed'),
+  speculative: $<HTMLInputElement>('#speculative'),
+  mAccepted: $('#m-accepted'),
   transcript: $('#transcript'),
   outputPrompt: $('#output-prompt'),
   output: $('#output'),
   prompt: $<HTMLTextAreaElement>('#prompt'),
   generate: $<HTMLButtonElement>('#generate'),
   stop: $<HTMLButtonElement>('#stop'),
+  chatMode: $('#chat-mode'),
+  chatToggle: $<HTMLInputElement>('#chat-toggle'),
+  newChat: $<HTMLButtonElement>('#new-chat'),
   mDecode: $('#m-decode'),
   mPrefill: $('#m-prefill'),
   mTtft: $('#m-ttft'),
@@ -99,6 +104,8 @@ const state = {
   chosenAdapters: new Set<AdapterKind>(),
   shards: 1,
   split: 'tensor' as SplitMode,
+  /** The conversation so far, when the chat view is on. */
+  chat: [] as ChatMessage[],
 };
 
 function setBusy(busy: boolean, what: 'loading' | 'generating' = 'loading'): void {
@@ -417,6 +424,8 @@ async function load(pick: ModelPick): Promise<void> {
       gpuMemoryBytes: el.memoryBudget.value !== '' && budgetMB > 0 ? budgetMB * 1e6 : undefined,
       onProgress: ({ bytesLoaded, bytesTotal }) => meter.update(bytesLoaded, bytesTotal),
       onWarning: showNotice,
+      // Prompt lookup costs no second model; each generation turns it on or off (the checkbox).
+      speculative: { lookupNgram: 3, draftMax: 8 },
     };
     if (tp * pp > 1) {
       options.tp = tp;
@@ -485,6 +494,30 @@ function showModel(loaded: Loaded): void {
     : 'per forward step, live';
   el.generate.disabled = false;
   el.transcript.dataset.state = el.output.textContent ? el.transcript.dataset.state : 'ready';
+  // The chat view is offered (and on) when the model carries a chat template.
+  el.chatMode.hidden = !model.hasChatTemplate;
+  el.chatToggle.checked = model.hasChatTemplate;
+  newChat();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The chat view: the prompt box sends a user message; the transcript shows the conversation.
+
+const chatOn = (): boolean => !el.chatMode.hidden && el.chatToggle.checked;
+
+function chatTranscript(messages: readonly ChatMessage[]): string {
+  return messages.map((m) => `${m.role === 'user' ? 'You' : m.role === 'assistant' ? 'Assistant' : m.role}: ${m.content}\n\n`).join('');
+}
+
+function newChat(): void {
+  state.chat = [];
+  el.newChat.hidden = !chatOn();
+  el.generate.textContent = chatOn() ? 'Send' : 'Generate';
+  if (chatOn()) {
+    el.prompt.placeholder = 'Write a message…';
+    el.outputPrompt.textContent = '';
+    el.output.textContent = '';
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -528,19 +561,22 @@ async function generate(): Promise<void> {
   el.stop.hidden = false;
   clearError();
 
-  el.outputPrompt.textContent = prompt;
+  const chat = chatOn() ? [...state.chat, { role: 'user', content: prompt }] : undefined;
+  el.outputPrompt.textContent = chat ? `${chatTranscript(chat)}Assistant: ` : prompt;
   el.output.textContent = '';
   el.transcript.dataset.state = 'generating';
-  for (const m of [el.mDecode, el.mPrefill, el.mTtft, el.mTokens, el.mFinish]) m.textContent = '—';
+  for (const m of [el.mDecode, el.mPrefill, el.mTtft, el.mTokens, el.mFinish, el.mAccepted]) m.textContent = '—';
 
   const started = performance.now();
   let firstAt = 0;
   let count = 0;
   let promptTokens = 0;
-  const result: { finish?: FinishReason } = {};
+  const result: GenerationResult = {};
   try {
-    promptTokens = model.tokenize(prompt).length;
-    for await (const token of model.generate(prompt, { ...options, signal: controller.signal }, result)) {
+    const generation = { ...options, speculative: el.speculative.checked, signal: controller.signal };
+    promptTokens = chat ? model.chatPromptIds(chat).length : model.tokenize(prompt).length;
+    const stream = chat ? model.chat(chat, generation, result) : model.generate(prompt, generation, result);
+    for await (const token of stream) {
       const now = performance.now();
       if (count === 0) {
         firstAt = now;
@@ -554,12 +590,19 @@ async function generate(): Promise<void> {
         if (follow) el.transcript.scrollTop = el.transcript.scrollHeight;
       }
       el.mTokens.textContent = String(count);
+      const drafts = result.speculative;
+      if (drafts) el.mAccepted.textContent = `${drafts.accepted}/${drafts.drafted} · ${(count / drafts.targetSteps).toFixed(2)} tok/step`;
       if (count > 1) el.mDecode.textContent = formatTokensPerSecond((count - 1) / ((now - firstAt) / 1000));
       // The first token's step is the prompt's prefill: counted, not charted.
       const samples = devicePanel.update(model.stats(), count > 1);
       if (samples.length > 0) diagram.pulse(Math.max(...samples.map((s) => s.stepMs)), loaded.shape.nLayers);
     }
     el.mFinish.textContent = result.finish ? finishLabels[result.finish] : '—';
+    if (chat) {
+      // The answer (even a stopped one) joins the conversation; the box is ready for the next message.
+      state.chat = [...chat, { role: 'assistant', content: el.output.textContent ?? '' }];
+      el.prompt.value = '';
+    }
   } catch (error) {
     showError(error);
     el.mFinish.textContent = 'error';
@@ -665,6 +708,8 @@ function wire(): void {
 
   el.generate.addEventListener('click', () => void generate());
   el.stop.addEventListener('click', stopGeneration);
+  el.chatToggle.addEventListener('change', newChat);
+  el.newChat.addEventListener('click', newChat);
   el.prompt.addEventListener('keydown', (event) => {
     if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) {
       event.preventDefault();

@@ -1,7 +1,7 @@
 // Continuous batching over a paged KV cache: concurrent generations share batched steps and
 // each still gets exactly its sequential (llama.cpp) tokens; blocks come back when sequences end.
-import { describe, expect, it } from 'vitest';
-import { loadModel } from '../src/api/model.ts';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadModel, type Model } from '../src/api/model.ts';
 import { QueueFullError } from '../src/engine/scheduler.ts';
 import { testGpu } from './helpers/gpu.ts';
 import { modelPath, reference } from './helpers/models.ts';
@@ -11,49 +11,46 @@ const cases = reference().generation_cases.filter((c) => c.model === 'stories260
 const greedy = { temperature: 0, maxTokens: 64, ignoreEos: true };
 
 describe('continuous batching', () => {
+  // One model for the tests that need no particular pool (each leaves it idle, every block free).
+  let model: Model;
+  beforeAll(async () => {
+    model = await loadModel(MODEL, { device: await testGpu(), contextLength: 128, maxSequences: 4 });
+  });
+  afterAll(() => model?.dispose());
+
   it('runs more generations than slots at once, each token-exact, in shared steps', async () => {
-    const model = await loadModel(MODEL, { device: await testGpu(), contextLength: 128, maxSequences: 4 });
-    try {
-      // Staggered starts: later requests join the running batch mid-way.
-      const results = await Promise.all(
-        cases.map(async (c, i) => {
-          await new Promise((resolve) => setTimeout(resolve, i * 15));
-          return model.complete(c.prompt_ids, greedy);
-        }),
-      );
-      results.forEach((r, i) => expect(r.ids, cases[i]!.id).toEqual(cases[i]!.generated_ids));
-      const stats = model.stats();
-      const batched = stats.batchSequencesHistogram.slice(2).reduce((a, b) => a + b, 0);
-      expect(batched, JSON.stringify(stats.batchSequencesHistogram)).toBeGreaterThan(0);
-      expect(stats.batchSequencesHistogram.length).toBeLessThanOrEqual(5); // never more than 4 sequences in a step
-      expect(stats.running).toBe(0);
-      expect(stats.kvBlocksUsed).toBe(0);
-    } finally {
-      await model.dispose();
-    }
+    // Staggered starts: later requests join the running batch mid-way.
+    const results = await Promise.all(
+      cases.map(async (c, i) => {
+        await new Promise((resolve) => setTimeout(resolve, i * 15));
+        return model.complete(c.prompt_ids, greedy);
+      }),
+    );
+    results.forEach((r, i) => expect(r.ids, cases[i]!.id).toEqual(cases[i]!.generated_ids));
+    const stats = model.stats();
+    const batched = stats.batchSequencesHistogram.slice(2).reduce((a, b) => a + b, 0);
+    expect(batched, JSON.stringify(stats.batchSequencesHistogram)).toBeGreaterThan(0);
+    expect(stats.batchSequencesHistogram.length).toBeLessThanOrEqual(5); // never more than 4 sequences in a step
+    expect(stats.running).toBe(0);
+    expect(stats.kvBlocksUsed).toBe(0);
   });
 
   it('frees a sequence\'s KV blocks as soon as its consumer stops', async () => {
-    const model = await loadModel(MODEL, { device: await testGpu(), contextLength: 128, maxSequences: 2 });
-    try {
-      let seen = 0;
-      for await (const _token of model.generate(cases[0]!.prompt_ids, greedy)) {
-        if (++seen === 3) {
-          expect(model.stats().running).toBe(1);
-          expect(model.stats().kvBlocksUsed).toBeGreaterThan(0);
-          break;
-        }
+    let seen = 0;
+    for await (const _token of model.generate(cases[0]!.prompt_ids, greedy)) {
+      if (++seen === 3) {
+        expect(model.stats().running).toBe(1);
+        expect(model.stats().kvBlocksUsed).toBeGreaterThan(0);
+        break;
       }
-      expect(model.stats().running).toBe(0);
-      expect(model.stats().kvBlocksUsed).toBe(0);
-      const controller = new AbortController();
-      const aborted = model.complete(cases[1]!.prompt_ids, { ...greedy, signal: controller.signal });
-      setTimeout(() => controller.abort(), 30);
-      expect((await aborted).finishReason).toBe('abort');
-      expect(model.stats().kvBlocksUsed).toBe(0);
-    } finally {
-      await model.dispose();
     }
+    expect(model.stats().running).toBe(0);
+    expect(model.stats().kvBlocksUsed).toBe(0);
+    const controller = new AbortController();
+    const aborted = model.complete(cases[1]!.prompt_ids, { ...greedy, signal: controller.signal });
+    setTimeout(() => controller.abort(), 30);
+    expect((await aborted).finishReason).toBe('abort');
+    expect(model.stats().kvBlocksUsed).toBe(0);
   });
 
   it('admits by free blocks: a sequence waits until another gives its blocks back', async () => {

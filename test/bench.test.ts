@@ -76,6 +76,7 @@ describe('bench building blocks', () => {
     o.timer = { samples: 2, targetSampleMs: 1, maxDispatches: 8 };
     o.e2e = { prefillTokens: 16, prefillRepeats: 1, decodeTokens: 4, batches: [1, 2] };
     o.llamaCpp = false;
+    o.speculative = { ...o.speculative!, tokens: 12, draftMax: 4 };
     o.torch = true; // python3 without torch (or without CUDA) must come back as "not available", never throw
     let stages = 0;
     o.onStage = () => {
@@ -85,6 +86,13 @@ describe('bench building blocks', () => {
 
     expect(report.errors).toEqual([]);
     expect(report.complete).toBe(true);
+    // Speculative rows: every drafter keeps plain decoding's tokens and saves target steps.
+    expect(report.speculative!.map((r) => r.drafter)).toHaveLength(6);
+    for (const row of report.speculative!) {
+      expect(row.sameTokens, row.drafter).toBe(true);
+      positive(row.decodeTokensPerSecond);
+      if (row.drafted > 0) expect(row.targetStepsPerToken).toBeLessThan(1);
+    }
     expect(stages).toBeGreaterThanOrEqual(3);
     expect(report.adapter).not.toBe('');
     expect(report.date).toMatch(/^\d{4}-\d{2}-\d{2}$/);

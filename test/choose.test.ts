@@ -76,7 +76,7 @@ describe('chooseSplit on stories260K (5 layers)', () => {
   });
 
   it('uses round trips measured per group size, and a separate hand-off time', () => {
-    // DESIGN.md's one-H100 numbers: 125 µs with one worker, 513 µs with two, 972 µs with four.
+    // ARCHITECTURE.md's one-H100 numbers (Measured facts): 125 µs with one worker, 513 µs with two, 972 µs with four.
     const measured = { 1: 0.125, 2: 0.513, 4: 0.972 };
     expect(roundTripFor(measured, 2)).toBe(0.513);
     expect(roundTripFor(measured, 3)).toBeCloseTo((0.513 + 0.972) / 2, 12);

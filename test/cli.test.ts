@@ -105,4 +105,27 @@ describe('deno CLI', () => {
     expect(missing.code).toBe(1);
     expect(missing.stderr).toMatch(/model\.gguf/);
   });
+
+  it('speculative decoding (-md draft, --lookup-ngram) keeps the ids, reports acceptance, refuses bad draft flags', () => {
+    const c = reference().generation_cases.find((x) => x.id === 'stories260K-f32/once-upon-a-time')!;
+    const base = ['run', '-m', referenceModelPath(c.model), '-p', c.prompt, '-n', '64', '--temperature', '0', '--ignore-eos'];
+    const drafted = task(...base, '-md', referenceModelPath('stories260K-q8_0'), '--draft-max', '6', '--json');
+    expect(drafted.code, drafted.stderr).toBe(0);
+    const out = JSON.parse(drafted.stdout) as { generated_ids: number[]; speculative: { drafted: number; accepted: number; target_steps: number } };
+    expect(out.generated_ids).toEqual(c.generated_ids);
+    expect(out.speculative.accepted).toBeGreaterThan(0);
+    expect(out.speculative.target_steps + out.speculative.accepted).toBe(64);
+    const lookup = task(...base, '--lookup-ngram', '2');
+    expect(lookup.code, lookup.stderr).toBe(0);
+    expect(lookup.stdout).toContain(c.generated_text);
+    expect(lookup.stderr).toMatch(/speculative: \d+ of \d+ drafted tokens accepted \(\d+%\); \d+ target steps for 64 tokens/);
+    const zero = task(...base, '--lookup-ngram', '2', '--draft-max', '0');
+    expect(zero.code).toBe(2);
+    expect(zero.stderr).toMatch(/--draft-max must be an integer ≥ 1; got "0"/);
+    const negative = task(...base, '--lookup-ngram', '-3');
+    expect(negative.code).toBe(2);
+    const otherVocabulary = task(...base, '-md', referenceModelPath('llama-2-tiny-random-f16'));
+    expect(otherVocabulary.code).toBe(1);
+    expect(otherVocabulary.stderr).toMatch(/InvalidOptionError: the draft model's vocabulary differs from the target's: 32000 tokens against 512/);
+  });
 });

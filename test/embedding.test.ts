@@ -1,11 +1,11 @@
 // Embedding gather for every GPU weight type: the GPU must return the CPU-dequantized rows.
 import { describe, expect, it } from 'vitest';
-import { rng, testGpu } from './helpers/gpu.ts';
+import { rng, testGpu, uploadTestWeight, uploadWholeWeight } from './helpers/gpu.ts';
 import { embeddingReference, randomWeightBytes } from './reference/matmul.ts';
 import { readF32, runOps, storageBuffer } from '../src/gpu/kernel.ts';
 import { blockGeometry, GGMLType, ggmlTypeName } from '../src/model/ggml-type.ts';
 import { dequantize } from '../src/model/quant.ts';
-import { supportedWeightTypes, uploadWeight, uploadWeightSplit } from '../src/shaders/matmul.ts';
+import { supportedWeightTypes } from '../src/shaders/matmul.ts';
 import { embeddingOp, embeddingOps } from '../src/shaders/embedding.ts';
 
 /**
@@ -41,7 +41,7 @@ describe('embedding', async () => {
         const bytes = randomWeightBytes(type, rows, cols, type * 31 + rows);
         const table = dequantize(type, bytes, rows * cols);
         const ids = randomIds(nTokens, rows, rows + cols);
-        const weight = uploadWeight(gpu, 'table', type, rows, cols, bytes);
+        const weight = await uploadWholeWeight(gpu, 'table', type, rows, cols, bytes);
         const idBuf = storageBuffer(gpu.device, 'ids', ids);
         const out = storageBuffer(gpu.device, 'out', new Float32Array(nTokens * cols).fill(NaN));
         runOps(gpu.device, [embeddingOp(gpu, weight, idBuf, out, nTokens)]);
@@ -60,7 +60,7 @@ describe('embedding', async () => {
     const table = dequantize(type, bytes, rows * cols);
     const ids = randomIds(nTokens, rows, 4);
     // 64 Q8_0 columns take 68 GPU bytes per row: 700 bytes hold 10 rows, so 5 parts.
-    const parts = uploadWeightSplit(gpu, 'split table', type, rows, cols, bytes, 700);
+    const parts = await uploadTestWeight(gpu, 'split table', type, rows, cols, bytes, 700);
     expect(parts.length).toBe(5);
     const idBuf = storageBuffer(gpu.device, 'ids', ids);
     const out = storageBuffer(gpu.device, 'out', new Float32Array(nTokens * cols).fill(NaN));

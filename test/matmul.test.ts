@@ -1,7 +1,9 @@
 // Every GPU weight type × every matmul variant against an f64 reference over the CPU-dequantized
-// weights, on shapes that are not multiples of the block, tile or workgroup sizes.
+// weights, on shapes that are not multiples of the block, tile or workgroup sizes. The factors
+// that only change how a kernel is compiled (matvec token counts, unaligned float rows) are
+// covered pairwise with type × variant; `npm run test:full` runs their full product.
 import { describe, expect, it } from 'vitest';
-import { randomF32, testGpu } from './helpers/gpu.ts';
+import { FULL_SWEEP, pairwise, randomF32, testGpu, uploadTestWeight, uploadWholeWeight } from './helpers/gpu.ts';
 import { matmulReference, randomWeightBytes } from './reference/matmul.ts';
 import { readF32, runOps, storageBuffer } from '../src/gpu/kernel.ts';
 import { blockGeometry, GGMLType, ggmlTypeName } from '../src/model/ggml-type.ts';
@@ -11,8 +13,6 @@ import {
   matmulOp,
   matmulOps,
   supportedWeightTypes,
-  uploadWeight,
-  uploadWeightSplit,
   type MatmulVariant,
 } from '../src/shaders/matmul.ts';
 import type { GpuContext } from '../src/gpu/device.ts';
@@ -55,7 +55,7 @@ async function checkEpilogues(
   const ref = matmulReference(dequantize(type, bytes, rows * cols), rows, cols, int8 ? quantizeActivationsInt8(x) : x, nTokens);
   const start = randomF32(nTokens * rows, seed + 2);
   const gate = randomF32(nTokens * rows, seed + 3, 4);
-  const weight = uploadWeight(gpu, 'w', type, rows, cols, bytes);
+  const weight = await uploadWholeWeight(gpu, 'w', type, rows, cols, bytes);
   const xBuf = storageBuffer(gpu.device, 'x', xRows);
   const accumulated = storageBuffer(gpu.device, 'y accumulate', start);
   const gated = storageBuffer(gpu.device, 'y gate', new Float32Array(nTokens * rows).fill(NaN));
@@ -90,7 +90,7 @@ async function runAndCompare(
   const bytes = randomWeightBytes(type, rows, cols, seed);
   const x = randomF32(nTokens * cols, seed + 1);
   const ref = matmulReference(dequantize(type, bytes, rows * cols), rows, cols, x, nTokens);
-  const weight = uploadWeight(gpu, `w ${ggmlTypeName(type)}`, type, rows, cols, bytes);
+  const weight = await uploadWholeWeight(gpu, `w ${ggmlTypeName(type)}`, type, rows, cols, bytes);
   const xBuf = storageBuffer(gpu.device, 'x', x);
   // Prefill y with NaN so a row the kernel forgets to write cannot pass.
   const yBuf = storageBuffer(gpu.device, 'y', new Float32Array(nTokens * rows).fill(NaN));
@@ -105,12 +105,24 @@ async function runAndCompare(
   return worst;
 }
 
-/** Column counts per type: whole blocks, and for float types lengths that are not multiples of 8. */
-function columnsFor(type: GGMLType): [number, number] {
+/**
+ * Column counts per type: whole blocks (both run: the kernel is the same), and for float types a
+ * row length that is a multiple of 4 and one that is not (each compiles its own x reads: pairwise).
+ */
+function columnsFor(type: GGMLType, ...pick: number[]): number[] {
   const block = blockGeometry[type]!.blockSize;
-  if (block === 1) return [172, 13];
+  if (block === 1) return pairwise([172, 13], ...pick);
   if (block === 32) return [96, 64];
   return [256, 512];
+}
+
+/** Matvec token counts by the kernel they compile: 1, 2, or chunks of 4 (5 spans two chunks). */
+const matvecTokenGroups = [[1], [2], [3, 5]];
+
+/** The (rows, nTokens) shapes of a variant; a matvec variant runs the token groups `pick` selects. */
+function sweepShapes(variant: Exclude<MatmulVariant, 'auto'>, ...pick: number[]): Array<[number, number]> {
+  if (!variant.startsWith('matvec')) return shapes[variant];
+  return pairwise(matvecTokenGroups, ...pick).flatMap((tokens) => [1, 7, 65, 300].map((rows, k): [number, number] => [rows, tokens[k % tokens.length]!]));
 }
 
 // (rows, nTokens) pairs; each type runs them with both of its column counts. Matvec is for
@@ -127,20 +139,20 @@ const shapes: Record<Exclude<MatmulVariant, 'auto'>, Array<[number, number]>> = 
 
 describe('matmul', async () => {
   const gpu = await testGpu();
-  const variants: Array<Exclude<MatmulVariant, 'auto'>> = ['matvec', 'tiled', 'tiled-large'];
-  if (gpu.features.subgroups) variants.push('matvec-subgroup');
+  // The matvec variants first: their indices pick different token groups for the same type.
+  const variants: Array<Exclude<MatmulVariant, 'auto'>> = ['matvec', ...(gpu.features.subgroups ? ['matvec-subgroup' as const] : []), 'tiled', 'tiled-large'];
 
   it('covers the required weight types', () => {
     const names = supportedWeightTypes().map(ggmlTypeName);
     for (const t of ['F32', 'F16', 'BF16', 'Q8_0', 'Q4_0', 'Q4_1', 'Q5_0', 'Q5_1', 'Q4_K', 'Q6_K']) expect(names).toContain(t);
   });
 
-  describe.each(supportedWeightTypes().map((t) => [ggmlTypeName(t), t] as const))('%s', (_name, type) => {
+  describe.each(supportedWeightTypes().map((t, i) => [ggmlTypeName(t), t, i] as const))('%s', (_name, type, typeIndex) => {
     it.each(variants)('%s', async (variant) => {
-      const [colsA, colsB] = columnsFor(type);
+      const variantIndex = variants.indexOf(variant);
       let seed = type * 1000;
-      for (const [rows, nTokens] of shapes[variant]) {
-        for (const cols of [colsA, colsB]) {
+      for (const [rows, nTokens] of sweepShapes(variant, typeIndex, variantIndex)) {
+        for (const cols of columnsFor(type, typeIndex, variantIndex)) {
           const err = await runAndCompare(gpu, type, rows, cols, nTokens, variant, seed++);
           expect(err, `${rows}×${cols}, ${nTokens} tokens`).toBeLessThan(TOLERANCE);
         }
@@ -164,7 +176,7 @@ describe('matmul', async () => {
           const w = dequantize(type, bytes, rows * cols);
           const int8 = matmulReference(w, rows, cols, quantizeActivationsInt8(x), nTokens);
           const exact = matmulReference(w, rows, cols, x, nTokens);
-          const weight = uploadWeight(gpu, 'w', type, rows, cols, bytes);
+          const weight = await uploadWholeWeight(gpu, 'w', type, rows, cols, bytes);
           const xBuf = storageBuffer(gpu.device, 'x', x);
           const yBuf = storageBuffer(gpu.device, 'y', new Float32Array(nTokens * rows).fill(NaN));
           runOps(gpu.device, [matmulOp(gpu, weight, xBuf, yBuf, nTokens, { variant })]);
@@ -202,7 +214,7 @@ describe('matmul', async () => {
     const bytes = randomWeightBytes(type, rows, cols, 99);
     const x = randomF32(nTokens * cols, 100);
     const ref = matmulReference(dequantize(type, bytes, rows * cols), rows, cols, x, nTokens);
-    const weight = uploadWeight(gpu, 'fold', type, rows, cols, bytes);
+    const weight = await uploadWholeWeight(gpu, 'fold', type, rows, cols, bytes);
     const xBuf = storageBuffer(gpu.device, 'x', x);
     for (const variant of variants) {
       const yBuf = storageBuffer(gpu.device, 'y', new Float32Array(nTokens * rows).fill(NaN));
@@ -222,7 +234,7 @@ describe('matmul', async () => {
     const x = randomF32(nTokens * cols, 6);
     const ref = matmulReference(dequantize(type, bytes, rows * cols), rows, cols, x, nTokens);
     // 64 Q4_0 columns take 36 bytes per row on the GPU: 1000 bytes hold 27 rows, so 3 parts.
-    const parts = uploadWeightSplit(gpu, 'split', type, rows, cols, bytes, 1000);
+    const parts = await uploadTestWeight(gpu, 'split', type, rows, cols, bytes, 1000);
     expect(parts.map((p) => [p.rowOffset, p.rows])).toEqual([[0, 27], [27, 27], [54, 16]]);
     for (const p of parts) expect(p.bytes).toBeLessThanOrEqual(1000);
     const xBuf = storageBuffer(gpu.device, 'x', x);
@@ -247,17 +259,20 @@ describe('matmul', async () => {
     const PAD = 5;
     const all = ['matvec', 'matvec-int8', 'tiled', 'tiled-large', 'tiled-int8', ...(gpu.features.subgroups ? ['matvec-subgroup' as const] : [])] as const;
     it.each(all)('%s', async (variant) => {
-      const whole = [uploadWeight(gpu, 'qkv', type, rows, cols, bytes)];
+      const variantIndex = all.indexOf(variant);
+      const whole = [await uploadWholeWeight(gpu, 'qkv', type, rows, cols, bytes)];
       // Q8_0 × 64 takes 68 bytes a row on the GPU: 800-byte bindings hold 11 rows, so parts 0..11, 11..22, 22..29.
-      const parts = uploadWeightSplit(gpu, 'qkv', type, rows, cols, bytes, 800);
+      const parts = await uploadTestWeight(gpu, 'qkv', type, rows, cols, bytes, 800);
       expect(parts.map((p) => [p.rowOffset, p.rows])).toEqual([[0, 11], [11, 11], [22, 7]]);
-      for (const nTokens of variant.startsWith('matvec') ? [1, 3] : [5, 19]) {
+      for (const nTokens of variant.startsWith('matvec') ? pairwise([1, 3], variantIndex) : [5, 19]) {
         const x = randomF32(nTokens * cols, nTokens);
         const int8 = variant.endsWith('int8');
         const ref = matmulReference(w, rows, cols, int8 ? quantizeActivationsInt8(x) : x, nTokens);
         const xBuf = storageBuffer(gpu.device, 'x', x);
         for (const [weight, name] of [[whole, 'whole'], [parts, 'parts']] as const) {
-          for (const accumulate of [false, true]) {
+          // The whole weight and its parts take opposite epilogues, swapped from one variant to the
+          // next: the 3-output kernel runs both, the 1-output kernel (outer parts) one per variant.
+          for (const accumulate of FULL_SWEEP ? [false, true] : [(name === 'whole') === (variantIndex % 2 === 0)]) {
             const starts = outputRows.map((n, o) => randomF32(nTokens * n, 10 * o + nTokens));
             const buffers = outputRows.map((n, o) => {
               const initial = new Float32Array(nTokens * n + PAD).fill(SENTINEL);
@@ -291,8 +306,8 @@ describe('matmul', async () => {
       for (const p of [...whole, ...parts]) p.buffer.destroy();
     });
 
-    it('checks the outputs', () => {
-      const weight = uploadWeight(gpu, 'qkv', type, rows, cols, bytes);
+    it('checks the outputs', async () => {
+      const weight = await uploadWholeWeight(gpu, 'qkv', type, rows, cols, bytes);
       const [x, a, b, gate] = [64 * 4, 13 * 4, 16 * 4, 64 * 4].map((n) => storageBuffer(gpu.device, 'buffer', n));
       expect(() => matmulOp(gpu, weight, x!, [{ buffer: a!, rows: 13 }, { buffer: b!, rows: 15 }], 1)).toThrow(/13 \+ 15 rows do not split the weight's 29/);
       expect(() => matmulOp(gpu, weight, x!, [{ buffer: a!, rows: 13 }, { buffer: b!, rows: 16 }], 1, { gate })).toThrow(/gate epilogue writes one output/);
@@ -304,23 +319,25 @@ describe('matmul', async () => {
   // The epilogues and x rows that do not start on a vec4 (a TP shard's column slice, say), for
   // each variant: Q4_0 (wide decoder) and F32 with 13 columns (padded rows, scalar x tail).
   describe.each([
-    ['Q4_0', GGMLType.Q4_0, 64],
-    ['F32', GGMLType.F32, 13],
-  ] as const)('%s epilogues and strides', (_name, type, cols) => {
+    ['Q4_0', GGMLType.Q4_0, 64, 0],
+    ['F32', GGMLType.F32, 13, 1],
+  ] as const)('%s epilogues and strides', (_name, type, cols, typeIndex) => {
     const rows = 37;
     const xStride = cols + 2; // never a multiple of 4 here
     it.each(variants)('%s', async (variant) => {
-      for (const nTokens of [1, 3, 19]) {
-        if (variant.startsWith('matvec') && nTokens > 4) continue;
+      const matvecTokens = pairwise([1, 3], typeIndex, variants.indexOf(variant));
+      for (const nTokens of variant.startsWith('matvec') ? matvecTokens : [1, 3, 19]) {
         await checkEpilogues(gpu, { type, rows, cols, nTokens, xStride, variant, seed: nTokens });
       }
     });
   });
 
-  it('refuses a weight larger than one binding', () => {
+  it('uploads a weight larger than one binding in parts, and refuses a row that fits none', async () => {
     const bytes = randomWeightBytes(GGMLType.F32, 2, 8, 1);
-    const small = { ...gpu, limits: { ...gpu.limits, maxStorageBufferBindingSize: 32, maxBufferSize: 32 } as GPUSupportedLimits };
-    expect(() => uploadWeight(small, 'big', GGMLType.F32, 2, 8, bytes)).toThrow(/uploadWeightSplit/);
+    const parts = await uploadTestWeight(gpu, 'big', GGMLType.F32, 2, 8, bytes, 32);
+    expect(parts.map((p) => [p.rowOffset, p.rows])).toEqual([[0, 1], [1, 1]]);
+    for (const p of parts) p.buffer.destroy();
+    await expect(uploadTestWeight(gpu, 'big', GGMLType.F32, 2, 8, bytes, 16)).rejects.toThrow(/big: one row of 8 F32 values exceeds 16 bytes/);
   });
 });
 

@@ -1,14 +1,14 @@
 // The HTTP server without a GPU: its modules one by one, then the whole handler over a stand-in
 // model that runs the engine's real generate loop on a scripted forward pass.
 import { describe, expect, it } from 'vitest';
-import { ChatTemplate, renderPlain } from '../src/server/chat-template.ts';
+import { ChatTemplate, ChatTemplateError, renderPlain } from '../src/api/chat.ts';
 import { HealthMonitor } from '../src/server/health.ts';
 import { MetricsRegistry, renderNumericFields, snakeCase } from '../src/server/metrics.ts';
 import { parseChatRequest, parseCompletionRequest } from '../src/server/openai-schema.ts';
-import { Scheduler } from '../src/server/scheduler.ts';
+import { engineAdmission, SequenceReservations } from '../src/server/reservations.ts';
 import { logprobsOf } from '../src/server/sequence.ts';
 import { InferenceServer, type ServerLimits, type ServerOptions } from '../src/server/server.ts';
-import { FakeModel, readSse, sleep, type FakeModelOptions } from './server-harness.ts';
+import { FakeModel, fakeTokenizer, readSse, sleep, type FakeModelOptions } from './server-harness.ts';
 
 const CHATML =
   "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}" +
@@ -115,6 +115,7 @@ describe('request validation', () => {
       includeUsage: false,
       logprobs: undefined,
       ignoreEos: false,
+      speculative: true,
       sampling: { temperature: 1, topP: 1, topK: 0, minP: 0, presencePenalty: 0, frequencyPenalty: 0, repetitionPenalty: 1, seed: undefined },
     });
     const chat = parseChatRequest({
@@ -135,27 +136,29 @@ describe('request validation', () => {
     expect(chat).toMatchObject({ maxTokens: 7, stop: ['x'], logprobs: 3, includeUsage: true, sampling: { topK: 0, seed: 42 } });
     expect(parseChatRequest({ model: 'm', messages: [{ role: 'user', content: 'x' }] }).maxTokens).toBeUndefined();
     expect(parseCompletionRequest({ model: 'm', prompt: [[1, 2], 'b'] }).prompts).toEqual([[1, 2], 'b']);
+    expect(parseCompletionRequest({ model: 'm', prompt: 'x', speculative: false }).speculative).toBe(false);
+    expect(() => parseCompletionRequest({ model: 'm', prompt: 'x', speculative: 'no' })).toThrowError(expect.objectContaining({ status: 400, details: expect.objectContaining({ param: 'speculative' }) }));
   });
 });
 
 describe('chat templates', () => {
-  const tokens = { bosToken: '<s>', eosToken: '</s>' };
+  const tokens = fakeTokenizer; // BOS "<s>", EOS "</s>"
 
   it("renders the model's Jinja template with the generation prompt", () => {
-    const template = ChatTemplate.fromMetadata(new Map([['tokenizer.chat_template', CHATML]]), tokens);
+    const template = ChatTemplate.fromMetadata(new Map([['tokenizer.chat_template', CHATML]]), tokens)!;
     expect(template.source).toBe('model');
     expect(template.render([{ role: 'user', content: 'Hi' }])).toBe('<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n');
   });
 
-  it("turns the template's raise_exception into a 400 naming messages", () => {
+  it("turns the template's raise_exception into a ChatTemplateError (the server's 400 naming messages)", () => {
     const strict = ChatTemplate.fromSource("{% if messages[0]['role'] != 'user' %}{{ raise_exception('first message must be the user') }}{% endif %}ok", tokens);
-    expect(() => strict.render([{ role: 'assistant', content: 'x' }])).toThrowError(
-      expect.objectContaining({ status: 400, message: expect.stringMatching(/first message must be the user/) }),
-    );
+    expect(() => strict.render([{ role: 'assistant', content: 'x' }])).toThrowError(ChatTemplateError);
+    expect(() => strict.render([{ role: 'assistant', content: 'x' }])).toThrowError(/first message must be the user/);
   });
 
   it('falls back to a plain transcript when the model has no template', () => {
-    const template = ChatTemplate.fromMetadata(new Map(), tokens);
+    expect(ChatTemplate.fromMetadata(new Map(), tokens)).toBeUndefined();
+    const template = ChatTemplate.plain(tokens);
     expect(template.source).toBe('plain');
     const messages = [
       { role: 'system' as const, content: 'Be brief.' },
@@ -217,37 +220,35 @@ describe('metrics', () => {
   });
 });
 
-describe('scheduler', () => {
-  it('grants slots in order, queues up to the limit, refuses beyond it, and leaves the queue on abort', async () => {
-    const scheduler = new Scheduler(1, 2);
-    const never = new AbortController().signal;
-    const [first] = scheduler.enqueue(1, never);
-    const order: string[] = [];
-    const aborted = new AbortController();
-    const [second] = scheduler.enqueue(1, aborted.signal);
-    const [third] = scheduler.enqueue(1, never);
-    expect(() => scheduler.enqueue(1, never)).toThrowError(expect.objectContaining({ status: 429, details: expect.objectContaining({ headers: { 'retry-after': '1' } }) }));
-    expect([scheduler.running, scheduler.queued]).toEqual([1, 2]);
-    aborted.abort(new Error('gone'));
-    await expect(second).rejects.toThrow('gone');
-    expect(scheduler.queued).toBe(1);
-    void third!.then((slot) => {
-      order.push('third');
-      slot.release();
-    });
-    const idle = scheduler.whenIdle().then(() => order.push('idle'));
-    (await first!).release();
-    await idle;
-    expect(order).toEqual(['third', 'idle']);
-    expect([scheduler.running, scheduler.queued]).toEqual([0, 0]);
+describe('sequence reservations', () => {
+  it('counts running and queued places, refuses beyond them with 429 and Retry-After, and resolves when idle', async () => {
+    const reservations = new SequenceReservations(1, 2);
+    const [first] = reservations.reserve(1);
+    const [second, third] = reservations.reserve(2);
+    expect(() => reservations.reserve(1)).toThrowError(expect.objectContaining({ status: 429, details: expect.objectContaining({ headers: { 'retry-after': '1' } }) }));
+    expect([reservations.running, reservations.queued]).toEqual([1, 2]);
+    second!.release();
+    second!.release(); // twice is once
+    expect([reservations.running, reservations.queued]).toEqual([1, 1]);
+    let idle = false;
+    const whenIdle = reservations.whenIdle().then(() => (idle = true));
+    first!.release();
+    await Promise.resolve();
+    expect(idle).toBe(false);
+    third!.release();
+    await whenIdle;
+    expect([reservations.running, reservations.queued]).toEqual([0, 0]);
   });
 
   it('admits a request with several choices all or nothing', () => {
-    const scheduler = new Scheduler(2, 1);
-    const signal = new AbortController().signal;
-    expect(() => scheduler.enqueue(4, signal)).toThrowError(expect.objectContaining({ status: 429 }));
-    expect(scheduler.running + scheduler.queued).toBe(0);
-    expect(scheduler.enqueue(3, signal)).toHaveLength(3);
+    const reservations = new SequenceReservations(2, 1);
+    expect(() => reservations.reserve(4)).toThrowError(expect.objectContaining({ status: 429 }));
+    expect(reservations.running + reservations.queued).toBe(0);
+    expect(reservations.reserve(3)).toHaveLength(3);
+  });
+
+  it('loads the engine with the same limits: its slots and its waiting room', () => {
+    expect(engineAdmission({ maxRunning: 3, maxQueued: 5 })).toEqual({ maxSequences: 3, maxWaiting: 5 });
   });
 });
 

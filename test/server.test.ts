@@ -5,7 +5,7 @@
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { formatServeLoadTable, runServeLoad, writeServeLoadResults, type ServeLoadOptions } from '../bench/serve-load.ts';
-import { renderPlain } from '../src/server/chat-template.ts';
+import { renderPlain } from '../src/api/chat.ts';
 import { reference, referenceModelPath } from './helpers/models.ts';
 import { sleep, startServer, type ServerProcess } from './server-harness.ts';
 

@@ -1,4 +1,4 @@
-// Each runtime hazard of DESIGN.md has a test here, and so do shard failures: a shard that hangs
+// Each runtime hazard of ARCHITECTURE.md has a test here, and so do shard failures: a shard that hangs
 // or loses its device becomes a typed error for the caller within a deadline, and the process
 // stays healthy.
 import { spawnSync } from 'node:child_process';

@@ -126,11 +126,11 @@ describe('vocabulary loading', () => {
     expect(llama2().encode('a\uFEFFb')).toEqual([1, 263, 30143, 29890]);
   });
 
-  it('refuses a tokenizer model other than "llama", naming it', () => {
+  it('refuses a tokenizer model other than "llama" and "gpt2", naming it and the supported ones', () => {
     const metadata = new Map(metadataByFile.get(modelPath(STORIES_FILE))!);
-    metadata.set('tokenizer.ggml.model', 'gpt2');
+    metadata.set('tokenizer.ggml.model', 'rwkv');
     expect(() => LlamaTokenizer.fromGGUFMetadata(metadata, { file: 'x.gguf' })).toThrow(UnsupportedTokenizerError);
-    expect(() => LlamaTokenizer.fromGGUFMetadata(metadata, { file: 'x.gguf' })).toThrow(/"gpt2"/);
+    expect(() => LlamaTokenizer.fromGGUFMetadata(metadata, { file: 'x.gguf' })).toThrow(/"rwkv".*"llama".*"gpt2"/);
   });
 
   it('reads add_bos_token / add_eos_token / add_space_prefix when present', () => {
@@ -305,6 +305,25 @@ describe('merge order', () => {
         expect(tokenizer.encode(text, { addBos: false })).toEqual(naiveEncode(tokenizer, scores, text));
       }
     }
+  });
+});
+
+describe('merges across a word start', () => {
+  it('merges the whole fragment at once when a token has "▁" after another character ("a▁b")', () => {
+    const tokens = ['<unk>', '<s>', '</s>', '▁', 'a', 'b', '▁a', 'a▁', 'a▁b'];
+    const tokenizer = new LlamaTokenizer({
+      tokens,
+      scores: [0, 0, 0, -5, -5, -5, -2, -1, -1],
+      tokenTypes: [TokenType.Unknown, TokenType.Control, TokenType.Control, ...tokens.slice(3).map(() => TokenType.Normal)],
+      bosId: 1,
+      eosId: 2,
+      unkId: 0,
+      addBos: false,
+      addEos: false,
+      addSpacePrefix: true,
+    });
+    // "▁a▁b": "a▁" (-1) beats "▁a" (-2), then "a▁" + "b" is a token: a merge no word-by-word split could make.
+    expect(tokenizer.encode('a b')).toEqual([3, 8]);
   });
 });
 

@@ -7,19 +7,22 @@ import { readGGUF, type GGUFFile } from '../model/gguf.ts';
 import { openSource, type ModelSource } from '../model/source.ts';
 import { LlamaTokenizer } from '../model/tokenizer.ts';
 import { describeShardDevices, distinctAdapters } from '../sharding/devices.ts';
+import { chooseShardSplit } from '../sharding/auto.ts';
 import type { ShardGroup } from '../sharding/group.ts';
 import { SelfHealingShardGroup, type RecoveryStats } from '../sharding/self-healing-group.ts';
 import { planShards, type DeviceDescription, type ShardPlan } from '../sharding/plan.ts';
 import { NextStepHang, type Fault, type FaultInjector } from '../engine/faults.ts';
 import type { DeviceStats, ForwardEngine } from '../engine/forward-engine.ts';
-import { checkGeneration, generateTokens, type FinishReason, type GeneratedToken, type GenerateOptions, type GenerationBackend } from '../engine/generate.ts';
+import { checkGeneration, generateTokens, type FinishReason, type GeneratedToken, type GenerateOptions, type GenerationBackend, type GenerationResult, type Speculation } from '../engine/generate.ts';
 import { kvGeometry } from '../engine/kv-cache.ts';
 import type { KernelChoice } from '../engine/llama.ts';
-import { InvalidOptionError } from '../engine/sampler.ts';
+import { InvalidOptionError, isGreedy, Sampler, type ResolvedSampling } from '../engine/sampler.ts';
+import { DraftModelDrafter, PromptLookupDrafter, type Drafter, type SpeculationCounts } from '../engine/speculative.ts';
 import { ContextOverflowError, LlamaRunner } from '../engine/runner.ts';
 import { Scheduler, type SchedulerStats, type Sequence } from '../engine/scheduler.ts';
 import { wholeModelView } from '../engine/shard-view.ts';
 import { MATMUL_VARIANTS } from '../shaders/matmul.ts';
+import { CHAT_TEMPLATE_KEY, ChatTemplate, MissingChatTemplateError, type ChatMessage, type ChatRenderOptions } from './chat.ts';
 
 export interface LoadProgressEvent {
   bytesLoaded: number;
@@ -40,6 +43,12 @@ export interface LoadOptions {
   tp?: number;
   /** Pipeline stages (default 1). tp × pp shards run in one worker each, one device each. */
   pp?: number;
+  /**
+   * 'auto' (instead of tp / pp): once the header is read, time an all-reduce and a decode step on
+   * `devices` and take the fastest tp × pp split over all of them that fits (sharding/auto.ts);
+   * `onStatus` hears what was measured and why the split won. One device: no split.
+   */
+  split?: 'auto';
   /** Per-shard GPU options (e.g. a different adapter each); default: `gpu` for every shard. */
   devices?: GpuOptions[];
   /** Per-device memory budget in bytes for the planner (WebGPU does not report device memory). */
@@ -58,10 +67,53 @@ export interface LoadOptions {
   kernels?: KernelChoice;
   /** Called with notes worth telling a user (e.g. several shards share one GPU). */
   onWarning?: (message: string) => void;
+  /** Called with progress notes of the load (e.g. what `split: 'auto'` measures, and its choice). */
+  onStatus?: (message: string) => void;
   /** Called with what the model does on its own, e.g. a shard group reloading after a failure. */
   onEvent?: (message: string) => void;
   /** Tests only: a FaultInjector through which device losses, worker crashes and hangs can be injected. */
   faults?: FaultInjector;
+  /** Speculative decoding: a draft model or prompt lookup proposes tokens, this model verifies them. */
+  speculative?: SpeculativeOptions;
+}
+
+/**
+ * Speculative decoding (llama.cpp's -md/--draft-max/--draft-min/--draft-p-min, vLLM's
+ * speculative_model/num_speculative_tokens): the output is the target model's own, greedy token
+ * for token and sampled in distribution, in fewer target steps. Give a draft model or `lookupNgram`.
+ */
+export interface SpeculativeOptions {
+  /**
+   * A smaller model with the same vocabulary that proposes tokens: a source, loaded on its own
+   * device (`draftLoadOptions`), or a loaded Model (not disposed with this one).
+   */
+  draftModel?: ModelSource | Model;
+  /** How to load `draftModel` when it is a source (default: this model's gpu and contextLength). */
+  draftLoadOptions?: LoadOptions;
+  /** Prompt lookup instead of a draft model: propose what followed the latest match of the last n tokens (prompt + output). */
+  lookupNgram?: number;
+  /** Most tokens drafted per step. Default 16 (llama.cpp's). */
+  draftMax?: number;
+  /** Fewer drafted tokens than this are not verified (a plain step runs instead). Default 0. */
+  draftMin?: number;
+  /** The draft model stops drafting when its best token's probability is below this. Default 0.75 (llama.cpp's). */
+  draftPMin?: number;
+}
+
+/** Speculative options with every default filled in, and the loaded draft model if any. */
+interface ResolvedSpeculation {
+  draft?: Model;
+  ownsDraft: boolean;
+  lookupNgram: number;
+  draftMax: number;
+  draftMin: number;
+  draftPMin: number;
+}
+
+/** `model.chat` options: generation options, template variables, and an optional template of one's own. */
+export interface ChatOptions extends GenerateOptions, ChatRenderOptions {
+  /** Jinja source to use instead of the model's `tokenizer.chat_template` (the CLI's --chat-template FILE). */
+  chatTemplate?: string;
 }
 
 export interface Completion {
@@ -70,6 +122,8 @@ export interface Completion {
   text: string;
   finishReason: FinishReason;
   timings: { prefillMs: number; decodeMs: number; promptTokens: number; generatedTokens: number };
+  /** With speculative decoding: tokens drafted and accepted, and target steps taken (prompt included). */
+  speculative?: SpeculationCounts;
 }
 
 /** Liveness of the whole model: can a forward step still complete? */
@@ -85,6 +139,8 @@ export interface ModelStats extends SchedulerStats {
   lastStepMs: number;
   /** Per device (per shard): steps, step time, collective (all-reduce/hand-off) time, memory. */
   devices: DeviceStats[];
+  /** Speculative decoding totals over finished generations (zeros without it). */
+  speculative: SpeculationCounts;
   /** A sharded model's group: its state and its recoveries from failed shards. */
   group?: RecoveryStats;
 }
@@ -97,6 +153,8 @@ export class Model {
   private lastStepMs = 0;
   private lastStepEndedAt = 0;
   private readonly scheduler: Scheduler;
+  private speculation?: ResolvedSpeculation;
+  private readonly speculationTotals: SpeculationCounts = { drafted: 0, accepted: 0, targetSteps: 0 };
   /** An injected `hang` on one device (tests). */
   private readonly hang = new NextStepHang();
 
@@ -124,8 +182,12 @@ export class Model {
   }
 
   static async load(source: ModelSource, options: LoadOptions = {}): Promise<Model> {
-    const tp = options.tp ?? 1;
-    const pp = options.pp ?? 1;
+    let tp = options.tp ?? 1;
+    let pp = options.pp ?? 1;
+    if (options.split !== undefined && options.split !== 'auto') throw new InvalidOptionError(`split must be 'auto' or absent; got ${JSON.stringify(options.split)}.`);
+    if (options.split === 'auto' && (options.tp !== undefined || options.pp !== undefined)) {
+      throw new InvalidOptionError(`split: 'auto' chooses tp and pp itself; pass either split: 'auto' or tp / pp, not both.`);
+    }
     const counts = {
       tp,
       pp,
@@ -156,10 +218,26 @@ export class Model {
         throw new InvalidOptionError(`maxBatchTokens (${options.maxBatchTokens}) must exceed maxSequences (${maxSequences}), or waiting prompts never get into a step.`);
       }
       const maxBatchTokens = Math.min(options.maxBatchTokens ?? Math.max(512, 2 * maxSequences), contextLength * maxSequences);
-      const geometry = kvGeometry(contextLength, options.maxSequences ?? 1, options.kvCacheTokens);
+      const speculative = checkSpeculativeOptions(options.speculative);
+      const samplesPerSequence = speculative ? 1 + speculative.draftMax : 1;
+      if (speculative && speculative.draftMax + 1 > (options.maxBatchTokens ?? Infinity)) {
+        throw new InvalidOptionError(`speculative.draftMax (${speculative.draftMax}) + 1 must fit maxBatchTokens (${options.maxBatchTokens}): a verification step runs them together.`);
+      }
+      const geometry = kvGeometry(contextLength, options.maxSequences ?? 1, options.kvCacheTokens, samplesPerSequence);
       const onProgress = (bytesLoaded: number, bytesTotal: number) => options.onProgress?.({ bytesLoaded, bytesTotal });
-      const create = (engine: ForwardEngine, gpu: GpuContext | undefined, plan: ShardPlan | undefined, ownsDevice: boolean) =>
-        new Model(config, file, tokenizer, engine, contextLength, gpu, plan, ownsDevice, options.maxWaiting, options.faults);
+      const create = async (engine: ForwardEngine, gpu: GpuContext | undefined, plan: ShardPlan | undefined, ownsDevice: boolean) => {
+        const model = new Model(config, file, tokenizer, engine, contextLength, gpu, plan, ownsDevice, options.maxWaiting, options.faults);
+        if (speculative) {
+          try {
+            model.speculation = await loadSpeculation(model, speculative, options);
+          } catch (error) {
+            await model.dispose();
+            throw error;
+          }
+        }
+        return model;
+      };
+      if (options.split === 'auto') ({ tp, pp } = await autoSplit(file, config, source, options, { contextLength, maxBatchTokens, maxSequences }));
       const planOptions = { tp, pp, contextLength, maxSequences, kvCacheTokens: options.kvCacheTokens, maxBatchTokens, weights: options.shardWeights };
       if (tp * pp === 1) {
         // One device is planned too: buffer limits, tensor types and the memory budget are
@@ -169,7 +247,7 @@ export class Model {
           const device = { name: gpu.adapterDescription, maxBufferSize: gpu.limits.maxBufferSize, maxStorageBufferBindingSize: gpu.limits.maxStorageBufferBindingSize, memoryBudgetBytes: options.gpuMemoryBytes };
           planShards(file, config, { ...planOptions, devices: [device] });
           const runner = await LlamaRunner.load(gpu, file, config, wholeModelView(config), { geometry, maxBatchTokens, onProgress, kernels: options.kernels });
-          return create(runner, gpu, undefined, !options.device);
+          return await create(runner, gpu, undefined, !options.device);
         } catch (error) {
           if (!options.device) gpu.device.destroy();
           throw error;
@@ -191,7 +269,7 @@ export class Model {
         kernels: options.kernels,
         onProgress,
       }, { log: options.onEvent, faults: options.faults });
-      return create(group, undefined, plan, false);
+      return await create(group, undefined, plan, false);
     } catch (error) {
       await bytes.close();
       throw error;
@@ -215,9 +293,41 @@ export class Model {
     return problem ? { ok: false, detail: problem } : { ok: true, detail: 'ready' };
   }
 
-  /** Token ids of `text`, with BOS prepended as llama.cpp does (unless addBos is false). */
-  tokenize(text: string, options: { addBos?: boolean } = {}): number[] {
+  /**
+   * Token ids of `text`, with BOS prepended as llama.cpp does (unless addBos is false). With
+   * parseSpecial, special-token texts such as "<|im_start|>" become those tokens.
+   */
+  tokenize(text: string, options: { addBos?: boolean; parseSpecial?: boolean } = {}): number[] {
     return this.tokenizer.encode(text, options);
+  }
+
+  /** Does the model file carry a chat template (so `chat` needs no `chatTemplate` option)? It is parsed on first use. */
+  get hasChatTemplate(): boolean {
+    const source = this.file.metadata.get(CHAT_TEMPLATE_KEY);
+    return typeof source === 'string' && source.trim() !== '';
+  }
+
+  /**
+   * The prompt ids for the assistant's next turn after `messages`: rendered with the model's chat
+   * template (or `options.chatTemplate`), special tokens parsed, BOS as the vocabulary wants it.
+   * No template at all is a `MissingChatTemplateError`.
+   */
+  chatPromptIds(messages: readonly ChatMessage[], options: ChatOptions = {}): number[] {
+    const template = options.chatTemplate !== undefined ? ChatTemplate.fromSource(options.chatTemplate, this.tokenizer) : this.modelChatTemplate();
+    if (!template) throw new MissingChatTemplateError(this.file.source.name);
+    return template.tokenize(messages, options);
+  }
+
+  /** Streams the assistant's answer to `messages`: `generate` on `chatPromptIds(messages)`. */
+  async *chat(messages: readonly ChatMessage[], options: ChatOptions = {}, result: { finish?: FinishReason } = {}): AsyncGenerator<GeneratedToken> {
+    const { chatTemplate: _template, variables: _variables, addGenerationPrompt: _prompt, ...generateOptions } = options;
+    yield* this.generate(this.chatPromptIds(messages, options), generateOptions, result);
+  }
+
+  private chatTemplateCache?: { template: ChatTemplate | undefined };
+  private modelChatTemplate(): ChatTemplate | undefined {
+    this.chatTemplateCache ??= { template: ChatTemplate.fromMetadata(this.file.metadata, this.tokenizer) };
+    return this.chatTemplateCache.template;
   }
 
   detokenize(ids: readonly number[]): string {
@@ -231,12 +341,12 @@ export class Model {
   async *generate(
     prompt: string | readonly number[],
     options: GenerateOptions = {},
-    result: { finish?: FinishReason } = {},
+    result: GenerationResult = {},
   ): AsyncGenerator<GeneratedToken> {
     const promptIds = typeof prompt === 'string' ? this.tokenize(prompt) : [...prompt];
     this.checkAlive();
     // Bad requests fail here, before they wait for a slot or cost a step.
-    const { maxTokens } = checkGeneration(promptIds, options, this.contextLength, this.config.vocabSize);
+    const { maxTokens, sampling } = checkGeneration(promptIds, options, this.contextLength, this.config.vocabSize);
     if (options.signal?.aborted) {
       result.finish = 'abort';
       return;
@@ -246,17 +356,22 @@ export class Model {
       result.finish = 'abort'; // aborted while waiting for a slot: it never cost a step
       return;
     }
+    let speculation: Speculation | undefined;
     try {
-      yield* generateTokens(this.backend(sequence), promptIds, options, result);
+      const positions = Math.min(this.contextLength, promptIds.length + maxTokens);
+      speculation = options.speculative === false ? undefined : await this.speculationFor(sequence, positions, sampling, options.signal);
+      yield* generateTokens(this.backend(sequence, speculation), promptIds, options, result);
     } finally {
+      speculation?.drafter.release();
       sequence.release();
+      if (result.speculative) for (const key of ['drafted', 'accepted', 'targetSteps'] as const) this.speculationTotals[key] += result.speculative[key];
     }
   }
 
   /** Generates to the end and returns ids, text and timings. */
   async complete(prompt: string | readonly number[], options: GenerateOptions = {}): Promise<Completion> {
     const promptIds = typeof prompt === 'string' ? this.tokenize(prompt) : [...prompt];
-    const result: { finish?: FinishReason } = {};
+    const result: GenerationResult = {};
     const ids: number[] = [];
     let text = '';
     const start = performance.now();
@@ -273,6 +388,7 @@ export class Model {
       text,
       finishReason: result.finish ?? 'length',
       timings: { prefillMs: firstTokenAt - start, decodeMs: end - firstTokenAt, promptTokens: promptIds.length, generatedTokens: ids.length },
+      ...(result.speculative && { speculative: result.speculative }),
     };
   }
 
@@ -331,7 +447,7 @@ export class Model {
 
   stats(): ModelStats {
     const group = this.engine instanceof SelfHealingShardGroup ? { group: this.engine.recoveryStats() } : {};
-    return { ...this.scheduler.stats(), lastStepMs: this.lastStepMs, devices: this.engine.deviceStats(), ...group };
+    return { ...this.scheduler.stats(), lastStepMs: this.lastStepMs, devices: this.engine.deviceStats(), speculative: { ...this.speculationTotals }, ...group };
   }
 
   /** Refuses new generations, lets running ones finish, then frees the devices. */
@@ -345,6 +461,7 @@ export class Model {
     // Nothing new starts; what is running finishes (nothing is lost), then the devices go.
     this.scheduler.close(new Error('This model was disposed; load it again to use it.'));
     await this.scheduler.idle();
+    if (this.speculation?.ownsDraft) await this.speculation.draft?.dispose();
     await this.engine.dispose();
     if (this.ownsDevice) this.gpu?.device.destroy();
     await this.file.source.close();
@@ -354,8 +471,40 @@ export class Model {
     if (this.disposed) throw new Error('This model was disposed; load it again to use it.');
   }
 
-  private backend(sequence: Sequence): GenerationBackend {
+  /** A sequence of this model for another model's drafter (the target asks its draft model). */
+  private async admitDraftSequence(positions: number, signal?: AbortSignal): Promise<Sequence | undefined> {
+    this.checkAlive();
+    return this.scheduler.admit(positions, signal);
+  }
+
+  /** How this generation drafts and verifies, if the model speculates. */
+  private async speculationFor(sequence: Sequence, positions: number, sampling: ResolvedSampling, signal?: AbortSignal): Promise<Speculation | undefined> {
+    const spec = this.speculation;
+    if (!spec) return undefined;
+    let drafter: Drafter;
+    if (spec.draft) {
+      const draftSequence = await spec.draft.admitDraftSequence(positions, signal);
+      if (!draftSequence) return undefined;
+      // A sampling target drafts by sampling the draft's own distribution (any q is exact; a
+      // close one is accepted more often); a greedy target drafts the draft's argmax.
+      const sampler = isGreedy(sampling) ? undefined : new Sampler({ ...sampling, seed: (sampling.seed + 0x9e3779b9) % 2 ** 32 });
+      drafter = new DraftModelDrafter(
+        { forward: (tokens, startPos, wantLogits) => draftSequence.forward(tokens, startPos, wantLogits), release: () => draftSequence.release() },
+        { pMin: spec.draftPMin, minTokens: spec.draftMin, sampler },
+      );
+    } else {
+      drafter = new PromptLookupDrafter(spec.lookupNgram);
+    }
     return {
+      drafter,
+      maxDraft: spec.draftMax,
+      forwardAll: (tokens, startPos, wantLogits) => sequence.forwardAll(tokens, startPos, wantLogits),
+    };
+  }
+
+  private backend(sequence: Sequence, speculation?: Speculation): GenerationBackend {
+    return {
+      speculation,
       contextLength: this.contextLength,
       vocabSize: this.config.vocabSize,
       forward: (tokens, startPos, wantLogits, topK) => sequence.forward(tokens, startPos, wantLogits, topK),
@@ -395,6 +544,58 @@ export class Model {
   }
 }
 
+/** Checks the speculative options (before anything loads); undefined when speculation is off. */
+function checkSpeculativeOptions(options: SpeculativeOptions | undefined): Omit<ResolvedSpeculation, 'draft' | 'ownsDraft'> | undefined {
+  if (!options) return undefined;
+  const { draftModel, lookupNgram } = options;
+  if ((draftModel === undefined) === (lookupNgram === undefined)) {
+    throw new InvalidOptionError('speculative needs exactly one of draftModel (a smaller model of the same vocabulary) and lookupNgram (prompt lookup).');
+  }
+  const resolved = { lookupNgram: lookupNgram ?? 0, draftMax: options.draftMax ?? 16, draftMin: options.draftMin ?? 0, draftPMin: options.draftPMin ?? 0.75 };
+  const integer = (name: string, value: number, least: number) => {
+    if (!Number.isInteger(value) || value < least) throw new InvalidOptionError(`speculative.${name} must be an integer ≥ ${least}; got ${value}.`);
+  };
+  if (lookupNgram !== undefined) integer('lookupNgram', lookupNgram, 1);
+  integer('draftMax', resolved.draftMax, 1);
+  integer('draftMin', resolved.draftMin, 0);
+  if (resolved.draftMin > resolved.draftMax) throw new InvalidOptionError(`speculative.draftMin (${resolved.draftMin}) must not exceed draftMax (${resolved.draftMax}).`);
+  if (!(resolved.draftPMin >= 0 && resolved.draftPMin <= 1)) throw new InvalidOptionError(`speculative.draftPMin must be in [0, 1]; got ${resolved.draftPMin}.`);
+  return resolved;
+}
+
+/** Loads (or takes) the draft model and checks that it speaks the target's vocabulary. */
+async function loadSpeculation(target: Model, spec: NonNullable<ReturnType<typeof checkSpeculativeOptions>>, options: LoadOptions): Promise<ResolvedSpeculation> {
+  const source = options.speculative!.draftModel;
+  if (source === undefined) return { ...spec, ownsDraft: false };
+  const ownsDraft = !(source instanceof Model);
+  const draft = source instanceof Model ? source : await loadModel(source, { gpu: options.gpu, contextLength: target.contextLength, maxSequences: options.maxSequences, ...options.speculative!.draftLoadOptions });
+  try {
+    checkSameVocabulary(target, draft);
+    if (draft.contextLength < target.contextLength) {
+      throw new InvalidOptionError(`the draft model's context (${draft.contextLength}) is shorter than the target's (${target.contextLength}); load it with contextLength ≥ ${target.contextLength}.`);
+    }
+  } catch (error) {
+    if (ownsDraft) await draft.dispose();
+    throw error;
+  }
+  return { ...spec, draft, ownsDraft };
+}
+
+/** A draft must number tokens as the target does, or its proposals mean other words. */
+function checkSameVocabulary(target: Model, draft: Model): void {
+  const tokensOf = (model: Model) => (model.file.metadata.get('tokenizer.ggml.tokens') as string[] | undefined) ?? [];
+  const [a, b] = [tokensOf(target), tokensOf(draft)];
+  const n = Math.max(a.length, b.length);
+  let at = 0;
+  while (at < n && a[at] === b[at]) at++;
+  if (at === n) return;
+  throw new InvalidOptionError(
+    `the draft model's vocabulary differs from the target's: ${b.length} tokens against ${a.length}; ` +
+      `the first difference is token ${at}, ${JSON.stringify(b[at] ?? '(none)')} in the draft and ${JSON.stringify(a[at] ?? '(none)')} in the target` +
+      '. Use a draft model of the same family and tokenizer (e.g. a smaller or more quantized file of the same model).',
+  );
+}
+
 /** What a shard worker can open itself: it reads its own byte ranges, so it gets a path, URL, Blob or bytes. */
 function workerSource(source: ModelSource): string | Blob | Uint8Array {
   if (source instanceof URL) return source.href;
@@ -402,6 +603,30 @@ function workerSource(source: ModelSource): string | Blob | Uint8Array {
   if (source instanceof Uint8Array) return new Blob([source as Uint8Array<ArrayBuffer>]);
   if (typeof source === 'string' || source instanceof Blob) return source;
   throw new InvalidOptionError('A sharded model needs a path, URL, Blob/File or bytes as its source (each shard worker opens it itself), not an open ByteSource.');
+}
+
+/** split: 'auto' — the fastest split over `options.devices` that fits, from measurements on them. */
+async function autoSplit(
+  file: GGUFFile,
+  config: LlamaConfig,
+  source: ModelSource,
+  options: LoadOptions,
+  sizes: { contextLength: number; maxBatchTokens: number; maxSequences: number },
+): Promise<{ tp: number; pp: number }> {
+  const devices = options.devices ?? [];
+  if (devices.length < 2) return { tp: 1, pp: 1 };
+  const choice = await chooseShardSplit(file, config, {
+    ...sizes,
+    source: workerSource(source),
+    deviceCount: devices.length,
+    devices,
+    kvCacheTokens: options.kvCacheTokens,
+    gpuMemoryBytes: options.gpuMemoryBytes,
+    shardWeights: options.shardWeights,
+    onStatus: options.onStatus,
+  });
+  options.onStatus?.(`${choice.reason}\npredicted ${choice.predictedTokensPerSecond.toFixed(1)} tokens/s (tp / pp override this choice)`);
+  return { tp: choice.tp, pp: choice.pp };
 }
 
 /** The planner's view of each shard's device, with a warning when several shards share one adapter. */

@@ -2,8 +2,9 @@
 // batched steps), then one token per step until a limit, an end-of-generation token or a stop
 // string. Text streams out as soon as its UTF-8 is whole.
 
-import { candidatesSuffice, InvalidOptionError, isGreedy, resolveSampling, Sampler, tokenLogprobs, type ResolvedSampling, type SamplingOptions, type TokenLogprob } from './sampler.ts';
+import { candidatesSuffice, InvalidOptionError, isGreedy, resolveSampling, Sampler, tokenLogprobs, type ResolvedSampling, type SamplingOptions, type TokenDistribution, type TokenLogprob } from './sampler.ts';
 import { ContextOverflowError, type StepResult } from './runner.ts';
+import { acceptDrafts, type Drafter, type SpeculationCounts } from './speculative.ts';
 
 export const DEFAULT_MAX_TOKENS = 256;
 
@@ -18,6 +19,8 @@ export interface GenerateOptions extends SamplingOptions {
   signal?: AbortSignal;
   /** Report each token's log-probability and this many most likely alternatives (0 = just the token's). */
   logprobs?: number;
+  /** Use the model's speculative decoding (draft model or prompt lookup) when it has one. Default true. */
+  speculative?: boolean;
 }
 
 export interface GeneratedToken {
@@ -30,6 +33,23 @@ export interface GeneratedToken {
 
 export type FinishReason = 'length' | 'stop' | 'eos' | 'context' | 'abort';
 
+/** What a generation reports once its iterator is done. */
+export interface GenerationResult {
+  finish?: FinishReason;
+  /** With speculative decoding: tokens drafted, accepted, and target steps taken. */
+  speculative?: SpeculationCounts;
+}
+
+/** How a backend verifies drafted tokens: several tokens of the sequence in one step, each sampled. */
+export interface Speculation {
+  /** A drafter for this sequence (its owner releases it when the generation ends). */
+  drafter: Drafter;
+  /** Most tokens to draft per step. */
+  maxDraft: number;
+  /** Runs `tokens` in one step and returns each one's result (the prediction after it). */
+  forwardAll(tokens: readonly number[], startPos: number, wantLogits: boolean): Promise<StepResult[]>;
+}
+
 /** What generation needs from a model: a forward step and a tokenizer's streaming decoder. */
 export interface GenerationBackend {
   readonly contextLength: number;
@@ -39,6 +59,8 @@ export interface GenerationBackend {
   forward(tokens: readonly number[], startPos: number, wantLogits: boolean, topK?: number): Promise<StepResult>;
   isEndOfGeneration(id: number): boolean;
   createStreamDecoder(): { push(id: number): string; flush(): string };
+  /** Present when the model drafts and verifies (see speculative.ts). */
+  speculation?: Speculation;
 }
 
 /** Holds back text that could be the start of a stop string, and cuts at the first full one. */
@@ -133,12 +155,15 @@ export function checkGeneration(promptIds: readonly number[], options: GenerateO
  * The prompt and the generated tokens together never exceed the backend's context: a prompt that
  * leaves no room for one more token is refused with `ContextOverflowError`, and generation that
  * fills the context ends with finish reason 'context'.
+ *
+ * Each target step decides one token, or with speculative decoding the drafted tokens the
+ * target keeps plus one of its own; either way they pass the same checks one by one below.
  */
 export async function* generateTokens(
   backend: GenerationBackend,
   promptIds: readonly number[],
   options: GenerateOptions,
-  result: { finish?: FinishReason } = {},
+  result: GenerationResult = {},
 ): AsyncGenerator<GeneratedToken> {
   const { sampling, maxTokens, stops, logprobs } = checkGeneration(promptIds, options, backend.contextLength, backend.vocabSize);
   if (maxTokens === 0) {
@@ -146,14 +171,45 @@ export async function* generateTokens(
     return;
   }
   const greedy = isGreedy(sampling);
+  const speculation = options.speculative === false ? undefined : backend.speculation;
   // Greedy decoding reads back only the argmax id, and top-k sampling only the k best
-  // candidates, unless log-probabilities (or penalties, which may lift any token) need the logits.
-  const topK = !greedy && logprobs === undefined ? candidatesSuffice(sampling, backend.vocabSize) : 0;
+  // candidates, unless log-probabilities (or penalties, which may lift any token) need the
+  // logits — and so does checking drafted tokens against a sampling distribution.
+  const topK = !greedy && logprobs === undefined && !speculation ? candidatesSuffice(sampling, backend.vocabSize) : 0;
   const wantLogits = (!greedy || logprobs !== undefined) && topK === 0;
   const sampler = new Sampler(sampling);
   const decoder = backend.createStreamDecoder();
   const filter = new StopStringFilter(stops);
   const history = [...promptIds];
+  const counts: SpeculationCounts = { drafted: 0, accepted: 0, targetSteps: 0 };
+  if (speculation) result.speculative = counts;
+
+  /** The target's sampling distribution after `context` at one row (greedy: its argmax). */
+  const distribution = (row: StepResult, context: readonly number[]): TokenDistribution =>
+    greedy ? { ids: [row.argmaxId], weights: [1], total: 1 } : sampler.distribution(row.logits?.slice() ?? requireLogits(row), context);
+  const decide = (row: StepResult): DecidedToken => {
+    // Log-probabilities come from the raw logits: take them before the sampler's penalties.
+    const raw = logprobs !== undefined ? requireLogits(row).slice() : undefined;
+    const id = greedy ? row.argmaxId : sampler.sample(row.candidates ?? requireLogits(row), history);
+    return { id, logprobs: raw && tokenLogprobs(raw, id, logprobs!) };
+  };
+  const targetStep = (tokens: readonly number[], startPos: number) => {
+    counts.targetSteps++;
+    return backend.forward(tokens, startPos, wantLogits, topK);
+  };
+  /** The tokens after history's last (which the target has not run yet): one, or with speculation the kept drafts and one more. */
+  const nextTokens = async (generated: number): Promise<DecidedToken[]> => {
+    const last = history.at(-1)!;
+    const room = maxTokens - generated - 1; // drafts beyond this could never be emitted
+    const drafts = speculation ? await speculation.drafter.propose(history, Math.min(speculation.maxDraft, room)) : [];
+    if (drafts.length === 0) return [decide(await targetStep([last], history.length - 1))];
+    counts.targetSteps++;
+    counts.drafted += drafts.length;
+    const rows = await speculation!.forwardAll([last, ...drafts.map((d) => d.id)], history.length - 1, wantLogits);
+    const ids = acceptDrafts(rows, drafts, history, { distribution, sampler });
+    counts.accepted += ids.length - 1;
+    return ids.map((id, i) => ({ id, logprobs: logprobs !== undefined ? tokenLogprobs(requireLogits(rows[i]!), id, logprobs) : undefined }));
+  };
 
   /** The text still held back by the decoder and the stop filter, at the end. */
   const drain = (): { text: string; stopped: boolean } => {
@@ -165,48 +221,53 @@ export async function* generateTokens(
     result.finish = 'abort';
     return;
   }
-  let step = await backend.forward(promptIds, 0, wantLogits, topK);
-  for (let generated = 1; ; generated++) {
-    // Log-probabilities come from the raw logits: take them before the sampler's penalties.
-    const raw = logprobs !== undefined ? requireLogits(step).slice() : undefined;
-    const id = greedy ? step.argmaxId : sampler.sample(step.candidates ?? requireLogits(step), history);
-    const scored = raw ? { logprobs: tokenLogprobs(raw, id, logprobs!) } : {};
-    history.push(id);
-    // The end-of-generation token is yielded too (its text is only what was still held back).
-    if (!options.ignoreEos && backend.isEndOfGeneration(id)) {
-      const tail = drain();
-      result.finish = tail.stopped ? 'stop' : 'eos';
-      yield { id, text: tail.text, ...scored };
-      return;
-    }
-    const { text, stopped } = filter.push(decoder.push(id));
-    let finish: FinishReason | undefined =
-      stopped ? 'stop'
-      : generated >= maxTokens ? 'length'
-      : history.length >= backend.contextLength ? 'context'
-      : options.signal?.aborted ? 'abort'
-      : undefined;
-    if (finish) {
-      // The last token carries whatever text was still held back (unless a stop string cut it).
-      let tail = '';
-      if (!stopped) {
-        const drained = drain();
-        tail = drained.text;
-        if (drained.stopped) finish = 'stop';
+  let decided = [decide(await targetStep(promptIds, 0))];
+  for (let generated = 1; ; ) {
+    for (const { id, logprobs: scores } of decided) {
+      const scored = scores ? { logprobs: scores } : {};
+      history.push(id);
+      // The end-of-generation token is yielded too (its text is only what was still held back).
+      if (!options.ignoreEos && backend.isEndOfGeneration(id)) {
+        const tail = drain();
+        result.finish = tail.stopped ? 'stop' : 'eos';
+        yield { id, text: tail.text, ...scored };
+        return;
       }
-      // Known as soon as the last token is, even to a caller that stops iterating there.
-      result.finish = finish;
-      yield { id, text: text + tail, ...scored };
-      return;
+      const { text, stopped } = filter.push(decoder.push(id));
+      let finish: FinishReason | undefined =
+        stopped ? 'stop'
+        : generated >= maxTokens ? 'length'
+        : history.length >= backend.contextLength ? 'context'
+        : options.signal?.aborted ? 'abort'
+        : undefined;
+      if (finish) {
+        // The last token carries whatever text was still held back (unless a stop string cut it).
+        let tail = '';
+        if (!stopped) {
+          const drained = drain();
+          tail = drained.text;
+          if (drained.stopped) finish = 'stop';
+        }
+        // Known as soon as the last token is, even to a caller that stops iterating there.
+        result.finish = finish;
+        yield { id, text: text + tail, ...scored };
+        return;
+      }
+      yield { id, text, ...scored };
+      generated++;
     }
-    yield { id, text, ...scored };
     // Aborted while the caller held the token: stop before spending another step on the device.
     if (options.signal?.aborted) {
       result.finish = 'abort';
       return;
     }
-    step = await backend.forward([id], history.length - 1, wantLogits, topK);
+    decided = await nextTokens(generated - 1);
   }
+}
+
+interface DecidedToken {
+  id: number;
+  logprobs?: TokenLogprob;
 }
 
 function requireLogits(step: StepResult): Float32Array {

@@ -19,12 +19,22 @@ export interface KvGeometry {
   maxSequences: number;
   /** Physical blocks in the pool. Fewer than maxSequences × blocksPerSequence means admission waits for free blocks. */
   totalBlocks: number;
+  /**
+   * Rows one sequence may sample in one step: 1, or 1 + the draft length when speculative
+   * decoding verifies drafted tokens (every drafted position's next-token logits are wanted).
+   */
+  samplesPerSequence: number;
 }
 
-export function kvGeometry(contextLength: number, maxSequences = 1, cacheTokens?: number): KvGeometry {
+export function kvGeometry(contextLength: number, maxSequences = 1, cacheTokens?: number, samplesPerSequence = 1): KvGeometry {
   const blocksPerSequence = Math.ceil(contextLength / KV_BLOCK_SIZE);
   const totalBlocks = Math.max(blocksPerSequence, Math.ceil((cacheTokens ?? maxSequences * contextLength) / KV_BLOCK_SIZE));
-  return { blockSize: KV_BLOCK_SIZE, blocksPerSequence, maxSequences, totalBlocks };
+  return { blockSize: KV_BLOCK_SIZE, blocksPerSequence, maxSequences, totalBlocks, samplesPerSequence };
+}
+
+/** Most rows one step samples: what the scratch buffers for logits and best tokens are sized for. */
+export function maxSampledRows(geometry: KvGeometry): number {
+  return geometry.maxSequences * geometry.samplesPerSequence;
 }
 
 export interface KvCache {

@@ -14,7 +14,7 @@ import { matmulOps, type MatmulOptions, type MatmulOutput, type MatmulVariant } 
 import { rmsnormOp } from '../shaders/rmsnorm.ts';
 import { ropeAndCacheWriteOps } from '../shaders/rope.ts';
 import { argmaxOp, MAX_TOP_K, topKOp } from '../shaders/sampling.ts';
-import type { KvCache, KvGeometry } from './kv-cache.ts';
+import { maxSampledRows, type KvCache, type KvGeometry } from './kv-cache.ts';
 import { ProgramRecorder, type ProgramStep } from './program.ts';
 import { rangeLength, type Range, type ShardView } from './shard-view.ts';
 import type { GpuMatrix, LlamaWeights } from './weights.ts';
@@ -24,10 +24,10 @@ export interface KernelChoice {
   matmul?: MatmulVariant;
 }
 
-/** Scratch buffers for one step of up to `maxTokens` tokens from up to `maxSequences` sequences, sized for this shard. */
+/** Scratch buffers for one step of up to `maxTokens` tokens sampling up to `maxSamples` of them, sized for this shard. */
 export interface Activations {
   maxTokens: number;
-  maxSequences: number;
+  maxSamples: number;
   tokenIds: GPUBuffer; // u32 [T]
   positions: GPUBuffer; // u32 [T]: each token's position in its own sequence
   tokenSlots: GPUBuffer; // u32 [T]: each token's sequence slot
@@ -49,7 +49,7 @@ export interface Activations {
   candidates: GPUBuffer; // u32 [S][k][2]: each sampled row's k best (id, logit bits), for top-k sampling
 }
 
-type BufferName = Exclude<keyof Activations, 'maxTokens' | 'maxSequences'>;
+type BufferName = Exclude<keyof Activations, 'maxTokens' | 'maxSamples'>;
 
 /** Bytes of every activation buffer; the memory planner counts the same list. */
 export function activationSizes(
@@ -59,7 +59,7 @@ export function activationSizes(
   geometry: KvGeometry,
 ): Record<BufferName, number> {
   const { dim, headDim } = config;
-  const [T, S] = [maxTokens, geometry.maxSequences];
+  const [T, S] = [maxTokens, maxSampledRows(geometry)];
   const headsWidth = rangeLength(view.heads) * headDim;
   const kvWidth = rangeLength(view.kvHeads) * headDim;
   const ffn = rangeLength(view.ffn);
@@ -67,7 +67,7 @@ export function activationSizes(
     tokenIds: T,
     positions: T,
     tokenSlots: T,
-    blockTable: S * geometry.blocksPerSequence,
+    blockTable: geometry.maxSequences * geometry.blocksPerSequence,
     sampleRows: S,
     x: T * dim,
     xNorm: T * dim,
@@ -92,7 +92,7 @@ export function createActivations(gpu: GpuContext, config: LlamaConfig, view: Sh
   const buffers = Object.fromEntries(
     Object.entries(sizes).map(([name, bytes]) => [name, storageBuffer(gpu.device, name, bytes)]),
   ) as Record<BufferName, GPUBuffer>;
-  return { maxTokens, maxSequences: geometry.maxSequences, ...buffers };
+  return { maxTokens, maxSamples: maxSampledRows(geometry), ...buffers };
 }
 
 export function destroyActivations(a: Activations): void {

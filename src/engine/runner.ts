@@ -7,48 +7,19 @@ import type { GpuContext } from '../gpu/device.ts';
 import { destroyOps, writeBuffer } from '../gpu/kernel.ts';
 import type { LlamaConfig } from '../model/config.ts';
 import type { GGUFFile } from '../model/gguf.ts';
-import type { DeviceStats, ForwardEngine } from './forward-engine.ts';
+import type { DeviceStats, ForwardEngine, StepBatch, StepResult } from './forward-engine.ts';
 import { createKvCache, destroyKvCache, type KvCache, type KvGeometry } from './kv-cache.ts';
 import { createActivations, destroyActivations, recordLlamaForward, type Activations, type KernelChoice } from './llama.ts';
 import { aloneCommunicator, encodeProgram, runProgram, runsAlone, type Communicator, type ProgramStep, type StepCounters } from './program.ts';
 import { rangeLength, type ShardView } from './shard-view.ts';
-import { MAX_TOP_K, unpackTopK, type TopK } from '../shaders/sampling.ts';
+import { MAX_TOP_K, unpackTopK } from '../shaders/sampling.ts';
 import { destroyWeights, loadLlamaWeights, type LlamaWeights, type LoadProgress } from './weights.ts';
+
+// The step types live with the interface (forward-engine.ts); re-exported for the runner's users.
+export type { StepBatch, StepResult } from './forward-engine.ts';
 
 export class ContextOverflowError extends Error {
   override name = 'ContextOverflowError';
-}
-
-/** One forward step: tokens of one or more sequences, and which of them to sample. */
-export interface StepBatch {
-  tokens: number[];
-  /** Each token's position in its own sequence. */
-  positions: number[];
-  /** Each token's sequence slot (its row of the block table). */
-  slots: number[];
-  /** Indices into `tokens` whose next-token logits are wanted (a sequence's last token). */
-  sampleRows: number[];
-  /** [maxSequences][blocksPerSequence]: physical KV block of each logical block of each slot. */
-  blockTable: Uint32Array;
-  /** Read the sampled rows' logits back (non-greedy sampling) rather than only their best ids. */
-  wantLogits: boolean;
-  /**
-   * Without wantLogits: read back each sampled row's `topK` most likely (id, logit) candidates
-   * (temperature sampling with top-k needs no more), 0 or absent for none. A runner that holds
-   * only a slice of the vocabulary may answer with logits instead.
-   */
-  topK?: number;
-}
-
-/** What a step hands back for one sampled row. */
-export interface StepResult {
-  /** The best token (in the whole vocabulary's numbering once a shard group has combined its slices). */
-  argmaxId: number;
-  /** The best token's logit; known when a shard holds a vocabulary slice. */
-  argmaxLogit?: number;
-  logits?: Float32Array;
-  /** The `topK` best candidates, most likely first (lower id on ties), when the batch asked for them. */
-  candidates?: TopK;
 }
 
 export interface RunnerOptions {
@@ -113,7 +84,7 @@ export class LlamaRunner implements ForwardEngine {
     const T = batch.tokens.length;
     const S = batch.sampleRows.length;
     if (T === 0 || T > a.maxTokens) throw new RangeError(`a step takes 1..${a.maxTokens} tokens; got ${T}`);
-    if (S > a.maxSequences) throw new RangeError(`a step samples at most ${a.maxSequences} rows; got ${S}`);
+    if (S > a.maxSamples) throw new RangeError(`a step samples at most ${a.maxSamples} rows; got ${S}`);
     const asked = batch.topK ?? 0;
     if (!Number.isInteger(asked) || asked < 0 || asked > Math.min(MAX_TOP_K, this.config.vocabSize)) {
       throw new RangeError(`a step reads back 0..${Math.min(MAX_TOP_K, this.config.vocabSize)} candidates per row; got topK ${asked}`);

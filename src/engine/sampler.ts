@@ -179,26 +179,62 @@ export class Sampler {
     return this.draw(input);
   }
 
+  /**
+   * The distribution the next token is drawn from: penalties (applied to `logits` in place),
+   * then top-k → top-p → min-p → temperature; greedy puts all of it on the argmax.
+   * Speculative decoding compares the target's and the draft's with it.
+   */
+  distribution(logits: Float32Array, history: readonly number[]): TokenDistribution {
+    applyPenalties(logits, history, this.options);
+    if (this.options.temperature === 0) return { ids: [argmax(logits)], weights: [1], total: 1 };
+    return this.shape(logits);
+  }
+
+  /** Draws a token from `d` with this sampler's random stream. */
+  drawFrom(d: TokenDistribution): number {
+    let r = this.random() * d.total;
+    let last = 0;
+    for (let i = 0; i < d.ids.length; i++) {
+      if (d.weights[i]! > 0) last = i;
+      r -= d.weights[i]!;
+      if (r < 0) return d.ids[i]!;
+    }
+    // Rounding left a sliver of r: the last token that had any probability.
+    return d.ids[last]!;
+  }
+
+  /** A uniform number in [0, 1) from this sampler's random stream (speculative acceptance). */
+  uniform(): number {
+    return this.random();
+  }
+
   /** top-k → top-p → min-p → temperature → draw, over one row of logits; returns an index. */
   private draw(logits: Float32Array): number {
+    return this.drawFrom(this.shape(logits));
+  }
+
+  /** top-k → top-p → min-p → temperature over one row of logits (indices as ids). */
+  private shape(logits: Float32Array): TokenDistribution {
     const s = this.options;
     const ids = candidateIds(logits, s);
     if (ids.length === 0) throw new RangeError('cannot sample from empty logits');
-
-    // Temperature, then draw.
     const max = logits[ids[0]!]!;
-    const scaled = ids.map((id) => Math.exp((logits[id]! - max) / s.temperature));
-    const sum = scaled.reduce((a, b) => a + b, 0);
-    let r = this.random() * sum;
-    let last = 0;
-    for (let i = 0; i < ids.length; i++) {
-      if (scaled[i]! > 0) last = i;
-      r -= scaled[i]!;
-      if (r < 0) return ids[i]!;
-    }
-    // Rounding left a sliver of r: the last token that had any probability.
-    return ids[last]!;
+    const weights = ids.map((id) => Math.exp((logits[id]! - max) / s.temperature));
+    return { ids, weights, total: weights.reduce((a, b) => a + b, 0) };
   }
+}
+
+/** A sparse distribution over token ids: P(ids[i]) = weights[i] / total; absent ids have 0. */
+export interface TokenDistribution {
+  ids: number[];
+  weights: number[];
+  total: number;
+}
+
+/** P(id) under `d`. */
+export function probabilityOf(d: TokenDistribution, id: number): number {
+  const at = d.ids.indexOf(id);
+  return at < 0 ? 0 : d.weights[at]! / d.total;
 }
 
 /** One alternative token and its log-probability. */

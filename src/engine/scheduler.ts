@@ -28,9 +28,15 @@ interface StepRequest {
   wantLogits: boolean;
   /** Candidates to read back instead of logits (see StepBatch.topK). */
   topK: number;
+  /**
+   * Sample every token, not only the last (speculative decoding verifies each drafted token).
+   * Such a request runs in one step, never split: its rows must all be in the same batch.
+   */
+  sampleAll: boolean;
   /** Tokens already run (a long prompt is split over several steps). */
   done: number;
-  resolve(result: StepResult): void;
+  /** One result per sampled token: the last only, or all with sampleAll. */
+  resolve(results: StepResult[]): void;
   reject(error: unknown): void;
 }
 
@@ -62,14 +68,30 @@ export class Sequence {
     return this.allocation.slot;
   }
 
-  /** Runs `tokens` at positions startPos... of this sequence in the next batched step(s). */
-  forward(tokens: readonly number[], startPos: number, wantLogits: boolean, topK = 0): Promise<StepResult> {
+  /** Runs `tokens` at positions startPos... of this sequence in the next batched step(s); returns the last token's result. */
+  async forward(tokens: readonly number[], startPos: number, wantLogits: boolean, topK = 0): Promise<StepResult> {
+    const results = await this.run(tokens, startPos, wantLogits, topK, false);
+    return results[0]!;
+  }
+
+  /**
+   * Runs `tokens` in one step and returns every token's result (the next-token prediction at
+   * each position), as speculative decoding's verification needs. At most
+   * `samplesPerSequence` tokens (see KvGeometry).
+   */
+  forwardAll(tokens: readonly number[], startPos: number, wantLogits: boolean): Promise<StepResult[]> {
+    const most = this.scheduler.samplesPerSequence;
+    if (tokens.length > most) return Promise.reject(new RangeError(`a step samples at most ${most} tokens of one sequence; got ${tokens.length}`));
+    return this.run(tokens, startPos, wantLogits, 0, true);
+  }
+
+  private run(tokens: readonly number[], startPos: number, wantLogits: boolean, topK: number, sampleAll: boolean): Promise<StepResult[]> {
     if (this.released) return Promise.reject(new Error('this sequence has ended'));
     const capacity = this.allocation.blocks.length * this.scheduler.blockSize;
     if (startPos + tokens.length > capacity) {
       return Promise.reject(new ContextOverflowError(`positions up to ${startPos + tokens.length} do not fit the ${capacity} this sequence reserved; load the model with a larger contextLength (--ctx).`));
     }
-    return this.scheduler.enqueue(this, tokens, startPos, wantLogits, topK);
+    return this.scheduler.enqueue(this, tokens, startPos, wantLogits, topK, sampleAll);
   }
 
   /** Gives the slot and blocks back. Safe to call twice. */
@@ -110,6 +132,10 @@ export class Scheduler {
    */
   get blockSize(): number {
     return this.engine.geometry.blockSize;
+  }
+
+  get samplesPerSequence(): number {
+    return this.engine.geometry.samplesPerSequence;
   }
 
   admit(positions: number, signal?: AbortSignal): Promise<Sequence | undefined> {
@@ -181,11 +207,14 @@ export class Scheduler {
     for (const wake of this.idleWaiters.splice(0)) wake();
   }
 
-  enqueue(sequence: Sequence, tokens: readonly number[], startPos: number, wantLogits: boolean, topK = 0): Promise<StepResult> {
+  enqueue(sequence: Sequence, tokens: readonly number[], startPos: number, wantLogits: boolean, topK: number, sampleAll: boolean): Promise<StepResult[]> {
     if (tokens.length === 0) return Promise.reject(new RangeError('a forward step needs at least one token'));
+    if (sampleAll && tokens.length > this.engine.maxBatchTokens) {
+      return Promise.reject(new RangeError(`a step takes at most ${this.engine.maxBatchTokens} tokens; got ${tokens.length} to sample together`));
+    }
     this.lastAsked.set(sequence, performance.now());
     return new Promise((resolve, reject) => {
-      this.pending.push({ sequence, tokens, startPos, wantLogits, topK, done: 0, resolve, reject });
+      this.pending.push({ sequence, tokens, startPos, wantLogits, topK, sampleAll, done: 0, resolve, reject });
       this.wakeGather?.();
       if (!this.looping) void this.loop();
     });
@@ -227,7 +256,12 @@ export class Scheduler {
           continue;
         }
         this.counters.steps++;
-        completing.forEach((request, row) => request.resolve(results[row]!));
+        let row = 0;
+        for (const request of completing) {
+          const rows = request.sampleAll ? request.tokens.length : 1;
+          request.resolve(results.slice(row, row + rows));
+          row += rows;
+        }
         this.notifyIdle();
       }
     } finally {
@@ -257,15 +291,22 @@ export class Scheduler {
     }
   }
 
-  /** Decode tokens first (one per sequence), then prompt chunks, up to the step's token budget. */
+  /**
+   * Decode tokens first (one per sequence), then speculative verifications (whole, never split),
+   * then prompt chunks, up to the step's token budget.
+   */
   private takeBatch(): { batch: StepBatch; completing: StepRequest[] } {
     const budget = this.engine.maxBatchTokens;
-    const ordered = [...this.pending.filter((r) => remaining(r) === 1), ...this.pending.filter((r) => remaining(r) > 1)];
+    const decodes = this.pending.filter((r) => remaining(r) === 1);
+    const verifications = this.pending.filter((r) => remaining(r) > 1 && r.sampleAll);
+    const prompts = this.pending.filter((r) => remaining(r) > 1 && !r.sampleAll);
+    const ordered = [...decodes, ...verifications, ...prompts];
     const batch: StepBatch = { tokens: [], positions: [], slots: [], sampleRows: [], blockTable: this.allocator.table, wantLogits: false, topK: 0 };
     const completing: StepRequest[] = [];
     for (const request of ordered) {
       const room = budget - batch.tokens.length;
       if (room <= 0) break;
+      if (request.sampleAll && remaining(request) > room) continue; // whole, in a later step
       const n = Math.min(room, remaining(request));
       for (let i = 0; i < n; i++) {
         batch.tokens.push(request.tokens[request.done + i]!);
@@ -274,7 +315,8 @@ export class Scheduler {
       }
       request.done += n;
       if (request.done === request.tokens.length) {
-        batch.sampleRows.push(batch.tokens.length - 1);
+        if (request.sampleAll) for (let i = n; i > 0; i--) batch.sampleRows.push(batch.tokens.length - i);
+        else batch.sampleRows.push(batch.tokens.length - 1);
         batch.wantLogits ||= request.wantLogits;
         // One k for the step: the largest asked (each sequence keeps its own k best of them).
         batch.topK = Math.max(batch.topK!, request.topK);

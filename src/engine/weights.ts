@@ -17,7 +17,7 @@ import { blockGeometry, ggmlTypeName, type GGMLType } from '../model/ggml-type.t
 import type { GGUFFile, GGUFTensorInfo } from '../model/gguf.ts';
 import { dequantize } from '../model/quant.ts';
 import { bindingParts, gpuLayout, isVerbatimLayout, repackRows, rowsPlacement, type GpuLayout } from '../model/repack.ts';
-import type { ByteSource } from '../model/source.ts';
+import { bytesSource, type ByteSource } from '../model/source.ts';
 import type { GpuWeight } from '../shaders/matmul.ts';
 import { rangeLength, type Range, type ShardView } from './shard-view.ts';
 
@@ -286,7 +286,7 @@ class WeightUploader {
   }
 
   /**
-   * The steps that upload a weight as binding-sized row ranges (as uploadWeightSplit cuts it),
+   * The steps that upload a weight as binding-sized row ranges (`bindingParts`),
    * chunk by chunk; a chunk never straddles two segments (a part may). `parts` is filled as the
    * steps run; `done` is called after the last one.
    */
@@ -445,7 +445,7 @@ async function runSteps(
 
 /**
  * Streams weights from `source` into GPU buffers in their repacked layouts (each as binding-sized
- * parts, like uploadWeightSplit), reading the next chunk while the current one is repacked.
+ * parts, as `bindingParts` cuts them), reading the next chunk while the current one is repacked.
  */
 export async function uploadWeights(
   gpu: GpuContext,
@@ -563,4 +563,15 @@ export function destroyWeights(w: LlamaWeights): void {
   add(w.output); // may share buffers with the embedding: the set destroys each once
   for (const layer of w.layers) for (const value of Object.values(layer)) add(value as GpuMatrix | GPUBuffer);
   for (const buffer of buffers) buffer.destroy();
+}
+
+/**
+ * Uploads one weight held in memory (`rows × cols` of `type`, GGUF row-major bytes) through the
+ * same path as a model load: binding-sized parts in the repacked layout. For tests and benchmarks.
+ */
+export async function uploadWeightBytes(gpu: GpuContext, label: string, type: GGMLType, rows: number, cols: number, bytes: Uint8Array): Promise<GpuMatrix> {
+  const rowLength = bytes.length / rows;
+  const read: WeightRead = { label, type, cols, segments: [{ rows, at: { offset: 0, stride: rowLength, length: rowLength } }] };
+  const { weights } = await uploadWeights(gpu, bytesSource(bytes, label), [read]);
+  return weights[0]!;
 }

@@ -1,6 +1,6 @@
 // Dawn (npm `webgpu`) for Node and Deno.
 //
-// Hazard (DESIGN.md): the object returned by Dawn's `create()` must stay reachable for as long
+// Hazard (ARCHITECTURE.md, Runtime hazards: Dawn's `create()` object): the object returned by Dawn's `create()` must stay reachable for as long
 // as any device lives, or the process segfaults when it is garbage-collected. So every GPU we
 // create is held here, at module level, for the life of the process.
 //

@@ -31,6 +31,14 @@ export const GGMLType = {
   F64: 28,
   IQ1_M: 29,
   BF16: 30,
+  /**
+   * Not a GGUF type: 4-bit quants with an f16 scale and an integer zero point per 32 values,
+   * w = (q - zero) · scale. The form AWQ and GPTQ checkpoints take on the GPU (made at load by
+   * src/model/awq-gptq.ts, which moves their bits and never makes floats of them). Ids from 1000
+   * on are webshard's own, far from ggml's: llama.cpp cannot read a GGUF that holds them, webshard
+   * can (its tests write such files to run AWQ/GPTQ weights through the GGUF loader).
+   */
+  Q4_ZP: 1000,
 } as const;
 
 export type GGMLType = (typeof GGMLType)[keyof typeof GGMLType];
@@ -67,6 +75,8 @@ export const blockGeometry: Partial<Record<GGMLType, BlockGeometry>> = {
   [GGMLType.I32]: { blockSize: 1, typeSize: 4 },
   [GGMLType.I64]: { blockSize: 1, typeSize: 8 },
   [GGMLType.F64]: { blockSize: 1, typeSize: 8 },
+  // f16 scale, u16 zero point, then 16 bytes of nibbles as Q4_0's (value j low nibble of byte j, value 16 + j high).
+  [GGMLType.Q4_ZP]: { blockSize: 32, typeSize: 2 + 2 + 16 },
 };
 
 const typeNames = new Map<number, string>(Object.entries(GGMLType).map(([name, id]) => [id, name]));

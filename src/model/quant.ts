@@ -118,6 +118,17 @@ const decoders: Partial<Record<GGMLType, BlockDecoder>> = {
       y[yo + j + 16] = fround(((q >> 4) - 8) * d);
     }
   },
+  // { f16 d; u16 zero; u8 qs[16] } (webshard's AWQ/GPTQ form): (q - zero) · d, exact in f32
+  // (at most 5 + 11 significant bits), so it equals the checkpoints' exact dequantization.
+  [GGMLType.Q4_ZP]: (b, o, y, yo) => {
+    const d = half(b, o);
+    const zero = u16(b, o + 2);
+    for (let j = 0; j < 16; j++) {
+      const q = b[o + 4 + j]!;
+      y[yo + j] = fround(((q & 0xf) - zero) * d);
+      y[yo + j + 16] = fround(((q >> 4) - zero) * d);
+    }
+  },
   // { f16 d, m; u8 qs[16] }
   [GGMLType.Q4_1]: (b, o, y, yo) => {
     const d = half(b, o);

@@ -3,7 +3,7 @@
 // WGSL reads storage as 4-byte words, so every block must start on a word boundary. ggml's blocks
 // fall into two kinds:
 //
-// * Word-sized blocks (F32, Q4_1 20 B, Q5_1 24 B, Q2_K 84 B, Q4_K 144 B, Q5_K 176 B) are kept
+// * Word-sized blocks (F32, Q4_1 20 B, Q5_1 24 B, Q2_K 84 B, Q4_K 144 B, Q5_K 176 B, Q4_ZP 20 B) are kept
 //   verbatim, byte for byte, in the file's order.
 // * Blocks whose size is 2 mod 4 carry exactly one f16 scale `d` that breaks the alignment
 //   (Q8_0 34 B, Q4_0 18 B, Q5_0 22 B, IQ4_NL 18 B: `d` first; Q6_K 210 B, Q3_K 110 B: `d` last).
@@ -30,6 +30,7 @@
 // | Q5_0   |     32 |     5 | qh[4], qs[16] (bytes 2..21)              | d             |
 // | Q4_1   |     32 |     5 | d, m, qs[16] (verbatim)                  | —             |
 // | Q5_1   |     32 |     6 | d, m, qh[4], qs[16] (verbatim)           | —             |
+// | Q4_ZP  |     32 |     5 | d, zero (u16), qs[16] (verbatim)         | —             |
 // | Q2_K   |    256 |    21 | scales[16], qs[64], d, dmin (verbatim)   | —             |
 // | Q3_K   |    256 |    27 | hmask[32], qs[64], scales[12] (0..107)   | d             |
 // | Q4_K   |    256 |    36 | d, dmin, scales[12], qs[128] (verbatim)  | —             |
@@ -59,6 +60,7 @@ const rules: Partial<Record<GGMLType, LayoutRule>> = {
   [GGMLType.Q5_0]: { blockValues: 32, blockWords: 5, scaleAt: 0 },
   [GGMLType.Q4_1]: { blockValues: 32, blockWords: 5 },
   [GGMLType.Q5_1]: { blockValues: 32, blockWords: 6 },
+  [GGMLType.Q4_ZP]: { blockValues: 32, blockWords: 5 },
   [GGMLType.Q2_K]: { blockValues: 256, blockWords: 21 },
   [GGMLType.Q3_K]: { blockValues: 256, blockWords: 27, scaleAt: 108 },
   [GGMLType.Q4_K]: { blockValues: 256, blockWords: 36 },
@@ -293,7 +295,7 @@ export function repackForGpu(type: GGMLType, rows: number, cols: number, bytes: 
 
 /**
  * The most rows of `cols` values of `type` whose GPU layout fits `maxBindingBytes` (0 if not even
- * one row does): how uploadWeightSplit cuts a big weight, and how the planner counts its bytes.
+ * one row does): how the loader (engine/weights.ts) cuts a big weight, and how the planner counts its bytes.
  */
 export function rowsPerBinding(type: GGMLType, cols: number, maxBindingBytes: number): number {
   let rows = Math.floor(maxBindingBytes / gpuRowBytes(type, cols));

@@ -135,8 +135,24 @@ interface FileHandleLike {
   stat(): Promise<{ size: number | bigint }>;
   close(): Promise<void>;
 }
-interface FsPromisesLike {
+/** The part of node:fs/promises this module and the folder reader (folder.ts) use. */
+export interface LocalFileSystem {
   open(path: string, flags: string): Promise<FileHandleLike>;
+  stat(path: string): Promise<{ isFile(): boolean; isDirectory(): boolean }>;
+}
+
+/**
+ * node:fs/promises in Node and Deno (Deno serves it too): the one place local files are reached.
+ * `path` is only for the message a browser gets.
+ */
+export async function localFileSystem(path: string): Promise<LocalFileSystem> {
+  // The specifier lives in a variable so browser bundlers do not try to resolve it.
+  const fsModule = 'node:fs/promises';
+  try {
+    return (await import(/* @vite-ignore */ fsModule)) as LocalFileSystem;
+  } catch (cause) {
+    throw new ModelSourceError(path, 'local files need Node or Deno; in a browser pass a File/Blob or a URL', { cause });
+  }
 }
 
 class FileSource extends CountingSource {
@@ -176,14 +192,7 @@ class FileSource extends CountingSource {
 
 /** A local file in Node or Deno. Not available in browsers (use `blobSource` there). */
 export async function fileSource(path: string): Promise<ByteSource> {
-  // The specifier lives in a variable so browser bundlers do not try to resolve it.
-  const fsModule = 'node:fs/promises';
-  let fs: FsPromisesLike;
-  try {
-    fs = (await import(/* @vite-ignore */ fsModule)) as FsPromisesLike;
-  } catch (cause) {
-    throw new ModelSourceError(path, 'local files need Node or Deno; in a browser pass a File/Blob or a URL', { cause });
-  }
+  const fs = await localFileSystem(path);
   let handle: FileHandleLike;
   try {
     handle = await fs.open(path, 'r');

@@ -1,5 +1,9 @@
-// SentencePiece-style BPE tokenizer with byte fallback: the "llama" tokenizer model of GGUF,
-// i.e. llama.cpp's `llm_tokenizer_spm` (reference: llama.cpp commit c392e509, Feb 2025).
+// The tokenizer of a GGUF model, both of the models llama.cpp calls SPM and BPE:
+// - "llama": SentencePiece-style BPE with byte fallback, llama.cpp's `llm_tokenizer_spm`
+//   (Llama 1/2, Mistral, Phi-3);
+// - "gpt2": byte-level BPE with merge rules and a pre-tokenizer regex, llama.cpp's
+//   `llm_tokenizer_bpe` (Llama 3.x, Qwen2.5, Qwen3). Its parts are in ./tokenizer/.
+// Both share the vocabulary, the special-token handling and the end-of-generation set here.
 //
 // The goal is token-for-token equality with `llama_tokenize(add_special, parse_special)` and
 // byte-for-byte equality with `llama_token_to_piece` / `llama_detokenize`. Where llama.cpp does
@@ -7,66 +11,13 @@
 //
 // The tokenizer is built from plain data (`VocabData`), so it does not depend on the file format;
 // `LlamaTokenizer.fromGGUFMetadata` is the adapter for GGUF metadata. Web APIs only.
-import { ModelFormatError, UnsupportedModelError } from './errors.ts';
+import { mergeSymbols } from './tokenizer/bigram-merge.ts';
+import { cleanSpaces, fromByteLevel, toByteLevel } from './tokenizer/byte-level.ts';
+import { preTokenize, preTokenizerFor, type PreTokenizer } from './tokenizer/pre-tokenizer.ts';
+import { TokenType, vocabFromGGUFMetadata, type SpecialTokenRole, type TokenizerModel, type VocabData } from './tokenizer/vocab.ts';
 
-// ---------------------------------------------------------------------------------------------
-// Vocabulary data
-
-/** `tokenizer.ggml.token_type` values (SentencePiece piece types). */
-export const TokenType = {
-  Undefined: 0,
-  Normal: 1,
-  Unknown: 2,
-  Control: 3,
-  UserDefined: 4,
-  Unused: 5,
-  Byte: 6,
-} as const;
-export type TokenType = (typeof TokenType)[keyof typeof TokenType];
-
-/** Ids that llama.cpp reads besides BOS/EOS/UNK; they decide which tokens end generation. */
-export type SpecialTokenRole = 'eot' | 'eom' | 'fimPre' | 'fimSuf' | 'fimMid' | 'fimPad' | 'fimRep' | 'fimSep';
-
-export interface VocabData {
-  /** Token texts, with "▁" (U+2581) for spaces and `<0xXX>` for byte tokens. */
-  tokens: string[];
-  /** Merge priority of each token (higher merges first). */
-  scores: ArrayLike<number>;
-  /** `TokenType` of each token. */
-  tokenTypes: ArrayLike<number>;
-  /** -1 when the vocabulary has none. */
-  bosId: number;
-  eosId: number;
-  unkId: number;
-  addBos: boolean;
-  addEos: boolean;
-  /** Prefix the text with a space ("▁") when it starts the sequence or follows a special token. */
-  addSpacePrefix: boolean;
-  /** Optional further special ids (GGUF `tokenizer.ggml.eot_token_id` etc.); absent = detect by text. */
-  specialIds?: Partial<Record<SpecialTokenRole, number>>;
-  /**
-   * `general.name`. llama.cpp gives special tokens of models named like Phi-3 an "rstrip" attribute
-   * (whitespace after them is dropped when they are split out of the text); nothing else uses it.
-   */
-  modelName?: string;
-}
-
-/** The GGUF tokenizer model is not the SentencePiece "llama" one. */
-export class UnsupportedTokenizerError extends UnsupportedModelError {
-  override name = 'UnsupportedTokenizerError';
-  /** The `tokenizer.ggml.model` value, e.g. "gpt2". */
-  readonly tokenizerModel: string;
-
-  constructor(file: string, tokenizerModel: string) {
-    super({
-      file,
-      field: 'tokenizer.ggml.model',
-      problem: `tokenizer model "${tokenizerModel}" is not supported (only "llama", the SentencePiece BPE tokenizer, is)`,
-      fix: 'use a model with a Llama/SentencePiece vocabulary (Llama 1/2, Mistral 7B v0.1, TinyLlama, llama2.c models)',
-    });
-    this.tokenizerModel = tokenizerModel;
-  }
-}
+export { SUPPORTED_PRE_TOKENIZERS, UnsupportedPreTokenizerError } from './tokenizer/pre-tokenizer.ts';
+export { TokenType, UnsupportedTokenizerError, type SpecialTokenRole, type TokenizerModel, type VocabData } from './tokenizer/vocab.ts';
 
 export interface EncodeOptions {
   /** Prepend BOS (default: the vocabulary's `add_bos_token`, true for Llama). */
@@ -143,17 +94,26 @@ function attrOfType(type: number): number {
 // name. A token found this way is forced to CONTROL, which matters: control tokens decode to
 // nothing and are not split out of plain text.
 const ROLE_TEXTS: ReadonlyArray<readonly [SpecialTokenRole, readonly string[]]> = [
-  ['eot', ['<|eot_id|>', '<|im_end|>', '<|end|>', '<end_of_turn>', '<|endoftext|>', '<EOT>', '<｜end▁of▁sentence｜>']],
+  ['eot', ['<|eot_id|>', '<|im_end|>', '<|end|>', '<end_of_turn>', '<|endoftext|>', '<|end_of_text|>', '<EOT>', '_<EOT>', '[EOT]', '<end_of_utterance>']],
   ['eom', ['<|eom_id|>']],
-  ['fimPre', ['<|fim_prefix|>', '<fim-prefix>', '<｜fim▁begin｜>', '<PRE>']],
-  ['fimSuf', ['<|fim_suffix|>', '<fim-suffix>', '<｜fim▁hole｜>', '<SUF>']],
-  ['fimMid', ['<|fim_middle|>', '<fim-middle>', '<｜fim▁end｜>', '<MID>']],
-  ['fimPad', ['<|fim_pad|>', '<fim-pad>', '<PAD>']],
-  ['fimRep', ['<|fim_repo|>', '<|repo_name|>', '<fim-repo>', '<REPO>']],
+  ['fimPre', ['<|fim_prefix|>', '<fim-prefix>', '<fim_prefix>', '<PRE>', '<|code_prefix|>', '<|prefix|>']],
+  ['fimSuf', ['<|fim_suffix|>', '<fim-suffix>', '<fim_suffix>', '<SUF>', '<|code_suffix|>', '<|suffix|>']],
+  ['fimMid', ['<|fim_middle|>', '<fim-middle>', '<fim_middle>', '<MID>', '<|code_middle|>', '<|middle|>']],
+  ['fimPad', ['<|fim_pad|>', '<fim-pad>', '<fim_pad>', '<PAD>', '[PAD]']],
+  ['fimRep', ['<|fim_repo|>', '<|repo_name|>', '<fim-repo>', '<REPO>', '<reponame>']],
   ['fimSep', ['<|file_sep|>']],
 ];
-// Tokens that end generation by their text alone (the same list in llama.cpp).
-const EOG_TEXTS = new Set(['<|eot_id|>', '<|im_end|>', '<|end|>', '<end_of_turn>', '<|endoftext|>', '<|eom_id|>', '<EOT>']);
+// Tokens that end generation by their text alone (llama.cpp's list, 2026). Each also becomes
+// CONTROL, so it is no longer split out of plain text: that is why Phi-3's "</s>", USER_DEFINED in
+// its GGUF, stays text in a prompt without parse_special (and Qwen's normal "</s>" decodes to nothing).
+const EOG_TEXTS = new Set([
+  '<|eot_id|>', '<|eom_id|>', '<|end_of_text|>', // Llama 3
+  '<|im_end|>', '<|endoftext|>', // Qwen (ChatML), Phi-3
+  '<|end|>', // Phi-3
+  '</s>',
+  '<|return|>', '<|call|>', '<|flush|>', '<|calls|>', '<end_of_turn>', '<EOT>', '_<EOT>', '[EOT]', '[EOS]',
+  '<end_of_utterance>', '<eos>', '<turn|>', '<|tool_response>',
+]);
 
 const SPACE = ' ';
 const ESCAPED_SPACE = '\u2581'; // "▁", SentencePiece's visible space
@@ -189,98 +149,31 @@ function pushUtf8(codePoint: number, out: number[]): void {
   }
 }
 
-// ---------------------------------------------------------------------------------------------
-// The merge queue: a binary max-heap of candidate bigrams in parallel typed arrays.
-
-/** Does merge candidate A come out of the queue before B? Higher score first, then the leftmost. */
-function ranksBefore(scoreA: number, leftA: number, scoreB: number, leftB: number): boolean {
-  return scoreA > scoreB || (scoreA === scoreB && leftA < leftB);
-}
-
-/**
- * Candidate merges of two adjacent symbols, best first by `ranksBefore` (exactly llama.cpp's
- * `llm_bigram_spm::comparator`). Entries go stale when a neighbour merges first; the caller checks
- * them when they come out, as llama.cpp does, instead of deleting them from the heap.
- */
-class BigramQueue {
-  private score = new Float64Array(64);
-  private left = new Int32Array(64);
-  private right = new Int32Array(64);
-  private size = new Int32Array(64);
-  length = 0;
-
-  // The entry removed by the last `pop`.
-  topLeft = 0;
-  topRight = 0;
-  topSize = 0;
-
-  push(score: number, left: number, right: number, size: number): void {
-    if (this.length === this.score.length) this.grow();
-    let i = this.length++;
-    // Sift up: parents that rank after the new entry move down one level.
-    while (i > 0) {
-      const parent = (i - 1) >> 1;
-      if (!ranksBefore(score, left, this.score[parent]!, this.left[parent]!)) break;
-      this.move(parent, i);
-      i = parent;
-    }
-    this.set(i, score, left, right, size);
-  }
-
-  /** Removes the best entry into `topLeft`, `topRight`, `topSize`. */
-  pop(): void {
-    this.topLeft = this.left[0]!;
-    this.topRight = this.right[0]!;
-    this.topSize = this.size[0]!;
-    const last = --this.length;
-    if (last === 0) return;
-    const score = this.score[last]!;
-    const left = this.left[last]!;
-    const right = this.right[last]!;
-    const size = this.size[last]!;
-    // Sift the former last entry down from the root.
-    let i = 0;
-    for (;;) {
-      let child = 2 * i + 1;
-      if (child >= last) break;
-      if (child + 1 < last && ranksBefore(this.score[child + 1]!, this.left[child + 1]!, this.score[child]!, this.left[child]!)) child++;
-      if (!ranksBefore(this.score[child]!, this.left[child]!, score, left)) break;
-      this.move(child, i);
-      i = child;
-    }
-    this.set(i, score, left, right, size);
-  }
-
-  private set(i: number, score: number, left: number, right: number, size: number): void {
-    this.score[i] = score;
-    this.left[i] = left;
-    this.right[i] = right;
-    this.size[i] = size;
-  }
-
-  private move(from: number, to: number): void {
-    this.set(to, this.score[from]!, this.left[from]!, this.right[from]!, this.size[from]!);
-  }
-
-  private grow(): void {
-    const capacity = this.score.length * 2;
-    const score = new Float64Array(capacity);
-    const left = new Int32Array(capacity);
-    const right = new Int32Array(capacity);
-    const size = new Int32Array(capacity);
-    score.set(this.score);
-    left.set(this.left);
-    right.set(this.right);
-    size.set(this.size);
-    this.score = score;
-    this.left = left;
-    this.right = right;
-    this.size = size;
-  }
-}
-
 /** A piece of the input after special tokens are split out: raw text, or a token id. */
 type Fragment = string | number;
+
+/** Byte-level BPE state: merge ranks, the pre-tokenizer, and the ids of words seen before. */
+interface BpeState {
+  readonly mergeRanks: Map<string, number>;
+  readonly preTokenizer: PreTokenizer;
+  readonly wordCache: Map<string, number[]>;
+}
+// Words repeat (Zipf), so a modest cache catches most of them; it is dropped whole when full.
+const WORD_CACHE_LIMIT = 1 << 16;
+
+/** The ids of `word` from `cache`, or from `encode` (then cached). */
+function cachedWord(cache: Map<string, number[]>, word: string, encode: (word: string) => number[]): number[] {
+  let ids = cache.get(word);
+  if (ids === undefined) {
+    ids = encode(word);
+    if (cache.size >= WORD_CACHE_LIMIT) cache.clear();
+    cache.set(word, ids);
+  }
+  return ids;
+}
+
+/** A SentencePiece token text with a word start ("▁") after another character. */
+const WORD_START_INSIDE = /[^\u2581]\u2581/;
 
 // ---------------------------------------------------------------------------------------------
 
@@ -292,6 +185,7 @@ export class LlamaTokenizer {
   readonly addBos: boolean;
   readonly addEos: boolean;
   readonly addSpacePrefix: boolean;
+  readonly model: TokenizerModel;
   /** Every token that ends generation (EOS, EOT, EOM, FIM pad/repo/sep, and `<|im_end|>`-like texts). */
   readonly eogIds: ReadonlySet<number>;
 
@@ -308,6 +202,16 @@ export class LlamaTokenizer {
   /** Lazily built piece bytes (llama.cpp's `cache_token_to_piece`, special = true). */
   private readonly pieceCache: Array<Uint8Array | undefined>;
   private readonly encoder = new TextEncoder();
+  /** Set for byte-level BPE ("gpt2") vocabularies. */
+  private readonly bpe?: BpeState;
+  /** Detokenizing applies llama.cpp's space clean-up (byte-level BPE except Qwen's). */
+  private readonly cleanSpaces: boolean;
+  /**
+   * SentencePiece: ids of the words seen before. Only where no token has a "▁" right after another
+   * character: then no merge can cross a word start, and each word can be merged on its own
+   * (Llama 2 and Phi-3 vocabularies). Undefined otherwise: the whole fragment is merged at once.
+   */
+  private readonly spmWordCache?: Map<string, number[]>;
 
   constructor(vocab: VocabData) {
     const n = vocab.tokens.length;
@@ -322,6 +226,15 @@ export class LlamaTokenizer {
     this.addBos = vocab.addBos;
     this.addEos = vocab.addEos;
     this.addSpacePrefix = vocab.addSpacePrefix;
+    this.model = vocab.model ?? 'llama';
+    if (this.model === 'gpt2') {
+      const preTokenizer = preTokenizerFor(vocab.pre, 'vocabulary');
+      const mergeRanks = new Map<string, number>();
+      // A rule listed twice keeps its first (best) rank, as llama.cpp's map insert does.
+      (vocab.merges ?? []).forEach((merge, rank) => mergeRanks.has(merge) || mergeRanks.set(merge, rank));
+      this.bpe = { mergeRanks, preTokenizer, wordCache: new Map() };
+    }
+    this.cleanSpaces = this.bpe?.preTokenizer.cleanSpaces ?? false;
 
     this.texts = new Array<string>(n);
     this.scores = Float32Array.from(vocab.scores);
@@ -336,6 +249,7 @@ export class LlamaTokenizer {
       maxTextLength = Math.max(maxTextLength, text.length);
     }
     this.maxTextLength = maxTextLength;
+    if (!this.bpe && !this.texts.some((text) => WORD_START_INSIDE.test(text))) this.spmWordCache = new Map();
     this.pieceCache = new Array<Uint8Array | undefined>(n);
 
     for (let byte = 0; byte < 256; byte++) {
@@ -393,8 +307,12 @@ export class LlamaTokenizer {
         afterSpecial = true;
         continue;
       }
-      const prefixed = this.addSpacePrefix && afterSpecial ? SPACE + fragment : fragment;
-      this.encodeFragment(prefixed.replaceAll(SPACE, ESCAPED_SPACE), output);
+      if (this.bpe) {
+        this.encodeBpeFragment(fragment, output);
+      } else {
+        const prefixed = this.addSpacePrefix && afterSpecial ? SPACE + fragment : fragment;
+        this.encodeSpmFragment(prefixed.replaceAll(SPACE, ESCAPED_SPACE), output);
+      }
       afterSpecial = false;
     }
 
@@ -447,59 +365,33 @@ export class LlamaTokenizer {
    * adjacent pair whose merged text is the best-scoring token (ties: leftmost), then emit each
    * symbol as its token or, if it is not in the vocabulary, as byte tokens.
    */
-  private encodeFragment(text: string, output: number[]): void {
-    // Symbols: one per code point at first, as a doubly linked list over the text. `length` is in
-    // UTF-16 code units; a merged-away symbol has length 0.
-    const capacity = text.length;
-    const start = new Int32Array(capacity);
-    const length = new Int32Array(capacity);
-    const prev = new Int32Array(capacity);
-    const next = new Int32Array(capacity);
-    let count = 0;
-    for (let offset = 0; offset < text.length; count++) {
-      const unitLength = text.codePointAt(offset)! > 0xffff ? 2 : 1;
-      start[count] = offset;
-      length[count] = unitLength;
-      prev[count] = count - 1;
-      offset += unitLength;
-      next[count] = offset === text.length ? -1 : count + 1;
+  private encodeSpmFragment(text: string, output: number[]): void {
+    const cache = this.spmWordCache;
+    if (!cache) {
+      for (const id of this.mergeSpm(text)) output.push(id);
+      return;
     }
-    if (count === 0) return;
-
-    const queue = new BigramQueue();
-    const tryAddBigram = (left: number, right: number): void => {
-      if (left < 0 || right < 0) return;
-      const size = length[left]! + length[right]!;
-      if (size > this.maxTextLength) return;
-      const id = this.textToId.get(text.slice(start[left], start[left]! + size));
-      if (id === undefined) return;
-      queue.push(this.scores[id]!, left, right, size);
-    };
-
-    for (let i = 1; i < count; i++) tryAddBigram(i - 1, i);
-
-    while (queue.length > 0) {
-      queue.pop();
-      const left = queue.topLeft;
-      const right = queue.topRight;
-      // Stale entry: one side already merged into something else.
-      if (length[left] === 0 || length[right] === 0 || length[left]! + length[right]! !== queue.topSize) continue;
-
-      length[left] = length[left]! + length[right]!;
-      length[right] = 0;
-      next[left] = next[right]!;
-      if (next[right]! >= 0) prev[next[right]!] = left;
-
-      tryAddBigram(prev[left]!, left);
-      tryAddBigram(left, next[left]!);
+    // Word by word: each "▁" after another character starts a word (see spmWordCache).
+    for (let start = 0, end = 1; end <= text.length; end++) {
+      if (end < text.length && !(text[end] === ESCAPED_SPACE && text[end - 1] !== ESCAPED_SPACE)) continue;
+      for (const id of cachedWord(cache, text.slice(start, end), (word) => this.mergeSpm(word))) output.push(id);
+      start = end;
     }
+  }
 
+  private mergeSpm(text: string): number[] {
+    const output: number[] = [];
+    const symbols = mergeSymbols(text, (start, leftLength, rightLength) => {
+      const size = leftLength + rightLength;
+      if (size > this.maxTextLength) return undefined;
+      const id = this.textToId.get(text.slice(start, start + size));
+      return id === undefined ? undefined : this.scores[id]!;
+    });
     // Every merged symbol is a token by construction. A single character may not be: llama.cpp's
     // `resegment` then emits its UTF-8 bytes as byte tokens (its `rev_merge` lookup can only hit
     // texts of two or more characters, so it never applies to a single character).
     const bytes: number[] = [];
-    for (let i = 0; i !== -1; i = next[i]!) {
-      const symbol = text.slice(start[i], start[i]! + length[i]!);
+    for (const symbol of symbols) {
       const id = this.textToId.get(symbol);
       if (id !== undefined) {
         output.push(id);
@@ -509,6 +401,48 @@ export class LlamaTokenizer {
       pushUtf8(symbol.codePointAt(0)!, bytes);
       for (const byte of bytes) output.push(this.byteToToken(byte));
     }
+    return output;
+  }
+
+  /**
+   * Byte-level BPE over one text fragment, llama.cpp's `llm_tokenizer_bpe_session::tokenize`: the
+   * pre-tokenizer cuts it into words; each word, as byte-level characters, is merged pair by pair
+   * by merge rank (lowest first, ties leftmost). Words seen before come from a cache.
+   */
+  private encodeBpeFragment(text: string, output: number[]): void {
+    const bpe = this.bpe!;
+    for (const word of preTokenize(text, bpe.preTokenizer)) {
+      for (const id of cachedWord(bpe.wordCache, word, (w) => this.encodeBpeWord(toByteLevel(w)))) output.push(id);
+    }
+  }
+
+  private encodeBpeWord(word: string): number[] {
+    const bpe = this.bpe!;
+    if (bpe.preTokenizer.ignoreMerges) {
+      // Llama 3: a word that is a token is that token, even where the merges would split it.
+      const id = this.textToId.get(word);
+      if (id !== undefined) return [id];
+    }
+    const symbols = mergeSymbols(word, (start, leftLength, rightLength) => {
+      const leftEnd = start + leftLength;
+      const rank = bpe.mergeRanks.get(`${word.slice(start, leftEnd)} ${word.slice(leftEnd, leftEnd + rightLength)}`);
+      return rank === undefined ? undefined : -rank; // the lowest rank merges first
+    });
+    const ids: number[] = [];
+    for (const symbol of symbols) {
+      const id = this.textToId.get(symbol);
+      if (id !== undefined) {
+        ids.push(id);
+        continue;
+      }
+      // Not reachable with a converter-made vocabulary (every byte character is a token). llama.cpp
+      // then looks up each byte of the symbol's UTF-8 as a one-byte text, which only ASCII can be.
+      for (const char of symbol) {
+        const byteId = char.charCodeAt(0) < 0x80 ? this.textToId.get(char) : undefined;
+        if (byteId !== undefined) ids.push(byteId);
+      }
+    }
+    return ids;
   }
 
   private byteToToken(byte: number): number {
@@ -549,6 +483,9 @@ export class LlamaTokenizer {
       const text = this.texts[id]!;
       if (attr & (Attr.Unknown | Attr.Control | Attr.UserDefined)) {
         piece = this.encoder.encode(text);
+      } else if (this.bpe) {
+        // Byte-level BPE: normal tokens spell bytes; other types (byte, unused) render as nothing.
+        piece = attr & Attr.Normal ? fromByteLevel(text) : EMPTY_BYTES;
       } else if (attr & Attr.Normal) {
         piece = this.encoder.encode(text.replaceAll(ESCAPED_SPACE, SPACE));
       } else if (attr & Attr.Byte) {
@@ -591,7 +528,7 @@ export class LlamaTokenizer {
       bytes.set(piece, offset);
       offset += piece.length;
     }
-    return bytes;
+    return this.cleanSpaces ? cleanSpaces(bytes) : bytes;
   }
 
   /** Token ids to text, as `llama_detokenize`; invalid UTF-8 (a cut-off character) becomes U+FFFD. */
@@ -650,9 +587,9 @@ export class LlamaTokenizer {
       if (id !== undefined && id >= 0 && id < this.vocabSize) roles.set(role, id);
     }
     // llama.cpp walks an unordered_map here; with one candidate per role the order does not matter.
-    // llama.cpp replaces the attributes outright.
+    // It adds CONTROL to the token's attributes (a user-defined token stays user-defined too).
     const forceControl = (id: number): void => {
-      this.attrs[id] = Attr.Control;
+      this.attrs[id] = this.attrs[id]! | Attr.Control;
     };
     for (const [text, id] of this.textToId) {
       for (const [role, texts] of ROLE_TEXTS) {
@@ -677,6 +614,21 @@ export class LlamaTokenizer {
     for (const id of [this.eosId, roles.get('eot'), roles.get('eom')]) {
       if (id !== undefined && id >= 0) eog.add(id);
     }
+
+    // llama.cpp's two exceptions: "<|end|>" does not end a turn where "<|return|>"/"<|call|>"
+    // (gpt-oss) or "<|calls|>"/"<|flush|>" (Solar) do; "</s>" is a plain token next to "<|tool_response>" (Gemma 4).
+    const eogText = (text: string): number | undefined => {
+      const id = this.textToId.get(text);
+      return id !== undefined && eog.has(id) ? id : undefined;
+    };
+    const demote = (id: number | undefined, attr: number): void => {
+      if (id === undefined) return;
+      eog.delete(id);
+      this.attrs[id] = attr;
+    };
+    const hasCall = eogText('<|call|>') !== undefined || eogText('<|calls|>') !== undefined;
+    if (hasCall && (eogText('<|return|>') !== undefined || eogText('<|flush|>') !== undefined)) demote(eogText('<|end|>'), Attr.UserDefined);
+    if (eogText('<|tool_response>') !== undefined) demote(eogText('</s>'), Attr.Normal);
     return eog;
   }
 
@@ -702,112 +654,4 @@ export class LlamaTokenizer {
 const utf8Decoder = new TextDecoder('utf-8', { ignoreBOM: true });
 function utf8Decode(bytes: Uint8Array): string {
   return utf8Decoder.decode(bytes);
-}
-
-// ---------------------------------------------------------------------------------------------
-// GGUF metadata → VocabData
-
-const SPECIAL_ID_KEYS: ReadonlyArray<readonly [string, 'bos' | 'eos' | 'unk' | SpecialTokenRole]> = [
-  ['tokenizer.ggml.bos_token_id', 'bos'],
-  ['tokenizer.ggml.eos_token_id', 'eos'],
-  ['tokenizer.ggml.eot_token_id', 'eot'],
-  ['tokenizer.ggml.eom_token_id', 'eom'],
-  ['tokenizer.ggml.unknown_token_id', 'unk'],
-  ['tokenizer.ggml.fim_pre_token_id', 'fimPre'],
-  ['tokenizer.ggml.fim_suf_token_id', 'fimSuf'],
-  ['tokenizer.ggml.fim_mid_token_id', 'fimMid'],
-  ['tokenizer.ggml.fim_pad_token_id', 'fimPad'],
-  ['tokenizer.ggml.fim_rep_token_id', 'fimRep'],
-  ['tokenizer.ggml.fim_sep_token_id', 'fimSep'],
-  // Deprecated names, read after the new ones (so they win), as llama.cpp does.
-  ['tokenizer.ggml.prefix_token_id', 'fimPre'],
-  ['tokenizer.ggml.suffix_token_id', 'fimSuf'],
-  ['tokenizer.ggml.middle_token_id', 'fimMid'],
-];
-
-function vocabFromGGUFMetadata(metadata: Map<string, unknown>, file: string): VocabData {
-  const wrongType = (field: string, expected: string): ModelFormatError =>
-    new ModelFormatError({
-      file,
-      field,
-      problem: `metadata key ${field} is not ${expected}`,
-      fix: 'the file is damaged or was written by a broken converter; re-convert the model with a current llama.cpp',
-    });
-  const optional = <T>(key: string, expected: string, check: (value: unknown) => value is T): T | undefined => {
-    const value = metadata.get(key);
-    if (value === undefined) return undefined;
-    if (!check(value)) throw wrongType(key, expected);
-    return value;
-  };
-  const isString = (value: unknown): value is string => typeof value === 'string';
-  const isBool = (value: unknown): value is boolean => typeof value === 'boolean';
-  const isInteger = (value: unknown): value is number | bigint =>
-    typeof value === 'bigint' || (typeof value === 'number' && Number.isInteger(value));
-  const isNumberArray = (value: unknown): value is ArrayLike<number> =>
-    (ArrayBuffer.isView(value) && !(value instanceof DataView) && !(value instanceof BigInt64Array) && !(value instanceof BigUint64Array)) ||
-    (Array.isArray(value) && value.every((item) => typeof item === 'number'));
-
-  const model = optional('tokenizer.ggml.model', 'a string', isString);
-  if (model === undefined) {
-    throw new ModelFormatError({
-      file,
-      field: 'tokenizer.ggml.model',
-      problem: 'the file has no tokenizer (metadata key tokenizer.ggml.model is missing)',
-      fix: 'use a GGUF converted with its vocabulary (llama.cpp convert_hf_to_gguf.py includes it)',
-    });
-  }
-  if (model !== 'llama') throw new UnsupportedTokenizerError(file, model);
-
-  const tokens = metadata.get('tokenizer.ggml.tokens');
-  if (tokens === undefined) {
-    throw new ModelFormatError({
-      file,
-      field: 'tokenizer.ggml.tokens',
-      problem: 'the vocabulary (metadata key tokenizer.ggml.tokens) is missing',
-      fix: 're-convert the model with a current llama.cpp',
-    });
-  }
-  if (!Array.isArray(tokens) || !tokens.every((token) => typeof token === 'string')) throw wrongType('tokenizer.ggml.tokens', 'an array of strings');
-  const n = tokens.length;
-
-  const checkLength = (key: string, values: ArrayLike<number>): ArrayLike<number> => {
-    if (values.length !== n) {
-      throw new ModelFormatError({
-        file,
-        field: key,
-        problem: `${key} has ${values.length} entries but the vocabulary has ${n} tokens`,
-        fix: 're-convert the model with a current llama.cpp',
-      });
-    }
-    return values;
-  };
-  // Absent scores are 0 and absent types are "normal" in llama.cpp.
-  const scoresValue = optional('tokenizer.ggml.scores', 'a numeric array', isNumberArray);
-  const typesValue = optional('tokenizer.ggml.token_type', 'an integer array', isNumberArray);
-  const scores = scoresValue ? checkLength('tokenizer.ggml.scores', scoresValue) : new Float32Array(n);
-  const tokenTypes = typesValue ? checkLength('tokenizer.ggml.token_type', typesValue) : new Int32Array(n).fill(TokenType.Normal);
-
-  // SentencePiece defaults; an id outside the vocabulary (e.g. 0xFFFFFFFF for "none") keeps the default.
-  const ids: Partial<Record<'bos' | 'eos' | 'unk' | SpecialTokenRole, number>> = { bos: 1, eos: 2, unk: 0 };
-  for (const [key, role] of SPECIAL_ID_KEYS) {
-    const value = optional(key, 'an integer', isInteger);
-    if (value === undefined) continue;
-    const id = Number(value);
-    if (id >= 0 && id < n) ids[role] = id;
-  }
-  const { bos, eos, unk, ...specialIds } = ids;
-
-  return {
-    tokens: tokens as string[],
-    scores,
-    tokenTypes,
-    bosId: bos ?? -1,
-    eosId: eos ?? -1,
-    unkId: unk ?? -1,
-    addBos: optional('tokenizer.ggml.add_bos_token', 'a bool', isBool) ?? true,
-    addEos: optional('tokenizer.ggml.add_eos_token', 'a bool', isBool) ?? false,
-    addSpacePrefix: optional('tokenizer.ggml.add_space_prefix', 'a bool', isBool) ?? true,
-    specialIds,
-    modelName: optional('general.name', 'a string', isString),
-  };
 }

@@ -3,11 +3,7 @@
 // Each HTTP status has its own class, so code that throws says what went wrong, and
 // `errorResponse` is the one place that turns any thrown value into a response.
 
-import { InvalidOptionError } from '../engine/sampler.ts';
-import { ContextOverflowError } from '../engine/runner.ts';
-import { QueueFullError as EngineQueueFullError } from '../engine/scheduler.ts';
-import { GpuUnavailableError } from '../gpu/device.ts';
-import { ShardError } from '../sharding/errors.ts';
+import { ContextOverflowError, GpuUnavailableError, InvalidOptionError, QueueFullError as EngineQueueFullError, ShardError } from '../index.ts';
 
 export interface OpenAIErrorBody {
   error: { message: string; type: string; param: string | null; code: string | null };

@@ -5,14 +5,14 @@
 //
 // The server listens at once (GET /ready says 503 until the model is loaded). SIGINT, SIGTERM or
 // SIGHUP stop it gracefully: new requests and /ready get 503, in-flight ones get --shutdown-grace
-// seconds to finish and are cancelled after that (a second signal cancels them at once), then the model is released and
-// main returns: exit code 0. Never Deno.exit: Dawn devices must be released first (DESIGN.md).
+// seconds to finish and are cancelled after that (a second signal cancels them at once), then the
+// model is released and main returns: exit code 0. Never Deno.exit: Dawn devices must be released
+// first (ARCHITECTURE.md, Runtime hazards).
 // Exit codes: 0 after a clean shutdown, 2 for bad arguments, 1 when the model cannot be loaded.
 
-import { loadModel, type LoadOptions, type Model } from '../api/model.ts';
-import { byteSize, choiceFlag, flag, numberFlag, parseFlags, UsageError, type Flags, type FlagSpec } from '../flags.ts';
-import { MATMUL_VARIANTS } from '../shaders/matmul.ts';
-import { FaultInjector } from '../engine/faults.ts';
+import { FaultInjector, loadModel, type LoadOptions, type Model } from '../index.ts';
+import { flag, LOAD_ALIASES, LOAD_FLAGS, LOAD_FLAGS_USAGE, loadOptionsFromFlags, numberFlag, parseFlags, UsageError, type Flags, type FlagSpec } from '../flags.ts';
+import { engineAdmission } from './reservations.ts';
 import { DEFAULT_LIMITS, InferenceServer, type ServerLimits } from './server.ts';
 
 interface DenoServer {
@@ -50,12 +50,7 @@ Options:
       --model-name NAME       the id clients send as "model" (default: the file name without .gguf)
       --host HOST             address to listen on (default 127.0.0.1)
       --port N                port (default 8080; 0 = any free port, printed at startup)
-  -c, --ctx N                 context length to allocate (default: model's, at most 4096)
-      --tp N                  tensor-parallel shards (one worker and one GPU device each; default 1)
-      --pp N                  pipeline stages (tp × pp shards in all; default 1)
-      --devices LIST          adapter names, comma-separated, one per shard (default: all on one adapter)
-      --gpu-memory SIZE       memory budget per device for the shard planner, e.g. 8GiB
-      --matmul KIND           matmul kernels: auto (default), int8 (int8 activations for Q4_0/Q8_0), or a variant
+${LOAD_FLAGS_USAGE}
       --parallel N            sequences the engine batches together (default ${DEFAULT_LIMITS.maxRunning})
       --kv-cache-tokens N     KV cache positions shared by those sequences (default parallel × context)
       --max-queue N           sequences that may wait beyond those; more get 429 (default ${DEFAULT_LIMITS.maxQueued})
@@ -65,17 +60,17 @@ Options:
       --health-deadline-ms N  /health fails when no forward step completes within N ms (default 5000)
       --shutdown-grace S      on SIGINT/SIGTERM, time in-flight requests get to finish (default 10)
       --api-key KEY           require "Authorization: Bearer KEY" on /v1/* (or env WEBSHARD_API_KEY)
-      --gpu dawn|deno         WebGPU implementation (default dawn)
+                              (with -md or --lookup-ngram, a request opts out with "speculative": false)
       --test-hooks            enable POST /admin/fault {"shard": N, "kind": "device-lost"|"worker-crash"|"hang"}
                               (tests only; never in production)
   -h, --help`;
 
 const serveFlags: FlagSpec = {
-  aliases: { m: 'model', c: 'ctx', h: 'help' },
+  aliases: { m: 'model', h: 'help', ...LOAD_ALIASES },
   booleans: new Set(['test-hooks', 'help']),
   known: new Set([
-    'model', 'model-name', 'host', 'port', 'ctx', 'tp', 'pp', 'devices', 'gpu-memory', 'matmul', 'parallel', 'kv-cache-tokens', 'max-queue', 'max-body-bytes', 'max-header-bytes',
-    'request-timeout', 'health-deadline-ms', 'shutdown-grace', 'api-key', 'gpu', 'test-hooks', 'help',
+    'model', 'model-name', 'host', 'port', 'parallel', 'kv-cache-tokens', 'max-queue', 'max-body-bytes', 'max-header-bytes',
+    'request-timeout', 'health-deadline-ms', 'shutdown-grace', 'api-key', 'test-hooks', 'help', ...LOAD_FLAGS,
   ]),
 };
 
@@ -101,17 +96,16 @@ function defaultModelName(source: string): string {
 function serveConfig(flags: Flags): ServeConfig {
   const model = flag(flags, 'model');
   if (!model) throw new UsageError('serve needs --model PATH|URL');
-  const backend = flag(flags, 'gpu') ?? 'dawn';
-  if (backend !== 'dawn' && backend !== 'deno') throw new UsageError(`--gpu must be "dawn" or "deno"; got "${backend}"`);
-  const adapterNames = flag(flags, 'devices')?.split(',').map((name) => name.trim()).filter(Boolean);
   const seconds = (name: string, min: number) => {
     const s = numberFlag(flags, name, { min });
     return s === undefined ? undefined : Math.round(s * 1000);
   };
-  const parallel = numberFlag(flags, 'parallel', { integer: true, min: 1 }) ?? DEFAULT_LIMITS.maxRunning;
+  const admission = {
+    maxRunning: numberFlag(flags, 'parallel', { integer: true, min: 1 }) ?? DEFAULT_LIMITS.maxRunning,
+    maxQueued: numberFlag(flags, 'max-queue', { integer: true }) ?? DEFAULT_LIMITS.maxQueued,
+  };
   const limits: Partial<ServerLimits> = {
-    maxRunning: parallel,
-    maxQueued: numberFlag(flags, 'max-queue', { integer: true }),
+    ...admission,
     maxBodyBytes: numberFlag(flags, 'max-body-bytes', { integer: true, min: 1 }),
     maxHeaderBytes: numberFlag(flags, 'max-header-bytes', { integer: true, min: 1 }),
     requestTimeoutMs: seconds('request-timeout', 0.001),
@@ -122,17 +116,13 @@ function serveConfig(flags: Flags): ServeConfig {
     host: flag(flags, 'host') ?? '127.0.0.1',
     port: numberFlag(flags, 'port', { integer: true }) ?? 8080,
     load: {
-      contextLength: numberFlag(flags, 'ctx', { integer: true, min: 1 }),
-      gpu: { backend },
-      tp: numberFlag(flags, 'tp', { integer: true, min: 1 }),
-      pp: numberFlag(flags, 'pp', { integer: true, min: 1 }),
-      devices: adapterNames?.map((adapterName) => ({ backend, adapterName })),
-      gpuMemoryBytes: byteSize(flags, 'gpu-memory'),
-      kernels: { matmul: choiceFlag(flags, 'matmul', MATMUL_VARIANTS) },
-      // The server hands the engine at most `parallel` sequences, and the engine batches them all.
-      maxSequences: parallel,
+      ...loadOptionsFromFlags(flags),
+      // The engine's scheduler is the one admission queue: as many sequence slots as --parallel,
+      // as much waiting room as --max-queue (the server only checks a request's n choices fit).
+      ...engineAdmission(admission),
       kvCacheTokens: numberFlag(flags, 'kv-cache-tokens', { integer: true, min: 1 }),
       onWarning: (message) => log(`warning: ${message}`),
+      onStatus: log,
     },
     limits: Object.fromEntries(Object.entries(limits).filter(([, v]) => v !== undefined)),
     healthDeadlineMs: numberFlag(flags, 'health-deadline-ms', { integer: true, min: 1 }) ?? 5000,

@@ -32,6 +32,8 @@ export interface GenerationParams {
   /** Alternatives to report per token (0 = only the chosen one); undefined = no logprobs. */
   logprobs?: number;
   ignoreEos: boolean;
+  /** Use the server's speculative decoding, if it has one (a webshard extension; default true). */
+  speculative: boolean;
   sampling: SamplingParams;
 }
 
@@ -210,6 +212,7 @@ function readCommon(body: unknown, defaultMaxTokens: number | undefined): { fiel
       stream,
       includeUsage,
       ignoreEos: fields.boolean('ignore_eos') ?? false,
+      speculative: fields.boolean('speculative') ?? true,
       sampling: readSampling(fields),
     },
   };

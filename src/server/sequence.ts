@@ -4,7 +4,7 @@
 
 import type { SamplingParams } from './openai-schema.ts';
 import type { EngineFinishReason, GeneratedToken, GenerateOptions, ServedModel } from './served-model.ts';
-import type { Slot } from './scheduler.ts';
+import type { Reservation } from './reservations.ts';
 
 export type FinishReason = 'stop' | 'length';
 
@@ -14,13 +14,15 @@ export interface SequenceSpec {
   maxTokens: number;
   stop: string[];
   ignoreEos: boolean;
+  /** false: plain decoding even where the model speculates. */
+  speculative: boolean;
   sampling: SamplingParams;
   /** Alternatives to report per token; undefined = no logprobs. */
   logprobs?: number;
 }
 
-export type { TokenAlternative, TokenLogprob } from '../engine/sampler.ts';
-import type { TokenLogprob } from '../engine/sampler.ts';
+export type { TokenAlternative, TokenLogprob } from '../index.ts';
+import type { TokenLogprob } from '../index.ts';
 
 export interface SequenceResult {
   ids: number[];
@@ -40,6 +42,7 @@ export function generateOptions(spec: SequenceSpec, signal: AbortSignal): Genera
     maxTokens: spec.maxTokens,
     stop: spec.stop,
     ignoreEos: spec.ignoreEos,
+    speculative: spec.speculative,
     temperature: s.temperature,
     topK: s.topK,
     topP: s.topP,
@@ -73,14 +76,14 @@ export function finishReasonOf(finish: EngineFinishReason | undefined): FinishRe
 }
 
 /**
- * Runs one sequence in `slot`, calling `onToken` for each token. Resolves with the finished
+ * Runs one sequence in its reserved place (`slot`), calling `onToken` for each token. Resolves with the finished
  * sequence; rejects with `signal.reason` as soon as the signal aborts. The slot is released when
  * the engine has let go of the sequence, which after an abort is at the end of its current step.
  */
 export async function runSequence(
   model: ServedModel,
   spec: SequenceSpec,
-  slot: Slot,
+  slot: Reservation,
   signal: AbortSignal,
   onToken: (token: GeneratedToken) => void = () => undefined,
 ): Promise<SequenceResult> {
@@ -125,4 +128,4 @@ export async function runSequence(
   }
 }
 
-export { tokenLogprobs as logprobsOf } from '../engine/sampler.ts';
+export { tokenLogprobs as logprobsOf } from '../index.ts';

@@ -2,9 +2,7 @@
 // this interface keeps it honest about what it needs, lets tests drive the HTTP layer with a
 // stand-in model, and leaves the engine free to change behind it (batching, sharding).
 
-import type { FinishReason as EngineFinishReason, GeneratedToken, GenerateOptions } from '../engine/generate.ts';
-import type { HealthReport } from '../api/model.ts';
-import type { LlamaTokenizer } from '../model/tokenizer.ts';
+import type { FinishReason as EngineFinishReason, GeneratedToken, GenerateOptions, HealthReport, LlamaTokenizer } from '../index.ts';
 
 export type { EngineFinishReason, GeneratedToken, GenerateOptions, HealthReport };
 

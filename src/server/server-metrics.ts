@@ -1,7 +1,7 @@
 // The server's metrics, by name. Latency buckets span a fast GPU (milliseconds) to a software
 // adapter under load (tens of seconds).
 
-import { KV_BLOCK_SIZE } from '../engine/kv-cache.ts';
+import { KV_BLOCK_SIZE } from '../index.ts';
 import { MetricsRegistry, renderNumericFields, type Counter, type Histogram } from './metrics.ts';
 
 export type CancelReason = 'client_disconnect' | 'deadline' | 'shutdown';
@@ -72,6 +72,16 @@ export class ServerMetrics {
     r.addCollector(() => {
       const stats = sources.engineStats();
       return stats ? renderNumericFields('webshard_engine', stats) : '';
+    });
+    // Speculative decoding, as counters (vLLM exports the same pair as spec_decode_num_*_tokens_total).
+    r.addCollector(() => {
+      const counts = (sources.engineStats() as { speculative?: { drafted: number; accepted: number } } | undefined)?.speculative;
+      if (!counts) return '';
+      const counter = (name: string, help: string, value: number) => [`# HELP ${name} ${help}`, `# TYPE ${name} counter`, `${name} ${value}`].join('\n');
+      return [
+        counter('webshard_speculative_draft_tokens_total', 'Tokens proposed by the draft model or prompt lookup and checked by the model.', counts.drafted),
+        counter('webshard_speculative_accepted_tokens_total', 'Drafted tokens the model kept.', counts.accepted),
+      ].join('\n');
     });
   }
 

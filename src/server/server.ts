@@ -6,7 +6,7 @@
 //   GET  /health (liveness: a forward step within a deadline)     GET /ready (model loaded)
 //   GET  /metrics (Prometheus)  POST /admin/fault (only with testHooks and a FaultInjector)
 
-import { ChatTemplate } from './chat-template.ts';
+import { ChatTemplate, ChatTemplateError, FAULT_KINDS, type FaultInjector, type FaultKind } from '../index.ts';
 import {
   AuthenticationError,
   ClientClosedError,
@@ -24,11 +24,10 @@ import { HealthMonitor } from './health.ts';
 import { checkRequestSize, readJsonBody } from './http.ts';
 import { ChatFormat, CompletionFormat, usageOf, type ChoiceFormat, type ResponseMeta, type Usage } from './openai-format.ts';
 import { parseChatRequest, parseCompletionRequest, type ChatMessage, type GenerationParams, type Prompt } from './openai-schema.ts';
-import { Scheduler, type Slot } from './scheduler.ts';
+import { SequenceReservations, type Reservation } from './reservations.ts';
 import { runSequence, type SequenceResult, type SequenceSpec } from './sequence.ts';
 import { ServerMetrics, type CancelReason } from './server-metrics.ts';
 import type { GeneratedToken, ServedModel } from './served-model.ts';
-import { FAULT_KINDS, type FaultInjector, type FaultKind } from '../engine/faults.ts';
 import { PROMETHEUS_CONTENT_TYPE } from './metrics.ts';
 import { SSE_HEADERS, SseStream } from './sse.ts';
 
@@ -36,9 +35,12 @@ export interface ServerLimits {
   maxBodyBytes: number;
   maxHeaderBytes: number;
   maxUrlBytes: number;
-  /** Sequences handed to the engine at once (the engine batches them: load it with as many sequence slots). */
+  /**
+   * Sequences generating at once, and sequences that may wait beyond those (more is refused with
+   * 429): a request's n choices must fit, all or nothing. The waiting is done by the engine's
+   * scheduler: load the model with `engineAdmission(limits)` (reservations.ts).
+   */
   maxRunning: number;
-  /** Sequences that may wait beyond those; more is refused with 429. */
   maxQueued: number;
   /** Deadline of a whole generation request, waiting included. */
   requestTimeoutMs: number;
@@ -134,7 +136,7 @@ interface Answer {
   model: ServedModel;
   /** One per choice, in choice order. */
   specs: SequenceSpec[];
-  slots: Array<Promise<Slot>>;
+  slots: Reservation[];
   flight: InFlight;
   format: ChoiceFormat;
   meta: ResponseMeta;
@@ -149,7 +151,7 @@ interface Route {
 export class InferenceServer {
   readonly limits: ServerLimits;
   readonly metrics: ServerMetrics;
-  private readonly scheduler: Scheduler;
+  private readonly reservations: SequenceReservations;
   private readonly routes: Map<string, Route>;
   private readonly inFlight = new Set<InFlight>();
   /** Streaming responses, counted in the metrics when their stream ends rather than when they start. */
@@ -162,11 +164,11 @@ export class InferenceServer {
 
   constructor(private readonly options: ServerOptions) {
     this.limits = { ...DEFAULT_LIMITS, ...options.limits };
-    this.scheduler = new Scheduler(this.limits.maxRunning, this.limits.maxQueued);
+    this.reservations = new SequenceReservations(this.limits.maxRunning, this.limits.maxQueued);
     this.log = options.log ?? (() => undefined);
     this.metrics = new ServerMetrics({
-      queued: () => this.scheduler.queued,
-      running: () => this.scheduler.running,
+      queued: () => this.reservations.queued,
+      running: () => this.reservations.running,
       ready: () => this.state === 'ready',
       engineStats: () => this.model?.stats(),
     });
@@ -194,13 +196,11 @@ export class InferenceServer {
   attach(model: ServedModel): void {
     if (this.state !== 'loading') throw new Error(`cannot attach a model to a server that is ${this.state}`);
     const { tokenizer } = model;
-    const tokenText = (id: number) => (id >= 0 && id < tokenizer.vocabSize ? tokenizer.tokenText(id) : '');
-    const tokens = { bosToken: tokenText(tokenizer.bosId), eosToken: tokenText(tokenizer.eosId) };
     try {
-      this.template = ChatTemplate.fromMetadata(model.file.metadata, tokens);
+      this.template = ChatTemplate.fromMetadata(model.file.metadata, tokenizer) ?? ChatTemplate.plain(tokenizer);
     } catch (error) {
       this.log(`warning: ${(error as Error).message}; chat requests use the plain transcript instead.`);
-      this.template = ChatTemplate.plain(tokens);
+      this.template = ChatTemplate.plain(tokenizer);
     }
     this.model = model;
     this.health = new HealthMonitor(model, this.options.healthDeadlineMs ?? 5000);
@@ -240,7 +240,7 @@ export class InferenceServer {
       for (const flight of this.inFlight) flight.cancel('shutdown', new ServiceUnavailableError('The server is shutting down.', { code: 'shutting_down' }));
       await allDone();
     }
-    await this.scheduler.whenIdle();
+    await this.reservations.whenIdle();
     this.state = 'stopped';
   }
 
@@ -339,15 +339,13 @@ export class InferenceServer {
   }
 
   private chatPromptIds(model: ServedModel, messages: readonly ChatMessage[]): number[] {
-    const template = this.template!;
-    const text = template.render(messages);
-    if (template.source === 'plain') return this.checkContext(model, model.tokenizer.encode(text), 'messages');
-    // A model's template writes its control tokens (and often BOS) as text: parse them as tokens,
-    // and add BOS only if the template did not.
-    const { tokenizer } = model;
-    const bosText = tokenizer.bosId >= 0 ? tokenizer.tokenText(tokenizer.bosId) : undefined;
-    const startsWithBos = bosText !== undefined && bosText !== '' && text.startsWith(bosText);
-    const ids = tokenizer.encode(text, { parseSpecial: true, ...(startsWithBos ? { addBos: false } : {}) });
+    let ids: number[];
+    try {
+      ids = this.template!.tokenize(messages);
+    } catch (error) {
+      if (!(error instanceof ChatTemplateError)) throw error;
+      throw new InvalidRequestError(`The model's ${error.message.replace(/^The /, '')}`, { param: 'messages', code: 'chat_template_error' });
+    }
     return this.checkContext(model, ids, 'messages');
   }
 
@@ -370,15 +368,16 @@ export class InferenceServer {
         maxTokens: Math.min(params.maxTokens ?? Infinity, model.contextLength - promptIds.length),
         stop: params.stop,
         ignoreEos: params.ignoreEos,
+        speculative: params.speculative,
         // Same seed, same answers; each choice its own stream of draws.
         sampling: { ...params.sampling, seed: params.sampling.seed === undefined ? undefined : params.sampling.seed + i },
         logprobs: params.logprobs,
       })),
     );
     const flight = new InFlight(request, this.limits.requestTimeoutMs, (reason) => this.metrics.cancelled.inc({ reason }));
-    let slots: Array<Promise<Slot>>;
+    let slots: Reservation[];
     try {
-      slots = this.scheduler.enqueue(specs.length, flight.signal);
+      slots = this.reservations.reserve(specs.length);
     } catch (error) {
       flight.end();
       throw error;
@@ -452,12 +451,12 @@ export class InferenceServer {
   }
 
   /**
-   * Runs each spec in its slot, all at once (the scheduler decides who waits). The first failure
+   * Runs each spec in its reserved place, all at once (the engine's scheduler decides who waits). The first failure
    * stops the others and is thrown.
    */
   private async runAll({ model, specs, slots, flight }: Answer, hooks: SequenceHooks = {}): Promise<SequenceResult[]> {
     const runs = specs.map(async (spec, index) => {
-      const slot = await slots[index]!;
+      const slot = slots[index]!;
       let generated = 0;
       const result = await runSequence(model, spec, slot, flight.signal, (token) => {
         if (generated++ === 0) {

@@ -1,9 +1,10 @@
 // Embedding lookup: out[t][c] = table[ids[t]][c], dequantized to f32, for any GPU weight type.
 // One thread decodes one group of 8 values (the type's snippet from quant-wgsl.ts).
 //
-// A table split by rows (uploadWeightSplit) is gathered with one op per part: each part writes
-// only the tokens whose id falls in its rows, so together the parts fill every token. Ids past
-// the end of the whole table write nothing (validate ids on the host).
+// A table split by rows (the loader uploads a big one in binding-sized parts) is gathered with
+// one op per part: each part writes only the tokens whose id falls in its rows, so together the
+// parts fill every token. Ids past the end of the whole table write nothing (validate ids on the
+// host).
 
 import { kernelOp, params, uniformBuffer, workgroupGrid, type KernelOp } from '../gpu/kernel.ts';
 import type { GpuContext } from '../gpu/device.ts';

@@ -14,7 +14,7 @@
 //   32-column slices of W (decoded to f32) and x in workgroup memory; each thread keeps a
 //   4 × 4 register tile. Fits every adapter (SwiftShader's 256 invocations and 16 KiB included).
 // * tiled-large: a 128-row × 64-token tile, 256 threads with 8 × 4 register tiles, for GPUs.
-// * matvec-int8 / tiled-int8 (Q4_0, Q8_0): the activations are quantized to int8 per block of 32
+// * matvec-int8 / tiled-int8 (Q4_0, Q8_0, Q4_ZP): the activations are quantized to int8 per block of 32
 //   (scale max|x|/127, as ggml's Q8_0) inside the kernel, and blocks multiply as integers with
 //   dot4I8Packed (4 products per instruction; DP4A on GPUs), one scale per block. `int8` picks
 //   between them as `auto` does; other weight types fall back to the float kernels.
@@ -29,15 +29,15 @@
 //
 // Row-workgroup counts above the per-dimension limit (e.g. a 128256-row vocabulary) fold into
 // the grid's y dimension; tokens use z. Weights bigger than one storage binding (browsers:
-// 128 MiB) are split by rows with `uploadWeightSplit`: every part is a GpuWeight that knows its
+// 128 MiB) are uploaded by rows (engine/weights.ts, the one upload path): every part is a GpuWeight that knows its
 // `rowOffset` in the whole weight, and `matmulOp` on a part writes its slice y[t][rowOffset ..)
 // (with split outputs: to the outputs its rows fall in, binding only those).
 
-import { kernelOp, params, storageBuffer, uniformBuffer, workgroupGrid, writeBuffer, type KernelOp } from '../gpu/kernel.ts';
+import { kernelOp, params, uniformBuffer, workgroupGrid, type KernelOp } from '../gpu/kernel.ts';
 import type { GpuContext } from '../gpu/device.ts';
-import { blockGeometry, ggmlTypeName, type GGMLType } from '../model/ggml-type.ts';
-import { bindingParts, gpuLayout, repackForGpu, type GpuLayout } from '../model/repack.ts';
-import { gpuDecodableTypes, int8DecodableTypes, weightDecodeInt8Wgsl, weightDecodeWgsl } from './quant-wgsl.ts';
+import { ggmlTypeName, type GGMLType } from '../model/ggml-type.ts';
+import { gpuLayout, type GpuLayout } from '../model/repack.ts';
+import { gpuDecodableTypes, int8ConstantOffset, int8DecodableTypes, weightDecodeInt8Wgsl, weightDecodeWgsl } from './quant-wgsl.ts';
 
 /** A weight matrix on the GPU, in its repacked layout. */
 export interface GpuWeight {
@@ -50,9 +50,9 @@ export interface GpuWeight {
   /** Bytes of the GPU buffer. */
   bytes: number;
   layout: GpuLayout;
-  /** First row of this part in the whole weight (0 unless made by uploadWeightSplit). */
+  /** First row of this part in the whole weight (0 unless the weight was split over bindings). */
   rowOffset: number;
-  /** Rows of the whole weight (= rows unless made by uploadWeightSplit). */
+  /** Rows of the whole weight (= rows unless the weight was split over bindings). */
   totalRows: number;
 }
 
@@ -92,50 +92,6 @@ export const MATVEC_MAX_TOKENS = 4;
 /** Weight types matmulOp and embeddingOp accept. */
 export function supportedWeightTypes(): GGMLType[] {
   return gpuDecodableTypes();
-}
-
-/** Repacks GGUF bytes (`rows × cols`, row-major) and uploads them as one storage buffer. */
-export function uploadWeight(gpu: GpuContext, label: string, type: GGMLType, rows: number, cols: number, ggufBytes: Uint8Array): GpuWeight {
-  const { layout, words } = repackForGpu(type, rows, cols, ggufBytes);
-  const bytes = words.byteLength;
-  const limit = Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize);
-  if (bytes > limit) {
-    throw new Error(
-      `${label}: ${ggmlTypeName(type)} ${rows} × ${cols} needs ${bytes} bytes, over this device's ${limit}-byte storage binding; use uploadWeightSplit`,
-    );
-  }
-  const buffer = storageBuffer(gpu.device, label, bytes); // rounded up to whole vec4s
-  writeBuffer(gpu.device, buffer, 0, words);
-  return { buffer, type, rows, cols, label, bytes: buffer.size, layout, rowOffset: 0, totalRows: rows };
-}
-
-/**
- * Uploads a weight as one or more row ranges, each small enough for one storage binding
- * (`maxBindingBytes`, default the device's limit). Returns the parts in row order; run them
- * with `matmulOps` / `embeddingOps`, or one by one with `matmulOp`.
- */
-export function uploadWeightSplit(
-  gpu: GpuContext,
-  label: string,
-  type: GGMLType,
-  rows: number,
-  cols: number,
-  ggufBytes: Uint8Array,
-  maxBindingBytes: number = Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize),
-): GpuWeight[] {
-  const geometry = blockGeometry[type]!;
-  const fileRowBytes = (cols / geometry.blockSize) * geometry.typeSize;
-  let parts: Array<{ first: number; rows: number }>;
-  try {
-    parts = bindingParts(type, rows, cols, maxBindingBytes);
-  } catch (error) {
-    throw new Error(`${label}: ${(error as Error).message}`);
-  }
-  return parts.map(({ first, rows: n }) => {
-    const bytes = ggufBytes.subarray(first * fileRowBytes, (first + n) * fileRowBytes);
-    const name = parts.length > 1 ? `${label}[${first}..${first + n})` : label;
-    return { ...uploadWeight(gpu, name, type, n, cols, bytes), rowOffset: first, totalRows: rows };
-  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -304,7 +260,7 @@ const int8ChunkWgsl = /* wgsl */ `
       for (var t = 0u; t < TOKENS; t++) {
         var s = 0i;
         for (var i = 0u; i < 8u; i++) { s += dot4I8Packed(wb.q[i], xq[t][i]); }
-        acc[r * TOKENS + t] += wb.d * xd[t] * f32(s - W_I8_OFFSET * xsum[t]);
+        acc[r * TOKENS + t] += wb.d * xd[t] * f32(s - wb.o * xsum[t]);
       }
     }
   }`;
@@ -494,24 +450,28 @@ ${storeTileWgsl}
 }
 
 /** Workgroup bytes of the int8 tiled kernel for a tile configuration. */
-const int8TileWorkgroupBytes = (c: TileConfig) => 4 * (tileRows(c) * 9 + tileTokens(c) * (8 + 2 + 4 + 32));
+const int8TileWorkgroupBytes = (c: TileConfig, type: GGMLType) =>
+  4 * (tileRows(c) * (int8ConstantOffset(type) === undefined ? 10 : 9) + tileTokens(c) * (8 + 2 + 4 + 32));
 
 /**
- * The WGSL of the int8 tiled (prefill) kernel, for Q4_0/Q8_0 weights. Per block of 32 columns the
+ * The WGSL of the int8 tiled (prefill) kernel, for Q4_0/Q8_0/Q4_ZP weights. Per block of 32 columns the
  * workgroup stages its rows' weight bytes (8 packed words and a scale per row) and its tokens'
  * activations, which it quantizes to int8 like the int8 matvec (per block of 32, scale
  * max|x|/127); each thread then accumulates its register tile with dot4I8Packed, 4 products per
  * instruction, and scales each block's integer sums once.
  */
 export function tiledInt8Wgsl(spec: KernelSpec, config: TileConfig): string {
+  const offset = int8ConstantOffset(spec.type);
+  const blockOffsets = offset === undefined;
   return /* wgsl */ `
 ${weightDecodeInt8Wgsl(spec.type, 0)}
+${blockOffsets ? '' : `const W_I8_OFFSET: i32 = ${offset};`}
 ${kernelIoWgsl(spec)}
 ${tileConstantsWgsl(config)}
 
 var<workgroup> wq: array<u32, 8 * TILE_M>;     // [word][m]: the rows' block, packed signed bytes
 var<workgroup> wd: array<f32, TILE_M>;         // the rows' block scales
-var<workgroup> xf: array<f32, 32 * TILE_N>;    // [n][32]: the tokens' block of activations
+${blockOffsets ? 'var<workgroup> wo: array<i32, TILE_M>;         // and offsets (see WI8 in quant-wgsl.ts)\n' : ''}var<workgroup> xf: array<f32, 32 * TILE_N>;    // [n][32]: the tokens' block of activations
 var<workgroup> xmax: array<f32, 4 * TILE_N>;   // [n][quarter]: max |x| of each quarter
 var<workgroup> xq: array<u32, 8 * TILE_N>;     // [word][n]: the block quantized to int8
 var<workgroup> xd: array<f32, TILE_N>;         // its scale
@@ -531,7 +491,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
       let wb = w_block_i8(min(m0 + m, p.rows - 1u) * p.blocks_per_row + blk, p.scales);
       for (var i = 0u; i < 8u; i++) { wq[i * TILE_M + m] = wb.q[i]; }
       wd[m] = wb.d;
-    }
+${blockOffsets ? '      wo[m] = wb.o;\n' : ''}    }
     // Activations: a quarter of a token's block (8 values) per thread, and its max |x|.
     for (var i = lid; i < 4u * TILE_N; i += WG) {
       let n = i / 4u;
@@ -583,7 +543,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
     for (var i = 0u; i < PM; i++) {
       for (var j = 0u; j < PN; j++) {
         let n = tn + TN * j;
-        acc[i * PN + j] += wd[tm + TM * i] * xd[n] * f32(dots[i * PN + j] - W_I8_OFFSET * xsum[n]);
+        acc[i * PN + j] += wd[tm + TM * i] * xd[n] * f32(dots[i * PN + j] - ${blockOffsets ? 'wo[tm + TM * i]' : 'W_I8_OFFSET'} * xsum[n]);
       }
     }
     workgroupBarrier();
@@ -617,7 +577,7 @@ function pickVariant(gpu: GpuContext, variant: MatmulVariant, nTokens: number, t
         `${gpu.limits.maxComputeInvocationsPerWorkgroup} and ${gpu.limits.maxComputeWorkgroupStorageSize}`,
     );
   }
-  // The int8 kernels where the weight type allows them (Q4_0, Q8_0), else the float ones: so a
+  // The int8 kernels where the weight type allows them (Q4_0, Q8_0, Q4_ZP), else the float ones: so a
   // whole model can be run with `kernels: { matmul: 'int8' }` (or one int8 kernel forced).
   const int8 = int8DecodableTypes().includes(type);
   if (variant === 'int8') return !int8 ? pickVariant(gpu, 'auto', nTokens, type) : nTokens <= MATVEC_MAX_TOKENS ? 'matvec-int8' : 'tiled-int8';
@@ -630,9 +590,9 @@ function pickVariant(gpu: GpuContext, variant: MatmulVariant, nTokens: number, t
 }
 
 /** The int8 tile: the large one where the device allows it, else the portable one. */
-function int8TileConfig(gpu: GpuContext): TileConfig {
+function int8TileConfig(gpu: GpuContext, type: GGMLType): TileConfig {
   const large = TILE_CONFIGS['tiled-large'];
-  const fits = tileThreads(large) <= gpu.limits.maxComputeInvocationsPerWorkgroup && int8TileWorkgroupBytes(large) <= gpu.limits.maxComputeWorkgroupStorageSize;
+  const fits = tileThreads(large) <= gpu.limits.maxComputeInvocationsPerWorkgroup && int8TileWorkgroupBytes(large, type) <= gpu.limits.maxComputeWorkgroupStorageSize;
   return fits ? large : TILE_CONFIGS.tiled;
 }
 
@@ -716,7 +676,7 @@ export function matmulOp(
     const config = TILE_CONFIGS[variant];
     [wgsl, rowsPerWorkgroup, tokensPerWorkgroup] = [tiledWgsl(spec, config), tileRows(config), tileTokens(config)];
   } else if (variant === 'tiled-int8') {
-    const config = int8TileConfig(gpu);
+    const config = int8TileConfig(gpu, w.type);
     [wgsl, rowsPerWorkgroup, tokensPerWorkgroup] = [tiledInt8Wgsl(spec, config), tileRows(config), tileTokens(config)];
   } else {
     // Compiled for the token count (1, 2 or MATVEC_TOKENS), so a single token does no wasted work.

@@ -16,7 +16,8 @@
 // the block (`sub0` a multiple of W_CHUNK), and `scales` the word offset of the scales region
 // (ignored by types without one). `w_group` decodes one group (any kernel can use it); `w_chunk`
 // decodes W_CHUNK consecutive groups at once, with 16-byte loads for the types decode is
-// usually run in (F32, F16, Q8_0, Q4_0), and by calling w_group for the others.
+// usually run in (F32, F16, Q8_0, Q4_0), a whole block at once for Q4_ZP, and by calling w_group for
+// the others.
 // Values are computed in the same order as ggml's CPU dequantization (e.g. Q4_K: d*sc, then
 // d1*q - m1), so the GPU sees the same weights as src/model/quant.ts up to fused multiply-adds.
 
@@ -127,6 +128,29 @@ fn w_group(blk: u32, sub: u32, scales: u32) -> W8 {
   let q = nibbles8(blk * 4u, sub);
   let d = w_half(scales, blk);
   return W8(d * iq4x4(q[0]), d * iq4x4(q[1]));
+}`,
+
+  // AWQ / GPTQ (webshard's Q4_ZP): word 0 = f16 scale | zero point << 16, then Q4_0's nibbles.
+  [GGMLType.Q4_ZP]: `${nibbleWords}
+// A whole block: scale, zero point, and the 32 nibbles as bytes (values 4i..4i+3 in word i).
+// 5-word blocks are not 16-byte aligned, so five word loads instead of Q4_0's one vec4 load.
+struct Q4ZP { d: f32, zero: u32, q: array<u32, 8> }
+fn q4zp_block(blk: u32) -> Q4ZP {
+  let base = blk * 5u;
+  let head = w_word(base);
+  let q = vec4u(w_word(base + 1u), w_word(base + 2u), w_word(base + 3u), w_word(base + 4u));
+  let lo = q & vec4u(0x0f0f0f0fu);
+  let hi = (q >> vec4u(4u)) & vec4u(0x0f0f0f0fu);
+  return Q4ZP(unpack2x16float(head).x, head >> 16u, array<u32, 8>(lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w));
+}
+const W_GROUPS_PER_BLOCK: u32 = 4u;
+fn w_group(blk: u32, sub: u32, scales: u32) -> W8 {
+  let base = blk * 5u;
+  let head = w_word(base);
+  let d = unpack2x16float(head).x;
+  let zero = f32(head >> 16u);
+  let q = nibbles8(base + 1u, sub);
+  return W8((u8x4(q[0]) - zero) * d, (u8x4(q[1]) - zero) * d);
 }`,
 
   // Q5: bit v of qh is the fifth bit of value v.
@@ -276,6 +300,17 @@ fn w_chunk(blk: u32, sub0: u32, scales: u32) -> array<W8, 4> {
                       W8(i8x4(hi.x) * d, i8x4(hi.y) * d), W8(i8x4(hi.z) * d, i8x4(hi.w) * d));
 }`,
 
+  // A whole block, decoded once for its four groups.
+  [GGMLType.Q4_ZP]: `
+const W_CHUNK: u32 = 4u;
+fn w_chunk(blk: u32, sub0: u32, scales: u32) -> array<W8, 4> {
+  let b = q4zp_block(blk);
+  let zero = f32(b.zero);
+  var out: array<W8, 4>;
+  for (var g = 0u; g < 4u; g++) { out[g] = W8((u8x4(b.q[2u * g]) - zero) * b.d, (u8x4(b.q[2u * g + 1u]) - zero) * b.d); }
+  return out;
+}`,
+
   // A whole block: 32 nibbles in one load (low nibbles are values 0..15, high ones 16..31).
   [GGMLType.Q4_0]: `
 const W_CHUNK: u32 = 4u;
@@ -291,24 +326,27 @@ fn w_chunk(blk: u32, sub0: u32, scales: u32) -> array<W8, 4> {
 
 // Integer decoders, for the int8 matvec (activations quantized to int8 per block of 32, as
 // llama.cpp's quantized matmuls do): a block as 8 words of packed signed bytes (values 4i..4i+3
-// in word i) for dot4I8Packed, its scale, and W_I8_OFFSET, the constant every stored byte is
-// above its value (Q4_0's nibbles 0..15 stand for -8..7: the -8 is applied once per block, as
-// -8·Σx, which keeps the bytes valid signed operands).
+// in word i) for dot4I8Packed, its scale `d`, and its offset `o`, what every stored byte is above
+// its value (Q4_0's nibbles 0..15 stand for -8..7, so 8; AWQ/GPTQ's zero point, per block): the
+// offset is applied once per block, as -o·Σx, which keeps the bytes valid signed operands.
 const int8Snippets: Partial<Record<GGMLType, string>> = {
   [GGMLType.Q8_0]: `
-const W_I8_OFFSET: i32 = 0;
 fn w_block_i8(blk: u32, scales: u32) -> WI8 {
   let lo = w[2u * blk];
   let hi = w[2u * blk + 1u];
-  return WI8(array<u32, 8>(lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w), w_half(scales, blk));
+  return WI8(array<u32, 8>(lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w), w_half(scales, blk), 0i);
 }`,
   [GGMLType.Q4_0]: `
-const W_I8_OFFSET: i32 = 8;
 fn w_block_i8(blk: u32, scales: u32) -> WI8 {
   let q = w[blk];
   let lo = q & vec4u(0x0f0f0f0fu);
   let hi = (q >> vec4u(4u)) & vec4u(0x0f0f0f0fu);
-  return WI8(array<u32, 8>(lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w), w_half(scales, blk));
+  return WI8(array<u32, 8>(lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w), w_half(scales, blk), 8i);
+}`,
+  [GGMLType.Q4_ZP]: `
+fn w_block_i8(blk: u32, scales: u32) -> WI8 {
+  let b = q4zp_block(blk);
+  return WI8(b.q, b.d, i32(b.zero));
 }`,
 };
 
@@ -317,12 +355,21 @@ export function int8DecodableTypes(): GGMLType[] {
   return Object.keys(int8Snippets).map(Number) as GGMLType[];
 }
 
+/**
+ * The offset `o` every block of a type has (Q8_0: 0, Q4_0: 8), or undefined when it varies per
+ * block (Q4_ZP's zero points): the tiled int8 kernel then stages it per row, in workgroup memory
+ * that the constant-offset types do without.
+ */
+export function int8ConstantOffset(type: GGMLType): number | undefined {
+  return ({ [GGMLType.Q8_0]: 0, [GGMLType.Q4_0]: 8 } as Partial<Record<GGMLType, number>>)[type];
+}
+
 /** weightDecodeWgsl plus `w_block_i8` (see int8Snippets) for a type int8DecodableTypes lists. */
 export function weightDecodeInt8Wgsl(type: GGMLType, binding: number): string {
   const snippet = int8Snippets[type];
   if (!snippet) throw new Error(`no int8 GPU decoder for ${ggmlTypeName(type)} weights (only ${int8DecodableTypes().map(ggmlTypeName).join(', ')})`);
   return `${weightDecodeWgsl(type, binding)}
-struct WI8 { q: array<u32, 8>, d: f32 }
+struct WI8 { q: array<u32, 8>, d: f32, o: i32 }
 ${snippet}`;
 }
 

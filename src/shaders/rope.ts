@@ -18,7 +18,8 @@
 
 import type { GpuContext } from '../gpu/device.ts';
 import { kernelOp, params, uniformBuffer, workgroupGrid, type KernelOp } from '../gpu/kernel.ts';
-import { kvCacheWriteOp, pagingWgsl, type KvPaging } from './attention.ts';
+import { kvCacheWriteOp } from './attention/kv-write.ts';
+import { pagingWgsl, type KvPaging } from './attention/paging.ts';
 
 export type RopeStyle = 'normal' | 'neox';
 

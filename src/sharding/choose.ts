@@ -10,7 +10,7 @@
 //
 // Pipeline stages run one after another for one sequence, so pp does not shorten the kernels;
 // it only adds hand-offs. Tensor parallel shortens them, but only as far as there are GPUs: shards
-// on one physical GPU share its bandwidth (DESIGN.md measured 2,880 vs 2,613 GB/s aggregate for 1
+// on one physical GPU share its bandwidth (ARCHITECTURE.md, Measured facts: 2,880 vs 2,613 GB/s aggregate for 1
 // vs 4 workers), so speedup(tp) = min(tp, physical GPUs). Every layer's all-reduce is paid even
 // though a stage holds only some of the layers, because the stages run in sequence.
 //

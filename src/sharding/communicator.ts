@@ -1,7 +1,7 @@
 // The communicator of one shard: carries out the forward pass's collective steps over shared
 // memory. Each collective is one host round trip: read the GPU buffer back, meet the other
 // shards at a barrier, write the result back. That cost (~60–125 µs per shard on separate GPUs,
-// DESIGN.md) is why the forward pass has exactly two all-reduces per layer and nothing else.
+// ARCHITECTURE.md, Measured facts) is why the forward pass has exactly two all-reduces per layer and nothing else.
 
 import { writeBuffer } from '../gpu/kernel.ts';
 import type { CollectiveStep, Communicator } from '../engine/program.ts';

@@ -6,7 +6,7 @@
 import * as Comlink from 'comlink';
 import type { GpuOptions } from '../gpu/device.ts';
 import type { DeviceStats, ForwardEngine } from '../engine/forward-engine.ts';
-import type { KvGeometry } from '../engine/kv-cache.ts';
+import { maxSampledRows, type KvGeometry } from '../engine/kv-cache.ts';
 import type { Fault } from '../engine/faults.ts';
 import type { KernelChoice } from '../engine/llama.ts';
 import type { StepBatch, StepResult } from '../engine/runner.ts';
@@ -68,7 +68,7 @@ export class ShardGroup implements ForwardEngine {
       pp: plan.pp,
       slotFloats: options.maxBatchTokens * options.dim,
       vocabSize: options.vocabSize,
-      maxSequences: options.geometry.maxSequences,
+      maxSequences: maxSampledRows(options.geometry),
     });
     // Every spawn and every load settles before anything is cleaned up: a shard still loading
     // must not be asked to shut down with its GPU work pending.

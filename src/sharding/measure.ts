@@ -13,7 +13,7 @@
 //   layers) on one device and runs real decode steps through LlamaRunner. The step of the whole
 //   model is the probe's step scaled by the weight bytes each reads: decode reads every weight once.
 //
-// Workers are always shut down by message (never terminate(): DESIGN.md hazards), also on errors.
+// Workers are always shut down by message (never terminate(): ARCHITECTURE.md, Runtime hazards), also on errors.
 
 import type { GpuOptions } from '../gpu/device.ts';
 import { kvGeometry } from '../engine/kv-cache.ts';

@@ -178,7 +178,7 @@ class ShardWorker {
     return new Promise<never>(() => {});
   }
 
-  /** Drain, destroy the device, then let the worker end (never terminate() it: DESIGN.md hazards). */
+  /** Drain, destroy the device, then let the worker end (never terminate() it: ARCHITECTURE.md, Runtime hazards). */
   async shutdown(): Promise<void> {
     // A group that gave up on a slow step asks a shard to stop while that step may still wait on
     // the GPU; a thread that ends with a Dawn promise pending aborts the process. The others were

@@ -127,7 +127,7 @@ describe('demo page in headless Chromium (SwiftShader WebGPU)', { timeout: 360_0
         badges: [...document.querySelectorAll('#env li.ok')].map((li) => li.textContent),
       };
     });
-    // The kernels must work within these limits (DESIGN.md, "Browser facts"); the generation tests below prove they do.
+    // The kernels must work within these limits (ARCHITECTURE.md, "Measured facts": browser limits); the generation tests below prove they do.
     expect(env).toMatchObject({ isolated: true, sharedArrayBuffer: true, shaderF16: false });
     expect(env.invocations).toBeLessThanOrEqual(256);
     expect(env.storageBuffers).toBeLessThanOrEqual(10);
@@ -146,11 +146,16 @@ describe('demo page in headless Chromium (SwiftShader WebGPU)', { timeout: 360_0
     expect(requests.length).toBeGreaterThan(1);
     expect(requests.every((r) => r.range?.startsWith('bytes='))).toBe(true);
 
+    // stories260K has no chat template: no chat view, the box generates from the plain prompt.
+    expect(await page.isHidden('#chat-mode')).toBe(true);
+    expect(await page.textContent('#generate')).toBe('Generate');
     const text = await generateGreedy(page, referenceCase.prompt, referenceCase.n_predict);
     expect(text).toBe(referenceCase.generated_text);
     expect(await page.textContent('#m-tokens')).toBe(String(referenceCase.n_predict));
     expect(await page.textContent('#m-finish')).toBe('token limit');
     expect(Number(await page.textContent('#m-decode'))).toBeGreaterThan(0);
+    // Speculative decoding (prompt lookup, on by default) kept the text; its acceptance is shown live.
+    expect(await page.textContent('#m-accepted')).toMatch(/^\d+\/\d+ · [\d.]+ tok\/step$/);
     // The device card charted the decode steps.
     expect(await page.textContent('#device-grid .device header')).toMatch(/Shard 0.*\d+ steps/s);
     await page.screenshot({ path: resolve(artifacts, 'demo-1-shard.png'), fullPage: true });

@@ -31,6 +31,27 @@ export function matmulReference(w: Float32Array, rows: number, cols: number, x: 
   return { y, magnitude };
 }
 
+/**
+ * x with each block of 32 quantized to int8 (scale max|x|/127, rounded half to even like WGSL's
+ * round) and dequantized, in f32 as the int8 kernels compute it: what they multiply the weights by.
+ */
+export function quantizeActivationsInt8(x: Float32Array): Float32Array {
+  const out = new Float32Array(x.length);
+  const f = Math.fround;
+  for (let b = 0; b < x.length; b += 32) {
+    let amax = 0;
+    for (let i = b; i < b + 32; i++) amax = Math.max(amax, Math.abs(x[i]!));
+    const d = f(amax / 127);
+    const inverse = d > 0 ? f(1 / d) : 0;
+    for (let i = b; i < b + 32; i++) {
+      const v = f(x[i]! * inverse);
+      const q = Math.abs(v % 1) === 0.5 ? 2 * Math.round(v / 2) : Math.round(v);
+      out[i] = f(q * d);
+    }
+  }
+  return out;
+}
+
 /** out[t][c] = table[ids[t]][c]. */
 export function embeddingReference(table: Float32Array, cols: number, ids: ArrayLike<number>): Float32Array {
   const out = new Float32Array(ids.length * cols);
@@ -54,6 +75,12 @@ const scaleFields: Partial<Record<GGMLType, number[]>> = {
   [GGMLType.Q4_K]: [0, 2],
   [GGMLType.Q5_K]: [0, 2],
   [GGMLType.Q6_K]: [208],
+  [GGMLType.Q4_ZP]: [0],
+};
+
+/** Byte offsets of u16 zero points inside one block (random in 0..16, the range AWQ and GPTQ v1 give). */
+const zeroFields: Partial<Record<GGMLType, number[]>> = {
+  [GGMLType.Q4_ZP]: [2],
 };
 
 /**
@@ -89,6 +116,10 @@ export function randomWeightBytes(type: GGMLType, rows: number, cols: number, se
       const h = f32ToF16((next() * 2 - 1) * 0.05);
       bytes[o + at] = h & 0xff;
       bytes[o + at + 1] = h >> 8;
+    }
+    for (const at of zeroFields[type] ?? []) {
+      bytes[o + at] = Math.floor(next() * 17);
+      bytes[o + at + 1] = 0;
     }
   }
   return bytes;

@@ -1,0 +1,279 @@
+// AWQ and GPTQ 4-bit linear layers, read as they are: their packed nibbles, f16 scales and zero
+// points are moved (never turned into floats) into webshard's Q4_ZP blocks, which the kernels
+// decode like Q4_0 with a per-block zero point (src/shaders/quant-wgsl.ts).
+//
+// The checkpoint formats (HF nn.Linear weight W[n, k]: n output, k input; G the group size;
+// nib(x, i) = (x >>> 4i) & 15 of an int32 read as u32):
+//
+// * AWQ "gemm" (AutoAWQ): qweight int32 [in, out/8] packed along the OUTPUT dim in interleaved
+//   order (q[8c + j, k] = nib(qweight[k, c], REV[j]), REV = [0,4,1,5,2,6,3,7]); qzeros int32
+//   [in/G, out/8] packed the same way; scales f16 [in/G, out]. W = (q - z) · s.
+// * GPTQ (AutoGPTQ / GPTQModel): qweight int32 [in/8, out] packed along the INPUT dim in order
+//   (q[n, 8r + j] = nib(qweight[r, n], j)); qzeros int32 [in/G, out/8] packed along the output
+//   dim in order; scales f16 [in/G, out]; g_idx int32 [in], the group of each input column.
+//   Checkpoint format "gptq" (v1) stores zero − 1 (readers add 1); "gptq_v2" stores the zero.
+//   W = (q - z[g_idx[k]]) · s[g_idx[k]].
+//
+// Q4_ZP holds, per row n (an output feature) and 32 consecutive input columns, the f16 scale, the
+// zero point (u16: GPTQ v1's 15 + 1 = 16 does not fit a nibble) and the 32 nibbles in Q4_0's
+// order. Row-major per output row, so a matvec thread reads one row's nibbles contiguously. Each
+// group of G ≥ 32 columns repeats its scale and zero in each of its G/32 blocks: 5 bits per weight
+// whatever G (4.125 + 1/8 would be the minimum at G = 128), in exchange for one block layout and
+// decoder for every group size, and for the int8 kernels, which work in blocks of 32.
+//
+// Act-order (GPTQ desc_act: g_idx not k // G) is handled once here, at load: the input columns are
+// put in group order (a stable sort by g_idx), so each group's columns are contiguous and the
+// blocks above apply. The permutation is returned as `inputOrder`; the engine must then feed the
+// layer x'[t] = x[inputOrder[t]]. For down_proj that gather is free: apply the same order to the
+// output rows of gate_proj and up_proj (their outputs are down_proj's input). For q/k/v/gate/up and
+// o_proj it is one gather of the activations per layer, far cheaper than keeping a per-column
+// group index in the matmul's inner loop.
+import { GGMLType } from './ggml-type.ts';
+import { ModelFormatError, UnsupportedModelError } from './errors.ts';
+import type { HfQuantization } from './hf-config.ts';
+import { readSafetensorsBytes, type SafetensorsDtype, type SafetensorsModel, type SafetensorsTensor } from './safetensors.ts';
+
+export type Int4Method = 'awq' | 'gptq';
+
+/** The tensors of one 4-bit linear layer as the checkpoint stores them (int32 read as u32, f16 as bits). */
+export interface Int4Linear {
+  method: Int4Method;
+  /** For messages: the file and the layer prefix (e.g. `model.layers.0.self_attn.q_proj`). */
+  file: string;
+  name: string;
+  inFeatures: number;
+  outFeatures: number;
+  groupSize: number;
+  qweight: Uint32Array;
+  qzeros: Uint32Array;
+  /** f16 bit patterns, [in/G, out]. */
+  scales: Uint16Array;
+  /** GPTQ only: the group of each input column (absent: k // G). */
+  gIdx?: Int32Array;
+  /** GPTQ only: "gptq" (v1, stored zero = zero − 1; the default) or "gptq_v2". */
+  checkpointFormat?: string;
+}
+
+/** A layer as Q4_ZP rows: `rows` = outFeatures, `cols` = inFeatures, row-major blocks of 32. */
+export interface Q4ZpWeight {
+  type: typeof GGMLType.Q4_ZP;
+  rows: number;
+  cols: number;
+  bytes: Uint8Array;
+  /** Act-order only: column t of these rows is input feature inputOrder[t] (feed x[inputOrder[t]]). */
+  inputOrder?: Int32Array;
+}
+
+/** AWQ's interleaved nibble order, inverted: output 8c + j is nibble AWQ_REVERSE_ORDER[j] of word c. */
+export const AWQ_REVERSE_ORDER: readonly number[] = [0, 4, 1, 5, 2, 6, 3, 7];
+
+const BLOCK = 32;
+const BLOCK_BYTES = 20;
+
+const nib = (word: number, i: number): number => (word >>> (4 * i)) & 0xf;
+
+function layerError(l: Int4Linear, tensor: string, problem: string, fix: string): ModelFormatError {
+  return new ModelFormatError({ file: l.file, tensor: `${l.name}.${tensor}`, problem: `${l.name}.${tensor}: ${problem}`, fix });
+}
+
+const REQUANTIZE_FIX = 'Re-export the checkpoint with AutoAWQ / AutoGPTQ / GPTQModel, or download it again';
+
+/** Checks the shapes a layer's tensors must have (lengths of the flat arrays). */
+function checkShapes(l: Int4Linear): void {
+  const { inFeatures: k, outFeatures: n, groupSize: g } = l;
+  if (!Number.isInteger(g) || g < BLOCK || g % BLOCK !== 0 || k % g !== 0) {
+    throw new UnsupportedModelError({
+      file: l.file,
+      tensor: `${l.name}.qweight`,
+      problem: `${l.name}: group size ${g} with ${k} input features is not supported (the kernels need groups of a multiple of 32 columns that divide the input)`,
+      fix: 'Use a checkpoint quantized with group_size 32, 64 or 128',
+    });
+  }
+  if (n % 8 !== 0) throw layerError(l, 'qzeros', `${n} output features are not a multiple of 8, so they cannot be packed 8 to an int32`, REQUANTIZE_FIX);
+  const groups = k / g;
+  const expect = (tensor: string, got: number, want: number, shape: string) => {
+    if (got !== want) throw layerError(l, tensor, `holds ${got} values, but [${shape}] needs ${want}`, REQUANTIZE_FIX);
+  };
+  if (l.method === 'awq') expect('qweight', l.qweight.length, (k * n) / 8, `${k}, ${n / 8}`);
+  else expect('qweight', l.qweight.length, (k / 8) * n, `${k / 8}, ${n}`);
+  expect('qzeros', l.qzeros.length, (groups * n) / 8, `${groups}, ${n / 8}`);
+  expect('scales', l.scales.length, groups * n, `${groups}, ${n}`);
+  if (l.gIdx) expect('g_idx', l.gIdx.length, k, `${k}`);
+}
+
+/**
+ * The input columns in group order (stable), or undefined when g_idx is k // G already. Refuses a
+ * g_idx whose groups do not each hold exactly G columns.
+ */
+export function groupOrder(l: Int4Linear): Int32Array | undefined {
+  const { gIdx, groupSize: g, inFeatures: k } = l;
+  if (!gIdx) return undefined;
+  const groups = k / g;
+  const members = new Int32Array(groups);
+  let inOrder = true;
+  for (let c = 0; c < k; c++) {
+    const group = gIdx[c]!;
+    if (!Number.isInteger(group) || group < 0 || group >= groups) {
+      throw layerError(l, 'g_idx', `column ${c} is in group ${group}, outside 0..${groups - 1}`, REQUANTIZE_FIX);
+    }
+    members[group]!++;
+    if (group !== Math.floor(c / g)) inOrder = false;
+  }
+  const uneven = members.findIndex((m) => m !== g);
+  if (uneven >= 0) throw layerError(l, 'g_idx', `group ${uneven} has ${members[uneven]} columns, not the group size ${g}`, REQUANTIZE_FIX);
+  if (inOrder) return undefined;
+  const next = new Int32Array(groups); // the next free slot of each group
+  for (let group = 0; group < groups; group++) next[group] = group * g;
+  const order = new Int32Array(k);
+  for (let c = 0; c < k; c++) order[next[gIdx[c]!]!++] = c;
+  return order;
+}
+
+/** The zero point GPTQ means by a stored nibble. */
+function gptqZeroOffset(l: Int4Linear): number {
+  const format = l.checkpointFormat ?? 'gptq';
+  if (format === 'gptq') return 1;
+  if (format === 'gptq_v2') return 0;
+  throw new UnsupportedModelError({
+    file: l.file,
+    field: 'quantization_config.checkpoint_format',
+    problem: `GPTQ checkpoint_format "${format}" is not supported (supported: gptq, gptq_v2)`,
+    fix: 'Use a checkpoint in the gptq or gptq_v2 format',
+  });
+}
+
+/** Converts one AWQ or GPTQ layer to Q4_ZP rows (bits moved, no float made). */
+export function int4ToQ4Zp(l: Int4Linear): Q4ZpWeight {
+  checkShapes(l);
+  const { inFeatures: k, outFeatures: n, groupSize: g } = l;
+  const order = l.method === 'gptq' ? groupOrder(l) : undefined;
+  const zeroOffset = l.method === 'gptq' ? gptqZeroOffset(l) : 0;
+  const packedOut = n / 8;
+  // The stored nibble of (output o, input column c) and of the zero of (o, group).
+  const quant =
+    l.method === 'awq'
+      ? (o: number, c: number) => nib(l.qweight[c * packedOut + (o >> 3)]!, AWQ_REVERSE_ORDER[o & 7]!)
+      : (o: number, c: number) => nib(l.qweight[(c >> 3) * n + o]!, c & 7);
+  const zero =
+    l.method === 'awq'
+      ? (o: number, group: number) => nib(l.qzeros[group * packedOut + (o >> 3)]!, AWQ_REVERSE_ORDER[o & 7]!)
+      : (o: number, group: number) => nib(l.qzeros[group * packedOut + (o >> 3)]!, o & 7) + zeroOffset;
+
+  const blocksPerRow = k / BLOCK;
+  const bytes = new Uint8Array(n * blocksPerRow * BLOCK_BYTES);
+  for (let o = 0; o < n; o++) {
+    for (let b = 0; b < blocksPerRow; b++) {
+      const at = (o * blocksPerRow + b) * BLOCK_BYTES;
+      const group = Math.floor((b * BLOCK) / g); // in group order, the block's group
+      const scale = l.scales[group * n + o]!;
+      const z = zero(o, group);
+      bytes[at] = scale & 0xff;
+      bytes[at + 1] = scale >> 8;
+      bytes[at + 2] = z & 0xff;
+      bytes[at + 3] = z >> 8;
+      for (let j = 0; j < 16; j++) {
+        const t = b * BLOCK + j;
+        const low = quant(o, order ? order[t]! : t);
+        const high = quant(o, order ? order[t + 16]! : t + 16);
+        bytes[at + 4 + j] = low | (high << 4);
+      }
+    }
+  }
+  return { type: GGMLType.Q4_ZP, rows: n, cols: k, bytes, ...(order ? { inputOrder: order } : {}) };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading a layer from a checkpoint
+
+/** Copies into an aligned buffer: tensors start anywhere in a file, typed arrays need alignment. */
+const aligned = (bytes: Uint8Array): ArrayBuffer => bytes.slice().buffer;
+
+/**
+ * Reads the packed tensors of one quantized linear layer (`prefix` e.g.
+ * `model.layers.0.self_attn.q_proj`): qweight, qzeros, scales (and g_idx for GPTQ, if present),
+ * checking their dtypes and shapes against each other and the quantization config.
+ */
+export async function readInt4Linear(model: Pick<SafetensorsModel, 'tensor' | 'hasTensor'>, prefix: string, q: HfQuantization): Promise<Int4Linear> {
+  const part = (name: string, dtype: SafetensorsDtype, rank: number): SafetensorsTensor => {
+    const t = model.tensor(`${prefix}.${name}`);
+    if (t.dtype !== dtype || t.shape.length !== rank) {
+      throw new ModelFormatError({
+        file: t.source.name,
+        tensor: t.name,
+        problem: `${t.name} is ${t.dtype} [${t.shape.join(', ')}], but ${q.method.toUpperCase()} stores ${name} as ${rank}-D ${dtype}`,
+        fix: `Check that config.json's quantization_config (${q.method}) matches the checkpoint, or export it again`,
+      });
+    }
+    return t;
+  };
+  const qweight = part('qweight', 'I32', 2);
+  const [inFeatures, outFeatures] = q.method === 'awq' ? [qweight.shape[0]!, qweight.shape[1]! * 8] : [qweight.shape[0]! * 8, qweight.shape[1]!];
+  const scales = part('scales', 'F16', 2);
+  if (scales.shape[1] !== outFeatures) {
+    throw new ModelFormatError({
+      file: scales.source.name,
+      tensor: scales.name,
+      problem: `${scales.name} has ${scales.shape[1]} output features, but ${qweight.name} [${qweight.shape.join(', ')}] read as ${q.method.toUpperCase()} has ${outFeatures}`,
+      fix: `Check that config.json's quant_method (${q.method}) is the checkpoint's format`,
+    });
+  }
+  const gIdxName = `${prefix}.g_idx`;
+  const gIdx = q.method === 'gptq' && model.hasTensor(gIdxName) ? new Int32Array(aligned(await readSafetensorsBytes(part('g_idx', 'I32', 1)))) : undefined;
+  // Shapes are checked (with the tensor's name) by int4ToQ4Zp against in/out features and the group size.
+  return {
+    method: q.method,
+    file: qweight.source.name,
+    name: prefix,
+    inFeatures,
+    outFeatures,
+    groupSize: q.groupSize,
+    qweight: new Uint32Array(aligned(await readSafetensorsBytes(qweight))),
+    qzeros: new Uint32Array(aligned(await readSafetensorsBytes(part('qzeros', 'I32', 2)))),
+    scales: new Uint16Array(aligned(await readSafetensorsBytes(scales))),
+    ...(gIdx ? { gIdx } : {}),
+    checkpointFormat: q.checkpointFormat,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-parallel cuts
+
+/** A weight cut that does not fall on a packing or group boundary. */
+export class QuantizedSplitError extends Error {
+  override name = 'QuantizedSplitError';
+  constructor(
+    readonly tensor: string,
+    readonly axis: 'rows' | 'columns',
+    readonly cut: number,
+    readonly granularity: number,
+    why: string,
+  ) {
+    super(`${tensor}: cannot cut the ${axis} at ${cut}: ${axis} cuts must be multiples of ${granularity} (${why}). Use a shard count that divides the layer into multiples of ${granularity}, or fewer shards`);
+  }
+}
+
+/** What a layer needs to know where it may be cut. */
+export type Int4Shape = Pick<Int4Linear, 'method' | 'name' | 'inFeatures' | 'outFeatures' | 'groupSize'>;
+
+/**
+ * Where a 4-bit layer may be cut for tensor parallelism, in output features (`rows`, the
+ * column-parallel split) or input features (`columns`, the row-parallel split): rows on whole
+ * int32 words of 8 packed outputs (AWQ's qweight, both formats' qzeros), columns on whole groups
+ * (each shard then reads only its rows of scales and qzeros; for act-order the cut is in group
+ * order, see the top of this file).
+ */
+export function int4SplitGranularity(l: Int4Shape, axis: 'rows' | 'columns'): { granularity: number; why: string } {
+  if (axis === 'rows') return { granularity: 8, why: `${l.method.toUpperCase()} packs 8 output features into each int32 of its zero points` };
+  return { granularity: l.groupSize, why: `each group of ${l.groupSize} input features shares one scale and zero point` };
+}
+
+/** Checks the cuts (each an index inside 0..size) of one axis; throws QuantizedSplitError naming the first bad one. */
+export function checkInt4Split(l: Int4Shape, axis: 'rows' | 'columns', cuts: readonly number[]): void {
+  const { granularity, why } = int4SplitGranularity(l, axis);
+  const size = axis === 'rows' ? l.outFeatures : l.inFeatures;
+  for (const cut of cuts) {
+    if (!Number.isInteger(cut) || cut < 0 || cut > size || cut % granularity !== 0) {
+      throw new QuantizedSplitError(l.name, axis, cut, granularity, cut > size ? `and inside 0..${size}` : why);
+    }
+  }
+}

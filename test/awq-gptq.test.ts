@@ -1,0 +1,312 @@
+// AWQ and GPTQ read as they are: the real checkpoints in ../shared/models decode exactly to the
+// weights llama.cpp ran (their *-dequant-F32.gguf), through the plain reference and through the
+// loader's Q4_ZP blocks; every matmul variant multiplies Q4_ZP weights (group sizes 32/64/128,
+// symmetric and not, act-order) like the f64 reference; tensor-parallel cuts respect groups.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { readFileSync } from 'node:fs';
+import { randomF32, testGpu, uploadWholeWeight } from './helpers/gpu.ts';
+import { modelPath } from './helpers/models.ts';
+import { dequantizeInt4Reference, permuteColumns, randomInt4Linear, type RandomInt4Options } from './reference/awq-gptq.ts';
+import { matmulReference, quantizeActivationsInt8 } from './reference/matmul.ts';
+import { permuteRopeRows } from './reference/hf-rope.ts';
+import { checkInt4Split, int4ToQ4Zp, QuantizedSplitError, readInt4Linear, type Int4Linear } from '../src/model/awq-gptq.ts';
+import { ModelFormatError } from '../src/model/errors.ts';
+import { GGMLType } from '../src/model/ggml-type.ts';
+import { readGGUF, readTensorBytes, type GGUFFile } from '../src/model/gguf.ts';
+import { hfToGgufName, readHfConfig, type HfModelConfig } from '../src/model/hf-config.ts';
+import { dequantize } from '../src/model/quant.ts';
+import { readSafetensorsBytes, readSafetensorsModel, type SafetensorsModel } from '../src/model/safetensors.ts';
+import { fileSource } from '../src/model/source.ts';
+import { readF32, runOps, storageBuffer } from '../src/gpu/kernel.ts';
+import { matmulOp, type MatmulVariant } from '../src/shaders/matmul.ts';
+import { int8DecodableTypes } from '../src/shaders/quant-wgsl.ts';
+import { loadModel, type Model } from '../src/api/model.ts';
+import { GGUFValueType, type GGUFValue } from '../src/model/gguf.ts';
+import { writeGGUF, type GGUFTypedValue } from '../src/model/gguf-writer.ts';
+import type { GenerationCase } from './helpers/models.ts';
+
+const VARIANTS = ['awq-tiny/awq-g32', 'gptq-tiny/gptq-g32', 'gptq-tiny/gptq-g32-actorder'] as const;
+const LINEAR = ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj', 'self_attn.o_proj', 'mlp.gate_proj', 'mlp.up_proj', 'mlp.down_proj'];
+
+interface Checkpoint {
+  folder: string;
+  st: SafetensorsModel;
+  config: HfModelConfig;
+  gguf: GGUFFile;
+}
+
+/** A linear layer's packed tensors, as the loader will read them. */
+function linear(c: Checkpoint, layer: number, module: string): Promise<Int4Linear> {
+  return readInt4Linear(c.st, `model.layers.${layer}.${module}`, c.config.quantization!);
+}
+
+/** The GGUF's F32 weight in HF row order (llama.cpp's converter permutes Q/K rows for interleaved RoPE). */
+async function ggufWeight(c: Checkpoint, hfName: string): Promise<Float32Array> {
+  const t = c.gguf.tensor(hfToGgufName(hfName)!);
+  const w = dequantize(GGMLType.F32, await readTensorBytes(c.gguf, t), t.shape.reduce((a, b) => a * b, 1));
+  const rope = hfName.includes('q_proj') || hfName.includes('k_proj');
+  return rope ? permuteRopeRows(w, t.shape[0]!, c.config.headDim, false) : w;
+}
+
+/** Q4_ZP rows dequantized, columns put back in input order. */
+function q4zpToInputOrder(l: Int4Linear): Float32Array {
+  const zp = int4ToQ4Zp(l);
+  const w = dequantize(GGMLType.Q4_ZP, zp.bytes, zp.rows * zp.cols);
+  if (!zp.inputOrder) return w;
+  const out = new Float32Array(w.length);
+  for (let r = 0; r < zp.rows; r++) for (let t = 0; t < zp.cols; t++) out[r * zp.cols + zp.inputOrder[t]!] = w[r * zp.cols + t]!;
+  return out;
+}
+
+function expectSameBits(a: Float32Array, b: Float32Array, what: string): void {
+  expect(a.length, what).toBe(b.length);
+  const [x, y] = [new Uint32Array(a.buffer, a.byteOffset, a.length), new Uint32Array(b.buffer, b.byteOffset, b.length)];
+  let differ = 0;
+  for (let i = 0; i < x.length; i++) if (x[i] !== y[i] && !(a[i] === 0 && b[i] === 0)) differ++;
+  expect(differ, `${what}: values that differ`).toBe(0);
+}
+
+const checkpoints = new Map<string, Checkpoint>();
+// One device for the whole file (opened here, at file level, so it outlives each describe).
+const device = testGpu();
+
+beforeAll(async () => {
+  for (const folder of VARIANTS) {
+    const json = (file: string) => JSON.parse(readFileSync(modelPath(`${folder}/${file}`), 'utf8')) as unknown;
+    const config = readHfConfig({
+      file: folder,
+      config: json('config.json'),
+      generationConfig: json('generation_config.json'),
+      ...(folder.startsWith('gptq') ? { quantizeConfig: json('quantize_config.json') } : {}),
+    });
+    const st = await readSafetensorsModel(await fileSource(modelPath(`${folder}/model.safetensors`)));
+    const gguf = await readGGUF(await fileSource(modelPath(`${folder}-dequant-F32.gguf`)));
+    checkpoints.set(folder, { folder, st, config, gguf });
+  }
+});
+
+afterAll(async () => {
+  for (const c of checkpoints.values()) {
+    await c.st.files[0]!.source.close();
+    await c.gguf.source.close();
+  }
+});
+
+describe('the real AWQ and GPTQ checkpoints', () => {
+  it('read their quantization from config.json', () => {
+    expect(checkpoints.get('awq-tiny/awq-g32')!.config.quantization).toMatchObject({ method: 'awq', bits: 4, groupSize: 32, zeroPoint: true, descAct: false });
+    expect(checkpoints.get('gptq-tiny/gptq-g32')!.config.quantization).toMatchObject({ method: 'gptq', groupSize: 32, zeroPoint: false, descAct: false, checkpointFormat: 'gptq' });
+    expect(checkpoints.get('gptq-tiny/gptq-g32-actorder')!.config.quantization).toMatchObject({ method: 'gptq', descAct: true, lmHead: false });
+  });
+
+  it.each(VARIANTS)('%s: every layer decodes exactly to the dequantized GGUF, by the reference and through Q4_ZP', async (folder) => {
+    const c = checkpoints.get(folder)!;
+    let permuted = 0;
+    for (let layer = 0; layer < c.config.nLayers; layer++) {
+      for (const module of LINEAR) {
+        const l = await linear(c, layer, module);
+        const expected = await ggufWeight(c, `model.layers.${layer}.${module}.weight`);
+        expectSameBits(dequantizeInt4Reference(l), expected, `${l.name} (reference)`);
+        expectSameBits(q4zpToInputOrder(l), expected, `${l.name} (Q4_ZP)`);
+        if (int4ToQ4Zp(l).inputOrder) permuted++;
+      }
+    }
+    // Act-order is really exercised: every layer of that checkpoint has a permuted g_idx.
+    expect(permuted).toBe(folder.endsWith('actorder') ? 7 * c.config.nLayers : 0);
+  });
+
+  it.each(VARIANTS)('%s: the F16 tensors (embeddings, norms, lm_head) equal the GGUF', async (folder) => {
+    const c = checkpoints.get(folder)!;
+    const f16 = c.st.tensors.filter((t) => t.dtype === 'F16' && !t.name.endsWith('.scales'));
+    expect(f16.length).toBe(11);
+    for (const t of f16) {
+      const count = t.shape.reduce((a, b) => a * b, 1);
+      expectSameBits(dequantize(GGMLType.F16, await readSafetensorsBytes(t), count), await ggufWeight(c, t.name), t.name);
+    }
+  });
+});
+
+describe('random AWQ / GPTQ layers of every supported kind', () => {
+  // Pairwise over method × group size × zero points × act-order × zero format.
+  const kinds: RandomInt4Options[] = [
+    { method: 'awq', inFeatures: 96, outFeatures: 24, groupSize: 32, asymmetric: true, seed: 1 },
+    { method: 'awq', inFeatures: 256, outFeatures: 40, groupSize: 128, asymmetric: false, seed: 2 },
+    { method: 'gptq', inFeatures: 128, outFeatures: 16, groupSize: 64, asymmetric: true, seed: 3 },
+    { method: 'gptq', inFeatures: 256, outFeatures: 24, groupSize: 128, asymmetric: true, actOrder: true, checkpointFormat: 'gptq_v2', seed: 4 },
+    { method: 'gptq', inFeatures: 192, outFeatures: 8, groupSize: 64, asymmetric: false, actOrder: true, seed: 5 },
+    { method: 'gptq', inFeatures: 96, outFeatures: 40, groupSize: 32, asymmetric: true, checkpointFormat: 'gptq_v2', seed: 6 },
+  ];
+  const name = (k: RandomInt4Options) =>
+    `${k.method} g${k.groupSize} ${k.asymmetric ? 'asym' : 'sym'}${k.actOrder ? ' act-order' : ''}${k.checkpointFormat === 'gptq_v2' ? ' v2' : ''} ${k.outFeatures}×${k.inFeatures}`;
+
+  it.each(kinds.map((k) => [name(k), k] as const))('%s: Q4_ZP decodes as the reference', (_name, kind) => {
+    const l = randomInt4Linear(kind);
+    expectSameBits(q4zpToInputOrder(l), dequantizeInt4Reference(l), name(kind));
+    expect(Boolean(int4ToQ4Zp(l).inputOrder)).toBe(Boolean(kind.actOrder));
+  });
+
+  it('refuses bad layers with the tensor and the numbers', () => {
+    const good = randomInt4Linear(kinds[2]!);
+    const bad = (patch: Partial<Int4Linear>) => () => int4ToQ4Zp({ ...good, ...patch });
+    expect(bad({ scales: good.scales.subarray(1) })).toThrow(/scales: holds 31 values, but \[2, 16\] needs 32/);
+    expect(bad({ groupSize: 16 })).toThrow(/group size 16/);
+    expect(bad({ gIdx: new Int32Array(128) })).toThrow(/g_idx: group 0 has 128 columns, not the group size 64/);
+    expect(bad({ gIdx: new Int32Array(128).fill(5) })).toThrow(/g_idx: column 0 is in group 5, outside 0..1/);
+    expect(bad({ checkpointFormat: 'marlin' })).toThrow(/checkpoint_format "marlin" is not supported/);
+    expect(bad({ outFeatures: 12 })).toThrow(ModelFormatError);
+  });
+
+  it('refuses packed tensors of the wrong dtype, naming the tensor', async () => {
+    const c = checkpoints.get('gptq-tiny/gptq-g32')!;
+    const asAwq = { ...c.config.quantization!, method: 'awq' as const };
+    // A GPTQ checkpoint read as AWQ has the right dtypes but other shapes.
+    await expect(readInt4Linear(c.st, 'model.layers.0.mlp.up_proj', asAwq)).rejects.toThrow(
+      /up_proj.scales has 256 output features, but model.layers.0.mlp.up_proj.qweight \[16, 256\] read as AWQ has 2048/,
+    );
+    const f16Weight = { tensor: (name: string) => ({ ...c.st.tensor(name), dtype: 'F16' as const }), hasTensor: c.st.hasTensor };
+    await expect(readInt4Linear(f16Weight, 'model.layers.0.mlp.up_proj', c.config.quantization!)).rejects.toThrow(
+      /model.layers.0.mlp.up_proj.qweight is F16 \[\d+, \d+\], but GPTQ stores qweight as 2-D I32/,
+    );
+  });
+});
+
+describe('Q4_ZP on the GPU', async () => {
+  const gpu = await device;
+  const variants: Array<Exclude<MatmulVariant, 'auto'>> = ['matvec', 'tiled', 'tiled-large', 'matvec-int8', 'tiled-int8', 'int8'];
+  if (gpu.features.subgroups) variants.push('matvec-subgroup');
+
+  it('is a type the int8 kernels read', () => {
+    expect(int8DecodableTypes()).toContain(GGMLType.Q4_ZP);
+  });
+
+  // Each variant meets a different layer kind and token count (pairwise, not the full product);
+  // the real act-order layer runs with its activations permuted as the engine will feed them.
+  const cases: Array<{ variant: Exclude<MatmulVariant, 'auto'>; layer: () => Promise<Int4Linear>; nTokens: number }> = [];
+  const randomKinds: RandomInt4Options[] = [
+    { method: 'awq', inFeatures: 256, outFeatures: 40, groupSize: 128, asymmetric: true, seed: 11 },
+    { method: 'gptq', inFeatures: 192, outFeatures: 24, groupSize: 64, asymmetric: true, actOrder: true, seed: 12 },
+    { method: 'gptq', inFeatures: 96, outFeatures: 72, groupSize: 32, asymmetric: false, seed: 13 },
+  ];
+  const real = (folder: (typeof VARIANTS)[number], module: string) => () => linear(checkpoints.get(folder)!, 1, module);
+  const layers = [
+    real('awq-tiny/awq-g32', 'mlp.down_proj'),
+    real('gptq-tiny/gptq-g32-actorder', 'self_attn.k_proj'),
+    ...randomKinds.map((k) => async () => randomInt4Linear(k)),
+  ];
+  // Two cases per variant (lavapipe compiles each kernel slowly), together every layer kind thrice.
+  for (const [i, variant] of variants.entries()) {
+    for (const j of [0, 1]) {
+      const nTokens = variant.startsWith('matvec') ? [1, 3][j]! : [37, 70][j]!;
+      cases.push({ variant, layer: layers[(2 * i + j) % layers.length]!, nTokens });
+    }
+  }
+
+  it.each(variants)('%s matches the f64 reference', async (variant) => {
+    for (const c of cases.filter((c) => c.variant === variant)) {
+      const l = await c.layer();
+      const zp = int4ToQ4Zp(l);
+      const x = randomF32(c.nTokens * zp.cols, zp.rows + zp.cols + c.nTokens);
+      // The engine feeds an act-order layer its activations in group order.
+      const xFed = permuteColumns(x, zp.cols, zp.inputOrder);
+      const int8 = variant.endsWith('int8');
+      const ref = matmulReference(dequantizeInt4Reference(l), zp.rows, zp.cols, int8 ? permuteBack(quantizeActivationsInt8(xFed), zp.cols, zp.inputOrder) : x, c.nTokens);
+      const weight = await uploadWholeWeight(gpu, l.name, GGMLType.Q4_ZP, zp.rows, zp.cols, zp.bytes);
+      const xBuf = storageBuffer(gpu.device, 'x', xFed);
+      const yBuf = storageBuffer(gpu.device, 'y', new Float32Array(c.nTokens * zp.rows).fill(NaN));
+      runOps(gpu.device, [matmulOp(gpu, weight, xBuf, yBuf, c.nTokens, { variant })]);
+      const y = await readF32(gpu.device, yBuf, c.nTokens * zp.rows);
+      for (const b of [weight.buffer, xBuf, yBuf]) b.destroy();
+      for (let i = 0; i < y.length; i++) {
+        expect(Math.abs(y[i]! - ref.y[i]!), `${l.name} ${zp.rows}×${zp.cols}, ${c.nTokens} tokens, output ${i}`).toBeLessThan(1e-4 * ref.magnitude[i]! + 1e-30);
+      }
+    }
+  });
+
+  /** Inverse of permuteColumns: back to input order (the reference multiplies in input order). */
+  function permuteBack(x: Float32Array, cols: number, order: Int32Array | undefined): Float32Array {
+    if (!order) return x;
+    const out = new Float32Array(x.length);
+    for (let r = 0; r < x.length / cols; r++) for (let t = 0; t < cols; t++) out[r * cols + order[t]!] = x[r * cols + t]!;
+    return out;
+  }
+});
+
+describe('tensor-parallel cuts', () => {
+  const layer = { method: 'gptq', name: 'model.layers.0.mlp.down_proj', inFeatures: 256, outFeatures: 128, groupSize: 64 } as const;
+
+  it('allow cuts on packing words (rows) and whole groups (columns)', () => {
+    expect(() => checkInt4Split(layer, 'rows', [0, 64, 128])).not.toThrow();
+    expect(() => checkInt4Split(layer, 'rows', [8, 40])).not.toThrow();
+    expect(() => checkInt4Split(layer, 'columns', [0, 128, 256])).not.toThrow();
+  });
+
+  it('refuse other cuts with the numbers', () => {
+    expect(() => checkInt4Split(layer, 'rows', [0, 60, 128])).toThrow(QuantizedSplitError);
+    expect(() => checkInt4Split(layer, 'rows', [60])).toThrow(/down_proj: cannot cut the rows at 60: rows cuts must be multiples of 8 \(GPTQ packs 8 output features/);
+    expect(() => checkInt4Split(layer, 'columns', [96])).toThrow(/cannot cut the columns at 96: columns cuts must be multiples of 64 \(each group of 64 input features/);
+    expect(() => checkInt4Split(layer, 'columns', [320])).toThrow(/at 320.*inside 0..256/);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// The whole forward pass on Q4_ZP weights, against llama.cpp
+
+/**
+ * Until the Hugging Face loader is wired, a stand-in for its adapter: the dequantized GGUF's
+ * metadata, norms and embeddings, with every linear weight replaced by the checkpoint's Q4_ZP
+ * rows (Q/K rows moved into GGUF's interleaved-RoPE order, since this engine path runs GGUF's
+ * RoPE). Act-order layers need the activation gather the engine does not have yet, so only the
+ * AWQ and plain GPTQ checkpoints run here.
+ */
+async function q4zpGguf(c: Checkpoint): Promise<Uint8Array> {
+  const metadata: Array<[string, GGUFTypedValue]> = [];
+  for (const [key, value] of c.gguf.metadata) metadata.push([key, typedValue(value, c.gguf.metadataTypes.get(key)!)]);
+  const replaced = new Map<string, { bytes: Uint8Array; rows: number; cols: number }>();
+  for (let layer = 0; layer < c.config.nLayers; layer++) {
+    for (const module of LINEAR) {
+      const zp = int4ToQ4Zp(await linear(c, layer, module));
+      expect(zp.inputOrder).toBeUndefined();
+      const rope = module.endsWith('q_proj') || module.endsWith('k_proj');
+      const bytes = rope ? permuteRopeRows(zp.bytes, zp.bytes.length / zp.rows, c.config.headDim) : zp.bytes;
+      replaced.set(hfToGgufName(`model.layers.${layer}.${module}.weight`)!, { bytes, rows: zp.rows, cols: zp.cols });
+    }
+  }
+  const tensors = [];
+  for (const t of c.gguf.tensors) {
+    const q = replaced.get(t.name);
+    tensors.push(q ? { name: t.name, shape: [q.cols, q.rows], type: GGMLType.Q4_ZP, data: q.bytes } : { name: t.name, shape: t.shape, type: t.type, data: await readTensorBytes(c.gguf, t) });
+  }
+  expect(tensors.filter((t) => t.type === GGMLType.Q4_ZP)).toHaveLength(replaced.size);
+  return writeGGUF({ metadata, tensors });
+}
+
+/** A metadata value as the writer takes it (the dequantized GGUFs hold scalars and flat arrays). */
+function typedValue(value: GGUFValue, type: number): GGUFTypedValue {
+  const names: Record<number, string> = { 0: 'u8', 1: 'i8', 2: 'u16', 3: 'i16', 4: 'u32', 5: 'i32', 6: 'f32', 7: 'bool', 8: 'string', 10: 'u64', 11: 'i64', 12: 'f64' };
+  if (type !== GGUFValueType.ARRAY) return { type: names[type], value } as GGUFTypedValue;
+  const element = value instanceof Float32Array ? 'f32' : value instanceof Int32Array ? 'i32' : value instanceof Uint32Array ? 'u32' : Array.isArray(value) && typeof value[0] === 'string' ? 'string' : undefined;
+  if (!element) throw new Error(`no writer type for ${Object.prototype.toString.call(value)}`);
+  return { type: 'array', elementType: element, value } as GGUFTypedValue;
+}
+
+const quantizedCases = (JSON.parse(readFileSync(modelPath('reference/quantized-public.json'), 'utf8')) as { generation_cases: GenerationCase[] }).generation_cases;
+
+describe.each(['awq-tiny/awq-g32', 'gptq-tiny/gptq-g32'] as const)('generation on Q4_ZP weights: %s', (folder) => {
+  let model: Model;
+  beforeAll(async () => {
+    model = await loadModel(await q4zpGguf(checkpoints.get(folder)!), { device: await device, contextLength: 128 });
+  });
+  afterAll(() => model?.dispose());
+
+  // The three prompts with the longest stable prefixes (the cases differ only in their prompt).
+  const longest = quantizedCases
+    .filter((c) => c.model === folder)
+    .sort((a, b) => b.stable_prefix_len['0.01'] - a.stable_prefix_len['0.01'])
+    .slice(0, 3);
+  it.each(longest.map((c) => [c.name, c] as const))('%s: llama.cpp\'s tokens up to the stable prefix', async (_name, c) => {
+    const result = await model.complete(c.prompt_ids, { temperature: 0, maxTokens: c.n_predict, ignoreEos: true });
+    const stable = c.stable_prefix_len['0.01'];
+    expect(stable).toBeGreaterThanOrEqual(32);
+    expect(result.ids.slice(0, stable)).toEqual(c.generated_ids.slice(0, stable));
+  });
+});
