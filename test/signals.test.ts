@@ -1,8 +1,8 @@
 // Stopping the server the way process managers do, with a stream in flight, through both start
 // commands: the production command (deno itself, what the Containerfile runs) and the README's
 // `npx deno task serve` (npx → bin/deno.cjs → deno task → bin/deno.cjs under Deno → the server).
-// SIGTERM goes to the top process alone (`docker stop`, Kubernetes) or to its whole process group
-// (a terminal's Ctrl-C, `kill -- -PGID`). Each time: the command exits 0, the stream completes,
+// SIGTERM or SIGINT goes to the top process alone (`docker stop`, Kubernetes) or to its whole
+// process group (a terminal's Ctrl-C, `kill -- -PGID`). Each time: the command exits 0, the stream completes,
 // /ready and new requests get 503 while it drains, and no process is left holding the port.
 
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -88,15 +88,17 @@ const exitOf = (child: ChildProcess) =>
     child.exitCode !== null || child.signalCode !== null ? resolveExit(child.exitCode) : child.once('exit', (code) => resolveExit(code)),
   );
 
+// Pairwise: each command gets each delivery, and each signal (SIGINT is a terminal's Ctrl-C, sent
+// to the foreground process group).
 const cases = [
-  { command: 'production', delivery: 'process' },
-  { command: 'production', delivery: 'group' },
-  { command: 'npx deno task serve', delivery: 'process' },
-  { command: 'npx deno task serve', delivery: 'group' },
+  { command: 'production', delivery: 'process', signal: 'SIGTERM' },
+  { command: 'production', delivery: 'group', signal: 'SIGINT' },
+  { command: 'npx deno task serve', delivery: 'process', signal: 'SIGINT' },
+  { command: 'npx deno task serve', delivery: 'group', signal: 'SIGTERM' },
 ] as const;
 
 describe('stopping the server by signal', () => {
-  it.each(cases)('$command, SIGTERM to the $delivery: the stream finishes, exit 0, nothing left', async ({ command, delivery }) => {
+  it.each(cases)('$command, $signal to the $delivery: the stream finishes, exit 0, nothing left', async ({ command, delivery, signal }) => {
     const server = await start(command === 'production' ? productionCommand() : npxCommand());
     try {
       const response = await fetch(`${server.baseUrl}/v1/completions`, {
@@ -107,7 +109,7 @@ describe('stopping the server by signal', () => {
       let streamed = (await reader.read()).value ?? '';
       expect(streamed).toContain('data: ');
 
-      process.kill(delivery === 'group' ? -server.child.pid! : server.child.pid!, 'SIGTERM');
+      process.kill(delivery === 'group' ? -server.child.pid! : server.child.pid!, signal);
       // Draining: still listening, but no longer ready, and new work is refused.
       let ready = 200;
       for (let i = 0; i < 100 && ready === 200; i++) ready = await fetch(`${server.baseUrl}/ready`).then((r) => r.status, () => 0);
