@@ -5,12 +5,13 @@ import { GpuUnavailableError, requestGpu, type GpuContext, type GpuOptions } fro
 import { llamaConfig, validateLlamaTensors, type LlamaConfig } from '../model/config.ts';
 import { readGGUF, type GGUFFile } from '../model/gguf.ts';
 import { openSource, type ModelSource } from '../model/source.ts';
-import { LlamaTokenizer } from '../model/tokenizer.ts';
+import { LlamaTokenizer, UnsupportedTokenizerError } from '../model/tokenizer.ts';
 import { describeShardDevices, distinctAdapters } from '../sharding/devices.ts';
 import { ShardGroup } from '../sharding/group.ts';
 import { planShards, type DeviceDescription, type ShardPlan } from '../sharding/plan.ts';
 import type { DeviceStats, ForwardEngine } from '../engine/forward-engine.ts';
 import { checkGeneration, generateTokens, type FinishReason, type GeneratedToken, type GenerateOptions, type GenerationBackend } from '../engine/generate.ts';
+import { viewFootprint } from '../engine/footprint.ts';
 import { kvGeometry } from '../engine/kv-cache.ts';
 import type { KernelChoice } from '../engine/llama.ts';
 import { InvalidOptionError } from '../engine/sampler.ts';
@@ -97,7 +98,7 @@ export class Model {
   private constructor(
     readonly config: LlamaConfig,
     readonly file: GGUFFile,
-    readonly tokenizer: LlamaTokenizer,
+    private readonly tokenizerOrRefusal: LlamaTokenizer | UnsupportedTokenizerError,
     private readonly engine: ForwardEngine,
     /** Positions one sequence may hold (prompt + generated). */
     readonly contextLength: number,
@@ -139,7 +140,7 @@ export class Model {
       const file = await readGGUF(bytes);
       const config = llamaConfig(file);
       validateLlamaTensors(file, config);
-      const tokenizer = LlamaTokenizer.fromGGUFMetadata(file.metadata);
+      const tokenizer = readTokenizer(file);
       const contextLength = options.contextLength ?? Math.min(config.contextLength, 4096);
       const maxSequences = options.maxSequences ?? 1;
       // Decode tokens (one per sequence) go first in a step; the budget must leave prompts room.
@@ -158,8 +159,9 @@ export class Model {
         const gpu = options.device ?? (await requestGpu(options.devices?.[0] ?? options.gpu));
         try {
           const device = { name: gpu.adapterDescription, maxBufferSize: gpu.limits.maxBufferSize, maxStorageBufferBindingSize: gpu.limits.maxStorageBufferBindingSize, memoryBudgetBytes: options.gpuMemoryBytes };
-          planShards(file, config, { ...planOptions, devices: [device] });
-          const runner = await LlamaRunner.load(gpu, file, config, wholeModelView(config), { geometry, maxBatchTokens, onProgress, kernels: options.kernels });
+          const view = wholeModelView(config);
+          viewFootprint(file, config, view, device, { geometry, maxBatchTokens, contextLength }, { who: `the model on ${device.name}`, rank: 0, shards: 1 });
+          const runner = await LlamaRunner.load(gpu, file, config, view, { geometry, maxBatchTokens, onProgress, kernels: options.kernels });
           return create(runner, gpu, undefined, !options.device);
         } catch (error) {
           if (!options.device) gpu.device.destroy();
@@ -187,6 +189,12 @@ export class Model {
       await bytes.close();
       throw error;
     }
+  }
+
+  /** The model's tokenizer; throws UnsupportedTokenizerError for a byte-level BPE vocabulary (not read yet). */
+  get tokenizer(): LlamaTokenizer {
+    if (this.tokenizerOrRefusal instanceof Error) throw this.tokenizerOrRefusal;
+    return this.tokenizerOrRefusal;
   }
 
   /** The shard group of a sharded model (per-shard load reports, test hooks). */
@@ -294,7 +302,7 @@ export class Model {
       const sequence = await this.scheduler.admit(1, gaveUp.signal);
       if (!sequence) return { ok: false, detail: 'gave up waiting for a slot' };
       try {
-        await sequence.forward([this.tokenizer.bosId], 0, false);
+        await sequence.forward([this.probeToken()], 0, false);
       } finally {
         sequence.release();
       }
@@ -337,9 +345,22 @@ export class Model {
       contextLength: this.contextLength,
       vocabSize: this.config.vocabSize,
       forward: (tokens, startPos, wantLogits, topK) => sequence.forward(tokens, startPos, wantLogits, topK),
-      isEndOfGeneration: (id) => this.tokenizer.isEog(id),
-      createStreamDecoder: () => this.tokenizer.createStreamDecoder(),
+      ...this.textBackend(),
     };
+  }
+
+  // Until the byte-level BPE tokenizer lands (issue 10), a "gpt2"-vocabulary model runs from token
+  // ids alone: generation stops at the metadata's EOS and its text is empty. Temporary, and only
+  // for that vocabulary; every other tokenizer problem still refuses the load.
+  private textBackend(): Pick<GenerationBackend, 'isEndOfGeneration' | 'createStreamDecoder'> {
+    const tokenizer = this.tokenizerOrRefusal;
+    if (!(tokenizer instanceof Error)) return { isEndOfGeneration: (id) => tokenizer.isEog(id), createStreamDecoder: () => tokenizer.createStreamDecoder() };
+    return { isEndOfGeneration: (id) => id === this.config.eosTokenId, createStreamDecoder: () => ({ push: () => '', flush: () => '' }) };
+  }
+
+  /** The token the health probe runs (BOS). */
+  private probeToken(): number {
+    return this.tokenizerOrRefusal instanceof Error ? (this.config.bosTokenId ?? 0) : this.tokenizerOrRefusal.bosId;
   }
 
   /** The engine with the step timing (and the wedged-GPU test hook) that health checks use. */
@@ -372,6 +393,16 @@ function workerSource(source: ModelSource): string | Blob | Uint8Array {
   if (source instanceof Uint8Array) return new Blob([source as Uint8Array<ArrayBuffer>]);
   if (typeof source === 'string' || source instanceof Blob) return source;
   throw new InvalidOptionError('A sharded model needs a path, URL, Blob/File or bytes as its source (each shard worker opens it itself), not an open ByteSource.');
+}
+
+/** The file's tokenizer, or the refusal of a byte-level BPE ("gpt2") vocabulary, which the model keeps (see textBackend). */
+function readTokenizer(file: GGUFFile): LlamaTokenizer | UnsupportedTokenizerError {
+  try {
+    return LlamaTokenizer.fromGGUFMetadata(file.metadata);
+  } catch (error) {
+    if (error instanceof UnsupportedTokenizerError && error.tokenizerModel === 'gpt2') return error;
+    throw error;
+  }
 }
 
 /** The planner's view of each shard's device, with a warning when several shards share one adapter. */
