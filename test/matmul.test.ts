@@ -5,7 +5,7 @@ import { randomF32, testGpu } from './helpers/gpu.ts';
 import { matmulReference, randomWeightBytes } from './reference/matmul.ts';
 import { readF32, runOps, storageBuffer } from '../src/gpu/kernel.ts';
 import { blockGeometry, GGMLType, ggmlTypeName } from '../src/model/ggml-type.ts';
-import { dequantize } from '../src/model/quant.ts';
+import { dequantize, f16ToF32, f32ToF16 } from '../src/model/quant.ts';
 import { gpuLayout, repackForGpu } from '../src/model/repack.ts';
 import {
   matmulOp,
@@ -19,7 +19,7 @@ import type { GpuContext } from '../src/gpu/device.ts';
 
 const TOLERANCE = 1e-4;
 
-/** x with each block of 32 replaced by its int8 quantization, dequantized (in f32, as the kernel). */
+/** x with each block of 32 replaced by its int8 quantization, dequantized (in f32, as the kernel: the scale rounded to f16, as ggml stores it). */
 function quantizeActivationsInt8(x: Float32Array): Float32Array {
   const out = new Float32Array(x.length);
   const f = Math.fround;
@@ -31,7 +31,7 @@ function quantizeActivationsInt8(x: Float32Array): Float32Array {
     for (let i = b; i < b + 32; i++) {
       const v = f(x[i]! * inverse);
       const q = Math.abs(v % 1) === 0.5 ? 2 * Math.round(v / 2) : Math.round(v); // round half to even
-      out[i] = f(q * d);
+      out[i] = f(q * f16ToF32(f32ToF16(d)));
     }
   }
   return out;

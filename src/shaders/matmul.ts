@@ -207,7 +207,7 @@ fn x8(t: u32, c: u32) -> W8 {
 function epilogueWgsl(epilogue: MatmulEpilogue, outputs: number, biased: boolean): string {
   const store = (k: number): string => {
     const y = k === 0 ? 'y' : `y${k}`;
-    const sum = biased ? `s + bias${k}[j]` : 's';
+    const sum = biased ? `(s + bias${k}[j])` : 's';
     switch (epilogue) {
       case 'store':
         return `${y}[i] = ${sum};`;
@@ -215,7 +215,7 @@ function epilogueWgsl(epilogue: MatmulEpilogue, outputs: number, biased: boolean
         return `${y}[i] = ${y}[i] + ${sum};`;
       case 'gate':
         // The same expression as swigluOp (src/shaders/elementwise.ts), so fusing changes no bit.
-        return `let g = gate[i]; ${y}[i] = g / (1.0 + exp(-g)) * (${sum});`;
+        return `let g = gate[i]; ${y}[i] = g / (1.0 + exp(-g)) * ${sum};`;
     }
   };
   if (epilogue === 'gate' && outputs > 1) throw new Error('the gate epilogue writes one output');
@@ -282,9 +282,23 @@ const floatChunkWgsl = /* wgsl */ `
   }`;
 
 /**
+ * ggml stores a Q8_0 block's scale as f16 (the values are divided by the f32 scale, the products
+ * multiplied by the f16 one): rounding it the same way keeps llama.cpp's logits on small models,
+ * where a 2^-12 change of one scale can flip a token. Scales are ≥ 0; in f16's normal range the
+ * rounding is done on the bits (to nearest, ties to even: WGSL leaves pack2x16float's rounding to
+ * the implementation), below it (amax < 0.008) by the conversion.
+ */
+const f16RoundWgsl = /* wgsl */ `fn f16_round(v: f32) -> f32 {
+  let bits = bitcast<u32>(v);
+  let nearest = bitcast<f32>((bits + 0xfffu + ((bits >> 13u) & 1u)) & 0xffffe000u);
+  return select(nearest, unpack2x16float(pack2x16float(vec2f(v, 0.0))).x, v < 6.103515625e-5);
+}`;
+
+/**
  * The int8 version: each thread quantizes its block of 32 activations per token to int8 (scale
  * max|x|/127, like ggml's Q8_0) in registers, then takes integer dot products with the weight
- * block's bytes, 4 at a time (dot4I8Packed), and scales the sum once per block.
+ * block's bytes, 4 at a time (dot4I8Packed), and scales the sum once per block by the weight's
+ * scale and the f16-rounded activation scale.
  */
 const int8ChunkWgsl = /* wgsl */ `
   for (var blk = lid; blk < p.blocks_per_row; blk += WG) {
@@ -310,7 +324,7 @@ const int8ChunkWgsl = /* wgsl */ `
         xq[t][i] = q;
         sum += dot4I8Packed(q, 0x01010101u);
       }
-      xd[t] = d;
+      xd[t] = f16_round(d);
       xsum[t] = sum;
     }
     for (var r = 0u; r < ROWS; r++) {
@@ -366,7 +380,7 @@ export function matvecWgsl(spec: KernelSpec, tokens: number, subgroups: boolean,
   if (!subgroups && MATVEC_WG % outs !== 0) throw new Error(`matvec: ${outs} outputs per workgroup do not divide ${MATVEC_WG}`);
 
   return /* wgsl */ `${subgroups ? 'enable subgroups;' : ''}
-${int8 ? weightDecodeInt8Wgsl(spec.type, 0) : weightDecodeWgsl(spec.type, 0)}
+${int8 ? `${weightDecodeInt8Wgsl(spec.type, 0)}\n${f16RoundWgsl}` : weightDecodeWgsl(spec.type, 0)}
 ${kernelIoWgsl(spec)}
 const WG: u32 = ${MATVEC_WG}u;
 const ROWS: u32 = ${matvecRows(int8)}u;
@@ -521,6 +535,7 @@ const int8TileWorkgroupBytes = (c: TileConfig) => 4 * (tileRows(c) * 9 + tileTok
 export function tiledInt8Wgsl(spec: KernelSpec, config: TileConfig): string {
   return /* wgsl */ `
 ${weightDecodeInt8Wgsl(spec.type, 0)}
+${f16RoundWgsl}
 ${kernelIoWgsl(spec)}
 ${tileConstantsWgsl(config)}
 
@@ -574,7 +589,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
       let hi = pack4xI8(vec4i(round(vec4f(xf[at + 4u], xf[at + 5u], xf[at + 6u], xf[at + 7u]) * inverse)));
       xq[(2u * quarter) * TILE_N + n] = lo;
       xq[(2u * quarter + 1u) * TILE_N + n] = hi;
-      if (quarter == 0u) { xd[n] = d; }
+      if (quarter == 0u) { xd[n] = f16_round(d); }
     }
     workgroupBarrier();
     for (var n = lid; n < TILE_N; n += WG) {
