@@ -51,8 +51,9 @@ describe('shared models', () => {
 
 /** A minimal llama file with zero-filled weights; `edit` changes metadata or tensors before writing. */
 function tinyLlama(
-  edit: { metadata?: Record<string, GGUFTypedValue | null>; tensors?: (tensors: GGUFTensorSpec[]) => GGUFTensorSpec[] } = {},
+  edit: { architecture?: string; metadata?: Record<string, GGUFTypedValue | null>; tensors?: (tensors: GGUFTensorSpec[]) => GGUFTensorSpec[] } = {},
 ): Uint8Array {
+  const arch = edit.architecture ?? 'llama';
   const dim = 8;
   const heads = 2;
   const kvHeads = 1;
@@ -60,15 +61,15 @@ function tinyLlama(
   const vocab = 10;
   const headDim = dim / heads;
   const base: Record<string, GGUFTypedValue> = {
-    'general.architecture': ggufValue.string('llama'),
-    'llama.embedding_length': ggufValue.u32(dim),
-    'llama.block_count': ggufValue.u32(1),
-    'llama.attention.head_count': ggufValue.u32(heads),
-    'llama.attention.head_count_kv': ggufValue.u32(kvHeads),
-    'llama.feed_forward_length': ggufValue.u32(ffn),
-    'llama.context_length': ggufValue.u32(64),
-    'llama.attention.layer_norm_rms_epsilon': ggufValue.f32(1e-6),
-    'llama.rope.freq_base': ggufValue.f32(500000),
+    'general.architecture': ggufValue.string(arch),
+    [`${arch}.embedding_length`]: ggufValue.u32(dim),
+    [`${arch}.block_count`]: ggufValue.u32(1),
+    [`${arch}.attention.head_count`]: ggufValue.u32(heads),
+    [`${arch}.attention.head_count_kv`]: ggufValue.u32(kvHeads),
+    [`${arch}.feed_forward_length`]: ggufValue.u32(ffn),
+    [`${arch}.context_length`]: ggufValue.u32(64),
+    [`${arch}.attention.layer_norm_rms_epsilon`]: ggufValue.f32(1e-6),
+    [`${arch}.rope.freq_base`]: ggufValue.f32(500000),
     'tokenizer.ggml.tokens': ggufValue.array('string', Array.from({ length: vocab }, (_, i) => `t${i}`)),
   };
   const metadata = Object.entries({ ...base, ...edit.metadata }).filter((entry): entry is [string, GGUFTypedValue] => entry[1] !== null);
@@ -148,7 +149,8 @@ describe('llamaConfig', () => {
 
   it('another architecture is refused by name', async () => {
     const file = await readGGUF(bytesSource(tinyLlama({ metadata: { 'general.architecture': ggufValue.string('mamba') } })));
-    expect(() => llamaConfig(file)).toThrow(/architecture "mamba" is not supported/);
+    expect(() => llamaConfig(file)).toThrow(UnsupportedModelError);
+    expect(() => llamaConfig(file)).toThrow(/architecture "mamba" is not supported \(supported: llama, qwen2, qwen3, phi3\)/);
   });
 
   it('key_length overrides dim / heads', async () => {
@@ -188,5 +190,60 @@ describe('validateLlamaTensors', () => {
       tinyLlama({ tensors: (ts) => ts.map((t) => (t.name === 'output_norm.weight' ? { ...t, shape: [8, 1] } : t)) }),
     );
     expect(validate).not.toThrow();
+  });
+});
+
+describe('model families', () => {
+  it.each([
+    ['llama3-tiny/llama3-tiny-F32.gguf', 'llama', { ropeStyle: 'normal', qkvBias: false, qkNorm: false, fusedQkv: false, fusedGateUp: false }, { tiedEmbeddings: true, ropeFreqsTensor: 'rope_freqs.weight', vocabSize: 128256 }],
+    ['qwen2-tiny/qwen2-tiny-F32.gguf', 'qwen2', { ropeStyle: 'neox', qkvBias: true, qkNorm: false, fusedQkv: false, fusedGateUp: false }, { tiedEmbeddings: true, vocabSize: 151936 }],
+    ['qwen3-tiny/qwen3-tiny-F32.gguf', 'qwen3', { ropeStyle: 'neox', qkvBias: false, qkNorm: true, fusedQkv: false, fusedGateUp: false }, { tiedEmbeddings: true, headDim: 16, dim: 32 }],
+    ['phi3-tiny/phi3-tiny-F32.gguf', 'phi3', { ropeStyle: 'neox', qkvBias: false, qkNorm: false, fusedQkv: true, fusedGateUp: true }, { tiedEmbeddings: false, vocabSize: 32064, contextLength: 4096 }],
+  ] as const)('%s: the %s family description, and every tensor in its shape', async (name, architecture, family, facts) => {
+    const file = await readGGUF(await fileSource(modelPath(name)));
+    const config = llamaConfig(file);
+    expect(config).toMatchObject({ architecture, family, ...facts });
+    expect(() => validateLlamaTensors(file, config)).not.toThrow();
+    await file.source.close();
+  });
+
+  const f32 = (name: string, shape: number[]): GGUFTensorSpec => ({ name, shape, type: GGMLType.F32, data: new Uint8Array(shape.reduce((a, b) => a * b, 4)) });
+  const withBiases = (kBias: number[]) => (ts: GGUFTensorSpec[]) => [...ts, f32('blk.0.attn_q.bias', [8]), f32('blk.0.attn_k.bias', kBias), f32('blk.0.attn_v.bias', [4])];
+
+  it('qwen2: Q/K/V biases are required, in the projections\' shapes', async () => {
+    expect((await configOf(tinyLlama({ architecture: 'qwen2', tensors: withBiases([4]) }))).validate).not.toThrow();
+    const missing = await configError(tinyLlama({ architecture: 'qwen2' }));
+    expect(missing.tensor).toBe('blk.0.attn_q.bias');
+    const wrong = await configError(tinyLlama({ architecture: 'qwen2', tensors: withBiases([8]) }));
+    expect(wrong.tensor).toBe('blk.0.attn_k.bias');
+    expect(wrong.message).toMatch(/blk\.0\.attn_k\.bias has shape \[8\], expected \[4\]/);
+  });
+
+  it('a llama file with Q/K/V biases uses them, as llama.cpp does', async () => {
+    expect((await configOf(tinyLlama({ tensors: withBiases([4]) }))).config.family.qkvBias).toBe(true);
+  });
+
+  it('qwen3: per-head Q/K norms of head_dim values', async () => {
+    const wrong = await configError(tinyLlama({ architecture: 'qwen3', tensors: (ts) => [...ts, f32('blk.0.attn_q_norm.weight', [8]), f32('blk.0.attn_k_norm.weight', [4])] }));
+    expect(wrong.tensor).toBe('blk.0.attn_q_norm.weight');
+    expect(wrong.message).toMatch(/expected \[4\]/);
+  });
+
+  it('phi3: fused attn_qkv (q, k, v rows) and ffn_up (gate, up rows)', async () => {
+    const fused = (qkvRows: number) => (ts: GGUFTensorSpec[]) => [
+      ...ts.filter((t) => !/attn_[qkv]\.|ffn_(gate|up)/.test(t.name)),
+      f32('blk.0.attn_qkv.weight', [8, qkvRows]),
+      f32('blk.0.ffn_up.weight', [8, 32]),
+    ];
+    expect((await configOf(tinyLlama({ architecture: 'phi3', tensors: fused(16) }))).validate).not.toThrow();
+    const wrong = await configError(tinyLlama({ architecture: 'phi3', tensors: fused(24) }));
+    expect(wrong.tensor).toBe('blk.0.attn_qkv.weight');
+    expect(wrong.message).toMatch(/has shape \[8, 24\], expected \[8, 16\]/);
+  });
+
+  it('phi3 LongRoPE factors (128k-context files) are refused, naming the tensor', async () => {
+    const file = await readGGUF(bytesSource(tinyLlama({ architecture: 'phi3', tensors: (ts) => [...ts, f32('rope_factors_long.weight', [2])] })));
+    expect(() => llamaConfig(file)).toThrow(UnsupportedModelError);
+    expect(() => llamaConfig(file)).toThrow(/rope_factors_long\.weight: LongRoPE scaling .* is not supported/);
   });
 });

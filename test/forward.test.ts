@@ -50,6 +50,37 @@ describe('forward pass vs the TypeScript reference', () => {
   }
 });
 
+// Each family's switches (Q/K/V biases, per-head Q/K norms, neox RoPE, fused QKV and gate‖up)
+// against the reference's, covered pairwise with weight types and matmul variants (the int8
+// variants, which round activations as llama.cpp does, are checked against llama.cpp itself in
+// families.test.ts).
+describe('families vs the TypeScript reference', () => {
+  const cases = [
+    { name: 'llama3-tiny/llama3-tiny-F32.gguf', matmul: 'matvec' },
+    { name: 'qwen2-tiny/qwen2-tiny-F32.gguf', matmul: 'tiled' },
+    { name: 'qwen3-tiny/qwen3-tiny-Q4_0.gguf', matmul: 'tiled-large' },
+    { name: 'phi3-tiny/phi3-tiny-Q8_0.gguf', matmul: 'auto' },
+    { name: 'phi3-tiny/phi3-tiny-F32.gguf', matmul: 'matvec' },
+  ] as const;
+  for (const { name, matmul } of cases) {
+    it(`${name} (${matmul} matmuls)`, async () => {
+      const source = await fileSource(modelPath(name));
+      const file = await readGGUF(source);
+      const reference = await ReferenceLlama.load(file, llamaConfig(file));
+      await source.close();
+      const model = await loadModel(modelPath(name), { device: await testGpu(), contextLength: 64, maxBatchTokens: 8, kernels: { matmul } });
+      try {
+        for (const ids of [[9707], [9707, 11, 1879, 0, 358, 1079, 264, 1296, 13, 576, 374]]) {
+          // These logits are ~100 (stories260K's ~10): f32 sums leave ~1e-4 of them against f64.
+          expect(maxRelativeError(await model.nextTokenLogits(ids), reference.promptLogits(ids), 1)).toBeLessThan(3e-4);
+        }
+      } finally {
+        await model.dispose();
+      }
+    }, 300_000);
+  }
+});
+
 describe('Llama 3.1 rope frequency factors', () => {
   it('divides each rotary frequency by rope_freqs.weight, as the reference does', async () => {
     const spec = randomLlamaSpec({ dim: 64, nLayers: 2, nHeads: 4, nKvHeads: 2, ffnDim: 128 }, 3);

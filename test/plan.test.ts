@@ -457,3 +457,17 @@ describe('the plan against the real loader', () => {
     await expectPlanMatchesLoads('random Q8_0', file, config, 1, 2);
   });
 });
+
+describe('families', () => {
+  it('qwen2 at tp=2: the 151936-row tied output head is split by vocabulary, and counted in GPU bytes and file reads', async () => {
+    const { file, config } = await open('qwen2-tiny/qwen2-tiny-F32.gguf');
+    const plan = planShards(file, config, options(2, 1));
+    expectPartition(plan.shards.map((s) => s.view.vocab), 151936);
+    for (const shard of plan.shards) {
+      const vocabRows = rangeLength(shard.view.vocab);
+      // The embedding (whole, f32) and this shard's rows of the output head are both on the GPU.
+      expect(shard.bytes.weights).toBeGreaterThan((151936 + vocabRows) * 32 * 4);
+      expect(shard.fileBytesRead).toBeGreaterThan((151936 + vocabRows) * 32 * 4);
+    }
+  });
+});

@@ -14,6 +14,7 @@ import { planShards, type DeviceDescription, type ShardPlan } from '../sharding/
 import { NextStepHang, type Fault, type FaultInjector } from '../engine/faults.ts';
 import type { DeviceStats, ForwardEngine } from '../engine/forward-engine.ts';
 import { checkGeneration, generateTokens, type FinishReason, type GeneratedToken, type GenerateOptions, type GenerationBackend, type GenerationResult, type Speculation } from '../engine/generate.ts';
+import { viewFootprint } from '../engine/footprint.ts';
 import { kvGeometry } from '../engine/kv-cache.ts';
 import type { KernelChoice } from '../engine/llama.ts';
 import { InvalidOptionError, isGreedy, Sampler, type ResolvedSampling } from '../engine/sampler.ts';
@@ -245,8 +246,9 @@ export class Model {
         const gpu = options.device ?? (await requestGpu(options.devices?.[0] ?? options.gpu));
         try {
           const device = { name: gpu.adapterDescription, maxBufferSize: gpu.limits.maxBufferSize, maxStorageBufferBindingSize: gpu.limits.maxStorageBufferBindingSize, memoryBudgetBytes: options.gpuMemoryBytes };
-          planShards(file, config, { ...planOptions, devices: [device] });
-          const runner = await LlamaRunner.load(gpu, file, config, wholeModelView(config), { geometry, maxBatchTokens, onProgress, kernels: options.kernels });
+          const view = wholeModelView(config);
+          viewFootprint(file, config, view, device, { geometry, maxBatchTokens, contextLength }, { who: `the model on ${device.name}`, rank: 0, shards: 1 });
+          const runner = await LlamaRunner.load(gpu, file, config, view, { geometry, maxBatchTokens, onProgress, kernels: options.kernels });
           return await create(runner, gpu, undefined, !options.device);
         } catch (error) {
           if (!options.device) gpu.device.destroy();

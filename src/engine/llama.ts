@@ -1,4 +1,8 @@
-// The Llama forward pass, top to bottom, the way llama2.c's forward() reads.
+// The forward pass, top to bottom, the way llama2.c's forward() reads: one for every family
+// (llama, qwen2, qwen3, phi3). A family's description (config.family, src/model/config.ts) only
+// switches on what its blocks add — Q/K/V biases, per-head Q/K norms, the RoPE pair layout — the
+// way llama.cpp's graph builders share their blocks; fused tensors are already split into their
+// parts by the loader (weights.ts).
 //
 // It runs over a shard view (which layers, heads, FFN columns and vocabulary rows this device
 // holds) and records its work into a program; the collective steps (`allReduceSum`,
@@ -11,13 +15,13 @@ import { attentionOps, SPLIT_MAX_TOKENS, splitScratchBytes } from '../shaders/at
 import { embeddingOps } from '../shaders/embedding.ts';
 import { gatherRowsOp } from '../shaders/elementwise.ts';
 import { matmulOps, type MatmulOptions, type MatmulOutput, type MatmulVariant } from '../shaders/matmul.ts';
-import { rmsnormOp } from '../shaders/rmsnorm.ts';
+import { rmsnormInPlaceOp, rmsnormOp } from '../shaders/rmsnorm.ts';
 import { ropeAndCacheWriteOps } from '../shaders/rope.ts';
 import { argmaxOp, MAX_TOP_K, topKOp } from '../shaders/sampling.ts';
 import { maxSampledRows, type KvCache, type KvGeometry } from './kv-cache.ts';
 import { ProgramRecorder, type ProgramStep } from './program.ts';
 import { rangeLength, type Range, type ShardView } from './shard-view.ts';
-import type { GpuMatrix, LlamaWeights } from './weights.ts';
+import type { GpuMatrix, LayerWeights, LlamaWeights } from './weights.ts';
 
 /** Kernel variants to use instead of the automatic choice (benchmarks compare them end to end). */
 export interface KernelChoice {
@@ -130,7 +134,7 @@ export function recordLlamaForward(
   // y = W·x for every row part of W, with the chosen matmul variant ('auto' picks by token count);
   // `accumulate` makes it y += W·x, `gate` makes it y = silu(gate) ⊙ W·x. For W stacked from
   // several weights, y is one output per weight (the rows of each).
-  const matmul = (w: GpuMatrix, x: GPUBuffer, y: GPUBuffer | MatmulOutput[], tokens: number, epilogue: Pick<MatmulOptions, 'accumulate' | 'gate'> = {}) =>
+  const matmul = (w: GpuMatrix, x: GPUBuffer, y: GPUBuffer | MatmulOutput[], tokens: number, epilogue: Pick<MatmulOptions, 'accumulate' | 'gate' | 'bias'> = {}) =>
     matmulOps(gpu, w, x, y, tokens, { variant: kernels.matmul, ...epilogue });
   const { dim, headDim, rmsEps: eps } = config;
   const heads = rangeLength(view.heads);
@@ -142,14 +146,14 @@ export function recordLlamaForward(
     base: config.ropeBase,
     positionScale: ropePositionScale(config),
     freqFactors: weights.ropeFrequencyFactors,
-    style: 'normal' as const,
+    style: config.family.ropeStyle,
   };
   const attentionShape = { nTokens: T, nHeads: heads, nKvHeads: kvHeads, headDim };
-  // Where a layer's stacked Q, K and V weight (weights.ts) puts its rows.
-  const qkv: MatmulOutput[] = [
-    { buffer: a.q, rows: heads * headDim },
-    { buffer: a.k, rows: kvHeads * headDim },
-    { buffer: a.v, rows: kvHeads * headDim },
+  // Where a layer's stacked Q, K and V weight (weights.ts) puts its rows, and their biases (if any).
+  const qkv = (bias: LayerWeights['qkvBias']): MatmulOutput[] => [
+    { buffer: a.q, rows: heads * headDim, bias: bias?.query },
+    { buffer: a.k, rows: kvHeads * headDim, bias: bias?.key },
+    { buffer: a.v, rows: kvHeads * headDim, bias: bias?.value },
   ];
   const paging = {
     tokenSlots: a.tokenSlots,
@@ -166,14 +170,19 @@ export function recordLlamaForward(
     const w = weights.layers[layer - view.layers.start]!;
     const { keys, values } = cache.layers[layer - view.layers.start]!;
 
-    // Attention: x += Wo · softmax(rope(Wq·n) · rope(Wk·n)ᵀ / √d) · (Wv·n),  n = rmsnorm(x)
+    // Attention: x += Wo · softmax(rope(q) · rope(k)ᵀ / √d) · v,  with n = rmsnorm(x) and
+    // q = Wq·n (+ bq), k = Wk·n (+ bk), v = Wv·n (+ bv); Qwen3 normalizes each head of q and k.
     f.run(rmsnormOp(gpu, a.x, w.attentionNorm, a.xNorm, T, dim, eps));
     if (w.qkv) {
-      f.run(...matmul(w.qkv, a.xNorm, qkv, T)); // [q; k; v] = [Wq; Wk; Wv]·n, one dispatch
+      f.run(...matmul(w.qkv, a.xNorm, qkv(w.qkvBias), T)); // [q; k; v] = [Wq; Wk; Wv]·n, one dispatch
     } else {
-      f.run(...matmul(w.query, a.xNorm, a.q, T));
-      f.run(...matmul(w.key, a.xNorm, a.k, T));
-      f.run(...matmul(w.value, a.xNorm, a.v, T));
+      f.run(...matmul(w.query, a.xNorm, a.q, T, { bias: w.qkvBias?.query }));
+      f.run(...matmul(w.key, a.xNorm, a.k, T, { bias: w.qkvBias?.key }));
+      f.run(...matmul(w.value, a.xNorm, a.v, T, { bias: w.qkvBias?.value }));
+    }
+    if (w.qkNorm) {
+      f.run(rmsnormInPlaceOp(gpu, a.q, w.qkNorm.query, T * heads, headDim, eps));
+      f.run(rmsnormInPlaceOp(gpu, a.k, w.qkNorm.key, T * kvHeads, headDim, eps));
     }
     f.run(...ropeAndCacheWriteOps(gpu, a.q, a.k, a.v, a.positions, paging, keys, values, { ...rope, nHeads: heads, nKvHeads: kvHeads }));
     f.run(...attentionOps(gpu, a.q, keys, values, a.positions, paging, a.attention, attentionShape, { scratch: a.attentionPartials }));

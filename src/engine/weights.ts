@@ -8,6 +8,12 @@
 // stacked weight, q rows then k rows then v rows, when they share a type and width: the forward
 // pass then runs them as one matmul dispatch that splits its output rows over q, k and v. Where
 // the types differ (Q4_K_M files keep some attn_v at a higher precision) they stay three weights.
+//
+// Families (src/model/config.ts) change only what is read: Phi-3's fused `attn_qkv` is read as
+// its q, k and v row ranges (this shard's rows of each, stacked as above), its fused `ffn_up` as
+// the gate rows and the up rows (two weights, as llama's ffn_gate and ffn_up); Qwen2's Q/K/V
+// biases as this shard's elements of each; Qwen3's per-head Q/K norm weights whole (every head
+// uses them).
 
 import type { GpuContext } from '../gpu/device.ts';
 import { storageBuffer } from '../gpu/kernel.ts';
@@ -29,6 +35,10 @@ export type GpuMatrix = GpuWeight[];
 
 interface LayerWeightsCommon {
   attentionNorm: GPUBuffer;
+  /** Qwen2: this shard's elements of the Q, K and V biases. */
+  qkvBias?: { query: GPUBuffer; key: GPUBuffer; value: GPUBuffer };
+  /** Qwen3: the per-head RMSNorm weights of Q and K (f32[headDim] each). */
+  qkNorm?: { query: GPUBuffer; key: GPUBuffer };
   output: GpuMatrix;
   ffnNorm: GPUBuffer;
   gate: GpuMatrix;
@@ -64,7 +74,7 @@ export interface LlamaWeights {
 
 export type LoadProgress = (bytesDone: number, bytesTotal: number) => void;
 
-/** What part of a tensor a shard reads: a range of rows, or a range of columns of every row. */
+/** What part of a tensor a shard reads: a range of rows (of a 1-D tensor: elements), or a range of columns of every row. */
 export type Slice = { rows?: Range; columns?: Range };
 
 export interface TensorRead {
@@ -72,6 +82,8 @@ export interface TensorRead {
   slice: Slice;
   /** Consecutive reads with the same `stack` go to the GPU as one weight, stacked by rows, when their types and widths match. */
   stack?: string;
+  /** The name the loader finds the upload by, where it is not the tensor's (a part of a fused tensor, the tied output head). */
+  as?: string;
 }
 
 function rowCount(t: GGUFTensorInfo): number {
@@ -98,6 +110,7 @@ function columnSpan(file: GGUFFile, t: GGUFTensorInfo, columns: Range): { offset
 }
 
 function sliceBytes(file: GGUFFile, t: GGUFTensorInfo, slice: Slice): number {
+  if (t.shape.length === 1) return t.byteLength; // vectors are read whole (a few KiB) and sliced on the host
   if (slice.rows) return rangeLength(slice.rows) * rowBytes(t);
   if (slice.columns) return rowCount(t) * columnSpan(file, t, slice.columns).length;
   return t.byteLength;
@@ -111,31 +124,62 @@ export function outputHeadIsEmbedding(config: LlamaConfig, view: ShardView): boo
 /** The name of layer `l`'s stacked Q, K and V weight (not a tensor of the file). */
 const qkvName = (l: number): string => `blk.${l}.attn_qkv`;
 
+/** `r` moved `by` rows on: where a part of a fused tensor starts. */
+const shifted = (r: Range, by: number): Range => ({ start: r.start + by, end: r.end + by });
+
 /** The tensor reads a shard needs, in file order of use. */
 export function plannedReads(config: LlamaConfig, view: ShardView): TensorRead[] {
-  const hd = config.headDim;
+  const { family, headDim: hd, ffnDim } = config;
+  const [qDim, kvDim] = [config.nHeads * hd, config.nKvHeads * hd];
   const headRows = { start: view.heads.start * hd, end: view.heads.end * hd };
   const kvRows = { start: view.kvHeads.start * hd, end: view.kvHeads.end * hd };
   const reads: TensorRead[] = [];
   if (view.embeds) reads.push({ name: 'token_embd.weight', slice: {} });
   if (config.ropeFreqsTensor && view.layers.end > view.layers.start) reads.push({ name: config.ropeFreqsTensor, slice: {} });
   for (let l = view.layers.start; l < view.layers.end; l++) {
-    reads.push(
-      { name: `blk.${l}.attn_norm.weight`, slice: {} },
-      { name: `blk.${l}.attn_q.weight`, slice: { rows: headRows }, stack: qkvName(l) },
-      { name: `blk.${l}.attn_k.weight`, slice: { rows: kvRows }, stack: qkvName(l) },
-      { name: `blk.${l}.attn_v.weight`, slice: { rows: kvRows }, stack: qkvName(l) },
-      { name: `blk.${l}.attn_output.weight`, slice: { columns: headRows } },
-      { name: `blk.${l}.ffn_norm.weight`, slice: {} },
-      { name: `blk.${l}.ffn_gate.weight`, slice: { rows: view.ffn } },
-      { name: `blk.${l}.ffn_up.weight`, slice: { rows: view.ffn } },
-      { name: `blk.${l}.ffn_down.weight`, slice: { columns: view.ffn } },
-    );
+    const tensor = (name: string, kind = 'weight') => `blk.${l}.${name}.${kind}`;
+    const stack = qkvName(l);
+    reads.push({ name: tensor('attn_norm'), slice: {} });
+    if (family.fusedQkv) {
+      // attn_qkv holds all of q's rows, then k's, then v's: this shard's rows of each.
+      reads.push(
+        { name: tensor('attn_qkv'), slice: { rows: headRows }, stack },
+        { name: tensor('attn_qkv'), slice: { rows: shifted(kvRows, qDim) }, stack },
+        { name: tensor('attn_qkv'), slice: { rows: shifted(kvRows, qDim + kvDim) }, stack },
+      );
+    } else {
+      reads.push(
+        { name: tensor('attn_q'), slice: { rows: headRows }, stack },
+        { name: tensor('attn_k'), slice: { rows: kvRows }, stack },
+        { name: tensor('attn_v'), slice: { rows: kvRows }, stack },
+      );
+    }
+    if (family.qkvBias) {
+      reads.push(
+        { name: tensor('attn_q', 'bias'), slice: { rows: headRows } },
+        { name: tensor('attn_k', 'bias'), slice: { rows: kvRows } },
+        { name: tensor('attn_v', 'bias'), slice: { rows: kvRows } },
+      );
+    }
+    if (family.qkNorm) reads.push({ name: tensor('attn_q_norm'), slice: {} }, { name: tensor('attn_k_norm'), slice: {} });
+    reads.push({ name: tensor('attn_output'), slice: { columns: headRows } }, { name: tensor('ffn_norm'), slice: {} });
+    if (family.fusedGateUp) {
+      // ffn_up holds the gate's rows, then up's: this shard's FFN rows of each, as two weights.
+      reads.push(
+        { name: tensor('ffn_up'), slice: { rows: view.ffn }, as: tensor('ffn_gate') },
+        { name: tensor('ffn_up'), slice: { rows: shifted(view.ffn, ffnDim) } },
+      );
+    } else {
+      reads.push({ name: tensor('ffn_gate'), slice: { rows: view.ffn } }, { name: tensor('ffn_up'), slice: { rows: view.ffn } });
+    }
+    reads.push({ name: tensor('ffn_down'), slice: { columns: view.ffn } });
   }
   if (view.samples) {
     reads.push({ name: 'output_norm.weight', slice: {} });
     if (!outputHeadIsEmbedding(config, view)) {
-      reads.push({ name: config.tiedEmbeddings ? 'token_embd.weight' : 'output.weight', slice: { rows: view.vocab } });
+      // The tied output head and the embedding are different reads of one tensor.
+      const tied = config.tiedEmbeddings;
+      reads.push({ name: tied ? 'token_embd.weight' : 'output.weight', slice: { rows: view.vocab }, as: tied ? 'output head' : undefined });
     }
   }
   return reads;
@@ -148,8 +192,8 @@ export function shardReadBytes(file: GGUFFile, config: LlamaConfig, view: ShardV
 
 /** What a shard puts on the GPU, made from its planned reads: the loader uploads exactly these, the memory planner counts them. */
 export type PlannedUpload =
-  /** A 1-D tensor (a norm's weights), uploaded as f32 values. */
-  | { kind: 'vector'; name: string; tensor: GGUFTensorInfo }
+  /** A 1-D tensor (a norm's weights, a bias), or a range of its elements, uploaded as f32 values. */
+  | { kind: 'vector'; name: string; tensor: GGUFTensorInfo; elements: Range }
   /**
    * A matrix: one read, or several stacked by rows (a layer's Q, K and V), each a segment.
    * `name` is how the loader finds it (a tensor name, 'output head', or a stack's name).
@@ -163,7 +207,7 @@ export function plannedUploads(file: GGUFFile, config: LlamaConfig, view: ShardV
   for (let i = 0; i < reads.length; ) {
     const t = file.tensor(reads[i]!.name);
     if (t.shape.length === 1) {
-      uploads.push({ kind: 'vector', name: t.name, tensor: t });
+      uploads.push({ kind: 'vector', name: t.name, tensor: t, elements: reads[i]!.slice.rows ?? { start: 0, end: t.shape[0]! } });
       i++;
       continue;
     }
@@ -178,11 +222,10 @@ export function plannedUploads(file: GGUFFile, config: LlamaConfig, view: ShardV
     const stacked = matrices.length > 1 && matrices.every((m) => m.type === matrices[0]!.type && m.cols === matrices[0]!.cols);
     for (const group of stacked ? [matrices] : matrices.map((m) => [m])) {
       const { read, type, cols } = group[0]!;
-      // The tied output head and the embedding are different reads of one tensor.
-      const name = stacked ? stack! : read.slice.rows && read.name === 'token_embd.weight' ? 'output head' : read.name;
+      const name = stacked ? stack! : (read.as ?? read.name);
       const segments = group.map((m) => ({ tensor: m.read.name, rows: m.rows, at: m.at }));
       const rows = segments.reduce((sum, segment) => sum + segment.rows, 0);
-      uploads.push({ kind: 'matrix', name, label: stacked ? stack! : read.name, type, rows, cols, segments });
+      uploads.push({ kind: 'matrix', name, label: name, type, rows, cols, segments });
     }
     i = end;
   }
@@ -501,7 +544,7 @@ export async function loadLlamaWeights(
         stride: 0,
         count: 1,
         consume: (data) => {
-          const values = dequantize(t.type, data, t.shape[0]!);
+          const values = dequantize(t.type, data, t.shape[0]!).subarray(upload.elements.start, upload.elements.end);
           gpuBytes += values.byteLength;
           uploaded.set(upload.name, storageBuffer(gpu.device, upload.name, values));
         },
@@ -532,9 +575,12 @@ export async function loadLlamaWeights(
     const qkv = uploaded.has(qkvName(l))
       ? { qkv: matrix(qkvName(l)) }
       : { query: matrix(`blk.${l}.attn_q.weight`), key: matrix(`blk.${l}.attn_k.weight`), value: matrix(`blk.${l}.attn_v.weight`) };
+    const tensor = (name: string, kind = 'weight') => `blk.${l}.${name}.${kind}`;
     weights.layers.push({
       attentionNorm: vector(`blk.${l}.attn_norm.weight`),
       ...qkv,
+      qkvBias: config.family.qkvBias ? { query: vector(tensor('attn_q', 'bias')), key: vector(tensor('attn_k', 'bias')), value: vector(tensor('attn_v', 'bias')) } : undefined,
+      qkNorm: config.family.qkNorm ? { query: vector(tensor('attn_q_norm')), key: vector(tensor('attn_k_norm')) } : undefined,
       output: matrix(`blk.${l}.attn_output.weight`),
       ffnNorm: vector(`blk.${l}.ffn_norm.weight`),
       gate: matrix(`blk.${l}.ffn_gate.weight`),
@@ -561,7 +607,9 @@ export function destroyWeights(w: LlamaWeights): void {
   add(w.outputNorm);
   add(w.ropeFrequencyFactors);
   add(w.output); // may share buffers with the embedding: the set destroys each once
-  for (const layer of w.layers) for (const value of Object.values(layer)) add(value as GpuMatrix | GPUBuffer);
+  for (const { qkvBias, qkNorm, ...layer } of w.layers) {
+    for (const value of [...Object.values(layer), ...Object.values(qkvBias ?? {}), ...Object.values(qkNorm ?? {})]) add(value as GpuMatrix | GPUBuffer);
+  }
   for (const buffer of buffers) buffer.destroy();
 }
 

@@ -1,16 +1,51 @@
-// Hyper-parameters of a llama-family model, from GGUF metadata (keys prefixed by the architecture,
-// e.g. `llama.block_count`), and a check that the tensor table has every weight with the shape the
-// hyper-parameters imply, so a mismatched file fails at load time with names, not mid-forward.
+// Hyper-parameters of a decoder-only model, from GGUF metadata (keys prefixed by the architecture,
+// e.g. `llama.block_count`), the family's description (what its blocks add to llama's, read by the
+// one forward pass in src/engine/llama.ts), and a check that the tensor table has every weight
+// with the shape the hyper-parameters imply, so a mismatched file fails at load time with names,
+// not mid-forward.
 import { ModelFormatError, UnsupportedModelError } from './errors.ts';
 import { getArchitecture, getF32, getString, getU32, type GGUFFile } from './gguf.ts';
 
-/** Architectures that share llama's weights and forward pass. */
-export const LLAMA_FAMILY: readonly string[] = ['llama'];
+/**
+ * How a family's blocks differ from llama's, as llama.cpp's graph builders (llm_build_llama,
+ * llm_build_qwen2, llm_build_qwen3, llm_build_phi3) differ. Every family: RMSNorm before
+ * attention and FFN, a SwiGLU FFN (silu(gate) ⊙ up), residual adds, a final RMSNorm and output head.
+ */
+export interface FamilyDescription {
+  /**
+   * RoPE pairs: 'normal' rotates adjacent dims (2i, 2i+1), as llama's GGUF Q/K rows are permuted
+   * for; 'neox' rotates dim i with i + ropeDims/2 (the halves), as Qwen and Phi-3 are stored.
+   */
+  ropeStyle: 'normal' | 'neox';
+  /** Q, K and V add a bias after the projection (`attn_{q,k,v}.bias`: Qwen2). */
+  qkvBias: boolean;
+  /** RMSNorm over each head of Q and of K, before RoPE, with one weight per head dim (`attn_{q,k}_norm`: Qwen3). */
+  qkNorm: boolean;
+  /** Q, K and V in one tensor `attn_qkv` (rows: q, then k, then v: Phi-3). */
+  fusedQkv: boolean;
+  /** Gate and up in one tensor `ffn_up` (rows: gate, then up: Phi-3). */
+  fusedGateUp: boolean;
+}
+
+const LLAMA_BLOCKS: FamilyDescription = { ropeStyle: 'normal', qkvBias: false, qkNorm: false, fusedQkv: false, fusedGateUp: false };
+
+/** The supported `general.architecture` values and their descriptions. */
+export const FAMILIES: Readonly<Record<string, FamilyDescription>> = {
+  llama: LLAMA_BLOCKS,
+  qwen2: { ...LLAMA_BLOCKS, ropeStyle: 'neox', qkvBias: true },
+  qwen3: { ...LLAMA_BLOCKS, ropeStyle: 'neox', qkNorm: true },
+  phi3: { ...LLAMA_BLOCKS, ropeStyle: 'neox', fusedQkv: true, fusedGateUp: true },
+};
+
+/** Architectures that run through the one forward pass. */
+export const SUPPORTED_ARCHITECTURES: readonly string[] = Object.keys(FAMILIES);
 
 export type RopeScaling = { type: 'none' } | { type: 'linear'; /** positions are divided by this */ factor: number };
 
 export interface LlamaConfig {
   architecture: string;
+  /** What this architecture's blocks add to llama's (from FAMILIES; biases also where a llama file has them). */
+  family: FamilyDescription;
   vocabSize: number;
   /** Embedding width (`embedding_length`). */
   dim: number;
@@ -78,17 +113,37 @@ function readRopeScaling(file: GGUFFile, prefix: string): RopeScaling {
   });
 }
 
-/** Reads a llama-family configuration; throws ModelFormatError naming any missing or invalid key. */
-export function llamaConfig(file: GGUFFile): LlamaConfig {
-  const architecture = getArchitecture(file);
-  if (!LLAMA_FAMILY.includes(architecture)) {
+/** The family's description; refuses architectures it does not know and features it does not run. */
+function readFamily(file: GGUFFile, architecture: string): FamilyDescription {
+  const family = FAMILIES[architecture];
+  if (!family) {
     throw new UnsupportedModelError({
       file: file.source.name,
       field: 'general.architecture',
-      problem: `architecture "${architecture}" is not supported (supported: ${LLAMA_FAMILY.join(', ')})`,
-      fix: 'Use a Llama-architecture model (Llama 2/3, TinyLlama, Mistral 7B, SmolLM, ...)',
+      problem: `architecture "${architecture}" is not supported (supported: ${SUPPORTED_ARCHITECTURES.join(', ')})`,
+      fix: 'Use a Llama (1/2/3.x, TinyLlama, Mistral 7B, SmolLM, ...), Qwen2/Qwen2.5, Qwen3 or Phi-3 model',
     });
   }
+  // Phi-3's 128k-context files rotate with per-frequency "LongRoPE" factors chosen by context
+  // (and scale attention): silently dropping them would give wrong logits.
+  for (const tensor of ['rope_factors_long.weight', 'rope_factors_short.weight']) {
+    if (file.hasTensor(tensor)) {
+      throw new UnsupportedModelError({
+        file: file.source.name,
+        tensor,
+        problem: `${tensor}: LongRoPE scaling (Phi-3 128k-context models) is not supported yet`,
+        fix: 'Use the 4k-context version of the model (e.g. Phi-3-mini-4k-instruct)',
+      });
+    }
+  }
+  // llama.cpp's llama graph adds Q/K/V biases where a llama-architecture file has them.
+  return family.qkvBias || !file.hasTensor('blk.0.attn_q.bias') ? family : { ...family, qkvBias: true };
+}
+
+/** Reads a model's configuration; throws ModelFormatError naming any missing or invalid key. */
+export function llamaConfig(file: GGUFFile): LlamaConfig {
+  const architecture = getArchitecture(file);
+  const family = readFamily(file, architecture);
   const p = architecture;
   const dim = getU32(file, `${p}.embedding_length`);
   const nHeads = getU32(file, `${p}.attention.head_count`);
@@ -115,6 +170,7 @@ export function llamaConfig(file: GGUFFile): LlamaConfig {
   }
   return {
     architecture,
+    family,
     vocabSize: readVocabSize(file, p),
     dim,
     nLayers: getU32(file, `${p}.block_count`),
@@ -135,8 +191,9 @@ export function llamaConfig(file: GGUFFile): LlamaConfig {
   };
 }
 
-/** Tensor names and ggml shapes (shape[0] = row length) that a llama config implies. */
+/** Tensor names and ggml shapes (shape[0] = row length) that a config implies, for its family. */
 export function expectedLlamaTensors(config: LlamaConfig): Map<string, number[]> {
+  const { family } = config;
   const { dim, vocabSize, ffnDim } = config;
   const qDim = config.nHeads * config.headDim;
   const kvDim = config.nKvHeads * config.headDim;
@@ -147,15 +204,32 @@ export function expectedLlamaTensors(config: LlamaConfig): Map<string, number[]>
   if (!config.tiedEmbeddings) expected.set('output.weight', [dim, vocabSize]);
   if (config.ropeFreqsTensor) expected.set(config.ropeFreqsTensor, [config.ropeDims / 2]);
   for (let layer = 0; layer < config.nLayers; layer++) {
-    const block = (name: string, shape: number[]) => expected.set(`blk.${layer}.${name}.weight`, shape);
+    const block = (name: string, shape: number[], kind = 'weight') => expected.set(`blk.${layer}.${name}.${kind}`, shape);
     block('attn_norm', [dim]);
-    block('attn_q', [dim, qDim]);
-    block('attn_k', [dim, kvDim]);
-    block('attn_v', [dim, kvDim]);
+    if (family.fusedQkv) {
+      block('attn_qkv', [dim, qDim + 2 * kvDim]);
+    } else {
+      block('attn_q', [dim, qDim]);
+      block('attn_k', [dim, kvDim]);
+      block('attn_v', [dim, kvDim]);
+    }
+    if (family.qkvBias) {
+      block('attn_q', [qDim], 'bias');
+      block('attn_k', [kvDim], 'bias');
+      block('attn_v', [kvDim], 'bias');
+    }
+    if (family.qkNorm) {
+      block('attn_q_norm', [config.headDim]);
+      block('attn_k_norm', [config.headDim]);
+    }
     block('attn_output', [qDim, dim]);
     block('ffn_norm', [dim]);
-    block('ffn_gate', [dim, ffnDim]);
-    block('ffn_up', [dim, ffnDim]);
+    if (family.fusedGateUp) {
+      block('ffn_up', [dim, 2 * ffnDim]);
+    } else {
+      block('ffn_gate', [dim, ffnDim]);
+      block('ffn_up', [dim, ffnDim]);
+    }
     block('ffn_down', [ffnDim, dim]);
   }
   return expected;

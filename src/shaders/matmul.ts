@@ -21,7 +21,8 @@
 //
 // Epilogues fuse the element-wise op that follows a projection in the forward pass: `accumulate`
 // (y += W·x, the residual add) and `gate` (y = silu(gate) ⊙ W·x, the FFN's SwiGLU), which saves
-// a dispatch and a pass over the activations each. The output rows can also be split over
+// a dispatch and a pass over the activations each; a bias (Qwen2's Q, K and V) is added to the
+// sum before either. The output rows can also be split over
 // several buffers (`MatmulOutput`s: the first `rows` rows go to the first, the next to the
 // second, ...), so projections stacked into one weight (Q, K and V) run as one dispatch and still
 // fill their own activations: every kernel hands each finished sum to `put(tok, row, s)`, which
@@ -67,6 +68,8 @@ export type MatmulVariant = (typeof MATMUL_VARIANTS)[number];
 export interface MatmulOutput {
   buffer: GPUBuffer;
   rows: number;
+  /** Added to every row of this output (f32[rows]): the projection's bias. All outputs have one, or none. */
+  bias?: GPUBuffer;
 }
 
 export interface MatmulOptions {
@@ -84,6 +87,8 @@ export interface MatmulOptions {
   accumulate?: boolean;
   /** Store silu(gate) ⊙ (W·x), gate indexed like y (the FFN's SwiGLU, fused into the up projection). */
   gate?: GPUBuffer;
+  /** y = W·x + bias, the bias indexed like a y row (f32[yRowStride]); one y only (split outputs carry their own). */
+  bias?: GPUBuffer;
 }
 
 /** Up to this many tokens, `auto` picks a matvec variant; above it, the tiled one. */
@@ -152,35 +157,43 @@ fn x8(t: u32, c: u32) -> W8 {
 
 /**
  * The output function `put(tok, row, s)` for an epilogue: row `row` of this weight (part) for
- * token `tok` goes to the output whose rows hold it (the gate, if any, is binding 4).
+ * token `tok` goes to the output whose rows hold it (the gate, if any, is binding 4; the biases,
+ * one per output, follow every other binding), plus that output's bias where it has one.
  */
-function epilogueWgsl(epilogue: MatmulEpilogue, outputs: number): string {
-  const store = (y: string): string => {
+function epilogueWgsl(epilogue: MatmulEpilogue, outputs: number, biased: boolean): string {
+  const store = (k: number): string => {
+    const y = k === 0 ? 'y' : `y${k}`;
+    const sum = biased ? `(s + bias${k}[j])` : 's';
     switch (epilogue) {
       case 'store':
-        return `${y}[i] = s;`;
+        return `${y}[i] = ${sum};`;
       case 'accumulate':
-        return `${y}[i] = ${y}[i] + s;`;
+        return `${y}[i] = ${y}[i] + ${sum};`;
       case 'gate':
         // The same expression as swigluOp (src/shaders/elementwise.ts), so fusing changes no bit.
-        return `let g = gate[i]; ${y}[i] = g / (1.0 + exp(-g)) * s;`;
+        return `let g = gate[i]; ${y}[i] = g / (1.0 + exp(-g)) * ${sum};`;
     }
   };
   if (epilogue === 'gate' && outputs > 1) throw new Error('the gate epilogue writes one output');
-  // Later outputs first: each takes the rows from its first one on.
+  const gateBindings = epilogue === 'gate' ? 1 : 0;
+  const biasBindings = biased
+    ? Array.from({ length: outputs }, (_, k) => `@group(0) @binding(${4 + gateBindings + outputs - 1 + k}) var<storage, read> bias${k}: array<f32>;\n`).join('')
+    : '';
+  // Later outputs first: each takes the rows from its first one on. j: where the row is in a y row.
   let later = '';
   for (let k = outputs - 1; k >= 1; k--) {
-    later += `  if (row >= p.y${k}_first) { let i = tok * p.y${k}_stride + p.y${k}_offset + (row - p.y${k}_first); ${store(`y${k}`)} return; }\n`;
+    later += `  if (row >= p.y${k}_first) { let j = p.y${k}_offset + (row - p.y${k}_first); let i = tok * p.y${k}_stride + j; ${store(k)} return; }\n`;
   }
-  return `${epilogue === 'gate' ? '@group(0) @binding(4) var<storage, read> gate: array<f32>;\n' : ''}fn put(tok: u32, row: u32, s: f32) {
-${later}  let i = tok * p.y_stride + p.y_offset + row;
-  ${store('y')}
+  return `${epilogue === 'gate' ? '@group(0) @binding(4) var<storage, read> gate: array<f32>;\n' : ''}${biasBindings}fn put(tok: u32, row: u32, s: f32) {
+${later}  let j = p.y_offset + row;
+  let i = tok * p.y_stride + j;
+  ${store(0)}
 }`;
 }
 
 /** What every matmul kernel shares around its loop: parameters and bindings, reading x, storing y. */
 function kernelIoWgsl(spec: KernelSpec): string {
-  return [paramsWgsl(spec.outputs), activationWgsl(spec.rowsAligned), epilogueWgsl(spec.epilogue, spec.outputs)].join('\n');
+  return [paramsWgsl(spec.outputs), activationWgsl(spec.rowsAligned), epilogueWgsl(spec.epilogue, spec.outputs, spec.biased)].join('\n');
 }
 
 const MATVEC_WG = 64;
@@ -196,6 +209,8 @@ export interface KernelSpec {
   outputs: number;
   /** Every x row starts on a 16-byte boundary (x_stride % 4 == 0), so rows load as vec4s. */
   rowsAligned: boolean;
+  /** Each output adds its bias. */
+  biased: boolean;
 }
 
 /** Multiplies one chunk of W's ROWS rows by the tokens' activations (loaded here) into acc. */
@@ -223,9 +238,23 @@ const floatChunkWgsl = /* wgsl */ `
   }`;
 
 /**
+ * ggml stores a Q8_0 block's scale as f16 (the values are divided by the f32 scale, the products
+ * multiplied by the f16 one): rounding it the same way keeps llama.cpp's logits on small models,
+ * where a 2^-12 change of one scale can flip a token. Scales are ≥ 0; in f16's normal range the
+ * rounding is done on the bits (to nearest, ties to even: WGSL leaves pack2x16float's rounding to
+ * the implementation), below it (amax < 0.008) by the conversion.
+ */
+const f16RoundWgsl = /* wgsl */ `fn f16_round(v: f32) -> f32 {
+  let bits = bitcast<u32>(v);
+  let nearest = bitcast<f32>((bits + 0xfffu + ((bits >> 13u) & 1u)) & 0xffffe000u);
+  return select(nearest, unpack2x16float(pack2x16float(vec2f(v, 0.0))).x, v < 6.103515625e-5);
+}`;
+
+/**
  * The int8 version: each thread quantizes its block of 32 activations per token to int8 (scale
  * max|x|/127, like ggml's Q8_0) in registers, then takes integer dot products with the weight
- * block's bytes, 4 at a time (dot4I8Packed), and scales the sum once per block.
+ * block's bytes, 4 at a time (dot4I8Packed), and scales the sum once per block by the weight's
+ * scale and the f16-rounded activation scale.
  */
 const int8ChunkWgsl = /* wgsl */ `
   for (var blk = lid; blk < p.blocks_per_row; blk += WG) {
@@ -251,7 +280,7 @@ const int8ChunkWgsl = /* wgsl */ `
         xq[t][i] = q;
         sum += dot4I8Packed(q, 0x01010101u);
       }
-      xd[t] = d;
+      xd[t] = f16_round(d);
       xsum[t] = sum;
     }
     for (var r = 0u; r < ROWS; r++) {
@@ -307,7 +336,7 @@ export function matvecWgsl(spec: KernelSpec, tokens: number, subgroups: boolean,
   if (!subgroups && MATVEC_WG % outs !== 0) throw new Error(`matvec: ${outs} outputs per workgroup do not divide ${MATVEC_WG}`);
 
   return /* wgsl */ `${subgroups ? 'enable subgroups;' : ''}
-${int8 ? weightDecodeInt8Wgsl(spec.type, 0) : weightDecodeWgsl(spec.type, 0)}
+${int8 ? `${weightDecodeInt8Wgsl(spec.type, 0)}\n${f16RoundWgsl}` : weightDecodeWgsl(spec.type, 0)}
 ${kernelIoWgsl(spec)}
 const WG: u32 = ${MATVEC_WG}u;
 const ROWS: u32 = ${matvecRows(int8)}u;
@@ -466,6 +495,7 @@ export function tiledInt8Wgsl(spec: KernelSpec, config: TileConfig): string {
   return /* wgsl */ `
 ${weightDecodeInt8Wgsl(spec.type, 0)}
 ${blockOffsets ? '' : `const W_I8_OFFSET: i32 = ${offset};`}
+${f16RoundWgsl}
 ${kernelIoWgsl(spec)}
 ${tileConstantsWgsl(config)}
 
@@ -519,7 +549,7 @@ ${blockOffsets ? '      wo[m] = wb.o;\n' : ''}    }
       let hi = pack4xI8(vec4i(round(vec4f(xf[at + 4u], xf[at + 5u], xf[at + 6u], xf[at + 7u]) * inverse)));
       xq[(2u * quarter) * TILE_N + n] = lo;
       xq[(2u * quarter + 1u) * TILE_N + n] = hi;
-      if (quarter == 0u) { xd[n] = d; }
+      if (quarter == 0u) { xd[n] = f16_round(d); }
     }
     workgroupBarrier();
     for (var n = lid; n < TILE_N; n += WG) {
@@ -604,6 +634,7 @@ export function largeTileFits(gpu: GpuContext): boolean {
 /** Where a weight part's rows go in one output: rows `first ..< first + rows` of the part, to `tok * stride + offset + (row - first)`. */
 interface BoundOutput {
   buffer: GPUBuffer;
+  bias?: GPUBuffer;
   first: number;
   rows: number;
   stride: number;
@@ -617,11 +648,13 @@ function boundOutputs(label: string, w: GpuWeight, y: GPUBuffer | readonly Matmu
     const stride = options.yRowStride ?? w.totalRows;
     const offset = options.yRowOffset ?? w.rowOffset;
     if (offset + w.rows > stride) throw new Error(`${label}: rows ${offset}..${offset + w.rows} exceed the y row of ${stride}`);
-    bound = [{ buffer: y as GPUBuffer, first: 0, rows: w.rows, stride, offset }];
+    bound = [{ buffer: y as GPUBuffer, bias: options.bias, first: 0, rows: w.rows, stride, offset }];
   } else {
     const outputs = y as readonly MatmulOutput[];
     if (options.yRowStride !== undefined || options.yRowOffset !== undefined) throw new Error(`${label}: split outputs take their own row lengths (no yRowStride / yRowOffset)`);
     if (options.gate) throw new Error(`${label}: the gate epilogue writes one output`);
+    if (options.bias) throw new Error(`${label}: split outputs take their own biases (MatmulOutput.bias)`);
+    if (outputs.some((o) => (o.bias === undefined) !== (outputs[0]!.bias === undefined))) throw new Error(`${label}: every output has a bias, or none does`);
     if (!outputs.every((o) => Number.isInteger(o.rows) && o.rows >= 1)) throw new Error(`${label}: output rows must be positive integers, got ${outputs.map((o) => o.rows).join(', ')}`);
     const total = outputs.reduce((sum, o) => sum + o.rows, 0);
     if (total !== w.totalRows) throw new Error(`${label}: outputs of ${outputs.map((o) => o.rows).join(' + ')} rows do not split the weight's ${w.totalRows}`);
@@ -629,7 +662,7 @@ function boundOutputs(label: string, w: GpuWeight, y: GPUBuffer | readonly Matmu
     let start = 0; // the output's first row in the whole weight
     for (const o of outputs) {
       const [from, to] = [Math.max(start, w.rowOffset), Math.min(start + o.rows, w.rowOffset + w.rows)];
-      if (from < to) bound.push({ buffer: o.buffer, first: from - w.rowOffset, rows: to - from, stride: o.rows, offset: from - start });
+      if (from < to) bound.push({ buffer: o.buffer, bias: o.bias, first: from - w.rowOffset, rows: to - from, stride: o.rows, offset: from - start });
       start += o.rows;
     }
   }
@@ -638,6 +671,7 @@ function boundOutputs(label: string, w: GpuWeight, y: GPUBuffer | readonly Matmu
     const name = bound.length > 1 ? `output ${k}` : 'y';
     if (o.buffer.size < bytes) throw new Error(`${label}: ${name} (${o.buffer.size} bytes) is too small for ${nTokens} rows of ${o.stride} f32`);
     if (options.gate && options.gate.size < bytes) throw new Error(`${label}: gate (${options.gate.size} bytes) is smaller than y's ${bytes}`);
+    if (o.bias && o.bias.size < (o.offset + o.rows) * 4) throw new Error(`${label}: the ${name} bias (${o.bias.size} bytes) is shorter than its ${o.offset + o.rows} rows`);
   }
   return bound;
 }
@@ -663,12 +697,13 @@ export function matmulOp(
   if (x.size < ((nTokens - 1) * xRowStride + w.cols) * 4) throw new Error(`${label}: x (${x.size} bytes) is too small for ${nTokens} × ${w.cols} f32`);
   if (options.gate && options.accumulate) throw new Error(`${label}: gate and accumulate cannot be combined`);
   const outputs = boundOutputs(label, w, y, options, nTokens);
-  const storageBuffers = 2 + outputs.length + (options.gate ? 1 : 0);
+  const biased = outputs[0]!.bias !== undefined;
+  const storageBuffers = 2 + outputs.length * (biased ? 2 : 1) + (options.gate ? 1 : 0);
   if (storageBuffers > gpu.limits.maxStorageBuffersPerShaderStage) {
     throw new Error(`${label}: ${outputs.length} outputs need ${storageBuffers} storage buffers, the device allows ${gpu.limits.maxStorageBuffersPerShaderStage}`);
   }
   const maxPerDimension = options.maxWorkgroupsPerDimension ?? gpu.limits.maxComputeWorkgroupsPerDimension;
-  const spec: KernelSpec = { type: w.type, epilogue, outputs: outputs.length, rowsAligned: xRowStride % 4 === 0 };
+  const spec: KernelSpec = { type: w.type, epilogue, outputs: outputs.length, rowsAligned: xRowStride % 4 === 0, biased };
   let wgsl: string;
   let rowsPerWorkgroup: number;
   let tokensPerWorkgroup: number;
@@ -697,8 +732,9 @@ export function matmulOp(
       ...later.flatMap((o) => [o.first, o.stride, o.offset]),
     ]),
   );
-  const buffers = [w.buffer, x, first!.buffer, uniforms, ...(options.gate ? [options.gate] : []), ...later.map((o) => o.buffer)];
-  const what = [ggmlTypeName(w.type), variant, ...(epilogue === 'store' ? [] : [epilogue]), ...(later.length > 0 ? [`→ ${outputs.length} outputs`] : [])];
+  const biases = biased ? outputs.map((o) => o.bias!) : [];
+  const buffers = [w.buffer, x, first!.buffer, uniforms, ...(options.gate ? [options.gate] : []), ...later.map((o) => o.buffer), ...biases];
+  const what = [ggmlTypeName(w.type), variant, ...(epilogue === 'store' ? [] : [epilogue]), ...(biased ? ['+ bias'] : []), ...(later.length > 0 ? [`→ ${outputs.length} outputs`] : [])];
   return kernelOp(gpu.device, `${label} (${what.join(' ')})`, wgsl, buffers, [gridX, gridY, gridZ]);
 }
 

@@ -29,28 +29,21 @@
 // * Vocabulary rows of the output head: split across the last stage's shards (rows need no
 //   alignment). Norms are replicated. The embedding table is whole on every stage-0 shard.
 //
-// Memory per shard mirrors what the loader allocates: every planned upload's GPU layout (a read,
-// or a layer's Q, K and V stacked into one weight; split over storage bindings as
-// `uploadWeightSplit` does), the KV cache (`kvCacheBytes`), and the scratch activations of
-// `createActivations`. Limits are checked here, so a plan that would not fit fails
-// with the numbers instead of an out-of-memory in the middle of a load.
+// What each view costs on its device (weights, KV cache, activations, file bytes read) and
+// whether it fits is the engine's knowledge (src/engine/footprint.ts): the planner cuts the views
+// and refuses, so a plan that would not fit fails with the numbers instead of an out-of-memory in
+// the middle of a load.
 
-import { align16 } from '../gpu/kernel.ts';
-import { kvCacheBytes, kvGeometry, kvLayerBytes as kvLayerBufferBytes, type KvGeometry } from '../engine/kv-cache.ts';
-import { activationSizes } from '../engine/llama.ts';
+import { formatBytes, viewFootprint, ShardPlanError, type DeviceLimits } from '../engine/footprint.ts';
+import { kvGeometry, type KvGeometry } from '../engine/kv-cache.ts';
 import { rangeLength, type Range, type ShardView } from '../engine/shard-view.ts';
-import { plannedUploads, shardReadBytes } from '../engine/weights.ts';
 import type { LlamaConfig } from '../model/config.ts';
-import { blockGeometry, ggmlTypeName, type GGMLType } from '../model/ggml-type.ts';
+import { blockGeometry, ggmlTypeName } from '../model/ggml-type.ts';
 import type { GGUFFile, GGUFTensorInfo } from '../model/gguf.ts';
-import { bindingParts, gpuLayout, gpuRowBytes, repackableTypes, rowsPerBinding } from '../model/repack.ts';
 
-export interface DeviceDescription {
-  name: string;
-  maxBufferSize: number;
-  maxStorageBufferBindingSize: number;
-  /** From --gpu-memory: WebGPU does not expose how much memory a device has. */
-  memoryBudgetBytes?: number;
+export { formatBytes, ShardPlanError, type ShardPlanErrorDetails } from '../engine/footprint.ts';
+
+export interface DeviceDescription extends DeviceLimits {
   /** Weight for uneven splits (a faster device gets more work); default 1. */
   relativeSpeed?: number;
 }
@@ -90,42 +83,6 @@ export interface ShardPlan {
   shards: ShardSpec[];
   /** Human lines: who holds what, bytes per shard. */
   summary: string[];
-}
-
-export interface ShardPlanErrorDetails {
-  /** What does not work, with the numbers. */
-  problem: string;
-  /** What to do: more shards, a smaller --ctx, a smaller quant type, a valid tp... */
-  suggestion: string;
-  /** The shard at fault, when one is. */
-  rank?: number;
-}
-
-/** A split that cannot work: no valid assignment, or a shard that does not fit its device. */
-export class ShardPlanError extends Error {
-  override name = 'ShardPlanError';
-  readonly problem: string;
-  readonly suggestion: string;
-  readonly rank?: number;
-
-  constructor(details: ShardPlanErrorDetails) {
-    super(`${details.problem}. ${details.suggestion}`);
-    this.problem = details.problem;
-    this.suggestion = details.suggestion;
-    this.rank = details.rank;
-  }
-}
-
-const KiB = 1024;
-const MiB = 1024 * KiB;
-const GiB = 1024 * MiB;
-
-/** Bytes for people: "1.50 GiB", "12.00 MiB", "3.2 KiB", "17 B". */
-export function formatBytes(bytes: number): string {
-  if (bytes >= GiB) return `${(bytes / GiB).toFixed(2)} GiB`;
-  if (bytes >= MiB) return `${(bytes / MiB).toFixed(2)} MiB`;
-  if (bytes >= KiB) return `${(bytes / KiB).toFixed(1)} KiB`;
-  return `${bytes} B`;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -239,21 +196,6 @@ function kvHeadsFor(heads: Range, nHeads: number, nKvHeads: number): Range {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Memory
-
-/** GPU bytes of a `rows × cols` weight uploaded as `uploadWeightSplit` does (parts under one binding). */
-function gpuMatrixBytes(type: GGMLType, rows: number, cols: number, maxBindingBytes: number): number {
-  return bindingParts(type, rows, cols, maxBindingBytes).reduce((bytes, part) => bytes + gpuLayout(type, part.rows, cols).totalWords * 4, 0);
-}
-
-const f32Buffer = (values: number) => Math.max(16, align16(values * 4)); // storageBuffer: ≥ 16 bytes, whole vec4s
-
-/** The buffers `createActivations` (src/engine/llama.ts) allocates, from the same size list. */
-function activationBuffers(config: LlamaConfig, view: ShardView, maxTokens: number, geometry: KvGeometry): Array<{ label: string; bytes: number }> {
-  return Object.entries(activationSizes(config, view, maxTokens, geometry)).map(([label, bytes]) => ({ label, bytes }));
-}
-
-// ---------------------------------------------------------------------------------------------
 // The plan
 
 function describeShard(spec: { rank: number; stage: number; tpRank: number }, device: DeviceDescription): string {
@@ -347,95 +289,7 @@ function splitStage(file: GGUFFile, config: LlamaConfig, layers: Range, stage: n
   return heads.map((h, i) => ({ heads: h, kvHeads: kvHeadsFor(h, config.nHeads, config.nKvHeads), ffn: ffn[i]! }));
 }
 
-/** GPU bytes of a shard's weights; throws when one row of a weight does not fit a storage binding. */
-function shardWeightBytes(file: GGUFFile, config: LlamaConfig, view: ShardView, device: DeviceDescription, who: string, rank: number): number {
-  const maxBinding = Math.min(device.maxStorageBufferBindingSize, device.maxBufferSize);
-  const known = new Set<number>(repackableTypes());
-  let bytes = 0;
-  // What the loader uploads: norms as f32, matrices (a layer's Q, K and V stacked into one where they share a type and width).
-  for (const upload of plannedUploads(file, config, view)) {
-    if (upload.kind === 'vector') {
-      bytes += f32Buffer(upload.tensor.shape[0]!); // 1-D weights (norms) are uploaded as f32
-      continue;
-    }
-    const { label, type, rows, cols } = upload;
-    if (!known.has(type)) {
-      throw new ShardPlanError({
-        rank,
-        problem: `${who}: tensor ${upload.segments[0]!.tensor} is ${ggmlTypeName(type)}, which has no GPU layout`,
-        suggestion: `Use a file quantized to one of ${[...known].map(ggmlTypeName).join(', ')}`,
-      });
-    }
-    const rowBytes = gpuRowBytes(type, cols);
-    if (rowsPerBinding(type, cols, maxBinding) < 1) {
-      throw new ShardPlanError({
-        rank,
-        problem: `${who}: one row of ${label} (${cols} ${ggmlTypeName(type)} values, ${formatBytes(rowBytes)} on the GPU) does not fit the device's ${formatBytes(maxBinding)} storage binding`,
-        suggestion: 'Use a device with larger maxStorageBufferBindingSize/maxBufferSize, or more tensor-parallel shards',
-      });
-    }
-    bytes += gpuMatrixBytes(type, rows, cols, maxBinding);
-  }
-  return bytes;
-}
-
 const geometryOf = (options: ShardPlanOptions): KvGeometry => kvGeometry(options.contextLength, options.maxSequences ?? 1, options.kvCacheTokens);
-
-/** Checks one shard's buffers against its device's limits and budget (before anything is allocated). */
-function checkShardFits(
-  config: LlamaConfig,
-  options: ShardPlanOptions,
-  spec: ShardSpec,
-  device: DeviceDescription,
-  who: string,
-): void {
-  const { view, rank } = spec;
-  const maxBinding = Math.min(device.maxStorageBufferBindingSize, device.maxBufferSize);
-  const limitName = device.maxStorageBufferBindingSize <= device.maxBufferSize ? 'maxStorageBufferBindingSize' : 'maxBufferSize';
-  const kvHeads = rangeLength(view.kvHeads);
-
-  // One layer's keys (or values) is one buffer: [cache positions][kvHeads · headDim] f32.
-  const geometry = geometryOf(options);
-  const kvRowBytes = kvHeads * config.headDim * 4;
-  const kvLayerBytes = kvLayerBufferBytes(config, view, geometry);
-  if (kvLayerBytes > maxBinding) {
-    const moreShards = kvHeads > 1 ? ', or more tensor-parallel shards (fewer KV heads per shard)' : '';
-    throw new ShardPlanError({
-      rank,
-      problem: `${who}: one layer's KV buffer needs ${formatBytes(kvLayerBytes)} (${geometry.totalBlocks * geometry.blockSize} cache positions × ${kvHeads} KV heads × headDim ${config.headDim} × 4 bytes), over the device's ${limitName} of ${formatBytes(maxBinding)}`,
-      suggestion: `Use a smaller --ctx or fewer parallel sequences (up to ${Math.floor(maxBinding / kvRowBytes)} cache positions fit)${moreShards}`,
-    });
-  }
-
-  const buffers = activationBuffers(config, view, options.maxBatchTokens, geometry);
-  const largest = buffers.reduce((a, b) => (b.bytes > a.bytes ? b : a));
-  if (largest.bytes > maxBinding) {
-    throw new ShardPlanError({
-      rank,
-      problem: `${who}: the "${largest.label}" activation buffer for ${options.maxBatchTokens} tokens needs ${formatBytes(largest.bytes)}, over the device's ${limitName} of ${formatBytes(maxBinding)}`,
-      suggestion: 'Use a smaller batch (fewer tokens per step)',
-    });
-  }
-
-  const budget = device.memoryBudgetBytes;
-  if (budget !== undefined && spec.bytes.total > budget) {
-    const { weights, kvCache, activations, total } = spec.bytes;
-    // KV bytes per cache position, and the largest whole-block context that fits what is left.
-    const kvPerPosition = kvCache / (geometry.totalBlocks * geometry.blockSize);
-    const fittingPositions = Math.floor((budget - weights - activations) / kvPerPosition / (options.maxSequences ?? 1));
-    const fittingContext = Math.floor(fittingPositions / geometry.blockSize) * geometry.blockSize;
-    const remedies = [`more shards (now ${options.tp * options.pp})`];
-    if (fittingContext >= 1) remedies.push(`a smaller --ctx (up to ${fittingContext} fits)`);
-    // Activations grow with the tokens per step: worth naming when they are a real share.
-    if (activations > total / 4) remedies.push(`fewer tokens per step (now ${options.maxBatchTokens})`);
-    remedies.push('a smaller quant type');
-    throw new ShardPlanError({
-      rank,
-      problem: `${who} needs ${formatBytes(total)} (weights ${formatBytes(weights)} + KV cache ${formatBytes(kvCache)} for context ${options.contextLength} + activations ${formatBytes(activations)}), over its memory budget of ${formatBytes(budget)}`,
-      suggestion: `Use ${remedies.slice(0, -1).join(', ')} or ${remedies.at(-1)}`,
-    });
-  }
-}
 
 const showRange = (r: Range) => (rangeLength(r) === 0 ? 'none' : rangeLength(r) === 1 ? `${r.start}` : `${r.start}-${r.end - 1}`);
 
@@ -489,20 +343,9 @@ export function planShards(file: GGUFFile, config: LlamaConfig, options: ShardPl
         samples,
       };
       const device = devices[rank]!;
-      const who = describeShard({ rank, stage, tpRank }, device);
-      const weights = shardWeightBytes(file, config, view, device, who, rank);
-      const kvCache = kvCacheBytes(config, view, geometryOf(options));
-      const activations = activationBuffers(config, view, options.maxBatchTokens, geometryOf(options)).reduce((sum, b) => sum + b.bytes, 0);
-      const spec: ShardSpec = {
-        rank,
-        stage,
-        tpRank,
-        view,
-        bytes: { weights, kvCache, activations, total: weights + kvCache + activations },
-        fileBytesRead: shardReadBytes(file, config, view),
-      };
-      checkShardFits(config, options, spec, device, who);
-      shards.push(spec);
+      const owner = { who: describeShard({ rank, stage, tpRank }, device), rank, shards: tp * pp };
+      const run = { geometry: geometryOf(options), maxBatchTokens: options.maxBatchTokens, contextLength: options.contextLength };
+      shards.push({ rank, stage, tpRank, view, ...viewFootprint(file, config, view, device, run, owner) });
     }
   }
   return { tp, pp, shards, summary: summarize(config, options, shards) };

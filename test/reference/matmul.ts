@@ -2,7 +2,7 @@
 // src/model/quant.ts has dequantized (the CPU oracle, itself checked bit for bit against ggml).
 
 import { blockGeometry, GGMLType } from '../../src/model/ggml-type.ts';
-import { f32ToF16 } from '../../src/model/quant.ts';
+import { f16ToF32, f32ToF16 } from '../../src/model/quant.ts';
 import { rng } from '../helpers/gpu.ts';
 
 export interface MatmulReference {
@@ -33,7 +33,8 @@ export function matmulReference(w: Float32Array, rows: number, cols: number, x: 
 
 /**
  * x with each block of 32 quantized to int8 (scale max|x|/127, rounded half to even like WGSL's
- * round) and dequantized, in f32 as the int8 kernels compute it: what they multiply the weights by.
+ * round) and dequantized, in f32 as the int8 kernels compute it (the scale rounded to f16, as ggml
+ * stores it): what they multiply the weights by.
  */
 export function quantizeActivationsInt8(x: Float32Array): Float32Array {
   const out = new Float32Array(x.length);
@@ -46,7 +47,7 @@ export function quantizeActivationsInt8(x: Float32Array): Float32Array {
     for (let i = b; i < b + 32; i++) {
       const v = f(x[i]! * inverse);
       const q = Math.abs(v % 1) === 0.5 ? 2 * Math.round(v / 2) : Math.round(v);
-      out[i] = f(q * d);
+      out[i] = f(q * f16ToF32(f32ToF16(d)));
     }
   }
   return out;

@@ -1,0 +1,35 @@
+// The modern-family reference cases (../shared/models/reference/modern-public.json): llama.cpp's
+// greedy tokens and first-position logits for llama3-, qwen2-, qwen3- and phi3-tiny. Missing
+// models fail in CI through ./models.ts.
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { modelPath, modelsDir, type GenerationCase } from './models.ts';
+
+export interface ModernGenerationCase extends GenerationCase {
+  /** Tokens that are safe to compare (see the models README, "How to use them"). */
+  robust_prefix_len: number;
+  parse_special: boolean;
+}
+
+export interface ModernReference {
+  models: Record<string, { file: string; tensor_type_counts: Record<string, number> }>;
+  generation_cases: ModernGenerationCase[];
+}
+
+let cached: ModernReference | undefined;
+export function modernReference(): ModernReference {
+  cached ??= JSON.parse(readFileSync(resolve(modelsDir, 'reference/modern-public.json'), 'utf8')) as ModernReference;
+  return cached;
+}
+
+/** The file of a modern reference model key such as "qwen3-tiny-q4_0". */
+export function modernModelPath(key: string): string {
+  const entry = modernReference().models[key];
+  if (!entry) throw new Error(`no modern reference model ${key}`);
+  return modelPath(entry.file);
+}
+
+/** Whether a model's matrices are quantized (its reference then emulates llama.cpp's int8 activations). */
+export function isQuantized(key: string): boolean {
+  return Object.keys(modernReference().models[key]!.tensor_type_counts).some((type) => type.startsWith('Q'));
+}
