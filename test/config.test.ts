@@ -147,6 +147,12 @@ describe('llamaConfig', () => {
     expect(() => llamaConfig(file)).toThrow(/tiny\.gguf: metadata key llama\.block_count is missing/);
   });
 
+  it('a block_count beyond the tensor table is refused before any layer is looked at', async () => {
+    const file = await readGGUF(bytesSource(tinyLlama({ metadata: { 'llama.block_count': ggufValue.u32(8_388_609) } }), 'tiny.gguf'));
+    expect(() => llamaConfig(file)).toThrow(ModelFormatError);
+    expect(() => llamaConfig(file)).toThrow(/8388609 layers, but the file has \d+ tensors/);
+  });
+
   it('another architecture is refused by name', async () => {
     const file = await readGGUF(bytesSource(tinyLlama({ metadata: { 'general.architecture': ggufValue.string('mamba') } })));
     expect(() => llamaConfig(file)).toThrow(UnsupportedModelError);

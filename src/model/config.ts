@@ -168,12 +168,18 @@ export function llamaConfig(file: GGUFFile): LlamaConfig {
   if (ropeDims > headDim || ropeDims % 2 !== 0) {
     throw configError(file, `${p}.rope.dimension_count`, `rope over ${ropeDims} dims does not fit heads of ${headDim}`, 'Fix the metadata');
   }
+  // Every layer has at least two norm weights and its projections: a block_count beyond the
+  // tensor table is a corrupt header, refused before anything iterates over the layers.
+  const nLayers = getU32(file, `${p}.block_count`);
+  if (nLayers === 0 || nLayers > file.tensors.length) {
+    throw configError(file, `${p}.block_count`, `${nLayers} layers, but the file has ${file.tensors.length} tensors`, 'The header is corrupt or does not belong to these weights; re-convert the model');
+  }
   return {
     architecture,
     family,
     vocabSize: readVocabSize(file, p),
     dim,
-    nLayers: getU32(file, `${p}.block_count`),
+    nLayers,
     nHeads,
     nKvHeads,
     headDim,
