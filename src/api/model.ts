@@ -239,7 +239,7 @@ export class Model {
         return model;
       };
       if (options.split === 'auto') ({ tp, pp } = await autoSplit(file, config, source, options, { contextLength, maxBatchTokens, maxSequences }));
-      const planOptions = { tp, pp, contextLength, maxSequences, kvCacheTokens: options.kvCacheTokens, maxBatchTokens, weights: options.shardWeights };
+      const planOptions = { tp, pp, contextLength, maxSequences, kvCacheTokens: options.kvCacheTokens, samplesPerSequence, maxBatchTokens, weights: options.shardWeights };
       if (tp * pp === 1) {
         // One device is planned too: buffer limits, tensor types and the memory budget are
         // checked before anything is allocated, and a model that does not fit is refused.

@@ -58,6 +58,8 @@ export interface ShardPlanOptions {
   /** Sequences generating at once (default 1), and the KV positions they share (default maxSequences × contextLength). */
   maxSequences?: number;
   kvCacheTokens?: number;
+  /** Rows each sequence may sample per step (1 + draft length with speculative decoding; default 1). */
+  samplesPerSequence?: number;
   /** Most tokens in one forward step (sizes the activations). */
   maxBatchTokens: number;
   /** One per shard, tp * pp of them; index = shard rank. */
@@ -289,7 +291,7 @@ function splitStage(file: GGUFFile, config: LlamaConfig, layers: Range, stage: n
   return heads.map((h, i) => ({ heads: h, kvHeads: kvHeadsFor(h, config.nHeads, config.nKvHeads), ffn: ffn[i]! }));
 }
 
-const geometryOf = (options: ShardPlanOptions): KvGeometry => kvGeometry(options.contextLength, options.maxSequences ?? 1, options.kvCacheTokens);
+const geometryOf = (options: ShardPlanOptions): KvGeometry => kvGeometry(options.contextLength, options.maxSequences ?? 1, options.kvCacheTokens, options.samplesPerSequence);
 
 const showRange = (r: Range) => (rangeLength(r) === 0 ? 'none' : rangeLength(r) === 1 ? `${r.start}` : `${r.start}-${r.end - 1}`);
 
