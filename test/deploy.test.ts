@@ -1,15 +1,38 @@
-// The Containerfile and the Kubernetes manifests, checked offline. No Kubernetes schema package
-// is installed, so this checks the structure the schemas would (apiVersion per kind, required
-// fields, names that refer to each other) and, beyond them, what only webshard knows: probe
-// paths are server routes, probe and Service ports are the container's, the GPU limit is tp × pp,
-// the grace period outlasts --shutdown-grace, and the container starts the server itself.
+// The Containerfile and the Kubernetes manifests, checked offline: every manifest against the
+// Kubernetes OpenAPI schemas (npm kubernetes-models, Kubernetes 1.x core/apps/autoscaling, and
+// @kubernetes-models/gateway-api for the HTTPRoute; the Inference Extension's InferencePool has
+// no published model package, so its fields are checked by hand below), and beyond the schemas
+// what only webshard knows: probe paths are server routes, probe and Service ports are the
+// container's, the GPU limit is tp × pp, the grace period outlasts --shutdown-grace, and the
+// container starts the server itself.
 
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { InferenceServer } from '../src/server/server.ts';
-import { parseYamlDocuments, type YamlValue } from './helpers/yaml.ts';
+import { HTTPRoute } from '@kubernetes-models/gateway-api/gateway.networking.k8s.io/v1';
+import { Deployment } from 'kubernetes-models/apps/v1';
+import { HorizontalPodAutoscaler } from 'kubernetes-models/autoscaling/v2';
+import { PersistentVolumeClaim, Service } from 'kubernetes-models/v1';
+import { parseAllDocuments } from 'yaml';
+
+/** Every YAML document of a file, as plain data (a syntax error fails the test, naming the file). */
+function parseYamlDocuments(text: string, file: string): unknown[] {
+  return parseAllDocuments(text).map((document) => {
+    if (document.errors.length > 0) throw new Error(`${file}: ${document.errors.map((e) => e.message).join('; ')}`);
+    return document.toJS();
+  });
+}
+
+/** The schema-checked model class of each kind (validate() throws naming the field). */
+const SCHEMAS: Record<string, new (data: never) => { validate(): void }> = {
+  Deployment,
+  Service,
+  PersistentVolumeClaim,
+  HorizontalPodAutoscaler,
+  HTTPRoute,
+};
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const kubernetes = join(root, 'deploy/kubernetes');
@@ -18,13 +41,13 @@ type Manifest = { apiVersion: string; kind: string; metadata: { name: string; la
 
 /** Every resource a kustomization lists, recursively (directories are kustomizations themselves). */
 function kustomize(dir: string): Manifest[] {
-  const [kustomization] = parseYamlDocuments(readFileSync(join(dir, 'kustomization.yaml'), 'utf8')) as Array<{ apiVersion: string; kind: string; resources: string[] }>;
+  const [kustomization] = parseYamlDocuments(readFileSync(join(dir, 'kustomization.yaml'), 'utf8'), join(dir, 'kustomization.yaml')) as Array<{ apiVersion: string; kind: string; resources: string[] }>;
   expect(kustomization).toMatchObject({ apiVersion: 'kustomize.config.k8s.io/v1beta1', kind: 'Kustomization' });
   return kustomization!.resources.flatMap((resource) => {
     const path = join(dir, resource);
     expect(existsSync(path), `${path} (listed in ${dir}/kustomization.yaml)`).toBe(true);
     if (!path.endsWith('.yaml')) return kustomize(path);
-    return parseYamlDocuments(readFileSync(path, 'utf8')) as Manifest[];
+    return parseYamlDocuments(readFileSync(path, 'utf8'), path) as Manifest[];
   });
 }
 
@@ -63,6 +86,16 @@ describe('Kubernetes manifests (deploy/kubernetes)', () => {
   it('kubectl apply -k: the base has no custom resources; the gateway overlay adds the InferencePool and the HTTPRoute', () => {
     expect(base.map((m) => m.kind).sort()).toEqual(['Deployment', 'HorizontalPodAutoscaler', 'PersistentVolumeClaim', 'Service']);
     expect(withGateway.map((m) => m.kind).sort()).toEqual([...base.map((m) => m.kind), 'HTTPRoute', 'InferencePool'].sort());
+  });
+
+  it('every manifest of a Kubernetes or Gateway API kind validates against its OpenAPI schema', () => {
+    for (const m of withGateway.filter((m) => m.kind !== 'InferencePool')) {
+      const Schema = SCHEMAS[m.kind];
+      expect(Schema, `a schema for ${m.kind}`).toBeDefined();
+      expect(() => new Schema!(m as never).validate(), `${m.kind} ${m.metadata.name}`).not.toThrow();
+    }
+    // The check can fail: a replica count that is not an integer is refused.
+    expect(() => new Deployment({ ...deployment, spec: { ...deployment.spec, replicas: 'two' } } as never).validate()).toThrow(/replicas must be integer/);
   });
 
   it('every manifest has its kind\'s apiVersion, a DNS-1123 name and a spec', () => {
@@ -159,15 +192,5 @@ describe('Containerfile', () => {
     expect(instruction('VOLUME')).toEqual(['["/models"]']);
     expect(containerfile).toMatch(/runAsUser|--uid 10001/);
     expect(pod.securityContext.runAsUser).toBe(10001);
-  });
-});
-
-// Keep the parser honest: it refuses what it does not understand.
-describe('test/helpers/yaml.ts', () => {
-  it('parses the block subset and refuses the rest', () => {
-    const [doc] = parseYamlDocuments('a: 1\nb:\n  - x: "y # z"\n    w: [] # comment\n  - plain\nc: {}\n') as Array<Record<string, YamlValue>>;
-    expect(doc).toEqual({ a: 1, b: [{ x: 'y # z', w: [] }, 'plain'], c: {} });
-    expect(() => parseYamlDocuments('a: &anchor 1')).toThrow(/unsupported/);
-    expect(() => parseYamlDocuments('a: 1\na: 2')).toThrow(/duplicate/);
   });
 });
