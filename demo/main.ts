@@ -77,6 +77,7 @@ const el = {
   stop: $<HTMLButtonElement>('#stop'),
   chatMode: $('#chat-mode'),
   chatToggle: $<HTMLInputElement>('#chat-toggle'),
+  systemPrompt: $<HTMLInputElement>('#system-prompt'),
   newChat: $<HTMLButtonElement>('#new-chat'),
   mDecode: $('#m-decode'),
   mPrefill: $('#m-prefill'),
@@ -506,12 +507,13 @@ function showModel(loaded: Loaded): void {
 const chatOn = (): boolean => !el.chatMode.hidden && el.chatToggle.checked;
 
 function chatTranscript(messages: readonly ChatMessage[]): string {
-  return messages.map((m) => `${m.role === 'user' ? 'You' : m.role === 'assistant' ? 'Assistant' : m.role}: ${m.content}\n\n`).join('');
+  return messages.map((m) => `${m.role === 'user' ? 'You' : m.role === 'assistant' ? 'Assistant' : m.role === 'system' ? 'System' : m.role}: ${m.content}\n\n`).join('');
 }
 
 function newChat(): void {
   state.chat = [];
   el.newChat.hidden = !chatOn();
+  el.systemPrompt.hidden = !chatOn();
   el.generate.textContent = chatOn() ? 'Send' : 'Generate';
   if (chatOn()) {
     el.prompt.placeholder = 'Write a message…';
@@ -561,7 +563,10 @@ async function generate(): Promise<void> {
   el.stop.hidden = false;
   clearError();
 
-  const chat = chatOn() ? [...state.chat, { role: 'user', content: prompt }] : undefined;
+  // A conversation starts with the system message, if one is written; it stays in the history.
+  const system = el.systemPrompt.value.trim();
+  const opening: ChatMessage[] = state.chat.length === 0 && system ? [{ role: 'system', content: system }] : [];
+  const chat: ChatMessage[] | undefined = chatOn() ? [...opening, ...state.chat, { role: 'user', content: prompt }] : undefined;
   el.outputPrompt.textContent = chat ? `${chatTranscript(chat)}Assistant: ` : prompt;
   el.output.textContent = '';
   el.transcript.dataset.state = 'generating';

@@ -1,6 +1,6 @@
 // The demo page, built with vite and driven in Debian's headless Chromium (SwiftShader WebGPU):
 // load stories260K from a URL and from the file input, generate greedily, and match llama.cpp's
-// reference text; split across two shards; refuse bad files and splits that do not fit; cache in
+// reference text; chat with Phi-3 through its own template; split across two shards; refuse bad files and splits that do not fit; cache in
 // OPFS with an integrity check. Screenshots go to test-results/.
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -13,6 +13,16 @@ import { buildDemo, projectRoot } from './demo-build.ts';
 import { serveStatic, type StaticServer } from './static-server.ts';
 
 const referenceCase = reference().generation_cases.find((c) => c.id === 'stories260K-f32/once-upon-a-time')!;
+
+/** A chat case of modern-public.json, with its model file's path under the models folder. */
+function modernChatCase(id: string): { file: string; chat_messages: Array<{ role: string; content: string }>; n_predict: number; generated_text: string } {
+  const modern = JSON.parse(readFileSync(join(modelsDir, 'reference/modern-public.json'), 'utf8')) as {
+    models: Record<string, { file: string }>;
+    generation_cases: Array<{ id: string; model: string; chat_messages: Array<{ role: string; content: string }>; n_predict: number; generated_text: string }>;
+  };
+  const found = modern.generation_cases.find((c) => c.id === id)!;
+  return { ...found, file: modern.models[found.model]!.file };
+}
 const modelFile = referenceModelPath('stories260K-f32');
 const modelUrlPath = `/models/${relative(modelsDir, modelFile).split(sep).join('/')}`;
 const artifacts = resolve(projectRoot, 'test-results');
@@ -159,6 +169,23 @@ describe('demo page in headless Chromium (SwiftShader WebGPU)', { timeout: 360_0
     // The device card charted the decode steps.
     expect(await page.textContent('#device-grid .device header')).toMatch(/Shard 0.*\d+ steps/s);
     await page.screenshot({ path: resolve(artifacts, 'demo-1-shard.png'), fullPage: true });
+    await page.close();
+  });
+
+  it("chats with a model that has a template (Phi-3): system and user message in, llama.cpp's greedy answer out", async () => {
+    const chatCase = modernChatCase('phi3-tiny-f32/chat');
+    const page = await openDemo();
+    await loadUrl(page, `/models/${chatCase.file}`);
+    await expectLoaded(page, 1);
+    expect(await page.isVisible('#chat-mode')).toBe(true);
+    expect(await page.textContent('#generate')).toBe('Send');
+    const [system, user] = chatCase.chat_messages;
+    expect([system!.role, user!.role]).toEqual(['system', 'user']);
+    await page.fill('#system-prompt', system!.content);
+    const answer = await generateGreedy(page, user!.content, chatCase.n_predict);
+    expect(answer).toBe(chatCase.generated_text);
+    expect(await page.textContent('#output-prompt')).toBe(`System: ${system!.content}\n\nYou: ${user!.content}\n\nAssistant: `);
+    await page.screenshot({ path: resolve(artifacts, 'demo-chat.png'), fullPage: true });
     await page.close();
   });
 
