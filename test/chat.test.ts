@@ -1,27 +1,16 @@
 // Chat: the GGUF's own Jinja template renders `chat_messages` to exactly the prompt llama.cpp was
 // given (reference/modern-public.json chat cases), which tokenizes to its prompt_ids; and
 // `model.chat` on a real device streams what `generate` gives for that prompt (llama.cpp's tokens).
-import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ChatTemplate, ChatTemplateError, loadModel, MissingChatTemplateError, type ChatMessage, type FinishReason, type Model } from '../src/index.ts';
+import { ChatTemplate, ChatTemplateError, loadModel, MissingChatTemplateError, type FinishReason, type Model } from '../src/index.ts';
 import { readGGUF } from '../src/model/gguf.ts';
 import { fileSource } from '../src/model/source.ts';
 import { LlamaTokenizer } from '../src/model/tokenizer.ts';
 import { testGpu } from './helpers/gpu.ts';
 import { modelPath, reference, referenceModelPath } from './helpers/models.ts';
+import { modernReference } from './helpers/modern-models.ts';
 
-interface ChatCase {
-  id: string;
-  model: string;
-  prompt: string;
-  prompt_ids: number[];
-  parse_special: boolean;
-  chat_messages?: ChatMessage[];
-}
-const modern = JSON.parse(readFileSync(modelPath('reference/modern-public.json'), 'utf8')) as {
-  models: Record<string, { file: string }>;
-  generation_cases: ChatCase[];
-};
+const modern = modernReference();
 const chatCases = modern.generation_cases.filter((c) => c.chat_messages);
 // The reference rendered Llama 3.2's template with its own fallback date.
 const variables = { date_string: '26 Jul 2024' };

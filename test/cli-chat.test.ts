@@ -3,12 +3,13 @@
 // (end of input) ends the session; a model without a template is refused naming --chat-template
 // FILE; `tokenize --parse-special --no-bos` gives llama.cpp's ids for a special-token prompt.
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { modelPath, reference, referenceModelPath } from './helpers/models.ts';
+import { modernReference } from './helpers/modern-models.ts';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const deno = resolve(root, 'node_modules/.bin/deno');
@@ -93,10 +94,7 @@ describe('deno task chat', () => {
 
 describe('deno task tokenize --parse-special / --no-bos', () => {
   it("gives llama.cpp's ids for a special-token prompt, and keeps the text as text without --parse-special", () => {
-    const modern = JSON.parse(readFileSync(modelPath('reference/modern-public.json'), 'utf8')) as {
-      tokenizer_cases: Array<{ id: string; model: string; text: string; ids: number[] }>;
-    };
-    const c = modern.tokenizer_cases.find((x) => x.id === 'llama3/special-parsed')!;
+    const c = modernReference().tokenizer_cases.find((x) => x.id === 'llama3/special-parsed')!;
     const parsed = task(['tokenize', '-m', modelPath(c.model), '--text', c.text, '--parse-special', '--json']);
     expect(parsed.code, parsed.stderr).toBe(0);
     expect((JSON.parse(parsed.stdout) as { ids: number[] }).ids).toEqual(c.ids);

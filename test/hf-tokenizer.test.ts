@@ -4,16 +4,13 @@
 // Qwen, added tokens split out of raw text) give Hugging Face's ids. No GPU; each file read once.
 import { readFileSync } from 'node:fs';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { modelPath, type TokenizerCase } from './helpers/models.ts';
+import { modelPath, reference } from './helpers/models.ts';
+import { modernReference, type ModernTokenizerCase } from './helpers/modern-models.ts';
 import { readGGUF } from '../src/model/gguf.ts';
 import { fileSource } from '../src/model/source.ts';
 import { LlamaTokenizer, vocabFromTokenizerJson, type TokenizerJsonVocab, type TokenizerSemantics } from '../src/model/tokenizer.ts';
 import { ModelFormatError, UnsupportedModelError } from '../src/model/errors.ts';
 
-interface CaseWithCrosscheck extends TokenizerCase {
-  /** Hugging Face's tokenizer gave the same ids (modern-public.json only). */
-  crosscheck_ids_equal?: boolean | null;
-}
 /** A generation case's prompt: its ids include BOS when the vocabulary adds it. */
 interface PromptCase {
   id: string;
@@ -24,12 +21,12 @@ interface PromptCase {
 }
 interface ReferenceFile {
   models: Record<string, { file: string }>;
-  tokenizer_cases: CaseWithCrosscheck[];
+  tokenizer_cases: ModernTokenizerCase[];
   generation_cases: PromptCase[];
 }
 const readJson = (file: string): unknown => JSON.parse(readFileSync(modelPath(file), 'utf8'));
-const modern = readJson('reference/modern-public.json') as ReferenceFile;
-const classic = readJson('reference/public.json') as ReferenceFile;
+const modern: ReferenceFile = modernReference();
+const classic: ReferenceFile = reference();
 const modernCases = modern.tokenizer_cases;
 const storiesCases = classic.tokenizer_cases.filter((c) => c.vocab === 'stories260K');
 /** The generation prompts of the reference models stored in `gguf`. */
@@ -40,7 +37,7 @@ interface Folder {
   name: string;
   folder: string;
   gguf: string;
-  cases: CaseWithCrosscheck[];
+  cases: ModernTokenizerCase[];
   prompts: PromptCase[];
 }
 const FOLDERS: Folder[] = [

@@ -2,7 +2,6 @@
 // header) over a scripted forward pass: /v1/chat/completions renders llama.cpp's prompt ids for the
 // reference chat messages, and an answer that ends with <|im_end|> (or Qwen's other end token,
 // <|endoftext|>) reports finish_reason "stop" with the end token's text left out.
-import { readFileSync } from 'node:fs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { generateTokens, type FinishReason, type GeneratedToken, type GenerateOptions } from '../src/engine/generate.ts';
 import { readGGUF } from '../src/model/gguf.ts';
@@ -11,14 +10,9 @@ import { LlamaTokenizer } from '../src/model/tokenizer.ts';
 import { InferenceServer } from '../src/server/server.ts';
 import type { ServedModel } from '../src/server/served-model.ts';
 import { modelPath } from './helpers/models.ts';
+import { modernReference } from './helpers/modern-models.ts';
 
-interface ChatCase {
-  id: string;
-  prompt_ids: number[];
-  chat_messages?: Array<{ role: string; content: string }>;
-}
-const modern = JSON.parse(readFileSync(modelPath('reference/modern-public.json'), 'utf8')) as { generation_cases: ChatCase[] };
-const chatCase = modern.generation_cases.find((c) => c.id === 'qwen2-tiny-f32/chat')!;
+const chatCase = modernReference().generation_cases.find((c) => c.id === 'qwen2-tiny-f32/chat')!;
 
 /** A model that "answers" `answer` (token ids, in turn) to any prompt, with the real tokenizer. */
 class ScriptedQwen implements ServedModel {

@@ -3,7 +3,8 @@
 // "qwen2"), SentencePiece with added tokens for Phi-3. Each GGUF header is read once.
 import { readFileSync } from 'node:fs';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { modelPath, type GenerationCase, type TokenizerCase } from './helpers/models.ts';
+import { modelPath } from './helpers/models.ts';
+import { modernReference } from './helpers/modern-models.ts';
 import { readGGUF } from '../src/model/gguf.ts';
 import { fileSource } from '../src/model/source.ts';
 import {
@@ -16,16 +17,7 @@ import { ModelFormatError } from '../src/model/errors.ts';
 import { preTokenize, preTokenizerFor } from '../src/model/tokenizer/pre-tokenizer.ts';
 import { generateTokens, type FinishReason, type GenerationBackend } from '../src/engine/generate.ts';
 
-type ModernGenerationCase = Pick<GenerationCase, 'id' | 'model' | 'prompt' | 'prompt_ids' | 'generated_ids' | 'generated_text' | 'detokenized'> & {
-  parse_special: boolean;
-};
-interface ModernReference {
-  models: Record<string, { file: string }>;
-  tokenizer_cases: TokenizerCase[];
-  generation_cases: ModernGenerationCase[];
-}
-
-const ref = JSON.parse(readFileSync(modelPath('reference/modern-public.json'), 'utf8')) as ModernReference;
+const ref = modernReference();
 const fileOfModel = (key: string): string => ref.models[key]!.file;
 
 const LLAMA3 = 'llama3-tiny/llama3-tiny-F32.gguf';

@@ -8,21 +8,12 @@ import { join, relative, resolve, sep } from 'node:path';
 import type { Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { modelsDir, reference, referenceModelPath } from '../helpers/models.ts';
+import { modernReference } from '../helpers/modern-models.ts';
 import { launchChromium, type ChromiumSession } from './browser.ts';
 import { buildDemo, projectRoot } from './demo-build.ts';
 import { serveStatic, type StaticServer } from './static-server.ts';
 
 const referenceCase = reference().generation_cases.find((c) => c.id === 'stories260K-f32/once-upon-a-time')!;
-
-/** A chat case of modern-public.json, with its model file's path under the models folder. */
-function modernChatCase(id: string): { file: string; chat_messages: Array<{ role: string; content: string }>; n_predict: number; generated_text: string } {
-  const modern = JSON.parse(readFileSync(join(modelsDir, 'reference/modern-public.json'), 'utf8')) as {
-    models: Record<string, { file: string }>;
-    generation_cases: Array<{ id: string; model: string; chat_messages: Array<{ role: string; content: string }>; n_predict: number; generated_text: string }>;
-  };
-  const found = modern.generation_cases.find((c) => c.id === id)!;
-  return { ...found, file: modern.models[found.model]!.file };
-}
 const modelFile = referenceModelPath('stories260K-f32');
 const modelUrlPath = `/models/${relative(modelsDir, modelFile).split(sep).join('/')}`;
 const artifacts = resolve(projectRoot, 'test-results');
@@ -173,13 +164,13 @@ describe('demo page in headless Chromium (SwiftShader WebGPU)', { timeout: 360_0
   });
 
   it("chats with a model that has a template (Phi-3): system and user message in, llama.cpp's greedy answer out", async () => {
-    const chatCase = modernChatCase('phi3-tiny-f32/chat');
+    const chatCase = modernReference().generation_cases.find((c) => c.id === 'phi3-tiny-f32/chat')!;
     const page = await openDemo();
-    await loadUrl(page, `/models/${chatCase.file}`);
+    await loadUrl(page, `/models/${modernReference().models[chatCase.model]!.file}`);
     await expectLoaded(page, 1);
     expect(await page.isVisible('#chat-mode')).toBe(true);
     expect(await page.textContent('#generate')).toBe('Send');
-    const [system, user] = chatCase.chat_messages;
+    const [system, user] = chatCase.chat_messages!;
     expect([system!.role, user!.role]).toEqual(['system', 'user']);
     await page.fill('#system-prompt', system!.content);
     const answer = await generateGreedy(page, user!.content, chatCase.n_predict);

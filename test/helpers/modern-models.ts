@@ -3,17 +3,25 @@
 // models fail in CI through ./models.ts.
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { modelPath, modelsDir, type GenerationCase } from './models.ts';
+import { modelPath, modelsDir, type GenerationCase, type TokenizerCase } from './models.ts';
 
 export interface ModernGenerationCase extends GenerationCase {
   /** Tokens that are safe to compare (see the models README, "How to use them"). */
   robust_prefix_len: number;
   parse_special: boolean;
+  /** The messages a chat prompt was rendered from (chat cases only). */
+  chat_messages?: Array<{ role: string; content: string }>;
+}
+
+export interface ModernTokenizerCase extends TokenizerCase {
+  /** Hugging Face's tokenizer gave the same ids (null where the text has Phi-3 added tokens). */
+  crosscheck_ids_equal?: boolean | null;
 }
 
 export interface ModernReference {
   models: Record<string, { file: string; tensor_type_counts: Record<string, number> }>;
   generation_cases: ModernGenerationCase[];
+  tokenizer_cases: ModernTokenizerCase[];
 }
 
 let cached: ModernReference | undefined;
