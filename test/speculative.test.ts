@@ -4,7 +4,7 @@
 // frequency test); bad options and a draft of another vocabulary are refused.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadModel, type Model } from '../src/api/model.ts';
-import { InvalidOptionError, resolveSampling, Sampler, type TokenDistribution } from '../src/engine/sampler.ts';
+import { InvalidOptionError, pointMass, resolveSampling, Sampler, type TokenDistribution } from '../src/engine/sampler.ts';
 import { acceptDrafts, PromptLookupDrafter, type DraftToken } from '../src/engine/speculative.ts';
 import type { StepResult } from '../src/engine/runner.ts';
 import { testGpu } from './helpers/gpu.ts';
@@ -32,7 +32,7 @@ describe('accepting drafts', () => {
 
   it('keeps greedy drafts exactly while they are the argmax, then takes the target’s token', () => {
     const sampler = new Sampler(resolveSampling({ temperature: 0, seed: 1 }));
-    const oneHot = (r: StepResult): TokenDistribution => ({ ids: [r.argmaxId], weights: [1], total: 1 });
+    const oneHot = (r: StepResult): TokenDistribution => pointMass(r.argmaxId);
     const rows = [0, 1, 2, 3].map((id) => ({ argmaxId: [7, 8, 5, 6][id]! }));
     const choice = { distribution: oneHot, sampler };
     expect(acceptDrafts(rows, [{ id: 7 }, { id: 8 }, { id: 9 }], [1], choice)).toEqual([7, 8, 5]);

@@ -321,7 +321,7 @@ export class Model {
   }
 
   /** Streams the assistant's answer to `messages`: `generate` on `chatPromptIds(messages)`. */
-  async *chat(messages: readonly ChatMessage[], options: ChatOptions = {}, result: { finish?: FinishReason } = {}): AsyncGenerator<GeneratedToken> {
+  async *chat(messages: readonly ChatMessage[], options: ChatOptions = {}, result: GenerationResult = {}): AsyncGenerator<GeneratedToken> {
     const { chatTemplate: _template, variables: _variables, addGenerationPrompt: _prompt, ...generateOptions } = options;
     yield* this.generate(this.chatPromptIds(messages, options), generateOptions, result);
   }
@@ -490,10 +490,7 @@ export class Model {
       // A sampling target drafts by sampling the draft's own distribution (any q is exact; a
       // close one is accepted more often); a greedy target drafts the draft's argmax.
       const sampler = isGreedy(sampling) ? undefined : new Sampler({ ...sampling, seed: (sampling.seed + 0x9e3779b9) % 2 ** 32 });
-      drafter = new DraftModelDrafter(
-        { forward: (tokens, startPos, wantLogits) => draftSequence.forward(tokens, startPos, wantLogits), release: () => draftSequence.release() },
-        { pMin: spec.draftPMin, minTokens: spec.draftMin, sampler },
-      );
+      drafter = new DraftModelDrafter(draftSequence, { pMin: spec.draftPMin, minTokens: spec.draftMin, sampler });
     } else {
       drafter = new PromptLookupDrafter(spec.lookupNgram);
     }

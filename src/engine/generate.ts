@@ -2,7 +2,7 @@
 // batched steps), then one token per step until a limit, an end-of-generation token or a stop
 // string. Text streams out as soon as its UTF-8 is whole.
 
-import { candidatesSuffice, InvalidOptionError, isGreedy, resolveSampling, Sampler, tokenLogprobs, type ResolvedSampling, type SamplingOptions, type TokenDistribution, type TokenLogprob } from './sampler.ts';
+import { candidatesSuffice, InvalidOptionError, isGreedy, pointMass, resolveSampling, Sampler, tokenLogprobs, type ResolvedSampling, type SamplingOptions, type TokenDistribution, type TokenLogprob } from './sampler.ts';
 import { ContextOverflowError, type StepResult } from './runner.ts';
 import { acceptDrafts, type Drafter, type SpeculationCounts } from './speculative.ts';
 
@@ -186,7 +186,7 @@ export async function* generateTokens(
 
   /** The target's sampling distribution after `context` at one row (greedy: its argmax). */
   const distribution = (row: StepResult, context: readonly number[]): TokenDistribution =>
-    greedy ? { ids: [row.argmaxId], weights: [1], total: 1 } : sampler.distribution(row.logits?.slice() ?? requireLogits(row), context);
+    greedy ? pointMass(row.argmaxId) : sampler.distribution(requireLogits(row).slice(), context);
   const decide = (row: StepResult): DecidedToken => {
     // Log-probabilities come from the raw logits: take them before the sampler's penalties.
     const raw = logprobs !== undefined ? requireLogits(row).slice() : undefined;

@@ -186,7 +186,7 @@ export class Sampler {
    */
   distribution(logits: Float32Array, history: readonly number[]): TokenDistribution {
     applyPenalties(logits, history, this.options);
-    if (this.options.temperature === 0) return { ids: [argmax(logits)], weights: [1], total: 1 };
+    if (this.options.temperature === 0) return pointMass(argmax(logits));
     return this.shape(logits);
   }
 
@@ -229,6 +229,11 @@ export interface TokenDistribution {
   ids: number[];
   weights: number[];
   total: number;
+}
+
+/** All of the probability on one token (a greedy choice, or a deterministic draft). */
+export function pointMass(id: number): TokenDistribution {
+  return { ids: [id], weights: [1], total: 1 };
 }
 
 /** P(id) under `d`. */

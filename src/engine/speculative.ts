@@ -14,7 +14,7 @@
 // step writes over them.
 
 import type { StepResult } from './runner.ts';
-import { argmax, probabilityOf, type Sampler, type TokenDistribution } from './sampler.ts';
+import { argmax, pointMass, probabilityOf, tokenLogprobs, type Sampler, type TokenDistribution } from './sampler.ts';
 
 /** A proposed token, and the distribution it was drawn from (absent: picked deterministically). */
 export interface DraftToken {
@@ -124,7 +124,10 @@ export class DraftModelDrafter implements Drafter {
     const { sampler } = this.options;
     if (!step.logits) return { token: { id: step.argmaxId }, probability: 1 };
     const logits = step.logits.slice();
-    if (!sampler) return { token: { id: argmax(logits) }, probability: softmaxMax(logits) };
+    if (!sampler) {
+      const id = argmax(logits);
+      return { token: { id }, probability: Math.exp(tokenLogprobs(logits, id, 0).logprob) };
+    }
     const q = sampler.distribution(logits, context);
     return { token: { id: sampler.drawFrom(q), q }, probability: Math.max(...q.weights) / q.total };
   }
@@ -132,14 +135,6 @@ export class DraftModelDrafter implements Drafter {
   release(): void {
     this.sequence.release();
   }
-}
-
-function softmaxMax(logits: Float32Array): number {
-  let max = -Infinity;
-  for (const x of logits) if (x > max) max = x;
-  let sum = 0;
-  for (const x of logits) sum += Math.exp(x - max);
-  return 1 / sum;
 }
 
 /** How the target's result at one position becomes its choice there. */
@@ -170,7 +165,7 @@ export function acceptDrafts(rows: readonly StepResult[], drafts: readonly Draft
       context.push(id);
       continue;
     }
-    emitted.push(target.sampler.drawFrom(residual(p, q ?? { ids: [id], weights: [1], total: 1 })));
+    emitted.push(target.sampler.drawFrom(residual(p, q ?? pointMass(id))));
     return emitted;
   }
   emitted.push(target.sampler.drawFrom(target.distribution(rows[drafts.length]!, context)));
