@@ -20,6 +20,7 @@ interface EngineNumbers {
   kvBlocksUsed?: number;
   kvBlocksFree?: number;
   group?: { recoveries: number; lastRecoverySeconds: number };
+  speculative?: { drafted: number; accepted: number };
 }
 
 export class ServerMetrics {
@@ -73,16 +74,9 @@ export class ServerMetrics {
       const stats = sources.engineStats();
       return stats ? renderNumericFields('webshard_engine', stats) : '';
     });
-    // Speculative decoding, as counters (vLLM exports the same pair as spec_decode_num_*_tokens_total).
-    r.addCollector(() => {
-      const counts = (sources.engineStats() as { speculative?: { drafted: number; accepted: number } } | undefined)?.speculative;
-      if (!counts) return '';
-      const counter = (name: string, help: string, value: number) => [`# HELP ${name} ${help}`, `# TYPE ${name} counter`, `${name} ${value}`].join('\n');
-      return [
-        counter('webshard_speculative_draft_tokens_total', 'Tokens proposed by the draft model or prompt lookup and checked by the model.', counts.drafted),
-        counter('webshard_speculative_accepted_tokens_total', 'Drafted tokens the model kept.', counts.accepted),
-      ].join('\n');
-    });
+    // Speculative decoding (vLLM exports the same pair as spec_decode_num_*_tokens_total).
+    r.counter('webshard_speculative_draft_tokens_total', 'Tokens proposed by the draft model or prompt lookup and checked by the model.', () => engine().speculative?.drafted ?? 0);
+    r.counter('webshard_speculative_accepted_tokens_total', 'Drafted tokens the model kept.', () => engine().speculative?.accepted ?? 0);
   }
 
   render(): string {
