@@ -101,14 +101,18 @@ export interface SpeculativeOptions {
   draftPMin?: number;
 }
 
-/** Speculative options with every default filled in, and the loaded draft model if any. */
-interface ResolvedSpeculation {
-  draft?: Model;
-  ownsDraft: boolean;
+/** Speculative options checked, with every default filled in. */
+interface SpeculationSettings {
   lookupNgram: number;
   draftMax: number;
   draftMin: number;
   draftPMin: number;
+}
+
+/** The settings and the loaded draft model, if any. */
+interface ResolvedSpeculation extends SpeculationSettings {
+  draft?: Model;
+  ownsDraft: boolean;
 }
 
 /** `model.chat` options: generation options, template variables, and an optional template of one's own. */
@@ -544,7 +548,7 @@ export class Model {
 }
 
 /** Checks the speculative options (before anything loads); undefined when speculation is off. */
-function checkSpeculativeOptions(options: SpeculativeOptions | undefined): Omit<ResolvedSpeculation, 'draft' | 'ownsDraft'> | undefined {
+function checkSpeculativeOptions(options: SpeculativeOptions | undefined): SpeculationSettings | undefined {
   if (!options) return undefined;
   const { draftModel, lookupNgram } = options;
   if ((draftModel === undefined) === (lookupNgram === undefined)) {
@@ -563,7 +567,7 @@ function checkSpeculativeOptions(options: SpeculativeOptions | undefined): Omit<
 }
 
 /** Loads (or takes) the draft model and checks that it speaks the target's vocabulary. */
-async function loadSpeculation(target: Model, spec: NonNullable<ReturnType<typeof checkSpeculativeOptions>>, options: LoadOptions): Promise<ResolvedSpeculation> {
+async function loadSpeculation(target: Model, spec: SpeculationSettings, options: LoadOptions): Promise<ResolvedSpeculation> {
   const source = options.speculative!.draftModel;
   if (source === undefined) return { ...spec, ownsDraft: false };
   const ownsDraft = !(source instanceof Model);
