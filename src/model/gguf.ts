@@ -64,6 +64,12 @@ export interface GGUFTensorInfo {
   /** Absolute file offset of the first byte. */
   offset: number;
   byteLength: number;
+  /**
+   * GPTQ act-order (Q4_ZP weights from a Hugging Face checkpoint, never in a GGUF file): column t
+   * of the stored rows multiplies input feature inputOrder[t], so the matmul is fed x[inputOrder[t]]
+   * (see src/model/awq-gptq.ts).
+   */
+  inputOrder?: Int32Array;
 }
 
 export interface GGUFFile {
