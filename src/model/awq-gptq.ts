@@ -29,6 +29,7 @@
 // o_proj it is one gather of the activations per layer, far cheaper than keeping a per-column
 // group index in the matmul's inner loop.
 import { GGMLType } from './ggml-type.ts';
+import { f16ToF32, f32ToF16 } from './quant.ts';
 import { ModelFormatError, UnsupportedModelError } from './errors.ts';
 import type { HfQuantization } from './hf-config.ts';
 import { readSafetensorsBytes, type SafetensorsDtype, type SafetensorsModel, type SafetensorsTensor } from './safetensors.ts';
@@ -130,7 +131,7 @@ export function groupOrder(l: Int4Linear): Int32Array | undefined {
 }
 
 /** The zero point GPTQ means by a stored nibble. */
-function gptqZeroOffset(l: Int4Linear): number {
+function gptqZeroOffset(l: Pick<Int4Linear, 'checkpointFormat' | 'file'>): number {
   const format = l.checkpointFormat ?? 'gptq';
   if (format === 'gptq') return 1;
   if (format === 'gptq_v2') return 0;
@@ -180,6 +181,120 @@ export function int4ToQ4Zp(l: Int4Linear): Q4ZpWeight {
     }
   }
   return { type: GGMLType.Q4_ZP, rows: n, cols: k, bytes, ...(order ? { inputOrder: order } : {}) };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing a layer (the random checkpoint writer, tests): the inverse of the packing above
+
+/** A layer's 4-bit codes before packing, in the input's own column order. */
+export interface Int4Codes extends Pick<Int4Linear, 'method' | 'inFeatures' | 'outFeatures' | 'groupSize' | 'gIdx' | 'checkpointFormat'> {
+  /** q[o · in + c], 0..15. */
+  quants: Uint8Array;
+  /** The zero point W = (q − z) · s uses, [o · groups + group] (GPTQ v1 stores it minus 1, so 1..16 there). */
+  zeros: Uint8Array;
+  /** f16 bits, [group · out + o], as the checkpoint stores them. */
+  scales: Uint16Array;
+}
+
+/** The nibble of its word that output o goes to in AWQ's interleaved packing (the reader's order, read backwards). */
+const awqSlot = (o: number): number => AWQ_REVERSE_ORDER[o & 7]!;
+
+/** Packs codes into the checkpoint's tensors, as AutoAWQ (`WQLinear_GEMM.from_linear`) and AutoGPTQ (`QuantLinear.pack`) do. */
+export function packInt4Linear(codes: Int4Codes, name = `${codes.method}.linear`, file = 'memory'): Int4Linear {
+  const { method, inFeatures: k, outFeatures: n, groupSize: g } = codes;
+  const groups = k / g;
+  const zeroOffset = method === 'gptq' ? gptqZeroOffset({ checkpointFormat: codes.checkpointFormat, file }) : 0;
+  const qzeros = new Uint32Array((groups * n) / 8);
+  for (let group = 0; group < groups; group++) {
+    for (let o = 0; o < n; o++) {
+      const slot = method === 'awq' ? awqSlot(o) : o & 7;
+      qzeros[group * (n / 8) + (o >> 3)]! |= (codes.zeros[o * groups + group]! - zeroOffset) << (4 * slot);
+    }
+  }
+  const qweight = new Uint32Array((k * n) / 8);
+  for (let o = 0; o < n; o++) {
+    for (let c = 0; c < k; c++) {
+      const q = codes.quants[o * k + c]!;
+      if (method === 'awq') qweight[c * (n / 8) + (o >> 3)]! |= q << (4 * awqSlot(o));
+      else qweight[(c >> 3) * n + o]! |= q << (4 * (c & 7));
+    }
+  }
+  const { quants: _quants, zeros: _zeros, ...shape } = codes;
+  return { ...shape, file, name, qweight, qzeros, scales: codes.scales };
+}
+
+/**
+ * A GPTQ act-order g_idx: each input column's group, every group with groupSize members, in the
+ * order `random` shuffles them (standing in for argsort of the Hessian's diagonal).
+ */
+export function actOrderGroupIndex(inFeatures: number, groupSize: number, random: () => number): Int32Array {
+  const gIdx = new Int32Array(inFeatures).map((_, c) => Math.floor(c / groupSize));
+  for (let i = inFeatures - 1; i > 0; i--) {
+    const j = Math.floor(random() * (i + 1));
+    [gIdx[i], gIdx[j]] = [gIdx[j]!, gIdx[i]!];
+  }
+  return gIdx;
+}
+
+/** Rounds half to even, as torch.round does. */
+const roundHalfEven = (x: number): number => (Math.abs(x % 1) === 0.5 ? 2 * Math.round(x / 2) : Math.round(x));
+
+export interface Int4QuantizeOptions extends Pick<Int4Linear, 'method' | 'inFeatures' | 'outFeatures' | 'groupSize' | 'checkpointFormat'> {
+  /** A zero point per group (AWQ's zero_point, GPTQ's !sym); else GPTQ's symmetric zero 8. */
+  zeroPoint: boolean;
+  /** GPTQ act-order: the group of each input column (each group must have groupSize members). */
+  gIdx?: Int32Array;
+}
+
+/**
+ * Round-to-nearest 4-bit quantization of W[out][in] (row-major f32), as AutoAWQ's
+ * `pseudo_quantize_tensor` (zero point: s = f16((max − min)/15), z = −round(min/s)) and AutoGPTQ's
+ * `Quantizer` (sym: s = f16(2·max|w|/15), z = 8) compute codes, without calibration.
+ */
+export function quantizeInt4Codes(w: Float32Array, o: Int4QuantizeOptions): Int4Codes {
+  const { inFeatures: k, outFeatures: n, groupSize: g } = o;
+  const groups = k / g;
+  const groupOf = (c: number) => (o.gIdx ? o.gIdx[c]! : Math.floor(c / g));
+  const quants = new Uint8Array(n * k);
+  const zeros = new Uint8Array(n * groups);
+  const scales = new Uint16Array(groups * n);
+  const low = new Float64Array(groups);
+  const high = new Float64Array(groups);
+  for (let row = 0; row < n; row++) {
+    low.fill(Infinity);
+    high.fill(-Infinity);
+    for (let c = 0; c < k; c++) {
+      const v = w[row * k + c]!;
+      const group = groupOf(c);
+      low[group] = Math.min(low[group]!, v);
+      high[group] = Math.max(high[group]!, v);
+    }
+    const scale = new Float64Array(groups);
+    for (let group = 0; group < groups; group++) {
+      let [min, max] = [low[group]!, high[group]!];
+      let s: number, z: number;
+      if (o.zeroPoint) {
+        if (o.method === 'gptq') [min, max] = [Math.min(min, 0), Math.max(max, 0)];
+        s = f16ToF32(f32ToF16(Math.max(max - min, 1e-5) / 15));
+        z = Math.min(15, Math.max(0, -roundHalfEven(min / s)));
+      } else {
+        const bound = Math.max(Math.abs(min), Math.abs(max)) || 1;
+        s = f16ToF32(f32ToF16((2 * bound) / 15));
+        z = 8;
+      }
+      scale[group] = s;
+      scales[group * n + row] = f32ToF16(s);
+      // GPTQ v1 stores z − 1 in a nibble, so a zero of 0 cannot be written (AutoGPTQ's known wrap): use 1.
+      zeros[row * groups + group] = o.method === 'gptq' && (o.checkpointFormat ?? 'gptq') === 'gptq' ? Math.max(1, z) : z;
+    }
+    for (let c = 0; c < k; c++) {
+      const group = groupOf(c);
+      const z = zeros[row * groups + group]!;
+      quants[row * k + c] = Math.min(15, Math.max(0, roundHalfEven(w[row * k + c]! / scale[group]!) + z));
+    }
+  }
+  const { method, checkpointFormat } = o;
+  return { method, inFeatures: k, outFeatures: n, groupSize: g, quants, zeros, scales, ...(o.gIdx ? { gIdx: o.gIdx } : {}), ...(checkpointFormat ? { checkpointFormat } : {}) };
 }
 
 // ---------------------------------------------------------------------------------------------

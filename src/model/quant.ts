@@ -72,6 +72,14 @@ export function f32ToF16(value: number): number {
   return sign | half;
 }
 
+/** f32 → bf16 bits: the top half, rounded to nearest even (as torch's `.to(torch.bfloat16)` does; NaN stays NaN). */
+export function f32ToBf16(value: number): number {
+  scratch.setFloat32(0, value);
+  const x = scratch.getUint32(0);
+  if ((x & 0x7fffffff) > 0x7f800000) return (x >>> 16) | 0x40;
+  return ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff;
+}
+
 /** bf16 bits → f32: the top half of an f32 (exact). */
 export function bf16ToF32(bits: number): number {
   scratch.setUint32(0, (bits & 0xffff) << 16);
@@ -378,7 +386,7 @@ const quantizers: Partial<Record<GGMLType, (x: Float32Array, out: Uint8Array) =>
 
 /** Types `quantize` can produce. */
 export function quantizableTypes(): GGMLType[] {
-  return [GGMLType.F32, GGMLType.F16, ...(Object.keys(quantizers).map(Number) as GGMLType[])];
+  return [GGMLType.F32, GGMLType.F16, GGMLType.BF16, ...(Object.keys(quantizers).map(Number) as GGMLType[])];
 }
 
 /** Quantizes values (whole blocks) to `type`'s GGUF bytes, as ggml's reference quantizer does. */
@@ -393,9 +401,10 @@ export function quantize(type: GGMLType, values: Float32Array): Uint8Array {
     out.set(new Uint8Array(values.buffer, values.byteOffset, values.byteLength));
     return out;
   }
-  if (type === GGMLType.F16) {
+  if (type === GGMLType.F16 || type === GGMLType.BF16) {
+    const toHalf = type === GGMLType.F16 ? f32ToF16 : f32ToBf16;
     for (let i = 0; i < values.length; i++) {
-      const h = f32ToF16(values[i]!);
+      const h = toHalf(values[i]!);
       out[2 * i] = h & 0xff;
       out[2 * i + 1] = h >> 8;
     }

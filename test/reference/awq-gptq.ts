@@ -1,12 +1,12 @@
 // Plain-TypeScript references for AWQ and GPTQ checkpoints, written straight from the formulas in
 // ../shared/models/README.md (AutoAWQ dequantize_gemm, vLLM's GPTQ reader), independent of the
-// loader's conversion to Q4_ZP: a dequantizer to f32 W[out][in], and packers that write random
-// checkpoints of any group size, symmetric or not, v1 or v2 zeros, with or without act-order.
+// loader's conversion to Q4_ZP: a dequantizer to f32 W[out][in], and random layers of any group
+// size, symmetric or not, v1 or v2 zeros, with or without act-order (packed by the writer's
+// packInt4Linear; this file's dequantizer reads them back independently).
 import { f16ToF32, f32ToF16 } from '../../src/model/quant.ts';
-import type { Int4Linear } from '../../src/model/awq-gptq.ts';
+import { actOrderGroupIndex, packInt4Linear, type Int4Linear } from '../../src/model/awq-gptq.ts';
 import { rng } from '../helpers/gpu.ts';
 
-const AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7];
 const AWQ_REVERSE = [0, 4, 1, 5, 2, 6, 3, 7];
 const nib = (x: number, i: number) => (x >>> (4 * i)) & 0xf;
 
@@ -56,48 +56,9 @@ export function randomInt4Linear(o: RandomInt4Options): Int4Linear {
   const zeros = new Uint8Array(n * groups).map(() => (o.asymmetric ? Math.floor(next() * 16) + (v1 ? 1 : 0) : 8));
   const scales = new Uint16Array(groups * n).map(() => f32ToF16((next() * 2 - 1) * 0.05));
   let gIdx: Int32Array | undefined;
-  if (o.method === 'gptq') {
-    gIdx = new Int32Array(k).map((_, c) => Math.floor(c / g));
-    if (o.actOrder) {
-      for (let i = k - 1; i > 0; i--) {
-        const j = Math.floor(next() * (i + 1));
-        [gIdx[i], gIdx[j]] = [gIdx[j]!, gIdx[i]!];
-      }
-    }
-  }
-  const qzeros = new Uint32Array((groups * n) / 8);
-  for (let group = 0; group < groups; group++) {
-    for (let out = 0; out < n; out++) {
-      const stored = zeros[out * groups + group]! - (v1 ? 1 : 0);
-      const slot = o.method === 'awq' ? AWQ_ORDER.indexOf(out & 7) : out & 7;
-      qzeros[group * (n / 8) + (out >> 3)]! |= stored << (4 * slot);
-    }
-  }
-  let qweight: Uint32Array;
-  if (o.method === 'awq') {
-    qweight = new Uint32Array((k * n) / 8);
-    for (let c = 0; c < k; c++) {
-      for (let out = 0; out < n; out++) qweight[c * (n / 8) + (out >> 3)]! |= quants[out * k + c]! << (4 * AWQ_ORDER.indexOf(out & 7));
-    }
-  } else {
-    qweight = new Uint32Array((k / 8) * n);
-    for (let c = 0; c < k; c++) {
-      for (let out = 0; out < n; out++) qweight[(c >> 3) * n + out]! |= quants[out * k + c]! << (4 * (c & 7));
-    }
-  }
-  return {
-    method: o.method,
-    file: 'random',
-    name: `random.${o.method}`,
-    inFeatures: k,
-    outFeatures: n,
-    groupSize: g,
-    qweight,
-    qzeros,
-    scales,
-    ...(gIdx ? { gIdx } : {}),
-    ...(o.checkpointFormat ? { checkpointFormat: o.checkpointFormat } : {}),
-  };
+  if (o.method === 'gptq') gIdx = o.actOrder ? actOrderGroupIndex(k, g, next) : new Int32Array(k).map((_, c) => Math.floor(c / g));
+  const codes = { method: o.method, inFeatures: k, outFeatures: n, groupSize: g, quants, zeros, scales, ...(gIdx ? { gIdx } : {}), ...(o.checkpointFormat ? { checkpointFormat: o.checkpointFormat } : {}) };
+  return packInt4Linear(codes, `random.${o.method}`, 'random');
 }
 
 /** x with its columns in the order a Q4_ZP weight made with `inputOrder` expects: x'[t] = x[order[t]]. */
