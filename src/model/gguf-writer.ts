@@ -280,14 +280,21 @@ export async function writeGGUFStream(spec: GGUFWriteSpec<TensorData>, sink: (ch
   for (let i = 0; i < spec.tensors.length; i++) {
     const tensor = spec.tensors[i]!;
     const { byteLength, paddedLength } = layout.tensors[i]!;
-    let written = 0;
-    const chunks = tensor.data instanceof Uint8Array ? [tensor.data] : tensor.data();
-    for await (const chunk of chunks) {
-      written += chunk.length;
-      if (written > byteLength) throw sizeMismatch(tensor.name, byteLength, written);
-      await sink(chunk);
-    }
-    if (written !== byteLength) throw sizeMismatch(tensor.name, byteLength, written);
+    await writeTensorData(tensor.name, tensor.data, byteLength, sink);
     if (paddedLength > byteLength) await sink(new Uint8Array(paddedLength - byteLength));
   }
+}
+
+/**
+ * Streams one tensor's data (bytes, or a callback yielding chunks of any size) to `sink`, checking
+ * that it is exactly `byteLength` bytes (also the safetensors writer's).
+ */
+export async function writeTensorData(name: string, data: TensorData, byteLength: number, sink: (chunk: Uint8Array) => Promise<void> | void): Promise<void> {
+  let written = 0;
+  for await (const chunk of data instanceof Uint8Array ? [data] : data()) {
+    written += chunk.length;
+    if (written > byteLength) throw sizeMismatch(name, byteLength, written);
+    await sink(chunk);
+  }
+  if (written !== byteLength) throw sizeMismatch(name, byteLength, written);
 }

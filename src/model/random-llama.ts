@@ -139,26 +139,36 @@ const UNIFORM_HALF_WIDTH = 0.02 * Math.sqrt(3);
 /** Upper bound on the values generated (then encoded) at once. */
 const CHUNK_VALUES = 1 << 22;
 
-interface WeightSpec {
+export interface WeightSpec {
+  /** The GGUF name. */
   name: string;
+  /** ggml order: shape[0] is the row length (the same bytes as Hugging Face's [out, in]). */
   shape: number[];
   type: GGMLType;
   /** Norm weights are all ones; everything else is random. */
   isNorm: boolean;
 }
 
-/** Chunks of whole rows of one tensor's encoded bytes; the same bytes whatever the chunk size. */
-function* weightChunks(weight: WeightSpec, seed: number): Generator<Uint8Array> {
+/**
+ * Chunks of whole rows of one tensor's values (at most `chunkValues` each, or one row), before
+ * encoding; the same values whatever the chunk size. The Hugging Face writer encodes them its way.
+ */
+export function* randomWeightValues(weight: Pick<WeightSpec, 'name' | 'shape' | 'isNorm'>, seed: number, chunkValues = CHUNK_VALUES): Generator<Float32Array> {
   const rowLength = weight.shape[0]!;
   const rows = weight.shape.slice(1).reduce((a, b) => a * b, 1);
-  const rowsPerChunk = Math.max(1, Math.floor(CHUNK_VALUES / rowLength));
+  const rowsPerChunk = Math.max(1, Math.floor(chunkValues / rowLength));
   const random = seededRandom((hashName(weight.name) ^ Math.imul(seed, 0x9e3779b1)) >>> 0);
   for (let row = 0; row < rows; row += rowsPerChunk) {
     const values = new Float32Array(Math.min(rowsPerChunk, rows - row) * rowLength);
     if (weight.isNorm) values.fill(1);
     else for (let i = 0; i < values.length; i++) values[i] = (2 * random() - 1) * UNIFORM_HALF_WIDTH;
-    yield quantize(weight.type, values);
+    yield values;
   }
+}
+
+/** Chunks of whole rows of one tensor's encoded bytes. */
+function* weightChunks(weight: WeightSpec, seed: number): Generator<Uint8Array> {
+  for (const values of randomWeightValues(weight, seed)) yield quantize(weight.type, values);
 }
 
 /** llama.cpp's fallback: a quantized type whose blocks do not tile a row becomes F16. */
@@ -166,7 +176,8 @@ function matrixType(wanted: GGMLType, rowLength: number): GGMLType {
   return rowLength % blockGeometry[wanted]!.blockSize === 0 ? wanted : GGMLType.F16;
 }
 
-function weightSpecs(shape: Required<RandomLlamaShape>): WeightSpec[] {
+/** The tensors of a random llama, in GGUF names and file order. */
+export function weightSpecs(shape: Required<RandomLlamaShape>): WeightSpec[] {
   const { dim, ffnDim, vocabSize, weightType } = shape;
   const headDim = dim / shape.nHeads;
   const qDim = shape.nHeads * headDim;
@@ -203,7 +214,8 @@ function weightSpecs(shape: Required<RandomLlamaShape>): WeightSpec[] {
 /** llama.cpp's `general.file_type` (LLAMA_FTYPE_*) for a weight type. */
 const FILE_TYPE: Record<RandomWeightType, number> = { [GGMLType.F32]: 0, [GGMLType.F16]: 1, [GGMLType.Q4_0]: 2, [GGMLType.Q8_0]: 7 };
 
-function completeShape(shape: Partial<RandomLlamaShape>): Required<RandomLlamaShape> {
+/** The shape with every default filled in (and checked). */
+export function completeShape(shape: Partial<RandomLlamaShape>): Required<RandomLlamaShape> {
   const full = {
     ...TINY_LLAMA_SHAPE,
     contextLength: 2048,

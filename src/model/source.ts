@@ -132,13 +132,17 @@ export function blobSource(blob: Blob, name?: string): ByteSource {
 /** The part of node:fs/promises' FileHandle this module uses (so src needs no Node types). */
 interface FileHandleLike {
   read(options: { buffer: Uint8Array; offset: number; length: number; position: number }): Promise<{ bytesRead: number }>;
+  /** Files opened with flags 'w' (the checkpoint writers' directory target). */
+  write(buffer: Uint8Array): Promise<{ bytesWritten: number }>;
   stat(): Promise<{ size: number | bigint }>;
   close(): Promise<void>;
 }
-/** The part of node:fs/promises this module and the folder reader (folder.ts) use. */
+/** The part of node:fs/promises this module, the folder reader (folder.ts) and the checkpoint writers use. */
 export interface LocalFileSystem {
   open(path: string, flags: string): Promise<FileHandleLike>;
   stat(path: string): Promise<{ isFile(): boolean; isDirectory(): boolean }>;
+  mkdir(path: string, options: { recursive: true }): Promise<unknown>;
+  rename(from: string, to: string): Promise<void>;
 }
 
 /**
