@@ -46,10 +46,23 @@ export const QUICK_SHAPE: RandomLlamaShape = {
   contextLength: 2048,
 };
 
-export type BenchShapeName = 'quick' | '1b' | '8b';
+/** Between quick and 1B: big enough that loading is bandwidth, not overhead, yet written and loaded in seconds on a CPU adapter. */
+export const SMALL_SHAPE: RandomLlamaShape = {
+  dim: 1024,
+  nLayers: 4,
+  nHeads: 16,
+  nKvHeads: 4,
+  ffnDim: 4096,
+  vocabSize: 32000,
+  contextLength: 4096,
+  tiedEmbeddings: true,
+};
+
+export type BenchShapeName = 'quick' | 'small' | '1b' | '8b';
 
 export const BENCH_SHAPES: Record<BenchShapeName, { label: string; shape: RandomLlamaShape }> = {
   quick: { label: 'tiny (dim 256, 2 layers, 4/2 heads, FFN 768, vocab 4096)', shape: QUICK_SHAPE },
+  small: { label: 'small (dim 1024, 4 layers, 16/4 heads, FFN 4096, vocab 32000, tied)', shape: SMALL_SHAPE },
   '1b': { label: 'Llama-3.2-1B shape (2048, 16 layers, 32/8 heads, FFN 8192, vocab 128256, tied)', shape: LLAMA_3_2_1B_SHAPE },
   '8b': { label: 'Llama-3-8B shape (4096, 32 layers, 32/8 heads, FFN 14336, vocab 128256)', shape: LLAMA_3_8B_SHAPE },
 };
