@@ -2,12 +2,15 @@
 // the Python library's layout (a real AWQ fixture rewritten byte for byte), sharded index round
 // trips, a random F32 checkpoint equal to the random GGUF of the same shape and seed, BF16 its
 // rounding, AWQ/GPTQ layers that decode (readInt4Linear → int4ToQ4Zp) to the codes the writer
-// generated, and a tokenizer.json that tokenizes as the GGUF's vocabulary does. No GPU.
+// generated, and a tokenizer.json that tokenizes as the GGUF's vocabulary does (no GPU); and
+// loadModel running a random F32 folder as the random GGUF it equals (lavapipe).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { modelPath } from './helpers/models.ts';
+import { testGpu } from './helpers/gpu.ts';
+import { loadModel } from '../src/api/model.ts';
 import { int4ToQ4Zp, quantizeInt4Codes, readInt4Linear } from '../src/model/awq-gptq.ts';
 import { openHfCheckpoint, localFolder, type HfCheckpoint } from '../src/model/folder.ts';
 import { GGMLType } from '../src/model/ggml-type.ts';
@@ -170,6 +173,25 @@ describe('random Hugging Face checkpoints', () => {
     expect(new TextDecoder().decode(target.files.get('tokenizer.json'))).toBe('{"given":1}');
     expect(target.files.has('tokenizer_config.json')).toBe(false);
     expect(readHfConfig({ file: 'memory', config: JSON.parse(new TextDecoder().decode(target.files.get('config.json'))) }).vocabSize).toBe(512);
+  });
+
+  it('loadModel runs the F32 folder as the GGUF it equals: the same prompt ids and greedy tokens', async () => {
+    const ggufPath = join(root, 'random.gguf');
+    writeFileSync(ggufPath, randomLlamaGGUF(SHAPE, SEED));
+    await write('f32-load', { dtype: 'F32' });
+    const device = await testGpu();
+    const run = async (path: string) => {
+      const model = await loadModel(path, { device, contextLength: 64 });
+      try {
+        return await model.complete('Once upon a time', { temperature: 0, maxTokens: 12, ignoreEos: true });
+      } finally {
+        await model.dispose();
+      }
+    };
+    const [fromGguf, fromFolder] = [await run(ggufPath), await run(join(root, 'f32-load'))];
+    expect(fromFolder.promptIds).toEqual(fromGguf.promptIds);
+    expect(fromFolder.ids).toEqual(fromGguf.ids);
+    expect(fromGguf.ids.length).toBe(12);
   });
 
   it('refuses a group size that does not divide the layers', async () => {
