@@ -28,7 +28,9 @@ export function runtimeDescription(): string {
 export function table(headers: readonly string[], rows: ReadonlyArray<ReadonlyArray<string | number>>): string {
   const cells = rows.map((row) => row.map(String));
   const widths = headers.map((h, i) => Math.max(h.length, ...cells.map((row) => row[i]?.length ?? 0)));
-  const numeric = headers.map((_, i) => rows.length > 0 && rows.every((row) => typeof row[i] === 'number' || /^[-+]?[\d.,]+%?$/.test(String(row[i]))));
+  // A column is right-aligned when every filled cell is a number (a blank is "not measured").
+  const filled = (i: number) => rows.filter((row) => String(row[i] ?? '') !== '');
+  const numeric = headers.map((_, i) => filled(i).length > 0 && filled(i).every((row) => typeof row[i] === 'number' || /^[-+]?[\d.,]+%?$/.test(String(row[i]))));
   const line = (values: readonly string[]) =>
     `| ${values.map((v, i) => (numeric[i] ? v.padStart(widths[i]!) : v.padEnd(widths[i]!))).join(' | ')} |`;
   const rule = `|${widths.map((w, i) => (numeric[i] ? `${'-'.repeat(w + 1)}:` : '-'.repeat(w + 2))).join('|')}|`;

@@ -59,12 +59,12 @@ export interface HfLoadRow {
 }
 
 /** The random model in `format` at `shapeName`, written once to bench/models/ and reused. */
-async function benchModel(shapeName: BenchShapeName, format: string, hf: RandomHfOptions | undefined, log: (line: string) => void): Promise<{ path: string; fileBytes: number }> {
+async function benchModel(shapeName: BenchShapeName, format: string, hf: RandomHfOptions | undefined, modelsDir: string, log: (line: string) => void): Promise<{ path: string; fileBytes: number }> {
   if (!hf) {
-    const file = await benchModelFile(shapeName, GGMLType.Q4_0);
+    const file = await benchModelFile(shapeName, GGMLType.Q4_0, { dir: modelsDir });
     return { path: file.path, fileBytes: file.bytes };
   }
-  const dir = resolve(benchModelsDir, `random-hf-${shapeName}-${format}${hf.shards ? hf.shards : ''}-seed1`);
+  const dir = resolve(modelsDir, `random-hf-${shapeName}-${format}${hf.shards ? hf.shards : ''}-seed1`);
   if (!existsSync(dir)) {
     const start = performance.now();
     // Written beside its final name and renamed when complete: an interrupted write is never reused.
@@ -86,6 +86,8 @@ export interface HfLoadOptions {
   repeats: number;
   decode: string[];
   decodeTokens: number;
+  /** Where the models are written and reused (default bench/models/). */
+  modelsDir?: string;
   device: GpuContext;
   log: (line: string) => void;
 }
@@ -97,7 +99,7 @@ export async function benchHfLoad(o: HfLoadOptions): Promise<HfLoadRow[]> {
     const spec = known[format];
     if (!spec) throw new Error(`unknown format ${format} (known: ${Object.keys(known).join(', ')})`);
     o.log(`${format}: ${spec.label}`);
-    const { path, fileBytes } = await benchModel(o.shapeName, format, spec.hf, o.log);
+    const { path, fileBytes } = await benchModel(o.shapeName, format, spec.hf, o.modelsDir ?? benchModelsDir, o.log);
     let best: HfLoadRow | undefined;
     // Run 0 warms the page cache (and the JIT); the rest are timed. The last model stays for decode.
     for (let run = 0; run <= o.repeats; run++) {
