@@ -27,6 +27,11 @@ export function totalSize(model: LocalModel): number {
   return model.files.reduce((sum, file) => sum + file.size, 0);
 }
 
+/** One picked file (a GGUF). */
+export function pickedFile(file: File): LocalModel {
+  return { name: file.name, files: [file], isFolder: false, skipped: [] };
+}
+
 /**
  * The files a folder pick gave (`webkitRelativePath` is `folder/name`). The library strips the
  * top folder from the paths; here it is only the name shown.

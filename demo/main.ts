@@ -5,7 +5,7 @@ import { loadModel, type ChatMessage, type FinishReason, type GenerateOptions, t
 import { gpuOptionsFor, listAdapters, type AdapterEntry, type AdapterKind } from './adapters.ts';
 import { $, h } from './dom.ts';
 import { formatBytes, formatCount, formatDuration, formatRate, formatTokensPerSecond } from './format.ts';
-import { droppedItems, droppedModel, pickedFolder, totalSize, type LocalModel } from './local-files.ts';
+import { droppedItems, droppedModel, pickedFile, pickedFolder, totalSize, type LocalModel } from './local-files.ts';
 import { CacheIntegrityError, ModelCache, parseSha256, type CachedModel } from './opfs-cache.ts';
 import { SplitDiagram } from './diagram.ts';
 import { exampleShape, explainSplit, modelShape, previewLayout, splitLayout, type ModelShape, type SplitLayout } from './split.ts';
@@ -691,7 +691,7 @@ function wire(): void {
   });
   el.file.addEventListener('change', () => {
     const file = el.file.files?.[0];
-    if (file) void load({ kind: 'local', local: { name: file.name, files: [file], isFolder: false, skipped: [] } });
+    if (file) void load({ kind: 'local', local: pickedFile(file) });
     el.file.value = ''; // the same file can be chosen again
   });
   el.folder.addEventListener('change', () => {
