@@ -236,7 +236,8 @@ export async function detectModelSource(input: ModelInput, options: UrlFolderOpt
     const folder = filesFolder(input);
     if (await folder.has('config.json')) return { kind: 'hf-folder', folder };
     const files = Array.from(input);
-    if (files.length === 1) return { kind: 'gguf', source: files[0]! };
+    // One file is a GGUF, unless it came from a folder pick (its path names the folder).
+    if (files.length === 1 && !relativePath(files[0]!).includes('/')) return { kind: 'gguf', source: files[0]! };
     throw new ModelSourceError(folder.name, `no config.json among ${files.length} files: ${HF_FOLDER_NEEDS}; or pick a single .gguf file`);
   }
   const text = typeof input === 'string' ? input : input instanceof URL ? input.href : undefined;

@@ -46,8 +46,9 @@ Endpoints: POST /v1/completions, POST /v1/chat/completions, GET /v1/models,
            GET /health, GET /ready, GET /metrics
 
 Options:
-  -m, --model PATH|URL        GGUF model (required)
-      --model-name NAME       the id clients send as "model" (default: the file name without .gguf)
+  -m, --model PATH|URL        GGUF model, or a Hugging Face model folder (a directory, or a base URL
+                              ending in /) with config.json, tokenizer.json and safetensors (required)
+      --model-name NAME       the id clients send as "model" (default: the file or folder name, without .gguf)
       --host HOST             address to listen on (default 127.0.0.1)
       --port N                port (default 8080; 0 = any free port, printed at startup)
 ${LOAD_FLAGS_USAGE}
@@ -87,9 +88,13 @@ interface ServeConfig {
   testHooks: boolean;
 }
 
-/** "path/to/stories260K.gguf" or "https://host/x/model.gguf?download=1" → "stories260K", "model". */
+/**
+ * "path/to/stories260K.gguf", "https://host/x/model.gguf?download=1", a folder "models/Llama-3.2-1B/"
+ * or a Hugging Face base URL "https://huggingface.co/org/Llama-3.2-1B/resolve/main/" →
+ * "stories260K", "model", "Llama-3.2-1B", "Llama-3.2-1B".
+ */
 function defaultModelName(source: string): string {
-  const path = /^[a-z]+:\/\//i.test(source) ? new URL(source).pathname : source;
+  const path = (/^[a-z]+:\/\//i.test(source) ? new URL(source).pathname : source).replace(/[\\/]+$/, '').replace(/\/resolve\/[^/]+$/, '');
   return (path.split(/[\\/]/).at(-1) ?? path).replace(/\.gguf$/i, '') || 'model';
 }
 
