@@ -252,6 +252,19 @@ export class QuantizedSplitError extends Error {
   }
 }
 
+/**
+ * Why an act-order layer (a tensor with an `inputOrder`) cannot be cut by input features: its
+ * columns are in group order, so one shard's columns multiply input features from every shard's
+ * slice of the activations, which would take an all-gather per layer. Cutting its output rows is
+ * fine (each shard gathers its replicated input in the whole order).
+ */
+export function actOrderColumnSplitRefusal(tensor: string): { problem: string; fix: string } {
+  return {
+    problem: `${tensor} is a GPTQ act-order (desc_act) layer: its columns are in group order, so a tensor-parallel cut of its input features would need every shard's activations`,
+    fix: 'Use tp=1 (pipeline parallelism, which splits by layers, works), or a checkpoint quantized without desc_act',
+  };
+}
+
 /** What a layer needs to know where it may be cut. */
 export type Int4Shape = Pick<Int4Linear, 'method' | 'name' | 'inFeatures' | 'outFeatures' | 'groupSize'>;
 
