@@ -303,7 +303,7 @@ async function info(flags: Flags): Promise<void> {
     const model = await readModelInfo(modelArg);
     const config = model.config;
     lines.push(
-      `model:        ${model.name} (${(model.sizeBytes / 1e6).toFixed(2)} MB, GGUF v${model.ggufVersion})`,
+      `model:        ${model.name} (${(model.sizeBytes / 1e6).toFixed(2)} MB, ${model.format === 'gguf' ? `GGUF v${model.ggufVersion}` : 'Hugging Face folder'})`,
       `architecture: ${config.architecture}, ${(model.parameters / 1e6).toFixed(2)}M parameters`,
       `shape:        dim ${config.dim}, ${config.nLayers} layers, ${config.nHeads} heads (${config.nKvHeads} KV), head dim ${config.headDim}, FFN ${config.ffnDim}, vocab ${config.vocabSize}`,
       `rope:         base ${config.ropeBase}, dims ${config.ropeDims}, scaling ${config.ropeScaling.type}; rms eps ${Number(config.rmsEps.toPrecision(6))}; context ${config.contextLength}`,

@@ -2,10 +2,11 @@
 // group of shard workers (tensor and/or pipeline parallel) behind the same interface.
 
 import { GpuUnavailableError, requestGpu, type GpuContext, type GpuOptions } from '../gpu/device.ts';
-import { llamaConfig, validateLlamaTensors, type LlamaConfig } from '../model/config.ts';
-import { readGGUF, type GGUFFile } from '../model/gguf.ts';
-import { openSource, type ModelSource } from '../model/source.ts';
-import { LlamaTokenizer } from '../model/tokenizer.ts';
+import type { LlamaConfig } from '../model/config.ts';
+import type { ModelInput } from '../model/folder.ts';
+import type { GGUFFile } from '../model/gguf.ts';
+import { openModel, shardableSource, type ShardableSource } from '../model/open-model.ts';
+import type { LlamaTokenizer, TokenizerSemantics } from '../model/tokenizer.ts';
 import { describeShardDevices, distinctAdapters } from '../sharding/devices.ts';
 import { chooseShardSplit } from '../sharding/auto.ts';
 import type { ShardGroup } from '../sharding/group.ts';
@@ -76,6 +77,13 @@ export interface LoadOptions {
   faults?: FaultInjector;
   /** Speculative decoding: a draft model or prompt lookup proposes tokens, this model verifies them. */
   speculative?: SpeculativeOptions;
+  /**
+   * A Hugging Face folder's tokenizer: 'llama.cpp' (default: the ids of the model's GGUF
+   * conversion) or 'huggingface' (Hugging Face's tokenizers where they differ: NFC, added tokens in text).
+   */
+  tokenizerSemantics?: TokenizerSemantics;
+  /** Sent with every request of a URL source (e.g. `{ Authorization: 'Bearer hf_…' }` for a gated Hugging Face model). */
+  headers?: Record<string, string>;
 }
 
 /**
@@ -88,7 +96,7 @@ export interface SpeculativeOptions {
    * A smaller model with the same vocabulary that proposes tokens: a source, loaded on its own
    * device (`draftLoadOptions`), or a loaded Model (not disposed with this one).
    */
-  draftModel?: ModelSource | Model;
+  draftModel?: ModelInput | Model;
   /** How to load `draftModel` when it is a source (default: this model's gpu and contextLength). */
   draftLoadOptions?: LoadOptions;
   /** Prompt lookup instead of a draft model: propose what followed the latest match of the last n tokens (prompt + output). */
@@ -186,7 +194,7 @@ export class Model {
     });
   }
 
-  static async load(source: ModelSource, options: LoadOptions = {}): Promise<Model> {
+  static async load(source: ModelInput, options: LoadOptions = {}): Promise<Model> {
     let tp = options.tp ?? 1;
     let pp = options.pp ?? 1;
     if (options.split !== undefined && options.split !== 'auto') throw new InvalidOptionError(`split must be 'auto' or absent; got ${JSON.stringify(options.split)}.`);
@@ -210,12 +218,10 @@ export class Model {
     if (matmul !== undefined && !(MATMUL_VARIANTS as readonly string[]).includes(matmul)) {
       throw new InvalidOptionError(`kernels.matmul must be one of ${MATMUL_VARIANTS.join(', ')}; got ${JSON.stringify(matmul)}.`);
     }
-    const bytes = await openSource(source);
+    const opened = await openModel(source, { tokenizerSemantics: options.tokenizerSemantics, headers: options.headers });
+    const { file, config } = opened;
     try {
-      const file = await readGGUF(bytes);
-      const config = llamaConfig(file);
-      validateLlamaTensors(file, config);
-      const tokenizer = LlamaTokenizer.fromGGUFMetadata(file.metadata);
+      const tokenizer = opened.tokenizer();
       const contextLength = options.contextLength ?? Math.min(config.contextLength, 4096);
       const maxSequences = options.maxSequences ?? 1;
       // Decode tokens (one per sequence) go first in a step; the budget must leave prompts room.
@@ -277,7 +283,7 @@ export class Model {
       }, { log: options.onEvent, faults: options.faults });
       return await create(group, undefined, plan, false);
     } catch (error) {
-      await bytes.close();
+      await file.source.close();
       throw error;
     }
   }
@@ -599,20 +605,18 @@ function checkSameVocabulary(target: Model, draft: Model): void {
   );
 }
 
-/** What a shard worker can open itself: it reads its own byte ranges, so it gets a path, URL, Blob or bytes. */
-function workerSource(source: ModelSource): string | Blob | Uint8Array {
-  if (source instanceof URL) return source.href;
-  // Bytes would be copied into every worker; a Blob is shared (each shard reads its own slices).
-  if (source instanceof Uint8Array) return new Blob([source as Uint8Array<ArrayBuffer>]);
-  if (typeof source === 'string' || source instanceof Blob) return source;
-  throw new InvalidOptionError('A sharded model needs a path, URL, Blob/File or bytes as its source (each shard worker opens it itself), not an open ByteSource.');
+/** What a shard worker can open itself: it reads its own byte ranges, so it gets a path, URL, Blob, bytes or Files. */
+function workerSource(source: ModelInput): ShardableSource {
+  const shardable = shardableSource(source);
+  if (shardable !== undefined) return shardable;
+  throw new InvalidOptionError('A sharded model needs a path, URL, Blob/File(s) or bytes as its source (each shard worker opens it itself), not an open ByteSource or ModelFolder.');
 }
 
 /** split: 'auto' — the fastest split over `options.devices` that fits, from measurements on them. */
 async function autoSplit(
   file: GGUFFile,
   config: LlamaConfig,
-  source: ModelSource,
+  source: ModelInput,
   options: LoadOptions,
   sizes: { contextLength: number; maxBatchTokens: number; maxSequences: number },
 ): Promise<{ tp: number; pp: number }> {
@@ -644,7 +648,12 @@ async function describeDevices(shardGpus: GpuOptions[], options: LoadOptions): P
   return devices;
 }
 
-/** Loads a GGUF model from a path, URL, Blob or File onto one WebGPU device, or split over tp × pp devices. */
-export function loadModel(source: ModelSource, options: LoadOptions = {}): Promise<Model> {
+/**
+ * Loads a model onto one WebGPU device, or split over tp × pp devices: a GGUF file (path, URL,
+ * Blob/File, bytes) or a Hugging Face folder (a directory path, a base URL ending in '/', or the
+ * Files of a picked or dropped folder) with config.json, tokenizer.json and safetensors weights
+ * (F32/F16/BF16, AWQ or GPTQ 4-bit).
+ */
+export function loadModel(source: ModelInput, options: LoadOptions = {}): Promise<Model> {
   return Model.load(source, options);
 }

@@ -27,7 +27,7 @@ export interface ByteSource {
  * fetch a range that is known to lie inside the file.
  */
 abstract class CountingSource implements ByteSource {
-  bytesRead = 0;
+  protected bytesCounted = 0;
   abstract readonly name: string;
   abstract readonly size: number;
 
@@ -45,7 +45,7 @@ abstract class CountingSource implements ByteSource {
     if (length === 0) return new Uint8Array(0);
     const bytes = await this.readRange(offset, length);
     this.checkLength(offset, length, bytes.length);
-    this.bytesRead += length;
+    this.bytesCounted += length;
     return bytes;
   }
 
@@ -53,7 +53,7 @@ abstract class CountingSource implements ByteSource {
     this.checkRange(offset, target.length);
     if (target.length === 0) return;
     await this.readRangeInto(offset, target);
-    this.bytesRead += target.length;
+    this.bytesCounted += target.length;
   }
 
   private checkRange(offset: number, length: number): void {
@@ -70,6 +70,10 @@ abstract class CountingSource implements ByteSource {
 
   private checkLength(offset: number, length: number, got: number): void {
     if (got !== length) throw new ModelSourceError(this.name, `asked for ${length} bytes at offset ${offset}, got ${got}`);
+  }
+
+  get bytesRead(): number {
+    return this.bytesCounted;
   }
 
   async close(): Promise<void> {}
@@ -100,6 +104,96 @@ class BytesSource extends CountingSource {
 /** Bytes already in memory (tests, generated models). */
 export function bytesSource(bytes: Uint8Array, name = 'memory'): ByteSource {
   return new BytesSource(bytes, name);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Several sources as one address space
+
+/** A part of a joined source: its bytes, and whether reading it reads the model's files (for bytesRead). */
+export interface JoinedPart {
+  source: ByteSource;
+  /** False for parts made in memory from other parts' bytes (they count where they read). Default true. */
+  counted?: boolean;
+}
+
+/** Several sources one after the other, each at its `offsets[i]`; a read must lie inside one part. */
+export interface JoinedSource extends ByteSource {
+  readonly offsets: readonly number[];
+}
+
+class Joined extends CountingSource implements JoinedSource {
+  readonly offsets: number[] = [];
+  readonly size: number;
+
+  constructor(
+    readonly name: string,
+    private readonly parts: readonly JoinedPart[],
+  ) {
+    super();
+    let end = 0;
+    for (const part of parts) {
+      this.offsets.push(end);
+      end += part.source.size;
+    }
+    this.size = end;
+  }
+
+  /** The bytes the parts read from their files (not the bytes handed out: a made part reads more or less). */
+  override get bytesRead(): number {
+    return this.parts.reduce((sum, part) => sum + (part.counted === false ? 0 : part.source.bytesRead), 0);
+  }
+
+  /** The part holding [offset, offset + length), and the offset inside it. */
+  private locate(offset: number, length: number): { source: ByteSource; at: number } {
+    let lo = 0;
+    let hi = this.offsets.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (this.offsets[mid]! <= offset) lo = mid;
+      else hi = mid - 1;
+    }
+    const source = this.parts[lo]!.source;
+    const at = offset - this.offsets[lo]!;
+    if (at + length > source.size) throw new ModelSourceError(this.name, `read of ${length} bytes at offset ${offset} crosses from ${source.name} into the next file`);
+    return { source, at };
+  }
+
+  protected readRange(offset: number, length: number): Promise<Uint8Array> {
+    const { source, at } = this.locate(offset, length);
+    return source.read(at, length);
+  }
+
+  protected override async readRangeInto(offset: number, target: Uint8Array): Promise<void> {
+    const { source, at } = this.locate(offset, target.length);
+    if (source.readInto) await source.readInto(at, target);
+    else target.set(await source.read(at, target.length));
+  }
+
+  override async close(): Promise<void> {
+    await Promise.all(this.parts.map((part) => part.source.close()));
+  }
+}
+
+/**
+ * Sources laid end to end as one (a Hugging Face checkpoint's shards and the tensors made from
+ * them, as one "file" for the weight loader). Closing it closes every part.
+ */
+export function joinedSource(name: string, parts: readonly JoinedPart[]): JoinedSource {
+  return new Joined(name, parts);
+}
+
+/** A source whose bytes are made on first read (e.g. a layer repacked from a checkpoint's tensors). */
+export function madeSource(name: string, size: number, make: () => Promise<Uint8Array>): ByteSource {
+  return new (class extends CountingSource {
+    readonly name = name;
+    readonly size = size;
+    protected async readRange(offset: number, length: number): Promise<Uint8Array> {
+      return (await make()).slice(offset, offset + length);
+    }
+    protected override async readRangeInto(offset: number, target: Uint8Array): Promise<void> {
+      target.set((await make()).subarray(offset, offset + target.length));
+    }
+  })();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@
 import { mergeSymbols } from './tokenizer/bigram-merge.ts';
 import { cleanSpaces, fromByteLevel, toByteLevel } from './tokenizer/byte-level.ts';
 import { preTokenize, preTokenizerFor, type PreTokenizer } from './tokenizer/pre-tokenizer.ts';
-import { vocabFromTokenizerJson, type HuggingFaceDepartures, type TokenizerJsonOptions } from './tokenizer/hf-json.ts';
+import { vocabFromTokenizerJson, type HuggingFaceDepartures, type TokenizerJsonOptions, type TokenizerJsonVocab } from './tokenizer/hf-json.ts';
 import { TokenType, vocabFromGGUFMetadata, type SpecialTokenRole, type TokenizerModel, type VocabData } from './tokenizer/vocab.ts';
 
 export { SUPPORTED_PRE_TOKENIZERS, UnsupportedPreTokenizerError } from './tokenizer/pre-tokenizer.ts';
@@ -296,7 +296,11 @@ export class LlamaTokenizer {
    * `semantics: 'huggingface'` Hugging Face's where they differ (NFC, added tokens in raw text).
    */
   static fromTokenizerJson(json: unknown, tokenizerConfig?: unknown, options: TokenizerJsonOptions = {}): LlamaTokenizer {
-    const { vocab, huggingFace } = vocabFromTokenizerJson(json, tokenizerConfig, options);
+    return LlamaTokenizer.fromTokenizerJsonVocab(vocabFromTokenizerJson(json, tokenizerConfig, options));
+  }
+
+  /** The tokenizer of a tokenizer.json already read by `vocabFromTokenizerJson`. */
+  static fromTokenizerJsonVocab({ vocab, huggingFace }: TokenizerJsonVocab): LlamaTokenizer {
     return huggingFace ? new HuggingFaceTokenizer(vocab, huggingFace) : new LlamaTokenizer(vocab);
   }
 

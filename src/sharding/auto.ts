@@ -15,10 +15,11 @@ import { chooseSplit, planCandidates, type SplitChoice, type SplitMeasurements }
 import { measureDecodeStep, measureInterconnect, type DecodeStepMeasurement, type InterconnectMeasurement } from './measure.ts';
 import { describeShardDevices, distinctAdapters } from './devices.ts';
 import { formatBytes, type ShardPlan } from './plan.ts';
+import type { ShardableSource } from '../model/open-model.ts';
 
 export interface AutoSplitOptions {
   /** What the measuring worker opens, as for loadModel: a path, URL, Blob/File or bytes. */
-  source: string | Blob | Uint8Array;
+  source: ShardableSource;
   /** Devices to split over (tp × pp = deviceCount). */
   deviceCount: number;
   /** GPU options per device (one entry: the same for all). Default: the default adapter for all. */

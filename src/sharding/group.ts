@@ -17,10 +17,11 @@ import type { ShardPlan } from './plan.ts';
 import { AbortReason, createSharedMemory, ShardCounter, SharedViews } from './shared-memory.ts';
 import { shutdownWorker, spawnShardWorker, type ShardWorkerHandle } from './spawn.ts';
 import type { ShardLoadReport, ShardStepReport } from './worker.ts';
+import type { ShardableSource } from '../model/open-model.ts';
 
 export interface ShardGroupOptions {
   /** What each worker opens: a path, URL, Blob/File or bytes. */
-  source: string | Blob | Uint8Array;
+  source: ShardableSource;
   plan: ShardPlan;
   geometry: KvGeometry;
   maxBatchTokens: number;

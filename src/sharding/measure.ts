@@ -24,6 +24,7 @@ import type { GGUFFile } from '../model/gguf.ts';
 import { createSharedMemory, ShardCounter, SharedViews } from './shared-memory.ts';
 import type { CollectiveBenchReport } from './collective-bench-worker.ts';
 import { shutdownWorker, spawnCollectiveBenchWorker, spawnShardWorker, type CollectiveBenchWorkerHandle, type WorkerApi, type WorkerHandle } from './spawn.ts';
+import type { ShardableSource } from '../model/open-model.ts';
 
 /** Latency percentiles of a set of samples, in ms. */
 export interface LatencyMs {
@@ -212,7 +213,7 @@ function summarizeGroup(reports: CollectiveBenchReport[], workers: number, bytes
 
 export interface DecodeStepOptions {
   /** What the worker opens, as for loadModel: a path, URL, Blob/File or bytes. */
-  source: string | Blob | Uint8Array;
+  source: ShardableSource;
   /** The same model's header (already read by the caller) and its config. */
   file: GGUFFile;
   config: LlamaConfig;

@@ -8,9 +8,8 @@ import { NextStepHang, type FaultKind } from '../engine/faults.ts';
 import type { KernelChoice } from '../engine/llama.ts';
 import { LlamaRunner, type StepBatch } from '../engine/runner.ts';
 import type { ShardView } from '../engine/shard-view.ts';
-import { llamaConfig } from '../model/config.ts';
-import { readGGUF } from '../model/gguf.ts';
-import { openSource, type ByteSource } from '../model/source.ts';
+import { openModel, type ShardableSource } from '../model/open-model.ts';
+import type { ByteSource } from '../model/source.ts';
 import { SharedMemoryCommunicator, type ShardPosition } from './communicator.ts';
 import { ShardError } from './errors.ts';
 import { AbortReason, ShardCounter, SharedViews, type SharedMemory } from './shared-memory.ts';
@@ -18,8 +17,8 @@ import { closeWorker, exposeToParent } from './worker-endpoint.ts';
 
 /** What a worker needs to load its shard. Everything here is structured-cloneable. */
 export interface ShardLoadSpec {
-  /** A path, URL, Blob/File or bytes: each worker reads its own byte ranges. */
-  source: string | Blob | Uint8Array;
+  /** A path or URL (GGUF file or Hugging Face folder), a Blob/File, bytes, or a folder's Files: each worker reads its own byte ranges. */
+  source: ShardableSource;
   position: ShardPosition;
   view: ShardView;
   memory: SharedMemory;
@@ -82,9 +81,8 @@ class ShardWorker {
       throw new ShardError(spec.position.rank, `shard ${spec.position.rank}: ${this.lost}`);
     });
     this.deviceLost.catch(() => {}); // observed by forward(); never an unhandled rejection
-    this.source = await openSource(spec.source);
-    const file = await readGGUF(this.source);
-    const config = llamaConfig(file);
+    const { file, config } = await openModel(spec.source, { tokenizer: false });
+    this.source = file.source;
     this.communicator = new SharedMemoryCommunicator(spec.memory, spec.position, spec.deadlineMs);
     this.runner = await LlamaRunner.load(this.gpu, file, config, spec.view, {
       geometry: spec.geometry,
