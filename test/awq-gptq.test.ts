@@ -1,7 +1,9 @@
 // AWQ and GPTQ read as they are: the real checkpoints in ../shared/models decode exactly to the
 // weights llama.cpp ran (their *-dequant-F32.gguf), through the plain reference and through the
 // loader's Q4_ZP blocks; every matmul variant multiplies Q4_ZP weights (group sizes 32/64/128,
-// symmetric and not, act-order) like the f64 reference; tensor-parallel cuts respect groups.
+// symmetric and not, act-order through the engine's gather) like the f64 reference; tensor-parallel
+// cuts respect groups, and act-order layers refuse input-feature cuts; whole models (in-memory
+// Q4_ZP files, and the act-order checkpoint folder through loadModel) give llama.cpp's tokens.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { randomF32, testGpu, uploadTestWeight } from './helpers/gpu.ts';
@@ -264,11 +266,12 @@ describe('tensor-parallel cuts', () => {
 // The whole forward pass on Q4_ZP weights, against llama.cpp
 
 /**
- * Until the Hugging Face loader is wired, a stand-in for its adapter: the dequantized GGUF's
- * metadata, norms and embeddings, with every linear weight replaced by the checkpoint's Q4_ZP
- * rows (Q/K rows moved into GGUF's interleaved-RoPE order, since this engine path runs GGUF's
- * RoPE: a row permutation, which leaves an act-order layer's column order as it is). A GGUF file
- * has no place for act-order's input orders: they come back by tensor name, for `withInputOrders`.
+ * The engine on Q4_ZP weights apart from the Hugging Face loader (src/model/hf-checkpoint.ts):
+ * the dequantized GGUF's metadata, norms and embeddings, with every linear weight replaced by the
+ * checkpoint's Q4_ZP rows (Q/K rows moved into GGUF's interleaved-RoPE order, since this path
+ * runs GGUF's RoPE: a row permutation, which leaves an act-order layer's column order as it is).
+ * A GGUF file has no place for act-order's input orders: they come back by tensor name, for
+ * `withInputOrders`.
  */
 async function q4zpGguf(c: Checkpoint): Promise<{ bytes: Uint8Array; inputOrders: Map<string, Int32Array> }> {
   const metadata: Array<[string, GGUFTypedValue]> = [];
@@ -339,6 +342,25 @@ describe.each(['awq-tiny/awq-g32', 'gptq-tiny/gptq-g32'] as const)('generation o
   });
 });
 
+describe('loadModel on the act-order checkpoint folder (gptq-tiny/gptq-g32-actorder)', () => {
+  const folder = 'gptq-tiny/gptq-g32-actorder';
+  let model: Model;
+  beforeAll(async () => {
+    model = await loadModel(modelPath(folder), { device: await device, contextLength: 128 });
+  });
+  afterAll(() => model?.dispose());
+
+  it.each(longestCases(folder).slice(0, 2).map((c) => [c.name, c] as const))('%s: llama.cpp\'s tokens up to the stable prefix', async (_name, c) => {
+    const stable = c.stable_prefix_len['0.01'];
+    const result = await model.complete(c.prompt_ids, { temperature: 0, maxTokens: stable, ignoreEos: true });
+    expect(result.ids).toEqual(c.generated_ids.slice(0, stable));
+  });
+
+  it('is refused under tensor parallelism before any worker starts, naming the layer and the fix', async () => {
+    await expect(loadModel(modelPath(folder), { tp: 2, contextLength: 128 })).rejects.toThrow(/tp=2 cannot split stage 0.*attn_output.weight is a GPTQ act-order \(desc_act\) layer/);
+  });
+});
+
 /** Greedy tokens from one runner: the prompt as one step, then one token per step (sequence slot 0). */
 async function greedyTokens(runner: LlamaRunner, prompt: readonly number[], count: number): Promise<number[]> {
   const blockTable = Uint32Array.from({ length: runner.geometry.blocksPerSequence }, (_, block) => block);
@@ -376,7 +398,8 @@ describe('generation on act-order Q4_ZP weights (gptq-tiny/gptq-g32-actorder): e
     }
   });
 
-  it.each(longestCases(folder).map((c) => [c.name, c] as const))('%s: llama.cpp\'s tokens up to the stable prefix', async (_name, c) => {
+  // The third longest case (loadModel on the folder runs the first two).
+  it.each(longestCases(folder).slice(2).map((c) => [c.name, c] as const))('%s: llama.cpp\'s tokens up to the stable prefix', async (_name, c) => {
     const stable = c.stable_prefix_len['0.01'];
     expect(stable).toBeGreaterThanOrEqual(32);
     expect(await greedyTokens(runner, c.prompt_ids, stable)).toEqual(c.generated_ids.slice(0, stable));
