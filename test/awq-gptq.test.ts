@@ -227,6 +227,7 @@ describe('Q4_ZP on the GPU', async () => {
       const orderedInput = storageBuffer(gpu.device, 'ordered x', c.nTokens * zp.cols * 4);
       const ops = matmulOps(gpu, weight, xBuf, yBuf, c.nTokens, { variant, orderedInput });
       expect(ops.length, 'a gather, then the product').toBe(order ? 2 : 1);
+      if (order) expect(() => matmulOps(gpu, weight, xBuf, yBuf, c.nTokens, { variant })).toThrow(/act-order input needs an orderedInput buffer of \d+ × \d+ f32/);
       runOps(gpu.device, ops);
       const y = await readF32(gpu.device, yBuf, c.nTokens * zp.rows);
       for (const b of [weight[0]!.buffer, xBuf, yBuf, orderedInput, ...(order ? [order] : [])]) b.destroy();
@@ -354,6 +355,19 @@ describe('loadModel on the act-order checkpoint folder (gptq-tiny/gptq-g32-actor
     const stable = c.stable_prefix_len['0.01'];
     const result = await model.complete(c.prompt_ids, { temperature: 0, maxTokens: stable, ignoreEos: true });
     expect(result.ids).toEqual(c.generated_ids.slice(0, stable));
+  });
+
+  it('runs under pipeline parallelism (pp=2: each stage gathers its own layers\' inputs)', async () => {
+    const c = longestCases(folder)[0]!;
+    const stable = c.stable_prefix_len['0.01'];
+    const piped = await loadModel(modelPath(folder), { pp: 2, contextLength: 128 });
+    try {
+      expect(piped.plan!.shards.map((s) => s.view.layers)).toEqual([{ start: 0, end: 2 }, { start: 2, end: 4 }]);
+      const result = await piped.complete(c.prompt_ids, { temperature: 0, maxTokens: stable, ignoreEos: true });
+      expect(result.ids).toEqual(c.generated_ids.slice(0, stable));
+    } finally {
+      await piped.dispose();
+    }
   });
 
   it('is refused under tensor parallelism before any worker starts, naming the layer and the fix', async () => {
