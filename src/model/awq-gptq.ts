@@ -27,8 +27,9 @@
 // GGUFTensorInfo.inputOrder), and the engine feeds the layer x'[t] = x[inputOrder[t]]:
 //
 // * the loader (src/engine/weights.ts) uploads the order as a u32 buffer beside the weight, and
-//   stacks Q, K and V into one matmul only where their orders are equal (GPTQ's orders come from
-//   the layer input's Hessian, which q, k and v share; a random g_idx gives three);
+//   stacks Q, K and V into one matmul only where their orders are equal (GPTQ sorts by the
+//   Hessian of the layer's input, which q, k and v share; the test checkpoint's random g_idx
+//   gives three orders);
 // * matmulOps (src/shaders/matmul.ts) records one gather of the activations into the order
 //   (gatherColumnsOp, src/shaders/elementwise.ts) into a scratch the runner sizes for a step × the
 //   widest act-order input, then the unchanged matmul over it: one pass over T × k floats per
