@@ -25,6 +25,7 @@ import { kvGeometry } from '../src/engine/kv-cache.ts';
 import { wholeModelView } from '../src/engine/shard-view.ts';
 import { viewFootprint, ShardPlanError } from '../src/engine/footprint.ts';
 import { planShards } from '../src/sharding/plan.ts';
+import { planCandidates } from '../src/sharding/choose.ts';
 import { readF32, runOps, storageBuffer } from '../src/gpu/kernel.ts';
 import { matmulOps, type MatmulVariant } from '../src/shaders/matmul.ts';
 import { attachInputOrder, plannedUploads } from '../src/engine/weights.ts';
@@ -443,6 +444,11 @@ describe('generation on act-order Q4_ZP weights (gptq-tiny/gptq-g32-actorder): e
       /tp=2 cannot split stage 0 \(layers 0-\d+\): blk.0.attn_output.weight is a GPTQ act-order \(desc_act\) layer.*Use tp=1 \(pipeline parallelism.*without desc_act/,
     );
     expect(planShards(file, config, { ...options, tp: 1, pp: 2 }).shards).toHaveLength(2);
+    // split: 'auto' over two devices keeps only pipeline parallelism.
+    expect(planCandidates(file, config, options).map((c) => [c.tp, c.pp, c.error === undefined])).toEqual([
+      [2, 1, false],
+      [1, 2, true],
+    ]);
     // ... and the loader, for a view cut by hand.
     const half = { ...wholeModelView(config), ffn: { start: 0, end: config.ffnDim / 2 }, heads: { start: 0, end: config.nHeads }, kvHeads: { start: 0, end: config.nKvHeads } };
     expect(() => plannedUploads(file, config, half)).toThrow(UnsupportedModelError);
