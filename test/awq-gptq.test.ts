@@ -7,7 +7,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { randomF32, testGpu, uploadTestWeight } from './helpers/gpu.ts';
-import { modelPath } from './helpers/models.ts';
+import { modelPath, quantizedReference } from './helpers/models.ts';
 import { dequantizeInt4Reference, permuteColumns, randomInt4Linear, type RandomInt4Options } from './reference/awq-gptq.ts';
 import { matmulReference, quantizeActivationsInt8 } from './reference/matmul.ts';
 import { permuteRopeRows } from './reference/hf-rope.ts';
@@ -30,10 +30,10 @@ import { readF32, runOps, storageBuffer } from '../src/gpu/kernel.ts';
 import { matmulOps, type MatmulVariant } from '../src/shaders/matmul.ts';
 import { attachInputOrder, plannedUploads } from '../src/engine/weights.ts';
 import { int8DecodableTypes } from '../src/shaders/quant-wgsl.ts';
-import { loadModel, type Model } from '../src/api/model.ts';
+import { loadModel } from '../src/api/model.ts';
 import { GGUFValueType, type GGUFValue } from '../src/model/gguf.ts';
 import { writeGGUF, type GGUFTypedValue } from '../src/model/gguf-writer.ts';
-import type { GenerationCase } from './helpers/models.ts';
+
 
 const VARIANTS = ['awq-tiny/awq-g32', 'gptq-tiny/gptq-g32', 'gptq-tiny/gptq-g32-actorder'] as const;
 const LINEAR = ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj', 'self_attn.o_proj', 'mlp.gate_proj', 'mlp.up_proj', 'mlp.down_proj'];
@@ -318,7 +318,7 @@ function typedValue(value: GGUFValue, type: number): GGUFTypedValue {
   return { type: 'array', elementType: element, value } as GGUFTypedValue;
 }
 
-const quantizedCases = (JSON.parse(readFileSync(modelPath('reference/quantized-public.json'), 'utf8')) as { generation_cases: GenerationCase[] }).generation_cases;
+const quantizedCases = quantizedReference().generation_cases;
 
 /** The three prompts of a model with the longest stable prefixes (its cases differ only in their prompt). */
 const longestCases = (folder: string) =>
@@ -327,36 +327,9 @@ const longestCases = (folder: string) =>
     .sort((a, b) => b.stable_prefix_len['0.01'] - a.stable_prefix_len['0.01'])
     .slice(0, 3);
 
-describe.each(['awq-tiny/awq-g32', 'gptq-tiny/gptq-g32'] as const)('generation on Q4_ZP weights: %s', (folder) => {
-  let model: Model;
-  beforeAll(async () => {
-    const { bytes, inputOrders } = await q4zpGguf(checkpoints.get(folder)!);
-    expect(inputOrders.size).toBe(0);
-    model = await loadModel(bytes, { device: await device, contextLength: 128 });
-  });
-  afterAll(() => model?.dispose());
-
-  it.each(longestCases(folder).map((c) => [c.name, c] as const))('%s: llama.cpp\'s tokens up to the stable prefix', async (_name, c) => {
-    const result = await model.complete(c.prompt_ids, { temperature: 0, maxTokens: c.n_predict, ignoreEos: true });
-    const stable = c.stable_prefix_len['0.01'];
-    expect(stable).toBeGreaterThanOrEqual(32);
-    expect(result.ids.slice(0, stable)).toEqual(c.generated_ids.slice(0, stable));
-  });
-});
-
+// Every act-order case through loadModel on one device is in test/hf-load.test.ts, with the other checkpoints.
 describe('loadModel on the act-order checkpoint folder (gptq-tiny/gptq-g32-actorder)', () => {
   const folder = 'gptq-tiny/gptq-g32-actorder';
-  let model: Model;
-  beforeAll(async () => {
-    model = await loadModel(modelPath(folder), { device: await device, contextLength: 128 });
-  });
-  afterAll(() => model?.dispose());
-
-  it.each(longestCases(folder).slice(0, 2).map((c) => [c.name, c] as const))('%s: llama.cpp\'s tokens up to the stable prefix', async (_name, c) => {
-    const stable = c.stable_prefix_len['0.01'];
-    const result = await model.complete(c.prompt_ids, { temperature: 0, maxTokens: stable, ignoreEos: true });
-    expect(result.ids).toEqual(c.generated_ids.slice(0, stable));
-  });
 
   it('runs under pipeline parallelism (pp=2: each stage gathers its own layers\' inputs)', async () => {
     const c = longestCases(folder)[0]!;
