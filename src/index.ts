@@ -20,7 +20,7 @@ export type { Range, ShardView } from './engine/shard-view.ts';
 export { QueueFullError } from './engine/scheduler.ts';
 export { readModelInfo, type ModelInfo } from './api/model-info.ts';
 export type { ModelSource } from './model/source.ts';
-export { detectModelSource, filesFolder, localFolder, urlFolder, type FileCollection, type ModelFolder, type ModelInput, type UrlFolderOptions } from './model/folder.ts';
+export { detectModelSource, filesFolder, localFolder, modelNameFromPath, urlFolder, type FileCollection, type ModelFolder, type ModelInput, type UrlFolderOptions } from './model/folder.ts';
 export { TOKENIZER_SEMANTICS, type TokenizerSemantics } from './model/tokenizer.ts';
 export { tokenLogprobs, type TokenAlternative, type TokenLogprob } from './engine/sampler.ts';
 export type { LlamaTokenizer } from './model/tokenizer.ts';

@@ -2,12 +2,12 @@
 // two, against llama.cpp's references for the same weights (GGUF conversions of these very folders,
 // and the exactly dequantized AWQ/GPTQ checkpoints).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, rmSync, symlinkSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadModel, type Model } from '../src/api/model.ts';
 import { readModelInfo } from '../src/api/model-info.ts';
-import { ModelSourceError } from '../src/model/errors.ts';
+import { ModelFormatError, ModelSourceError } from '../src/model/errors.ts';
 import { FULL_SWEEP } from './helpers/gpu.ts';
 import { modernReference } from './helpers/modern-models.ts';
 import { modelPath, quantizedReference, reference, type GenerationCase } from './helpers/models.ts';
@@ -120,6 +120,23 @@ describe('folder errors and info', () => {
       const error = await loadModel(dir).catch((e: unknown) => e);
       expect(error).toBeInstanceOf(ModelSourceError);
       expect((error as Error).message).toMatch(/no tokenizer\.json in .*save_pretrained/);
+    } finally {
+      rmSync(dir, { recursive: true });
+    }
+  });
+
+  it.each([
+    ['hidden_size', 96, /model\.embed_tokens\.weight has shape \[512, 64\], but config\.json \(LlamaForCausalLM: hidden_size 96, .*\) implies \[512, 96\]\. The weights and config\.json are from different/],
+    ['num_hidden_layers', 6, /tensor model\.layers\.5\.input_layernorm\.weight is missing: config\.json \(LlamaForCausalLM: .* 6 layers/],
+  ])('a config.json whose %s (%d) does not match the weights is refused naming the HF tensor', async (field, value, message) => {
+    const dir = mkdtempSync(join(tmpdir(), 'webshard-hf-'));
+    try {
+      for (const name of ['model.safetensors', 'tokenizer.json', 'tokenizer_config.json']) symlinkSync(modelPath(`hf/stories260K/${name}`), join(dir, name));
+      const config = JSON.parse(readFileSync(modelPath('hf/stories260K/config.json'), 'utf8')) as Record<string, unknown>;
+      writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...config, [field]: value }));
+      const error = await loadModel(dir).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(ModelFormatError);
+      expect((error as Error).message).toMatch(message);
     } finally {
       rmSync(dir, { recursive: true });
     }

@@ -20,7 +20,7 @@
 import { groupOrder, int4ToQ4Zp, readInt4Linear } from './awq-gptq.ts';
 import { GGMLType } from './ggml-type.ts';
 import { GGUFValueType, type GGUFFile, type GGUFTensorInfo, type GGUFValue } from './gguf.ts';
-import type { HfCheckpoint } from './folder.ts';
+import { modelNameFromPath, type HfCheckpoint } from './folder.ts';
 import { hfToGgufName, type HfModelConfig } from './hf-config.ts';
 import { ModelFormatError } from './errors.ts';
 import { readSafetensorsBytes, ggufView } from './safetensors.ts';
@@ -96,7 +96,10 @@ export interface HfModelFileOptions {
  */
 export async function hfModelFile(checkpoint: HfCheckpoint, options: HfModelFileOptions = {}): Promise<GGUFFile> {
   const { config, tensors: model, folder } = checkpoint;
-  const name = folder.name.replace(/[\\/]+$/, '').split(/[\\/]/).pop() || folder.name;
+  // general.name matters to the tokenizer as it does to llama.cpp's (Phi-3's special tokens strip
+  // the whitespace after them by name): config.json's own name of the model, else the folder's.
+  const nameOrPath = (checkpoint.files.config as Record<string, unknown>)._name_or_path;
+  const name = modelNameFromPath(typeof nameOrPath === 'string' && nameOrPath.trim() !== '' ? nameOrPath : folder.name);
   const parts: JoinedPart[] = model.files.map((file) => ({ source: file.source }));
   const offsetOf = new Map<ByteSource, number>();
   let end = 0;

@@ -338,3 +338,23 @@ export function hfToGgufName(name: string): string | undefined {
   const mapped = match ? LAYER_MODULES[match[2]!] : undefined;
   return mapped ? `blk.${match![1]}.${mapped}.${part}` : undefined;
 }
+
+/** GGUF tensor within a block → HF module path, the inverse of LAYER_MODULES (fused Phi-3 names where asked). */
+function hfModuleOf(ggufModule: string, fusedGateUp: boolean): string | undefined {
+  if (ggufModule === 'ffn_up' && fusedGateUp) return 'mlp.gate_up_proj';
+  return Object.keys(LAYER_MODULES).find((module) => LAYER_MODULES[module] === ggufModule);
+}
+
+/**
+ * The HF name of a GGUF tensor name (blk.3.attn_q.weight → model.layers.3.self_attn.q_proj.weight),
+ * for messages about a folder; `fusedGateUp` for Phi-3's gate_up_proj. The name itself if unknown.
+ */
+export function ggufToHfName(name: string, options: { fusedGateUp?: boolean } = {}): string {
+  const dot = name.lastIndexOf('.');
+  const [module, part] = [name.slice(0, dot), name.slice(dot + 1)];
+  const top = Object.keys(TOP_MODULES).find((m) => TOP_MODULES[m] === module);
+  if (top) return `${top}.${part}`;
+  const match = /^blk\.(\d+)\.(.+)$/.exec(module);
+  const hf = match ? hfModuleOf(match[2]!, options.fusedGateUp ?? false) : undefined;
+  return hf ? `model.layers.${match![1]}.${hf}.${part}` : name;
+}

@@ -10,7 +10,7 @@
 // first (ARCHITECTURE.md, Runtime hazards).
 // Exit codes: 0 after a clean shutdown, 2 for bad arguments, 1 when the model cannot be loaded.
 
-import { FaultInjector, loadModel, type LoadOptions, type Model } from '../index.ts';
+import { FaultInjector, loadModel, modelNameFromPath, type LoadOptions, type Model } from '../index.ts';
 import { flag, LOAD_ALIASES, LOAD_FLAGS, LOAD_FLAGS_USAGE, loadOptionsFromFlags, numberFlag, parseFlags, UsageError, type Flags, type FlagSpec } from '../flags.ts';
 import { engineAdmission } from './reservations.ts';
 import { DEFAULT_LIMITS, InferenceServer, type ServerLimits } from './server.ts';
@@ -88,14 +88,9 @@ interface ServeConfig {
   testHooks: boolean;
 }
 
-/**
- * "path/to/stories260K.gguf", "https://host/x/model.gguf?download=1", a folder "models/Llama-3.2-1B/"
- * or a Hugging Face base URL "https://huggingface.co/org/Llama-3.2-1B/resolve/main/" →
- * "stories260K", "model", "Llama-3.2-1B", "Llama-3.2-1B".
- */
+/** The id clients send as "model": the file's or folder's name without .gguf (modelNameFromPath). */
 function defaultModelName(source: string): string {
-  const path = (/^[a-z]+:\/\//i.test(source) ? new URL(source).pathname : source).replace(/[\\/]+$/, '').replace(/\/resolve\/[^/]+$/, '');
-  return (path.split(/[\\/]/).at(-1) ?? path).replace(/\.gguf$/i, '') || 'model';
+  return modelNameFromPath(source).replace(/\.gguf$/i, '') || 'model';
 }
 
 function serveConfig(flags: Flags): ServeConfig {
