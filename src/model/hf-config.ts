@@ -20,6 +20,8 @@ export const HF_ARCHITECTURES = {
   Qwen2ForCausalLM: 'qwen2',
   Qwen3ForCausalLM: 'qwen3',
   Phi3ForCausalLM: 'phi3',
+  // llama.cpp converts Mistral (7B v0.1–v0.3) as llama: the same blocks (its sliding window is not used).
+  MistralForCausalLM: 'llama',
 } as const;
 
 export type HfArchitecture = keyof typeof HF_ARCHITECTURES;
