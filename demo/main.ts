@@ -5,19 +5,25 @@ import { loadModel, type ChatMessage, type FinishReason, type GenerateOptions, t
 import { gpuOptionsFor, listAdapters, type AdapterEntry, type AdapterKind } from './adapters.ts';
 import { $, h } from './dom.ts';
 import { formatBytes, formatCount, formatDuration, formatRate, formatTokensPerSecond } from './format.ts';
+import { droppedItems, droppedModel, pickedFile, pickedFolder, totalSize, type LocalModel } from './local-files.ts';
 import { CacheIntegrityError, ModelCache, parseSha256, type CachedModel } from './opfs-cache.ts';
 import { SplitDiagram } from './diagram.ts';
 import { exampleShape, explainSplit, modelShape, previewLayout, splitLayout, type ModelShape, type SplitLayout } from './split.ts';
 import { DevicePanel } from './telemetry.ts';
 
 type SplitMode = 'tensor' | 'pipeline' | 'both';
-type ModelPick = { kind: 'url'; url: string } | { kind: 'file'; file: File };
+type ModelPick = { kind: 'url'; url: string } | { kind: 'local'; local: LocalModel };
 
 interface Loaded {
   model: Model;
   shape: ModelShape;
   layout: SplitLayout;
+  /** The file's or the folder's name. */
   sourceName: string;
+  /** A Hugging Face folder (picked, dropped or a URL ending in `/`) rather than one GGUF file. */
+  isFolder: boolean;
+  /** How many files a picked or dropped folder held. */
+  fileCount?: number;
   sizeBytes: number;
 }
 
@@ -36,6 +42,7 @@ const el = {
   expectedSha: $<HTMLInputElement>('#expected-sha'),
   loadUrl: $<HTMLButtonElement>('#load-url'),
   file: $<HTMLInputElement>('#model-file'),
+  folder: $<HTMLInputElement>('#model-folder'),
   dropzone: $('#dropzone'),
   dropOverlay: $('#drop-overlay'),
   contextLength: $<HTMLSelectElement>('#context-length'),
@@ -113,7 +120,7 @@ function setBusy(busy: boolean, what: 'loading' | 'generating' = 'loading'): voi
   state.busy = busy;
   el.loadUrl.textContent = busy && what === 'loading' ? 'Loading…' : 'Load from URL';
   document.body.classList.toggle('busy', busy);
-  for (const control of [el.loadUrl, el.file, el.contextLength]) control.disabled = busy;
+  for (const control of [el.loadUrl, el.file, el.folder, el.contextLength]) control.disabled = busy;
   el.generate.disabled = busy || !state.loaded;
 }
 
@@ -362,8 +369,9 @@ function showNotice(message: string): void {
 // ---------------------------------------------------------------------------------------------
 // Loading a model
 
+/** The file's name, or the folder's for a URL ending in `/`. */
 function fileNameOf(url: string): string {
-  const last = new URL(url, location.href).pathname.split('/').pop() || url;
+  const last = new URL(url, location.href).pathname.split('/').filter(Boolean).pop() || url;
   try {
     return decodeURIComponent(last);
   } catch {
@@ -406,15 +414,25 @@ async function load(pick: ModelPick): Promise<void> {
   const meter = new LoadMeter();
   const started = performance.now();
   try {
-    let source: string | File;
+    let source: string | File | File[];
     let sourceName: string;
+    let isFolder: boolean;
+    let local: LocalModel | undefined;
     if (pick.kind === 'url') {
       const url = new URL(pick.url.trim(), location.href).href;
       sourceName = fileNameOf(url);
-      source = el.useCache.checked && ModelCache.supported() ? await cachedCopy(url, meter) : url;
+      isFolder = url.endsWith('/');
+      const cache = el.useCache.checked && ModelCache.supported();
+      if (cache && isFolder) showNotice('The browser cache keeps single GGUF files: this folder is read from its URL (by ranges) on every load.');
+      source = cache && !isFolder ? await cachedCopy(url, meter) : url;
     } else {
-      source = pick.file;
-      sourceName = pick.file.name;
+      local = pick.local;
+      sourceName = local.name;
+      isFolder = local.isFolder;
+      if (local.skipped.length > 0) {
+        showNotice(`Read the files at the top of ${local.name}/ only; left out ${local.skipped.join(', ')} (a Hugging Face model's files sit side by side).`);
+      }
+      source = local.isFolder ? local.files : local.files[0]!;
     }
 
     const { tp, pp } = splitShape();
@@ -441,10 +459,12 @@ async function load(pick: ModelPick): Promise<void> {
     const previous = state.loaded;
     state.loaded = {
       model,
-      shape: modelShape(model),
+      shape: modelShape(model, sourceName),
       layout: splitLayout(model),
       sourceName,
-      sizeBytes: model.file.source.size,
+      isFolder,
+      fileCount: local?.isFolder ? local.files.length : undefined,
+      sizeBytes: local ? totalSize(local) : model.file.source.size,
     };
     if (previous) await unload(previous);
     meter.finish(`Loaded in ${formatDuration(performance.now() - started)}`);
@@ -474,7 +494,9 @@ function showModel(loaded: Loaded): void {
   const row = (term: string, value: string) => [h('dt', {}, term), h('dd', {}, value)];
   el.modelInfo.replaceChildren(
     ...row('model', shape.name),
-    ...row('file', `${loaded.sourceName} · ${formatBytes(loaded.sizeBytes)}`),
+    ...(loaded.isFolder ?
+      row('folder', `${loaded.sourceName}/ · ${loaded.fileCount !== undefined ? `${loaded.fileCount} files · ${formatBytes(loaded.sizeBytes)}` : `${formatBytes(loaded.sizeBytes)} of weights`}`)
+    : row('file', `${loaded.sourceName} · ${formatBytes(loaded.sizeBytes)}`)),
     ...row('shape', `${formatCount(shape.parameters)} params · ${shape.nLayers} layers · ${shape.nHeads} heads (${shape.nKvHeads} KV) · dim ${shape.dim}`),
     ...row('context', `${model.contextLength} tokens · vocabulary ${shape.vocabSize}`),
     ...row('devices', layout.shards.length === 1 ? '1 (no sharding)' : `${layout.shards.length} · tp ${layout.tp} × pp ${layout.pp}`),
@@ -659,7 +681,7 @@ function wire(): void {
   el.useCache.addEventListener('change', () => (el.shaField.hidden = !el.useCache.checked));
   el.loadUrl.addEventListener('click', () => {
     if (!el.url.value.trim()) {
-      showError(new Error('Enter the address of a .gguf file first.'));
+      showError(new Error('Enter the address of a .gguf file, or of a Hugging Face folder ending in / (e.g. …/resolve/main/), first.'));
       return;
     }
     void load({ kind: 'url', url: el.url.value });
@@ -669,8 +691,16 @@ function wire(): void {
   });
   el.file.addEventListener('change', () => {
     const file = el.file.files?.[0];
-    if (file) void load({ kind: 'file', file });
+    if (file) void load({ kind: 'local', local: pickedFile(file) });
     el.file.value = ''; // the same file can be chosen again
+  });
+  el.folder.addEventListener('change', () => {
+    try {
+      if (el.folder.files) void load({ kind: 'local', local: pickedFolder(el.folder.files) });
+    } catch (error) {
+      showError(error);
+    }
+    el.folder.value = ''; // the same folder can be picked again
   });
   el.errorDismiss.addEventListener('click', clearError);
 
@@ -694,11 +724,10 @@ function wire(): void {
     event.preventDefault();
     depth = 0;
     el.dropOverlay.hidden = true;
-    const file = event.dataTransfer?.files[0];
-    if (file) {
-      selectTab('file');
-      void load({ kind: 'file', file });
-    }
+    if (!event.dataTransfer || state.busy) return;
+    selectTab('file');
+    const items = droppedItems(event.dataTransfer);
+    void droppedModel(items).then((local) => load({ kind: 'local', local }), showError);
   });
 
   bindSliders();

@@ -42,25 +42,17 @@ export const shardColor = (rank: number): string => shardColors[rank % shardColo
 
 export const rangeLength = (r: Range): number => r.end - r.start;
 
-/** "https://host/models/stories260K.gguf?x=1" → "stories260K". */
-function fileStem(name: string): string {
-  const last = name.split(/[?#]/)[0]!.split('/').pop() ?? '';
-  let decoded = last;
-  try {
-    decoded = decodeURIComponent(last);
-  } catch {
-    // Not percent-encoded after all (a file named "100%.gguf"): keep it as it is.
-  }
-  return decoded.replace(/\.gguf$/i, '');
-}
+/** "stories260K.gguf" → "stories260K"; a folder's name stays as it is. */
+const fileStem = (name: string): string => name.replace(/\.gguf$/i, '');
 const covers = (r: Range, i: number) => i >= r.start && i < r.end;
 
-export function modelShape(model: Model): ModelShape {
+/** `sourceName`: the file's or folder's name, shown when the model names itself nowhere. */
+export function modelShape(model: Model, sourceName: string): ModelShape {
   const c = model.config;
   const name = model.file.metadata.get('general.name');
   const parameters = model.file.tensors.reduce((sum, t) => sum + t.shape.reduce((a, b) => a * b, 1), 0);
   return {
-    name: typeof name === 'string' && name.length > 0 ? name : fileStem(model.file.source.name) || c.architecture,
+    name: typeof name === 'string' && name.length > 0 ? name : fileStem(sourceName) || c.architecture,
     nLayers: c.nLayers,
     nHeads: c.nHeads,
     nKvHeads: c.nKvHeads,

@@ -32,7 +32,9 @@ Commands (deno task <command> ...):
   info      print model metadata, tensor types and the GPU adapters found
 
 Options:
-  -m, --model PATH|URL        GGUF model (run: default is a built-in random-weight demo model)
+  -m, --model PATH|URL        GGUF model, or a Hugging Face model folder (a directory, or a base URL
+                              ending in /: config.json, tokenizer.json, safetensors; F32/F16/BF16,
+                              AWQ or GPTQ 4-bit) (run: default is a built-in random-weight demo model)
   -p, --prompt TEXT           prompt (default "Once upon a time")
   -n, --max-tokens N          tokens to generate (default 128)
       --temperature T         0 = greedy (default 0.8)

@@ -2,7 +2,7 @@
 // `--name value`, `--name=value`, short aliases, repeatable flags, booleans without a value; and
 // the one mapping of the model-loading flags both share onto loadModel's options.
 
-import { MATMUL_VARIANTS, type GpuBackend, type LoadOptions, type SpeculativeOptions } from './index.ts';
+import { MATMUL_VARIANTS, TOKENIZER_SEMANTICS, type GpuBackend, type LoadOptions, type SpeculativeOptions } from './index.ts';
 
 export class UsageError extends Error {
   override name = 'UsageError';
@@ -71,7 +71,7 @@ export function byteSize(flags: Flags, name: string): number | undefined {
 }
 
 /** The model-loading flags of `run` and `serve`, with one meaning in both. */
-export const LOAD_FLAGS = ['ctx', 'gpu', 'tp', 'pp', 'devices', 'gpu-memory', 'matmul', 'model-draft', 'draft-max', 'draft-min', 'draft-p-min', 'lookup-ngram'] as const;
+export const LOAD_FLAGS = ['ctx', 'gpu', 'tp', 'pp', 'devices', 'gpu-memory', 'matmul', 'model-draft', 'draft-max', 'draft-min', 'draft-p-min', 'lookup-ngram', 'tokenizer'] as const;
 
 /** Their short names. */
 export const LOAD_ALIASES: Readonly<Record<string, string>> = { c: 'ctx', md: 'model-draft' };
@@ -94,7 +94,10 @@ export const LOAD_FLAGS_USAGE = `  -c, --ctx N                 context length to
       --draft-min N           verify only drafts at least this long (default 0)
       --draft-p-min P         stop drafting below this draft probability (default 0.75)
       --lookup-ngram N        speculative decoding without a draft model: propose what followed the
-                              last N tokens earlier in the prompt and output (prompt lookup)`;
+                              last N tokens earlier in the prompt and output (prompt lookup)
+      --tokenizer KIND        a Hugging Face folder's tokenizer.json read as llama.cpp reads its GGUF
+                              (llama.cpp, default) or as Hugging Face's tokenizers do (huggingface:
+                              NFC for Qwen, added tokens split out of plain text)`;
 
 /** --gpu: which WebGPU implementation. */
 export function gpuBackend(flags: Flags): GpuBackend {
@@ -123,6 +126,7 @@ export function loadOptionsFromFlags(flags: Flags): LoadOptions {
     gpuMemoryBytes: byteSize(flags, 'gpu-memory'),
     kernels: { matmul: choiceFlag(flags, 'matmul', MATMUL_VARIANTS) },
     speculative: speculativeFlags(flags),
+    tokenizerSemantics: choiceFlag(flags, 'tokenizer', TOKENIZER_SEMANTICS),
   };
 }
 

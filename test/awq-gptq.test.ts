@@ -1,29 +1,39 @@
 // AWQ and GPTQ read as they are: the real checkpoints in ../shared/models decode exactly to the
 // weights llama.cpp ran (their *-dequant-F32.gguf), through the plain reference and through the
 // loader's Q4_ZP blocks; every matmul variant multiplies Q4_ZP weights (group sizes 32/64/128,
-// symmetric and not, act-order) like the f64 reference; tensor-parallel cuts respect groups.
+// symmetric and not, act-order through the engine's gather) like the f64 reference; tensor-parallel
+// cuts respect groups, and act-order layers refuse input-feature cuts; whole models (in-memory
+// Q4_ZP files, and the act-order checkpoint folder through loadModel) give llama.cpp's tokens.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
-import { randomF32, testGpu, uploadWholeWeight } from './helpers/gpu.ts';
-import { modelPath } from './helpers/models.ts';
+import { randomF32, testGpu, uploadTestWeight } from './helpers/gpu.ts';
+import { modelPath, quantizedReference } from './helpers/models.ts';
 import { dequantizeInt4Reference, permuteColumns, randomInt4Linear, type RandomInt4Options } from './reference/awq-gptq.ts';
 import { matmulReference, quantizeActivationsInt8 } from './reference/matmul.ts';
 import { permuteRopeRows } from './reference/hf-rope.ts';
 import { checkInt4Split, int4ToQ4Zp, QuantizedSplitError, readInt4Linear, type Int4Linear } from '../src/model/awq-gptq.ts';
-import { ModelFormatError } from '../src/model/errors.ts';
+import { ModelFormatError, UnsupportedModelError } from '../src/model/errors.ts';
 import { GGMLType } from '../src/model/ggml-type.ts';
 import { readGGUF, readTensorBytes, type GGUFFile } from '../src/model/gguf.ts';
 import { hfToGgufName, readHfConfig, type HfModelConfig } from '../src/model/hf-config.ts';
 import { dequantize } from '../src/model/quant.ts';
 import { readSafetensorsBytes, readSafetensorsModel, type SafetensorsModel } from '../src/model/safetensors.ts';
-import { fileSource } from '../src/model/source.ts';
+import { bytesSource, fileSource } from '../src/model/source.ts';
+import { llamaConfig, type LlamaConfig } from '../src/model/config.ts';
+import { LlamaRunner } from '../src/engine/runner.ts';
+import { kvGeometry } from '../src/engine/kv-cache.ts';
+import { wholeModelView } from '../src/engine/shard-view.ts';
+import { viewFootprint, ShardPlanError } from '../src/engine/footprint.ts';
+import { planShards } from '../src/sharding/plan.ts';
+import { planCandidates } from '../src/sharding/choose.ts';
 import { readF32, runOps, storageBuffer } from '../src/gpu/kernel.ts';
-import { matmulOp, type MatmulVariant } from '../src/shaders/matmul.ts';
+import { matmulOps, type MatmulVariant } from '../src/shaders/matmul.ts';
+import { attachInputOrder, plannedUploads } from '../src/engine/weights.ts';
 import { int8DecodableTypes } from '../src/shaders/quant-wgsl.ts';
-import { loadModel, type Model } from '../src/api/model.ts';
+import { loadModel } from '../src/api/model.ts';
 import { GGUFValueType, type GGUFValue } from '../src/model/gguf.ts';
 import { writeGGUF, type GGUFTypedValue } from '../src/model/gguf-writer.ts';
-import type { GenerationCase } from './helpers/models.ts';
+
 
 const VARIANTS = ['awq-tiny/awq-g32', 'gptq-tiny/gptq-g32', 'gptq-tiny/gptq-g32-actorder'] as const;
 const LINEAR = ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj', 'self_attn.o_proj', 'mlp.gate_proj', 'mlp.up_proj', 'mlp.down_proj'];
@@ -180,7 +190,8 @@ describe('Q4_ZP on the GPU', async () => {
   });
 
   // Each variant meets a different layer kind and token count (pairwise, not the full product);
-  // the real act-order layer runs with its activations permuted as the engine will feed them.
+  // act-order layers (a real one, a random one) take x in input order and gather it themselves
+  // (matmulOps with the weight's input order, as the engine runs them).
   const cases: Array<{ variant: Exclude<MatmulVariant, 'auto'>; layer: () => Promise<Int4Linear>; nTokens: number }> = [];
   const randomKinds: RandomInt4Options[] = [
     { method: 'awq', inFeatures: 256, outFeatures: 40, groupSize: 128, asymmetric: true, seed: 11 },
@@ -206,16 +217,21 @@ describe('Q4_ZP on the GPU', async () => {
       const l = await c.layer();
       const zp = int4ToQ4Zp(l);
       const x = randomF32(c.nTokens * zp.cols, zp.rows + zp.cols + c.nTokens);
-      // The engine feeds an act-order layer its activations in group order.
-      const xFed = permuteColumns(x, zp.cols, zp.inputOrder);
+      // The int8 kernels quantize x per block of 32 of the weight's columns, i.e. in group order.
       const int8 = variant.endsWith('int8');
-      const ref = matmulReference(dequantizeInt4Reference(l), zp.rows, zp.cols, int8 ? permuteBack(quantizeActivationsInt8(xFed), zp.cols, zp.inputOrder) : x, c.nTokens);
-      const weight = await uploadWholeWeight(gpu, l.name, GGMLType.Q4_ZP, zp.rows, zp.cols, zp.bytes);
-      const xBuf = storageBuffer(gpu.device, 'x', xFed);
+      const xInt8 = () => permuteBack(quantizeActivationsInt8(permuteColumns(x, zp.cols, zp.inputOrder)), zp.cols, zp.inputOrder);
+      const ref = matmulReference(dequantizeInt4Reference(l), zp.rows, zp.cols, int8 ? xInt8() : x, c.nTokens);
+      const weight = await uploadTestWeight(gpu, l.name, GGMLType.Q4_ZP, zp.rows, zp.cols, zp.bytes);
+      const order = zp.inputOrder ? attachInputOrder(gpu, weight, zp.inputOrder) : undefined;
+      const xBuf = storageBuffer(gpu.device, 'x', x);
       const yBuf = storageBuffer(gpu.device, 'y', new Float32Array(c.nTokens * zp.rows).fill(NaN));
-      runOps(gpu.device, [matmulOp(gpu, weight, xBuf, yBuf, c.nTokens, { variant })]);
+      const orderedInput = storageBuffer(gpu.device, 'ordered x', c.nTokens * zp.cols * 4);
+      const ops = matmulOps(gpu, weight, xBuf, yBuf, c.nTokens, { variant, orderedInput });
+      expect(ops.length, 'a gather, then the product').toBe(order ? 2 : 1);
+      if (order) expect(() => matmulOps(gpu, weight, xBuf, yBuf, c.nTokens, { variant })).toThrow(/act-order input needs an orderedInput buffer of \d+ × \d+ f32/);
+      runOps(gpu.device, ops);
       const y = await readF32(gpu.device, yBuf, c.nTokens * zp.rows);
-      for (const b of [weight.buffer, xBuf, yBuf]) b.destroy();
+      for (const b of [weight[0]!.buffer, xBuf, yBuf, orderedInput, ...(order ? [order] : [])]) b.destroy();
       for (let i = 0; i < y.length; i++) {
         expect(Math.abs(y[i]! - ref.y[i]!), `${l.name} ${zp.rows}×${zp.cols}, ${c.nTokens} tokens, output ${i}`).toBeLessThan(1e-4 * ref.magnitude[i]! + 1e-30);
       }
@@ -252,23 +268,26 @@ describe('tensor-parallel cuts', () => {
 // The whole forward pass on Q4_ZP weights, against llama.cpp
 
 /**
- * Until the Hugging Face loader is wired, a stand-in for its adapter: the dequantized GGUF's
- * metadata, norms and embeddings, with every linear weight replaced by the checkpoint's Q4_ZP
- * rows (Q/K rows moved into GGUF's interleaved-RoPE order, since this engine path runs GGUF's
- * RoPE). Act-order layers need the activation gather the engine does not have yet, so only the
- * AWQ and plain GPTQ checkpoints run here.
+ * The engine on Q4_ZP weights apart from the Hugging Face loader (src/model/hf-checkpoint.ts):
+ * the dequantized GGUF's metadata, norms and embeddings, with every linear weight replaced by the
+ * checkpoint's Q4_ZP rows (Q/K rows moved into GGUF's interleaved-RoPE order, since this path
+ * runs GGUF's RoPE: a row permutation, which leaves an act-order layer's column order as it is).
+ * A GGUF file has no place for act-order's input orders: they come back by tensor name, for
+ * `withInputOrders`.
  */
-async function q4zpGguf(c: Checkpoint): Promise<Uint8Array> {
+async function q4zpGguf(c: Checkpoint): Promise<{ bytes: Uint8Array; inputOrders: Map<string, Int32Array> }> {
   const metadata: Array<[string, GGUFTypedValue]> = [];
   for (const [key, value] of c.gguf.metadata) metadata.push([key, typedValue(value, c.gguf.metadataTypes.get(key)!)]);
   const replaced = new Map<string, { bytes: Uint8Array; rows: number; cols: number }>();
+  const inputOrders = new Map<string, Int32Array>();
   for (let layer = 0; layer < c.config.nLayers; layer++) {
     for (const module of LINEAR) {
       const zp = int4ToQ4Zp(await linear(c, layer, module));
-      expect(zp.inputOrder).toBeUndefined();
       const rope = module.endsWith('q_proj') || module.endsWith('k_proj');
       const bytes = rope ? permuteRopeRows(zp.bytes, zp.bytes.length / zp.rows, c.config.headDim) : zp.bytes;
-      replaced.set(hfToGgufName(`model.layers.${layer}.${module}.weight`)!, { bytes, rows: zp.rows, cols: zp.cols });
+      const name = hfToGgufName(`model.layers.${layer}.${module}.weight`)!;
+      replaced.set(name, { bytes, rows: zp.rows, cols: zp.cols });
+      if (zp.inputOrder) inputOrders.set(name, zp.inputOrder);
     }
   }
   const tensors = [];
@@ -277,7 +296,17 @@ async function q4zpGguf(c: Checkpoint): Promise<Uint8Array> {
     tensors.push(q ? { name: t.name, shape: [q.cols, q.rows], type: GGMLType.Q4_ZP, data: q.bytes } : { name: t.name, shape: t.shape, type: t.type, data: await readTensorBytes(c.gguf, t) });
   }
   expect(tensors.filter((t) => t.type === GGMLType.Q4_ZP)).toHaveLength(replaced.size);
-  return writeGGUF({ metadata, tensors });
+  return { bytes: writeGGUF({ metadata, tensors }), inputOrders };
+}
+
+/** The written file parsed, with the act-order input orders on its tensor table (as the Hugging Face loader gives them). */
+async function withInputOrders({ bytes, inputOrders }: Awaited<ReturnType<typeof q4zpGguf>>): Promise<GGUFFile> {
+  const file = await readGGUF(bytesSource(bytes, 'act-order Q4_ZP'));
+  for (const t of file.tensors) {
+    const order = inputOrders.get(t.name);
+    if (order) t.inputOrder = order;
+  }
+  return file;
 }
 
 /** A metadata value as the writer takes it (the dequantized GGUFs hold scalars and flat arrays). */
@@ -289,24 +318,140 @@ function typedValue(value: GGUFValue, type: number): GGUFTypedValue {
   return { type: 'array', elementType: element, value } as GGUFTypedValue;
 }
 
-const quantizedCases = (JSON.parse(readFileSync(modelPath('reference/quantized-public.json'), 'utf8')) as { generation_cases: GenerationCase[] }).generation_cases;
+const quantizedCases = quantizedReference().generation_cases;
 
-describe.each(['awq-tiny/awq-g32', 'gptq-tiny/gptq-g32'] as const)('generation on Q4_ZP weights: %s', (folder) => {
-  let model: Model;
-  beforeAll(async () => {
-    model = await loadModel(await q4zpGguf(checkpoints.get(folder)!), { device: await device, contextLength: 128 });
-  });
-  afterAll(() => model?.dispose());
-
-  // The three prompts with the longest stable prefixes (the cases differ only in their prompt).
-  const longest = quantizedCases
+/** The three prompts of a model with the longest stable prefixes (its cases differ only in their prompt). */
+const longestCases = (folder: string) =>
+  quantizedCases
     .filter((c) => c.model === folder)
     .sort((a, b) => b.stable_prefix_len['0.01'] - a.stable_prefix_len['0.01'])
     .slice(0, 3);
-  it.each(longest.map((c) => [c.name, c] as const))('%s: llama.cpp\'s tokens up to the stable prefix', async (_name, c) => {
-    const result = await model.complete(c.prompt_ids, { temperature: 0, maxTokens: c.n_predict, ignoreEos: true });
+
+// Every act-order case through loadModel on one device is in test/hf-load.test.ts, with the other checkpoints.
+describe('loadModel on the act-order checkpoint folder (gptq-tiny/gptq-g32-actorder)', () => {
+  const folder = 'gptq-tiny/gptq-g32-actorder';
+
+  it('runs under pipeline parallelism (pp=2: each stage gathers its own layers\' inputs)', async () => {
+    const c = longestCases(folder)[0]!;
+    const stable = c.stable_prefix_len['0.01'];
+    const piped = await loadModel(modelPath(folder), { pp: 2, contextLength: 128 });
+    try {
+      expect(piped.plan!.shards.map((s) => s.view.layers)).toEqual([{ start: 0, end: 2 }, { start: 2, end: 4 }]);
+      const result = await piped.complete(c.prompt_ids, { temperature: 0, maxTokens: stable, ignoreEos: true });
+      expect(result.ids).toEqual(c.generated_ids.slice(0, stable));
+    } finally {
+      await piped.dispose();
+    }
+  });
+
+  it('is refused under tensor parallelism before any worker starts, naming the layer and the fix', async () => {
+    await expect(loadModel(modelPath(folder), { tp: 2, contextLength: 128 })).rejects.toThrow(/tp=2 cannot split stage 0.*attn_output.weight is a GPTQ act-order \(desc_act\) layer/);
+  });
+});
+
+/** Greedy tokens from one runner: the prompt as one step, then one token per step (sequence slot 0). */
+async function greedyTokens(runner: LlamaRunner, prompt: readonly number[], count: number): Promise<number[]> {
+  const blockTable = Uint32Array.from({ length: runner.geometry.blocksPerSequence }, (_, block) => block);
+  const out: number[] = [];
+  for (let tokens = [...prompt], position = 0; out.length < count; ) {
+    const [best] = await runner.forward({ tokens, positions: tokens.map((_, i) => position + i), slots: tokens.map(() => 0), sampleRows: [tokens.length - 1], blockTable, wantLogits: false });
+    position += tokens.length;
+    out.push(best!.argmaxId);
+    tokens = [best!.argmaxId];
+  }
+  return out;
+}
+
+describe('generation on act-order Q4_ZP weights (gptq-tiny/gptq-g32-actorder): each layer gathers its input', () => {
+  const folder = 'gptq-tiny/gptq-g32-actorder';
+  let file: GGUFFile;
+  let config: LlamaConfig;
+  let runner: LlamaRunner;
+  beforeAll(async () => {
+    const written = await q4zpGguf(checkpoints.get(folder)!);
+    expect(written.inputOrders.size).toBe(LINEAR.length * checkpoints.get(folder)!.config.nLayers);
+    file = await withInputOrders(written);
+    config = llamaConfig(file);
+    // A parsed file with input orders goes in below loadModel (which reads its file itself): the runner.
+    runner = await LlamaRunner.load(await device, file, config, wholeModelView(config), { geometry: kvGeometry(128), maxBatchTokens: 128 });
+  });
+  afterAll(() => runner?.dispose());
+
+  it('uploads every layer weight with its order, Q, K and V stacked only where their orders are equal', () => {
+    for (const [l, layer] of runner.weights.layers.entries()) {
+      const matrices = layer.qkv ? [layer.qkv] : [layer.query, layer.key, layer.value];
+      for (const m of [...matrices, layer.output, layer.gate, layer.up, layer.down]) expect(m[0]!.inputOrder, `layer ${l} ${m[0]!.label}`).toBeDefined();
+      const order = (m: string) => file.tensor(`blk.${l}.attn_${m}.weight`).inputOrder!.join();
+      expect(Boolean(layer.qkv), `layer ${l}`).toBe(order('q') === order('k') && order('k') === order('v'));
+    }
+  });
+
+  // The third longest case (loadModel on the folder runs the first two).
+  it.each(longestCases(folder).slice(2).map((c) => [c.name, c] as const))('%s: llama.cpp\'s tokens up to the stable prefix', async (_name, c) => {
     const stable = c.stable_prefix_len['0.01'];
     expect(stable).toBeGreaterThanOrEqual(32);
-    expect(result.ids.slice(0, stable)).toEqual(c.generated_ids.slice(0, stable));
+    expect(await greedyTokens(runner, c.prompt_ids, stable)).toEqual(c.generated_ids.slice(0, stable));
+  });
+
+  it('counts the order buffers and the gather scratch in the footprint', () => {
+    const geometry = kvGeometry(128);
+    const device = { name: 'test', maxBufferSize: 2 ** 30, maxStorageBufferBindingSize: 2 ** 30 };
+    const owner = { who: 'test', rank: 0, shards: 1 };
+    const withOrders = viewFootprint(file, config, wholeModelView(config), device, { geometry, maxBatchTokens: 128, contextLength: 128 }, owner);
+    const plain = { ...file, tensors: file.tensors.map(({ inputOrder: _, ...t }) => t), tensor: (name: string) => ({ ...file.tensor(name), inputOrder: undefined }) };
+    const without = viewFootprint(plain, config, wholeModelView(config), device, { geometry, maxBatchTokens: 128, contextLength: 128 }, owner);
+    // One u32 per input column of every weight (q, k, v, o, gate, up: dim; down: ffnDim) ...
+    const layerOrders = (6 * config.dim + config.ffnDim) * 4;
+    expect(withOrders.bytes.weights - without.bytes.weights).toBe(config.nLayers * layerOrders);
+    expect(runner.weights.gpuBytes - without.bytes.weights).toBe(config.nLayers * layerOrders);
+    // ... and a scratch as wide as the widest input (ffn_down's) for a whole step.
+    expect(withOrders.bytes.activations - without.bytes.activations).toBe(128 * config.ffnDim * 4 - 16);
+  });
+
+  it('refuses a tensor-parallel cut of act-order input features, naming the tensor and the fix', () => {
+    const devices = [0, 1].map((i) => ({ name: `gpu${i}`, maxBufferSize: 2 ** 30, maxStorageBufferBindingSize: 2 ** 30 }));
+    const options = { contextLength: 128, maxBatchTokens: 64, devices };
+    // The planner (and so split: 'auto', which sets such splits aside) ...
+    expect(() => planShards(file, config, { ...options, tp: 2, pp: 1 })).toThrow(ShardPlanError);
+    expect(() => planShards(file, config, { ...options, tp: 2, pp: 1 })).toThrow(
+      /tp=2 cannot split stage 0 \(layers 0-\d+\): blk.0.attn_output.weight is a GPTQ act-order \(desc_act\) layer.*Use tp=1 \(pipeline parallelism.*without desc_act/,
+    );
+    expect(planShards(file, config, { ...options, tp: 1, pp: 2 }).shards).toHaveLength(2);
+    // split: 'auto' over two devices keeps only pipeline parallelism.
+    expect(planCandidates(file, config, options).map((c) => [c.tp, c.pp, c.error === undefined])).toEqual([
+      [2, 1, false],
+      [1, 2, true],
+    ]);
+    // ... and the loader, for a view cut by hand.
+    const half = { ...wholeModelView(config), ffn: { start: 0, end: config.ffnDim / 2 }, heads: { start: 0, end: config.nHeads }, kvHeads: { start: 0, end: config.nKvHeads } };
+    expect(() => plannedUploads(file, config, half)).toThrow(UnsupportedModelError);
+    expect(() => plannedUploads(file, config, half)).toThrow(/blk.0.ffn_down.weight is a GPTQ act-order/);
+  });
+
+  it('stacks Q, K and V with one order where their orders are equal (as a real checkpoint\'s may be)', () => {
+    const [q, k, v] = ['q', 'k', 'v'].map((m) => file.tensor(`blk.0.attn_${m}.weight`));
+    const orders = [k!.inputOrder, v!.inputOrder];
+    try {
+      [k!.inputOrder, v!.inputOrder] = [q!.inputOrder!.slice(), q!.inputOrder!.slice()];
+      const qkv = plannedUploads(file, config, wholeModelView(config)).filter((u) => u.kind === 'matrix' && u.name.startsWith('blk.0.attn_'));
+      expect(qkv.map((u) => u.name)).toEqual(['blk.0.attn_qkv', 'blk.0.attn_output.weight']);
+      expect(qkv[0]!.kind === 'matrix' && qkv[0]!.inputOrder).toEqual(q!.inputOrder);
+    } finally {
+      [k!.inputOrder, v!.inputOrder] = orders;
+    }
+  });
+
+  it('refuses an input order that is not a permutation of the columns', () => {
+    const t = file.tensor('blk.1.ffn_up.weight');
+    const good = t.inputOrder!;
+    try {
+      t.inputOrder = good.slice(1);
+      expect(() => plannedUploads(file, config, wholeModelView(config))).toThrow(/blk.1.ffn_up.weight: its input order is not a permutation of its \d+ columns \(\d+ entries\)/);
+      t.inputOrder = good.map((c, i) => (i === 5 ? good[4]! : c));
+      expect(() => plannedUploads(file, config, wholeModelView(config))).toThrow(ModelFormatError);
+      expect(() => plannedUploads(file, config, wholeModelView(config))).toThrow(/entry 5 is \d+/);
+    } finally {
+      t.inputOrder = good;
+    }
   });
 });

@@ -6,12 +6,13 @@ import type { GpuContext } from '../src/gpu/device.ts';
 import { rmsnormOp } from '../src/shaders/rmsnorm.ts';
 import { ropeAndCacheWriteOps, ropeOp, type RopeStyle } from '../src/shaders/rope.ts';
 import { attentionOp, attentionOps, kvCacheWriteOp, type KvPaging } from '../src/shaders/attention.ts';
-import { addOp, copyOp, gatherRowsOp, scaleOp, swigluOp } from '../src/shaders/elementwise.ts';
+import { addOp, copyOp, gatherColumnsOp, gatherRowsOp, scaleOp, swigluOp } from '../src/shaders/elementwise.ts';
 import { argmaxOp, packPenalties, repetitionPenaltyOp, topKOp, unpackTopK } from '../src/shaders/sampling.ts';
 import {
   addRef,
   argmaxRef,
   attentionRef,
+  gatherColumnsRef,
   kvCacheWriteRef,
   penaltiesRef,
   rmsnormRef,
@@ -278,6 +279,25 @@ describe('elementwise', () => {
     const want = new Float32Array(rows.length * width);
     rows.forEach((row, r) => want.set(x.subarray(row * width, (row + 1) * width), r * width));
     expect(await readF32(gpu.device, out, want.length)).toEqual(want);
+  });
+
+  it('gathers columns (an act-order weight\'s input), from rows of the same or a wider stride', async () => {
+    const gpu = await testGpu();
+    const [width, nRows] = [96, 5];
+    const next = rng(62);
+    // A random permutation of the columns (Fisher-Yates), as a GPTQ g_idx sort makes.
+    const order = Uint32Array.from({ length: width }, (_, c) => c);
+    for (let c = width - 1; c > 0; c--) {
+      const j = Math.floor(next() * (c + 1));
+      [order[c], order[j]] = [order[j]!, order[c]!];
+    }
+    const orderBuffer = upload(gpu, 'order', order);
+    for (const stride of [width, width + 36]) {
+      const x = randomF32(nRows * stride, 63 + stride);
+      const out = storageBuffer(gpu.device, 'gathered', nRows * width * 4);
+      runOps(gpu.device, [gatherColumnsOp(gpu, upload(gpu, 'x', x), orderBuffer, out, nRows, width, stride)]);
+      expect(await readF32(gpu.device, out, nRows * width), `stride ${stride}`).toEqual(gatherColumnsRef(x, nRows, width, order, stride));
+    }
   });
 
   it('copies and scales', async () => {

@@ -9,7 +9,7 @@ import { basename, join } from 'node:path';
 import { modelPath, modelsDir } from './helpers/models.ts';
 import { serveStatic, type StaticServer } from './e2e/static-server.ts';
 import { ModelFormatError, ModelSourceError } from '../src/model/errors.ts';
-import { detectModelSource, filesFolder, localFolder, openHfCheckpoint, urlFolder, type HfCheckpoint, type ModelFolder } from '../src/model/folder.ts';
+import { detectModelSource, filesFolder, localFolder, modelNameFromPath, openHfCheckpoint, urlFolder, type HfCheckpoint, type ModelFolder } from '../src/model/folder.ts';
 import { readSafetensorsBytes } from '../src/model/safetensors.ts';
 
 interface Expected {
@@ -244,5 +244,19 @@ describe('incomplete folders', () => {
     const local = localFolder(modelPath('hf/stories260K'));
     await expect(local.open('../stories260K.gguf')).rejects.toThrow(/not a file name inside the folder/);
     await expect(local.has('/etc/passwd')).rejects.toThrow(ModelSourceError);
+  });
+});
+
+describe('modelNameFromPath (general.name of a folder, the served model id)', () => {
+  it.each([
+    ['models/Llama-3.2-1B/', 'Llama-3.2-1B'],
+    ['https://huggingface.co/org/Qwen3-0.6B/resolve/main/', 'Qwen3-0.6B'],
+    ['/cache/huggingface/hub/models--microsoft--Phi-3-mini-4k-instruct/snapshots/0a67737cc96d2554230f90338b163bc6380a2a85', 'Phi-3-mini-4k-instruct'],
+    ['../shared/models/phi3-tiny/hf', 'phi3-tiny/hf'],
+    ['path/to/stories260K.gguf', 'stories260K.gguf'],
+    ['https://host/x/model.gguf?download=1', 'model.gguf'],
+    ['microsoft/Phi-3-mini-4k-instruct', 'Phi-3-mini-4k-instruct'],
+  ])('%s → %s', (path, name) => {
+    expect(modelNameFromPath(path)).toBe(name);
   });
 });

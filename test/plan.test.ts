@@ -106,11 +106,12 @@ describe('stories260K F32 (8 heads, 4 KV heads, 5 layers, FFN 172, vocab 512)', 
     // createActivations for 64 tokens of one sequence: ids, positions, slots, block table (512 / 16 blocks),
     // sample rows, x, xNorm, q, attention, k, v, gate, ffn hidden, sampled hidden ×2, logits, best (id, logit),
     // top-k candidates (1 row × 64 × (id, logit)), split attention's partials (8 decode tokens ×
-    // 8 heads × 8 chunks of 64 positions × (8 dims + 4 stats));
-    // each buffer rounded up to whole 16-byte vec4s (sample rows and best: 1 and 2 words → 4).
+    // 8 heads × 8 chunks of 64 positions × (8 dims + 4 stats)), the act-order gather's scratch (no
+    // act-order weights: empty); each buffer rounded up to whole 16-byte vec4s (sample rows and
+    // best: 1 and 2 words → 4; the empty scratch → 4).
     const T = 64;
     const partials = 8 * 8 * 8 * (8 + 4);
-    expect(shard!.bytes.activations).toBe(4 * (3 * T + 32 + 4 + 4 * T * 64 + 2 * T * 32 + 2 * T * 172 + 64 + 64 + 512 + 4 + 64 * 2 + partials));
+    expect(shard!.bytes.activations).toBe(4 * (3 * T + 32 + 4 + 4 * T * 64 + 2 * T * 32 + 2 * T * 172 + 64 + 64 + 512 + 4 + 64 * 2 + partials + 4));
   });
 
   it('TP=2 splits heads, KV heads, FFN columns and vocabulary in halves', () => {

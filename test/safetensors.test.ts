@@ -317,7 +317,7 @@ describe('config.json', () => {
     const e = refused({ ...base, architectures: ['MambaForCausalLM'], model_type: 'mamba' });
     expect(e).toBeInstanceOf(UnsupportedModelError);
     expect(e.field).toBe('architectures');
-    expect(e.message).toMatch(/architecture MambaForCausalLM is not supported \(supported: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM\)/);
+    expect(e.message).toMatch(/architecture MambaForCausalLM is not supported \(supported: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, MistralForCausalLM\)/);
     expect(refused({ ...base, architectures: undefined, model_type: 'gpt2' }).message).toMatch(/model_type "gpt2" is not supported/);
     expect(readHfConfig({ file: 'cfg', config: { ...base, architectures: undefined, model_type: 'phi3' } }).architecture).toBe('Phi3ForCausalLM');
   });

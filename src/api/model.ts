@@ -271,6 +271,7 @@ export class Model {
       const plan = planShards(file, config, { ...planOptions, devices });
       const group = await SelfHealingShardGroup.start({
         source: shardSource,
+        headers: options.headers,
         plan,
         geometry,
         maxBatchTokens,

@@ -1,9 +1,10 @@
 // What a view costs on its device, and whether it fits, decided from the file's header before any
 // byte of weights is read or any buffer allocated: the GPU layout of every planned upload (a read,
-// or a layer's Q, K and V stacked into one weight; split over storage bindings as the loader does),
-// the KV cache (`kvCacheBytes`), the scratch activations of `createActivations`, and the file
-// bytes the view reads. The one-device model checks its whole-model view here; the sharding
-// planner (src/sharding/plan.ts) cuts the views and checks each of them here too.
+// or a layer's Q, K and V stacked into one weight; split over storage bindings as the loader does;
+// a GPTQ act-order weight's order buffer), the KV cache (`kvCacheBytes`), the scratch activations
+// of `createActivations` (with the act-order gather's), and the file bytes the view reads. The
+// one-device model checks its whole-model view here; the sharding planner (src/sharding/plan.ts)
+// cuts the views and checks each of them here too.
 
 import { align16 } from '../gpu/kernel.ts';
 import type { LlamaConfig } from '../model/config.ts';
@@ -13,7 +14,7 @@ import { bindingParts, gpuLayout, gpuRowBytes, repackableTypes, rowsPerBinding }
 import { kvCacheBytes, kvLayerBytes, type KvGeometry } from './kv-cache.ts';
 import { activationSizes } from './llama.ts';
 import { rangeLength, type ShardView } from './shard-view.ts';
-import { plannedUploads, shardReadBytes } from './weights.ts';
+import { inputOrderBytes, orderedInputWidth, plannedUploads, shardReadBytes, type PlannedUpload } from './weights.ts';
 
 /** A device as the footprint sees it: its buffer limits and, from --gpu-memory, a memory budget. */
 export interface DeviceLimits {
@@ -92,11 +93,11 @@ function gpuMatrixBytes(type: GGMLType, rows: number, cols: number, maxBindingBy
 const f32Buffer = (values: number) => Math.max(16, align16(values * 4)); // storageBuffer: ≥ 16 bytes, whole vec4s
 
 /** GPU bytes of a view's weights; throws when a type has no GPU layout or one row does not fit a storage binding. */
-function weightBytes(file: GGUFFile, config: LlamaConfig, view: ShardView, device: DeviceLimits, owner: ViewOwner): number {
+function weightBytes(uploads: readonly PlannedUpload[], device: DeviceLimits, owner: ViewOwner): number {
   const maxBinding = Math.min(device.maxStorageBufferBindingSize, device.maxBufferSize);
   const known = new Set<number>(repackableTypes());
   let bytes = 0;
-  for (const upload of plannedUploads(file, config, view)) {
+  for (const upload of uploads) {
     if (upload.kind === 'vector') {
       bytes += f32Buffer(rangeLength(upload.elements)); // 1-D weights (norms, biases) are uploaded as f32
       continue;
@@ -116,7 +117,7 @@ function weightBytes(file: GGUFFile, config: LlamaConfig, view: ShardView, devic
         suggestion: 'Use a device with larger maxStorageBufferBindingSize/maxBufferSize, or more tensor-parallel shards',
       });
     }
-    bytes += gpuMatrixBytes(type, rows, cols, maxBinding);
+    bytes += gpuMatrixBytes(type, rows, cols, maxBinding) + (upload.inputOrder ? inputOrderBytes(cols) : 0);
   }
   return bytes;
 }
@@ -130,7 +131,8 @@ export function viewFootprint(file: GGUFFile, config: LlamaConfig, view: ShardVi
   const { who, rank } = owner;
   const maxBinding = Math.min(device.maxStorageBufferBindingSize, device.maxBufferSize);
   const limitName = device.maxStorageBufferBindingSize <= device.maxBufferSize ? 'maxStorageBufferBindingSize' : 'maxBufferSize';
-  const weights = weightBytes(file, config, view, device, owner);
+  const uploads = plannedUploads(file, config, view);
+  const weights = weightBytes(uploads, device, owner);
 
   // One layer's keys (or values) is one buffer: [cache positions][kvHeads · headDim] f32.
   const kvHeads = rangeLength(view.kvHeads);
@@ -145,7 +147,7 @@ export function viewFootprint(file: GGUFFile, config: LlamaConfig, view: ShardVi
     });
   }
 
-  const buffers = Object.entries(activationSizes(config, view, maxBatchTokens, geometry)).map(([label, bytes]) => ({ label, bytes }));
+  const buffers = Object.entries(activationSizes(config, view, maxBatchTokens, geometry, orderedInputWidth(uploads))).map(([label, bytes]) => ({ label, bytes }));
   const largest = buffers.reduce((a, b) => (b.bytes > a.bytes ? b : a));
   if (largest.bytes > maxBinding) {
     throw new ShardPlanError({

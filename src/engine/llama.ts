@@ -51,16 +51,21 @@ export interface Activations {
   logits: GPUBuffer; // [S][localVocab]
   best: GPUBuffer; // u32 [S] best token ids (whole vocabulary), or [S][2] (id in the slice, logit bits)
   candidates: GPUBuffer; // u32 [S][k][2]: each sampled row's k best (id, logit bits), for top-k sampling
+  orderedInput: GPUBuffer; // [max(T, S)][widest act-order input]: a GPTQ act-order weight's input, gathered into its column order
 }
 
 type BufferName = Exclude<keyof Activations, 'maxTokens' | 'maxSamples'>;
 
-/** Bytes of every activation buffer; the memory planner counts the same list. */
+/**
+ * Bytes of every activation buffer; the memory planner counts the same list. `orderedInputWidth`:
+ * the widest input of a GPTQ act-order weight (0: none; see weights.ts orderedInputWidth).
+ */
 export function activationSizes(
   config: LlamaConfig,
   view: ShardView,
   maxTokens: number,
   geometry: KvGeometry,
+  orderedInputWidth = 0,
 ): Record<BufferName, number> {
   const { dim, headDim } = config;
   const [T, S] = [maxTokens, maxSampledRows(geometry)];
@@ -87,12 +92,13 @@ export function activationSizes(
     logits: S * Math.max(1, rangeLength(view.vocab)),
     best: S * 2,
     candidates: S * MAX_TOP_K * 2,
+    orderedInput: Math.max(T, S) * orderedInputWidth,
   };
   return Object.fromEntries(Object.entries(words).map(([name, n]) => [name, Math.max(16, align16(n * 4))])) as Record<BufferName, number>;
 }
 
-export function createActivations(gpu: GpuContext, config: LlamaConfig, view: ShardView, maxTokens: number, geometry: KvGeometry): Activations {
-  const sizes = activationSizes(config, view, maxTokens, geometry);
+export function createActivations(gpu: GpuContext, config: LlamaConfig, view: ShardView, maxTokens: number, geometry: KvGeometry, orderedInputWidth = 0): Activations {
+  const sizes = activationSizes(config, view, maxTokens, geometry, orderedInputWidth);
   const buffers = Object.fromEntries(
     Object.entries(sizes).map(([name, bytes]) => [name, storageBuffer(gpu.device, name, bytes)]),
   ) as Record<BufferName, GPUBuffer>;
@@ -133,9 +139,10 @@ export function recordLlamaForward(
   const [T, S] = [nTokens, nSamples];
   // y = W·x for every row part of W, with the chosen matmul variant ('auto' picks by token count);
   // `accumulate` makes it y += W·x, `gate` makes it y = silu(gate) ⊙ W·x. For W stacked from
-  // several weights, y is one output per weight (the rows of each).
+  // several weights, y is one output per weight (the rows of each). A GPTQ act-order W gathers x
+  // into its column order first, in a.orderedInput.
   const matmul = (w: GpuMatrix, x: GPUBuffer, y: GPUBuffer | MatmulOutput[], tokens: number, epilogue: Pick<MatmulOptions, 'accumulate' | 'gate' | 'bias'> = {}) =>
-    matmulOps(gpu, w, x, y, tokens, { variant: kernels.matmul, ...epilogue });
+    matmulOps(gpu, w, x, y, tokens, { variant: kernels.matmul, orderedInput: a.orderedInput, ...epilogue });
   const { dim, headDim, rmsEps: eps } = config;
   const heads = rangeLength(view.heads);
   const kvHeads = rangeLength(view.kvHeads);

@@ -63,7 +63,7 @@ export class LlamaRunner implements ForwardEngine {
   static async load(gpu: GpuContext, file: GGUFFile, config: LlamaConfig, view: ShardView, options: RunnerOptions): Promise<LlamaRunner> {
     const weights = await loadLlamaWeights(gpu, file, config, view, options.onProgress);
     const cache = createKvCache(gpu, config, view, options.geometry);
-    const activations = createActivations(gpu, config, view, options.maxBatchTokens, options.geometry);
+    const activations = createActivations(gpu, config, view, options.maxBatchTokens, options.geometry, weights.orderedInputWidth);
     return new LlamaRunner(gpu, config, view, weights, cache, activations, options.communicator ?? aloneCommunicator, options.kernels ?? {});
   }
 

@@ -9,6 +9,10 @@
 // pass then runs them as one matmul dispatch that splits its output rows over q, k and v. Where
 // the types differ (Q4_K_M files keep some attn_v at a higher precision) they stay three weights.
 //
+// A GPTQ act-order tensor (`inputOrder`, src/model/awq-gptq.ts) goes up with its order as a u32
+// buffer beside it (the matmul gathers its input by it); it stacks only with tensors of the same
+// order, and it cannot be cut by columns (refused here and by the sharding planner).
+//
 // Families (src/model/config.ts) change only what is read: Phi-3's fused `attn_qkv` is read as
 // its q, k and v row ranges (this shard's rows of each, stacked as above), its fused `ffn_up` as
 // the gate rows and the up rows (two weights, as llama's ffn_gate and ffn_up); Qwen2's Q/K/V
@@ -16,9 +20,10 @@
 // uses them).
 
 import type { GpuContext } from '../gpu/device.ts';
-import { storageBuffer } from '../gpu/kernel.ts';
+import { align16, storageBuffer } from '../gpu/kernel.ts';
 import type { LlamaConfig } from '../model/config.ts';
-import { ModelFormatError } from '../model/errors.ts';
+import { actOrderColumnSplitRefusal } from '../model/awq-gptq.ts';
+import { ModelFormatError, UnsupportedModelError } from '../model/errors.ts';
 import { blockGeometry, ggmlTypeName, type GGMLType } from '../model/ggml-type.ts';
 import type { GGUFFile, GGUFTensorInfo } from '../model/gguf.ts';
 import { dequantize } from '../model/quant.ts';
@@ -64,6 +69,8 @@ export interface LlamaWeights {
   output?: GpuMatrix;
   /** Bytes uploaded to the GPU. */
   gpuBytes: number;
+  /** The widest input of an act-order weight (0: none), for the scratch its matmul gathers into. */
+  orderedInputWidth: number;
   /**
    * Where load time went (host time; the cold-start breakdown): `read` is time spent waiting for
    * file reads that were not hidden behind work, `upload` is repacking + handing bytes to the GPU
@@ -96,6 +103,9 @@ function rowBytes(t: GGUFTensorInfo): number {
 
 /** Bytes of `columns` of one row, checking the slice falls on quantization block boundaries. */
 function columnSpan(file: GGUFFile, t: GGUFTensorInfo, columns: Range): { offset: number; length: number } {
+  if (t.inputOrder && rangeLength(columns) !== t.shape[0]) {
+    throw new UnsupportedModelError({ file: file.source.name, tensor: t.name, ...actOrderColumnSplitRefusal(t.name) });
+  }
   const geometry = blockGeometry[t.type]!;
   if (columns.start % geometry.blockSize !== 0 || columns.end % geometry.blockSize !== 0) {
     throw new ModelFormatError({
@@ -198,7 +208,48 @@ export type PlannedUpload =
    * A matrix: one read, or several stacked by rows (a layer's Q, K and V), each a segment.
    * `name` is how the loader finds it (a tensor name, 'output head', or a stack's name).
    */
-  | { kind: 'matrix'; name: string; label: string; type: GGMLType; rows: number; cols: number; segments: Array<WeightSegment & { tensor: string }> };
+  | {
+      kind: 'matrix';
+      name: string;
+      label: string;
+      type: GGMLType;
+      rows: number;
+      cols: number;
+      segments: Array<WeightSegment & { tensor: string }>;
+      /** GPTQ act-order: the input feature each column multiplies (every segment's tensor has this order). */
+      inputOrder?: Int32Array;
+    };
+
+/** A tensor's act-order permutation, checked to be one of its columns (a loader's bug otherwise). */
+function checkedInputOrder(file: GGUFFile, t: GGUFTensorInfo): Int32Array | undefined {
+  const order = t.inputOrder;
+  if (!order) return undefined;
+  const cols = t.shape[0]!;
+  const seen = new Uint8Array(cols);
+  const bad = order.length !== cols ? -1 : order.findIndex((c) => !(c >= 0 && c < cols) || seen[c]++ !== 0);
+  if (order.length !== cols || bad >= 0) {
+    throw new ModelFormatError({
+      file: file.source.name,
+      tensor: t.name,
+      problem: `${t.name}: its input order is not a permutation of its ${cols} columns (${order.length !== cols ? `${order.length} entries` : `entry ${bad} is ${order[bad]}`})`,
+      fix: 'The act-order (g_idx) of this layer was read wrongly; check the checkpoint and the loader',
+    });
+  }
+  return order;
+}
+
+/** Both absent, or the same permutation. */
+function sameOrder(a: Int32Array | undefined, b: Int32Array | undefined): boolean {
+  return a === b || (a !== undefined && b !== undefined && a.length === b.length && a.every((c, i) => c === b[i]));
+}
+
+/** The widest input of a weight with an act-order (0: none): the matmul's gather scratch is this wide. */
+export function orderedInputWidth(uploads: readonly PlannedUpload[]): number {
+  return uploads.reduce((widest, u) => (u.kind === 'matrix' && u.inputOrder ? Math.max(widest, u.cols) : widest), 0);
+}
+
+/** GPU bytes of an act-order weight's order buffer (u32 per column). */
+export const inputOrderBytes = (cols: number): number => Math.max(16, align16(cols * 4));
 
 /** The GPU buffers a shard's reads become, in read order (see PlannedUpload). */
 export function plannedUploads(file: GGUFFile, config: LlamaConfig, view: ShardView): PlannedUpload[] {
@@ -217,15 +268,16 @@ export function plannedUploads(file: GGUFFile, config: LlamaConfig, view: ShardV
     while (stack !== undefined && end < reads.length && reads[end]!.stack === stack) end++;
     const matrices = reads.slice(i, end).map((read) => {
       const tensor = file.tensor(read.name);
-      return { read, type: tensor.type, ...fileRows(file, tensor, read.slice) };
+      return { read, type: tensor.type, inputOrder: checkedInputOrder(file, tensor), ...fileRows(file, tensor, read.slice) };
     });
-    const stacked = matrices.length > 1 && matrices.every((m) => m.type === matrices[0]!.type && m.cols === matrices[0]!.cols);
+    const first = matrices[0]!;
+    const stacked = matrices.length > 1 && matrices.every((m) => m.type === first.type && m.cols === first.cols && sameOrder(m.inputOrder, first.inputOrder));
     for (const group of stacked ? [matrices] : matrices.map((m) => [m])) {
-      const { read, type, cols } = group[0]!;
+      const { read, type, cols, inputOrder } = group[0]!;
       const name = stacked ? stack! : (read.as ?? read.name);
       const segments = group.map((m) => ({ tensor: m.read.name, rows: m.rows, at: m.at }));
       const rows = segments.reduce((sum, segment) => sum + segment.rows, 0);
-      uploads.push({ kind: 'matrix', name, label: name, type, rows, cols, segments });
+      uploads.push({ kind: 'matrix', name, label: name, type, rows, cols, segments, ...(inputOrder ? { inputOrder } : {}) });
     }
     i = end;
   }
@@ -535,7 +587,8 @@ export async function loadLlamaWeights(
   const uploaded = new Map<string, GpuMatrix | GPUBuffer>();
   const uploader = new WeightUploader(gpu, options.chunkBytes ?? LOAD_CHUNK_BYTES);
   const steps: LoadStep[] = [];
-  for (const upload of plannedUploads(file, config, view)) {
+  const uploads = plannedUploads(file, config, view);
+  for (const upload of uploads) {
     if (upload.kind === 'vector') {
       const t = upload.tensor;
       steps.push({
@@ -552,23 +605,27 @@ export async function loadLlamaWeights(
       continue;
     }
     // (A column slice as wide as the row is whole rows: read in one piece per chunk.)
-    const { label, type, cols, segments } = upload;
+    const { label, type, cols, segments, inputOrder } = upload;
     const parts: GpuWeight[] = [];
     uploaded.set(upload.name, parts);
-    steps.push(...uploader.steps({ label, type, cols, segments }, parts, () => (gpuBytes += parts.reduce((sum, p) => sum + p.bytes, 0))));
+    const done = () => {
+      gpuBytes += parts.reduce((sum, p) => sum + p.bytes, 0);
+      if (inputOrder) gpuBytes += attachInputOrder(gpu, parts, inputOrder).size;
+    };
+    steps.push(...uploader.steps({ label, type, cols, segments }, parts, done));
   }
   let loadMs: { read: number; upload: number };
   try {
     loadMs = await runSteps(file.source, steps, (done) => onProgress?.(done, total), options.readAhead ?? READ_AHEAD);
   } catch (error) {
-    for (const value of uploaded.values()) for (const buffer of Array.isArray(value) ? value.map((p) => p.buffer) : [value]) buffer.destroy();
+    for (const value of uploaded.values()) for (const buffer of Array.isArray(value) ? matrixBuffers(value) : [value]) buffer.destroy();
     throw error;
   }
   uploader.flush();
   const matrix = (name: string) => uploaded.get(name) as GpuMatrix;
   const vector = (name: string) => uploaded.get(name) as GPUBuffer;
 
-  const weights: LlamaWeights = { layers: [], gpuBytes, loadMs };
+  const weights: LlamaWeights = { layers: [], gpuBytes, loadMs, orderedInputWidth: orderedInputWidth(uploads) };
   if (view.embeds) weights.tokenEmbedding = matrix('token_embd.weight');
   if (config.ropeFreqsTensor) weights.ropeFrequencyFactors = uploaded.get(config.ropeFreqsTensor) as GPUBuffer | undefined;
   for (let l = view.layers.start; l < view.layers.end; l++) {
@@ -597,10 +654,25 @@ export async function loadLlamaWeights(
   return weights;
 }
 
+/**
+ * Uploads an act-order weight's input order (u32 per column) and gives it to every part of the
+ * weight (src/shaders/matmul.ts gathers the weight's input by it). Returns the buffer.
+ */
+export function attachInputOrder(gpu: GpuContext, parts: GpuMatrix, order: Int32Array): GPUBuffer {
+  const buffer = storageBuffer(gpu.device, `${parts[0]!.label} input order`, order);
+  for (const part of parts) part.inputOrder = buffer;
+  return buffer;
+}
+
+/** The GPU buffers of a weight: its parts and their input order. */
+function matrixBuffers(parts: GpuMatrix): GPUBuffer[] {
+  return [...parts.map((p) => p.buffer), ...(parts[0]?.inputOrder ? [parts[0].inputOrder] : [])];
+}
+
 export function destroyWeights(w: LlamaWeights): void {
   const buffers = new Set<GPUBuffer>();
   const add = (x: GpuMatrix | GPUBuffer | undefined) => {
-    if (Array.isArray(x)) for (const part of x) buffers.add(part.buffer);
+    if (Array.isArray(x)) for (const buffer of matrixBuffers(x)) buffers.add(buffer);
     else if (x) buffers.add(x);
   };
   add(w.tokenEmbedding);

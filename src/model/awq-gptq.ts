@@ -23,11 +23,25 @@
 //
 // Act-order (GPTQ desc_act: g_idx not k // G) is handled once here, at load: the input columns are
 // put in group order (a stable sort by g_idx), so each group's columns are contiguous and the
-// blocks above apply. The permutation is returned as `inputOrder`; the engine must then feed the
-// layer x'[t] = x[inputOrder[t]]. For down_proj that gather is free: apply the same order to the
-// output rows of gate_proj and up_proj (their outputs are down_proj's input). For q/k/v/gate/up and
-// o_proj it is one gather of the activations per layer, far cheaper than keeping a per-column
-// group index in the matmul's inner loop.
+// blocks above apply. The permutation is returned as `inputOrder` (the tensor table carries it:
+// GGUFTensorInfo.inputOrder), and the engine feeds the layer x'[t] = x[inputOrder[t]]:
+//
+// * the loader (src/engine/weights.ts) uploads the order as a u32 buffer beside the weight, and
+//   stacks Q, K and V into one matmul only where their orders are equal (GPTQ sorts by the
+//   Hessian of the layer's input, which q, k and v share; the test checkpoint's random g_idx
+//   gives three orders);
+// * matmulOps (src/shaders/matmul.ts) records one gather of the activations into the order
+//   (gatherColumnsOp, src/shaders/elementwise.ts) into a scratch the runner sizes for a step × the
+//   widest act-order input, then the unchanged matmul over it: one pass over T × k floats per
+//   weight, far cheaper than a per-column group index in the kernels' inner loops, and the int8
+//   kernels quantize x in blocks of the weight's columns as they must;
+// * tensor parallelism: an output-row cut (q/k/v/gate/up) gathers the replicated input in the
+//   whole order; an input-feature cut (o_proj, down_proj) is refused (actOrderColumnSplitRefusal)
+//   by the planner and the loader, since its columns would need every shard's activations.
+//
+// Not done: down_proj's gather could vanish by reading gate_proj's and up_proj's rows in its
+// order (their outputs are its input), which would also allow cutting down_proj; o_proj's would
+// still refuse tensor parallelism, so only one gather of T × ffn floats per layer is at stake.
 import { GGMLType } from './ggml-type.ts';
 import { f16ToF32, f32ToF16 } from './quant.ts';
 import { ModelFormatError, UnsupportedModelError } from './errors.ts';
@@ -394,6 +408,19 @@ export class QuantizedSplitError extends Error {
   ) {
     super(`${tensor}: cannot cut the ${axis} at ${cut}: ${axis} cuts must be multiples of ${granularity} (${why}). Use a shard count that divides the layer into multiples of ${granularity}, or fewer shards`);
   }
+}
+
+/**
+ * Why an act-order layer (a tensor with an `inputOrder`) cannot be cut by input features: its
+ * columns are in group order, so one shard's columns multiply input features from every shard's
+ * slice of the activations, which would take an all-gather per layer. Cutting its output rows is
+ * fine (each shard gathers its replicated input in the whole order).
+ */
+export function actOrderColumnSplitRefusal(tensor: string): { problem: string; fix: string } {
+  return {
+    problem: `${tensor} is a GPTQ act-order (desc_act) layer: its columns are in group order, so a tensor-parallel cut of its input features would need every shard's activations`,
+    fix: 'Use tp=1 (pipeline parallelism, which splits by layers, works), or a checkpoint quantized without desc_act',
+  };
 }
 
 /** What a layer needs to know where it may be cut. */

@@ -248,6 +248,11 @@ function canonicalShape(shape: readonly number[]): number[] {
   return trimmed;
 }
 
+/** Whether two ggml shapes are the same tensor shape (trailing 1s aside). */
+export function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  return canonicalShape(a).join() === canonicalShape(b).join();
+}
+
 /** Checks every tensor the config needs is present with the implied shape; throws naming the first that is not. */
 export function validateLlamaTensors(file: GGUFFile, config: LlamaConfig): void {
   for (const [name, shape] of expectedLlamaTensors(config)) {
@@ -260,7 +265,7 @@ export function validateLlamaTensors(file: GGUFFile, config: LlamaConfig): void 
       });
     }
     const found = file.tensor(name).shape;
-    if (canonicalShape(found).join() !== canonicalShape(shape).join()) {
+    if (!sameShape(found, shape)) {
       throw new ModelFormatError({
         file: file.source.name,
         tensor: name,

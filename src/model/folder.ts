@@ -236,7 +236,8 @@ export async function detectModelSource(input: ModelInput, options: UrlFolderOpt
     const folder = filesFolder(input);
     if (await folder.has('config.json')) return { kind: 'hf-folder', folder };
     const files = Array.from(input);
-    if (files.length === 1) return { kind: 'gguf', source: files[0]! };
+    // One file is a GGUF, unless it came from a folder pick (its path names the folder).
+    if (files.length === 1 && !relativePath(files[0]!).includes('/')) return { kind: 'gguf', source: files[0]! };
     throw new ModelSourceError(folder.name, `no config.json among ${files.length} files: ${HF_FOLDER_NEEDS}; or pick a single .gguf file`);
   }
   const text = typeof input === 'string' ? input : input instanceof URL ? input.href : undefined;
@@ -253,6 +254,25 @@ export async function detectModelSource(input: ModelInput, options: UrlFolderOpt
   if (stats.isDirectory()) return { kind: 'hf-folder', folder: localFolder(path) };
   if (HF_FILE.test(path)) throw new ModelSourceError(path, 'is one file of a Hugging Face checkpoint; pass the folder that holds it');
   return { kind: 'gguf', source: path };
+}
+
+/** Last path parts that name a revision or a generic sub-folder rather than the model. */
+const GENERIC_PART = /^(hf|main|model|models|original|[0-9a-f]{40})$/i;
+
+/**
+ * The model's name from where it lives, as a person would say it: "models/Llama-3.2-1B/" →
+ * "Llama-3.2-1B", "https://huggingface.co/org/Qwen3-0.6B/resolve/main/" → "Qwen3-0.6B", the
+ * Hugging Face cache's "models--org--Phi-3-mini/snapshots/<hash>" → "Phi-3-mini", and a generic
+ * last part keeps its parent: "phi3-tiny/hf" → "phi3-tiny/hf". A file keeps its name ("x.gguf").
+ */
+export function modelNameFromPath(path: string): string {
+  const withoutQuery = /^[a-z]+:\/\//i.test(path) ? new URL(path).pathname : path;
+  const parts = decodeURIComponent(withoutQuery).split(/[\\/]+/).filter(Boolean);
+  const resolveAt = parts.lastIndexOf('resolve');
+  if (resolveAt > 0 && resolveAt >= parts.length - 2) parts.length = resolveAt;
+  if (parts.at(-2) === 'snapshots' && parts.at(-3)?.startsWith('models--')) return parts.at(-3)!.split('--').at(-1)!;
+  const last = parts.at(-1) ?? 'model';
+  return GENERIC_PART.test(last) && parts.length > 1 ? `${parts.at(-2)}/${last}` : last;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@
 import { groupOrder, int4ToQ4Zp, readInt4Linear } from './awq-gptq.ts';
 import { GGMLType } from './ggml-type.ts';
 import { GGUFValueType, type GGUFFile, type GGUFTensorInfo, type GGUFValue } from './gguf.ts';
-import type { HfCheckpoint } from './folder.ts';
+import { modelNameFromPath, type HfCheckpoint } from './folder.ts';
 import { hfToGgufName, type HfModelConfig } from './hf-config.ts';
 import { ModelFormatError } from './errors.ts';
 import { readSafetensorsBytes, ggufView } from './safetensors.ts';
@@ -96,7 +96,10 @@ export interface HfModelFileOptions {
  */
 export async function hfModelFile(checkpoint: HfCheckpoint, options: HfModelFileOptions = {}): Promise<GGUFFile> {
   const { config, tensors: model, folder } = checkpoint;
-  const name = folder.name.replace(/[\\/]+$/, '').split(/[\\/]/).pop() || folder.name;
+  // general.name matters to the tokenizer as it does to llama.cpp's (Phi-3's special tokens strip
+  // the whitespace after them by name): config.json's own name of the model, else the folder's.
+  const nameOrPath = (checkpoint.files.config as Record<string, unknown>)._name_or_path;
+  const name = modelNameFromPath(typeof nameOrPath === 'string' && nameOrPath.trim() !== '' ? nameOrPath : folder.name);
   const parts: JoinedPart[] = model.files.map((file) => ({ source: file.source }));
   const offsetOf = new Map<ByteSource, number>();
   let end = 0;
@@ -148,6 +151,7 @@ export async function hfModelFile(checkpoint: HfCheckpoint, options: HfModelFile
       while (made.size > MADE_LAYERS_KEPT) made.delete(made.keys().next().value!);
       return bytes;
     };
+    const orders: Promise<void>[] = []; // g_idx reads, all at once (many small ranges over HTTP)
     for (const prefix of quantized) {
       const gguf = hfToGgufName(`${prefix}.weight`)!;
       const qweight = model.tensor(`${prefix}.qweight`);
@@ -158,14 +162,21 @@ export async function hfModelFile(checkpoint: HfCheckpoint, options: HfModelFile
       const byteLength = q4ZpBytes(outFeatures, inFeatures);
       const offset = addPart(madeSource(`${prefix} (Q4_ZP from ${q.method.toUpperCase()})`, byteLength, make(prefix)));
       const entry: GGUFTensorInfo = { name: gguf, shape: [inFeatures, outFeatures], type: GGMLType.Q4_ZP, offset, byteLength };
+      // g_idx is read whenever it is there (not only with desc_act): the layer is made in its group
+      // order, so the table must carry that order too. A trivial g_idx (k // G) gives none.
       const gIdxName = `${prefix}.g_idx`;
-      if (q.method === 'gptq' && q.descAct && model.hasTensor(gIdxName)) {
-        const gIdx = new Int32Array((await readSafetensorsBytes(model.tensor(gIdxName))).slice().buffer);
-        const order = groupOrder({ method: 'gptq', file: qweight.source.name, name: prefix, inFeatures, outFeatures, groupSize: q.groupSize, gIdx, qweight: new Uint32Array(0), qzeros: new Uint32Array(0), scales: new Uint16Array(0) });
-        if (order) entry.inputOrder = order;
+      if (q.method === 'gptq' && model.hasTensor(gIdxName)) {
+        orders.push(
+          readSafetensorsBytes(model.tensor(gIdxName)).then((bytes) => {
+            const gIdx = new Int32Array(bytes.slice().buffer);
+            const order = groupOrder({ method: 'gptq', file: qweight.source.name, name: prefix, inFeatures, outFeatures, groupSize: q.groupSize, gIdx, qweight: new Uint32Array(0), qzeros: new Uint32Array(0), scales: new Uint16Array(0) });
+            if (order) entry.inputOrder = order;
+          }),
+        );
       }
       table.push(entry);
     }
+    await Promise.all(orders);
   }
 
   if (config.ropeScaling.type === 'llama3') {

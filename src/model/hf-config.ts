@@ -20,6 +20,8 @@ export const HF_ARCHITECTURES = {
   Qwen2ForCausalLM: 'qwen2',
   Qwen3ForCausalLM: 'qwen3',
   Phi3ForCausalLM: 'phi3',
+  // llama.cpp converts Mistral (7B v0.1–v0.3) as llama: the same blocks (its sliding window is not used).
+  MistralForCausalLM: 'llama',
 } as const;
 
 export type HfArchitecture = keyof typeof HF_ARCHITECTURES;
@@ -337,4 +339,24 @@ export function hfToGgufName(name: string): string | undefined {
   const match = /^model\.layers\.(\d+)\.(.+)$/.exec(module);
   const mapped = match ? LAYER_MODULES[match[2]!] : undefined;
   return mapped ? `blk.${match![1]}.${mapped}.${part}` : undefined;
+}
+
+/** GGUF tensor within a block → HF module path, the inverse of LAYER_MODULES (fused Phi-3 names where asked). */
+function hfModuleOf(ggufModule: string, fusedGateUp: boolean): string | undefined {
+  if (ggufModule === 'ffn_up' && fusedGateUp) return 'mlp.gate_up_proj';
+  return Object.keys(LAYER_MODULES).find((module) => LAYER_MODULES[module] === ggufModule);
+}
+
+/**
+ * The HF name of a GGUF tensor name (blk.3.attn_q.weight → model.layers.3.self_attn.q_proj.weight),
+ * for messages about a folder; `fusedGateUp` for Phi-3's gate_up_proj. The name itself if unknown.
+ */
+export function ggufToHfName(name: string, options: { fusedGateUp?: boolean } = {}): string {
+  const dot = name.lastIndexOf('.');
+  const [module, part] = [name.slice(0, dot), name.slice(dot + 1)];
+  const top = Object.keys(TOP_MODULES).find((m) => TOP_MODULES[m] === module);
+  if (top) return `${top}.${part}`;
+  const match = /^blk\.(\d+)\.(.+)$/.exec(module);
+  const hf = match ? hfModuleOf(match[2]!, options.fusedGateUp ?? false) : undefined;
+  return hf ? `model.layers.${match![1]}.${hf}.${part}` : name;
 }

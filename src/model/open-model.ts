@@ -2,13 +2,14 @@
 // Face folder (a directory, a base URL ending in '/', picked or dropped Files). Both become the
 // same three things, read by the rest of the engine without knowing which it was: a `GGUFFile`
 // (metadata and a tensor table over a byte source), its `LlamaConfig`, and a tokenizer.
-import { llamaConfig, validateLlamaTensors, type LlamaConfig } from './config.ts';
-import { ModelSourceError } from './errors.ts';
+import { expectedLlamaTensors, llamaConfig, sameShape, validateLlamaTensors, type LlamaConfig } from './config.ts';
+import { ModelFormatError, ModelSourceError } from './errors.ts';
 import { detectModelSource, openHfCheckpoint, type FileCollection, type HfCheckpoint, type ModelInput } from './folder.ts';
 import { readGGUF, type GGUFFile } from './gguf.ts';
 import { hfModelFile } from './hf-checkpoint.ts';
+import { ggufToHfName } from './hf-config.ts';
 import { parseJson } from './json.ts';
-import { openSource } from './source.ts';
+import { openSource, urlSource } from './source.ts';
 import { LlamaTokenizer, vocabFromTokenizerJson, type TokenizerJsonVocab, type TokenizerSemantics } from './tokenizer.ts';
 
 /** What a shard worker can open by itself (structured-cloneable): a path or URL (file or folder), a Blob, bytes, or a folder's Files. */
@@ -41,7 +42,8 @@ export interface OpenedModel {
 export async function openModel(input: ModelInput, options: OpenModelOptions = {}): Promise<OpenedModel> {
   const detected = await detectModelSource(input, { headers: options.headers });
   if (detected.kind === 'gguf') {
-    const source = await openSource(detected.source);
+    const url = typeof detected.source === 'string' && /^https?:\/\//i.test(detected.source) ? detected.source : undefined;
+    const source = url && options.headers ? await urlSource(url, { headers: options.headers }) : await openSource(detected.source);
     try {
       const file = await readGGUF(source);
       const config = llamaConfig(file);
@@ -60,7 +62,7 @@ export async function openModel(input: ModelInput, options: OpenModelOptions = {
     const gguf = llamaConfig(file);
     // HF's Q/K rows are in rotate_half order: neox RoPE on them is llama.cpp's RoPE on its permuted rows.
     const config: LlamaConfig = { ...gguf, family: { ...gguf.family, ropeStyle: 'neox' } };
-    validateLlamaTensors(file, config);
+    validateHfTensors(checkpoint, file, config);
     let tokenizer: LlamaTokenizer | undefined;
     return {
       format: 'hf-folder',
@@ -74,6 +76,28 @@ export async function openModel(input: ModelInput, options: OpenModelOptions = {
   } catch (error) {
     await checkpoint.close();
     throw error;
+  }
+}
+
+/**
+ * Every tensor config.json implies is there with its shape, said in the folder's own terms: HF
+ * names and [out, in] shapes (validateLlamaTensors says it in GGUF's).
+ */
+function validateHfTensors(checkpoint: HfCheckpoint, file: GGUFFile, config: LlamaConfig): void {
+  const { folder, config: hf } = checkpoint;
+  const described = `config.json (${hf.architecture}: hidden_size ${hf.dim}, ${hf.nLayers} layers, ${hf.nHeads} heads, ${hf.nKvHeads} KV heads, head_dim ${hf.headDim}, intermediate_size ${hf.ffnDim}, vocab_size ${hf.vocabSize})`;
+  const fix = 'The weights and config.json are from different models or revisions: download the checkpoint again, all files from one revision';
+  const hfShape = (shape: readonly number[]) => `[${[...shape].reverse().join(', ')}]`;
+  for (const [name, shape] of expectedLlamaTensors(config)) {
+    if (name === config.ropeFreqsTensor) continue; // made from rope_scaling, not read
+    const hfName = ggufToHfName(name, { fusedGateUp: config.family.fusedGateUp });
+    if (!file.hasTensor(name)) {
+      throw new ModelFormatError({ file: folder.name, tensor: hfName, problem: `tensor ${hfName} is missing: ${described} needs it with shape ${hfShape(shape)}`, fix });
+    }
+    const found = file.tensor(name).shape;
+    if (!sameShape(found, shape)) {
+      throw new ModelFormatError({ file: folder.name, tensor: hfName, problem: `tensor ${hfName} has shape ${hfShape(found)}, but ${described} implies ${hfShape(shape)}`, fix });
+    }
   }
 }
 

@@ -19,7 +19,7 @@ import { vocabFromTokenizerJson, type HuggingFaceDepartures, type TokenizerJsonO
 import { TokenType, vocabFromGGUFMetadata, type SpecialTokenRole, type TokenizerModel, type VocabData } from './tokenizer/vocab.ts';
 
 export { SUPPORTED_PRE_TOKENIZERS, UnsupportedPreTokenizerError } from './tokenizer/pre-tokenizer.ts';
-export { vocabFromTokenizerJson, type TokenizerJsonOptions, type TokenizerJsonVocab, type TokenizerSemantics } from './tokenizer/hf-json.ts';
+export { TOKENIZER_SEMANTICS, vocabFromTokenizerJson, type TokenizerJsonOptions, type TokenizerJsonVocab, type TokenizerSemantics } from './tokenizer/hf-json.ts';
 export { TokenType, UnsupportedTokenizerError, type SpecialTokenRole, type TokenizerModel, type VocabData } from './tokenizer/vocab.ts';
 
 export interface EncodeOptions {

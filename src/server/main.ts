@@ -10,7 +10,7 @@
 // first (ARCHITECTURE.md, Runtime hazards).
 // Exit codes: 0 after a clean shutdown, 2 for bad arguments, 1 when the model cannot be loaded.
 
-import { FaultInjector, loadModel, type LoadOptions, type Model } from '../index.ts';
+import { FaultInjector, loadModel, modelNameFromPath, type LoadOptions, type Model } from '../index.ts';
 import { flag, LOAD_ALIASES, LOAD_FLAGS, LOAD_FLAGS_USAGE, loadOptionsFromFlags, numberFlag, parseFlags, UsageError, type Flags, type FlagSpec } from '../flags.ts';
 import { engineAdmission } from './reservations.ts';
 import { DEFAULT_LIMITS, InferenceServer, type ServerLimits } from './server.ts';
@@ -46,8 +46,9 @@ Endpoints: POST /v1/completions, POST /v1/chat/completions, GET /v1/models,
            GET /health, GET /ready, GET /metrics
 
 Options:
-  -m, --model PATH|URL        GGUF model (required)
-      --model-name NAME       the id clients send as "model" (default: the file name without .gguf)
+  -m, --model PATH|URL        GGUF model, or a Hugging Face model folder (a directory, or a base URL
+                              ending in /) with config.json, tokenizer.json and safetensors (required)
+      --model-name NAME       the id clients send as "model" (default: the file or folder name, without .gguf)
       --host HOST             address to listen on (default 127.0.0.1)
       --port N                port (default 8080; 0 = any free port, printed at startup)
 ${LOAD_FLAGS_USAGE}
@@ -87,10 +88,9 @@ interface ServeConfig {
   testHooks: boolean;
 }
 
-/** "path/to/stories260K.gguf" or "https://host/x/model.gguf?download=1" → "stories260K", "model". */
+/** The id clients send as "model": the file's or folder's name without .gguf (modelNameFromPath). */
 function defaultModelName(source: string): string {
-  const path = /^[a-z]+:\/\//i.test(source) ? new URL(source).pathname : source;
-  return (path.split(/[\\/]/).at(-1) ?? path).replace(/\.gguf$/i, '') || 'model';
+  return modelNameFromPath(source).replace(/\.gguf$/i, '') || 'model';
 }
 
 function serveConfig(flags: Flags): ServeConfig {

@@ -1,4 +1,5 @@
-// Small per-element kernels of the forward pass: SwiGLU, the residual add, copy and scale.
+// Small per-element kernels of the forward pass: SwiGLU, the residual add, copy and scale, and
+// gathers (of rows: the sampled tokens; of columns: an act-order weight's inputs).
 // One invocation per element over a folded grid; `count` lives in a uniform so one pipeline
 // serves every length.
 
@@ -92,10 +93,15 @@ export function scaleOp(gpu: GpuContext, x: GPUBuffer, out: GPUBuffer, count: nu
     : elementwiseOp(gpu, 'scale', scaleWgsl, [x, out], count, [{ f32: factor }]);
 }
 
-export const gatherRowsWgsl = /* wgsl */ `
-struct Params { count: u32, width: u32 }
+/**
+ * A gather: `out[i] = source[<index>]` for `count` f32 elements, `out` read as rows of `width`,
+ * `source` as rows of `stride`; `index` reads `i`, `p` and `indices` (u32, the second binding: rows or columns).
+ */
+function gatherWgsl(index: string): string {
+  return /* wgsl */ `
+struct Params { count: u32, width: u32, stride: u32 }
 @group(0) @binding(0) var<storage, read> source: array<f32>;
-@group(0) @binding(1) var<storage, read> rows: array<u32>;
+@group(0) @binding(1) var<storage, read> indices: array<u32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 @group(0) @binding(3) var<uniform> p: Params;
 
@@ -105,11 +111,24 @@ const WG = ${WORKGROUP_SIZE}u;
 fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let i = gid.x + gid.y * nwg.x * WG;
   if (i >= p.count) { return; }
-  out[i] = source[rows[i / p.width] * p.width + i % p.width];
+  out[i] = source[${index}];
 }
 `;
+}
+
+export const gatherRowsWgsl = gatherWgsl('indices[i / p.width] * p.stride + i % p.width');
+export const gatherColumnsWgsl = gatherWgsl('(i / p.width) * p.stride + indices[i % p.width]');
 
 /** `out[r] = source[rows[r]]` for `nRows` rows of `width` f32 (e.g. each sequence's last hidden state). */
 export function gatherRowsOp(gpu: GpuContext, source: GPUBuffer, rows: GPUBuffer, out: GPUBuffer, nRows: number, width: number): KernelOp {
-  return elementwiseOp(gpu, 'gather rows', gatherRowsWgsl, [source, rows, out], nRows * width, [width]);
+  return elementwiseOp(gpu, 'gather rows', gatherRowsWgsl, [source, rows, out], nRows * width, [width, width]);
+}
+
+/**
+ * `out[r][c] = source[r][order[c]]` for `nRows` rows of `width` f32 (source rows `sourceStride`
+ * apart): the activations of a GPTQ act-order weight, put in the order of its columns.
+ */
+export function gatherColumnsOp(gpu: GpuContext, source: GPUBuffer, order: GPUBuffer, out: GPUBuffer, nRows: number, width: number, sourceStride = width): KernelOp {
+  if (source === out) throw new Error('gatherColumnsOp: source and destination are the same buffer');
+  return elementwiseOp(gpu, 'gather columns', gatherColumnsWgsl, [source, order, out], nRows * width, [width, sourceStride]);
 }

@@ -33,11 +33,16 @@
 // 128 MiB) are uploaded by rows (engine/weights.ts, the one upload path): every part is a GpuWeight that knows its
 // `rowOffset` in the whole weight, and `matmulOp` on a part writes its slice y[t][rowOffset ..)
 // (with split outputs: to the outputs its rows fall in, binding only those).
+//
+// A GPTQ act-order weight (src/model/awq-gptq.ts) has its columns in group order, not input
+// order: its `inputOrder` says which input feature each column multiplies, and `matmulOps` runs
+// one gather of the activations into that order before the product (the kernels stay unaware).
 
 import { kernelOp, params, uniformBuffer, workgroupGrid, type KernelOp } from '../gpu/kernel.ts';
 import type { GpuContext } from '../gpu/device.ts';
 import { ggmlTypeName, type GGMLType } from '../model/ggml-type.ts';
 import { gpuLayout, type GpuLayout } from '../model/repack.ts';
+import { gatherColumnsOp } from './elementwise.ts';
 import { gpuDecodableTypes, int8ConstantOffset, int8DecodableTypes, weightDecodeInt8Wgsl, weightDecodeWgsl } from './quant-wgsl.ts';
 
 /** A weight matrix on the GPU, in its repacked layout. */
@@ -55,6 +60,11 @@ export interface GpuWeight {
   rowOffset: number;
   /** Rows of the whole weight (= rows unless the weight was split over bindings). */
   totalRows: number;
+  /**
+   * GPTQ act-order (u32[cols], every part the same buffer): column c multiplies input feature
+   * inputOrder[c]. matmulOp multiplies x as given; matmulOps gathers x into that order first.
+   */
+  inputOrder?: GPUBuffer;
 }
 
 export const MATMUL_VARIANTS = ['auto', 'int8', 'matvec', 'matvec-subgroup', 'matvec-int8', 'tiled', 'tiled-large', 'tiled-int8'] as const;
@@ -89,6 +99,8 @@ export interface MatmulOptions {
   gate?: GPUBuffer;
   /** y = W·x + bias, the bias indexed like a y row (f32[yRowStride]); one y only (split outputs carry their own). */
   bias?: GPUBuffer;
+  /** matmulOps, for a weight with an `inputOrder`: where x is gathered into it (f32[nTokens][cols] at least). */
+  orderedInput?: GPUBuffer;
 }
 
 /** Up to this many tokens, `auto` picks a matvec variant; above it, the tiled one. */
@@ -738,7 +750,11 @@ export function matmulOp(
   return kernelOp(gpu.device, `${label} (${what.join(' ')})`, wgsl, buffers, [gridX, gridY, gridZ]);
 }
 
-/** One op per part of a (possibly split) weight; together they fill all of y's rows (or all the outputs'). */
+/**
+ * One op per part of a (possibly split) weight; together they fill all of y's rows (or all the
+ * outputs'). A weight with an `inputOrder` (GPTQ act-order) first gathers its activations into
+ * `options.orderedInput`, x'[t][c] = x[t][inputOrder[c]], and multiplies those.
+ */
 export function matmulOps(
   gpu: GpuContext,
   parts: readonly GpuWeight[],
@@ -747,7 +763,16 @@ export function matmulOps(
   nTokens: number,
   options: MatmulOptions = {},
 ): KernelOp[] {
-  return parts.map((part) => matmulOp(gpu, part, x, y, nTokens, options));
+  const order = parts[0]!.inputOrder;
+  if (parts.some((part) => part.inputOrder !== order)) throw new Error(`${parts[0]!.label}: the parts of one weight share its input order`);
+  if (!order) return parts.map((part) => matmulOp(gpu, part, x, y, nTokens, options));
+  const { cols, label } = parts[0]!;
+  const ordered = options.orderedInput;
+  if (!ordered || ordered.size < nTokens * cols * 4) {
+    throw new Error(`matmul ${label}: its act-order input needs an orderedInput buffer of ${nTokens} × ${cols} f32${ordered ? `, not ${ordered.size} bytes` : ''}`);
+  }
+  const gather = gatherColumnsOp(gpu, x, order, ordered, nTokens, cols, options.xRowStride ?? cols);
+  return [gather, ...parts.map((part) => matmulOp(gpu, part, ordered, y, nTokens, { ...options, xRowStride: cols }))];
 }
 
 /** The layout a weight of this type and shape would get (for memory planning before upload). */

@@ -20,8 +20,10 @@ import type { ShardLoadReport, ShardStepReport } from './worker.ts';
 import type { ShardableSource } from '../model/open-model.ts';
 
 export interface ShardGroupOptions {
-  /** What each worker opens: a path, URL, Blob/File or bytes. */
+  /** What each worker opens: a path or URL (file or folder), Blob/File(s) or bytes. */
   source: ShardableSource;
+  /** Sent with every request of a URL source. */
+  headers?: Record<string, string>;
   plan: ShardPlan;
   geometry: KvGeometry;
   maxBatchTokens: number;
@@ -93,6 +95,7 @@ export class ShardGroup implements ForwardEngine {
           workers[i]!.api.load(
             {
               source: options.source,
+              headers: options.headers,
               position: { rank: shard.rank, stage: shard.stage, tpRank: shard.tpRank, tp: plan.tp, pp: plan.pp },
               view: shard.view,
               memory,

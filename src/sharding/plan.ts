@@ -37,6 +37,7 @@
 import { formatBytes, viewFootprint, ShardPlanError, type DeviceLimits } from '../engine/footprint.ts';
 import { kvGeometry, type KvGeometry } from '../engine/kv-cache.ts';
 import { rangeLength, type Range, type ShardView } from '../engine/shard-view.ts';
+import { actOrderColumnSplitRefusal } from '../model/awq-gptq.ts';
 import type { LlamaConfig } from '../model/config.ts';
 import { blockGeometry, ggmlTypeName } from '../model/ggml-type.ts';
 import type { GGUFFile, GGUFTensorInfo } from '../model/gguf.ts';
@@ -258,6 +259,13 @@ function splitStage(file: GGUFFile, config: LlamaConfig, layers: Range, stage: n
   const tp = weights.length;
   const layerNames = (suffix: string) => Array.from({ length: rangeLength(layers) }, (_, i) => `blk.${layers.start + i}.${suffix}`);
   const stageLayers = `layers ${layers.start}-${layers.end - 1}`;
+
+  // Tensor parallelism cuts attn_output and ffn_down by input features: a GPTQ act-order one cannot be.
+  const actOrder = tp > 1 ? [...layerNames('attn_output.weight'), ...layerNames('ffn_down.weight')].find((name) => file.tensor(name).inputOrder) : undefined;
+  if (actOrder) {
+    const { problem, fix } = actOrderColumnSplitRefusal(actOrder);
+    throw new ShardPlanError({ problem: `tp=${tp} cannot split stage ${stage} (${stageLayers}): ${problem}`, suggestion: fix });
+  }
 
   // Heads: a split point b puts b·headDim columns of attn_output before it: whole blocks only.
   const attnOutput = columnAlignment(file, layerNames('attn_output.weight'));

@@ -19,6 +19,8 @@ import { closeWorker, exposeToParent } from './worker-endpoint.ts';
 export interface ShardLoadSpec {
   /** A path or URL (GGUF file or Hugging Face folder), a Blob/File, bytes, or a folder's Files: each worker reads its own byte ranges. */
   source: ShardableSource;
+  /** Sent with every request of a URL source (e.g. an Authorization header for a gated model). */
+  headers?: Record<string, string>;
   position: ShardPosition;
   view: ShardView;
   memory: SharedMemory;
@@ -81,7 +83,7 @@ class ShardWorker {
       throw new ShardError(spec.position.rank, `shard ${spec.position.rank}: ${this.lost}`);
     });
     this.deviceLost.catch(() => {}); // observed by forward(); never an unhandled rejection
-    const { file, config } = await openModel(spec.source, { tokenizer: false });
+    const { file, config } = await openModel(spec.source, { tokenizer: false, headers: spec.headers });
     this.source = file.source;
     this.communicator = new SharedMemoryCommunicator(spec.memory, spec.position, spec.deadlineMs);
     this.runner = await LlamaRunner.load(this.gpu, file, config, spec.view, {

@@ -1,13 +1,14 @@
 // The demo page, built with vite and driven in Debian's headless Chromium (SwiftShader WebGPU):
-// load stories260K from a URL and from the file input, generate greedily, and match llama.cpp's
-// reference text; chat with Phi-3 through its own template; split across two shards; refuse bad files and splits that do not fit; cache in
+// load stories260K from a URL, from the file input and as a Hugging Face folder (the folder
+// input), generate greedily, and match llama.cpp's reference text; chat with Phi-3 through its own template; split across two shards; refuse bad files and splits that do not fit; cache in
 // OPFS with an integrity check. Screenshots go to test-results/.
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative, resolve, sep } from 'node:path';
 import type { Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { modelsDir, reference, referenceModelPath } from '../helpers/models.ts';
+import { formatBytes } from '../../demo/format.ts';
+import { modelPath, modelsDir, reference, referenceModelPath } from '../helpers/models.ts';
 import { modernReference } from '../helpers/modern-models.ts';
 import { launchChromium, type ChromiumSession } from './browser.ts';
 import { buildDemo, projectRoot } from './demo-build.ts';
@@ -16,6 +17,10 @@ import { serveStatic, type StaticServer } from './static-server.ts';
 const referenceCase = reference().generation_cases.find((c) => c.id === 'stories260K-f32/once-upon-a-time')!;
 const modelFile = referenceModelPath('stories260K-f32');
 const modelUrlPath = `/models/${relative(modelsDir, modelFile).split(sep).join('/')}`;
+/** The same weights as a Hugging Face folder (safetensors F32, tokenizer.json): llama.cpp's text exactly. */
+const hfFolder = modelPath('hf/stories260K');
+/** A folder's side files without config.json (copied into tokenizer-only/ in beforeAll). */
+const tokenizerOnlyFiles = ['tokenizer.json', 'tokenizer_config.json'];
 const artifacts = resolve(projectRoot, 'test-results');
 
 let demoDir: string;
@@ -30,6 +35,11 @@ beforeAll(async () => {
   // Header and tensor table intact, tensor data cut off half way.
   const model = readFileSync(modelFile);
   writeFileSync(join(badDir, 'truncated.gguf'), model.subarray(0, model.length >> 1));
+  mkdirSync(join(badDir, 'tokenizer-only'));
+  for (const name of tokenizerOnlyFiles) copyFileSync(join(hfFolder, name), join(badDir, 'tokenizer-only', name));
+  // A subfolder, as Meta's repositories have (`original/`): a picked folder includes it, a dropped one leaves it out.
+  mkdirSync(join(badDir, 'tokenizer-only', 'original'));
+  writeFileSync(join(badDir, 'tokenizer-only', 'original', 'params.json'), '{}');
   server = await serveStatic({ '/': demoDir, '/models/': modelsDir });
   chrome = await launchChromium();
   mkdirSync(artifacts, { recursive: true });
@@ -84,6 +94,17 @@ async function loadFile(page: Page, path: string): Promise<void> {
   await page.click('#tab-file');
   await page.setInputFiles('#model-file', path);
   await settle(page);
+}
+
+/**
+ * Drops files or folders from disk on the page as the desktop does: a native drag through the
+ * DevTools protocol, so a folder arrives as a directory entry the page walks.
+ */
+async function dropPaths(page: Page, paths: string[]): Promise<void> {
+  const devtools = await page.context().newCDPSession(page);
+  const data = { items: [], files: paths, dragOperationsMask: 1 /* copy */ };
+  for (const type of ['dragEnter', 'dragOver', 'drop'] as const) await devtools.send('Input.dispatchDragEvent', { type, x: 200, y: 200, data });
+  await devtools.detach();
 }
 
 async function expectLoaded(page: Page, shards: number): Promise<void> {
@@ -229,6 +250,50 @@ describe('demo page in headless Chromium (SwiftShader WebGPU)', { timeout: 360_0
     await page.waitForSelector('#transcript[data-state="done"]', { timeout: 60_000 });
     expect(await page.textContent('#m-finish')).toBe('stop button');
     expect(Number(await page.textContent('#m-tokens'))).toBeLessThan(400);
+    await page.close();
+  });
+
+  it("loads a Hugging Face folder picked with the folder input and generates llama.cpp's text; a folder without config.json is refused, picked or dropped", async () => {
+    const page = await openDemo();
+    await page.click('#tab-file');
+
+    // The tokenizer files without config.json: refused with what a model folder needs, whether
+    // the folder is picked, dropped, or its files are dropped.
+    const tokenizerOnly = join(badDir, 'tokenizer-only');
+    const refusal = (files: number) => new RegExp(`no config\\.json among ${files} files: a Hugging Face model folder needs config\\.json and model\\.safetensors`);
+    await page.setInputFiles('#model-folder', tokenizerOnly);
+    await settle(page);
+    const picked = await errorShown(page);
+    expect(picked).toMatchObject({ name: 'ModelSourceError', title: 'Could not read the model' });
+    expect(picked!.message).toMatch(new RegExp(`^tokenizer-only: ${refusal(3).source}`));
+    const dropExpectingError = async (paths: string[]) => {
+      await page.click('#error-dismiss');
+      await dropPaths(page, paths);
+      await page.waitForSelector('#error', { state: 'visible' });
+      await settle(page);
+      return errorShown(page);
+    };
+    // A dropped folder is read from its top level; the subfolder left out is named.
+    expect(await dropExpectingError([tokenizerOnly])).toMatchObject({ name: 'ModelSourceError', message: expect.stringMatching(refusal(2)) });
+    expect(await page.isVisible('#load-notice')).toBe(true);
+    expect(await page.textContent('#load-notice')).toMatch(/left out original\//);
+    const droppedFiles = tokenizerOnlyFiles.map((name) => join(tokenizerOnly, name));
+    expect(await dropExpectingError(droppedFiles)).toMatchObject({ name: 'ModelSourceError', message: expect.stringMatching(refusal(2)) });
+    // A folder and a file dropped together: which one is the model?
+    expect((await dropExpectingError([tokenizerOnly, modelFile]))?.message).toMatch(/held 2 items \(tokenizer-only, stories260K\.gguf\); drop one model folder/);
+
+    await page.setInputFiles('#model-folder', hfFolder);
+    await settle(page);
+    await expectLoaded(page, 1);
+    // Size: every file of the folder; shape: the folder's config.json.
+    const files = readdirSync(hfFolder);
+    const bytes = files.reduce((sum, name) => sum + statSync(join(hfFolder, name)).size, 0);
+    const info = await page.textContent('#model-info');
+    expect(info).toContain(`folderstories260K/ · ${files.length} files · ${formatBytes(bytes)}`);
+    expect(info).toMatch(/5 layers · 8 heads \(4 KV\) · dim 64/);
+    const text = await generateGreedy(page, referenceCase.prompt, referenceCase.n_predict);
+    expect(text).toBe(referenceCase.generated_text);
+    await page.screenshot({ path: resolve(artifacts, 'demo-hf-folder.png'), fullPage: true });
     await page.close();
   });
 

@@ -84,3 +84,15 @@ export async function openModelFile(file: string): Promise<{ file: GGUFFile; con
   opened.push(gguf);
   return { file: gguf, config: llamaConfig(gguf) };
 }
+
+/** reference/quantized-public.json: llama.cpp on the exactly dequantized AWQ/GPTQ checkpoints (`model` is the folder). */
+export interface QuantizedReference {
+  models: Record<string, { dir: string; format: string; gguf: { file: string } }>;
+  generation_cases: GenerationCase[];
+}
+
+let quantized: QuantizedReference | undefined;
+export function quantizedReference(): QuantizedReference {
+  quantized ??= JSON.parse(readFileSync(resolve(modelsDir, 'reference/quantized-public.json'), 'utf8')) as QuantizedReference;
+  return quantized;
+}

@@ -6,6 +6,7 @@
 import { f16ToF32, f32ToF16 } from '../../src/model/quant.ts';
 import { actOrderGroupIndex, packInt4Linear, type Int4Linear } from '../../src/model/awq-gptq.ts';
 import { rng } from '../helpers/gpu.ts';
+import { gatherColumnsRef } from './ops.ts';
 
 const AWQ_REVERSE = [0, 4, 1, 5, 2, 6, 3, 7];
 const nib = (x: number, i: number) => (x >>> (4 * i)) & 0xf;
@@ -63,8 +64,5 @@ export function randomInt4Linear(o: RandomInt4Options): Int4Linear {
 
 /** x with its columns in the order a Q4_ZP weight made with `inputOrder` expects: x'[t] = x[order[t]]. */
 export function permuteColumns(x: Float32Array, cols: number, order: Int32Array | undefined): Float32Array {
-  if (!order) return x;
-  const out = new Float32Array(x.length);
-  for (let r = 0; r < x.length / cols; r++) for (let t = 0; t < cols; t++) out[r * cols + t] = x[r * cols + order[t]!]!;
-  return out;
+  return order ? gatherColumnsRef(x, x.length / cols, cols, order) : x;
 }

@@ -167,6 +167,13 @@ export function swigluRef(gate: Float32Array, up: Float32Array): Float32Array {
   return gate.map((g, i) => f32(f32(g / f32(1 + f32(Math.exp(-g)))) * up[i]!));
 }
 
+/** out[r][c] = x[r][order[c]] for rows of `width` (x rows `stride` apart): an act-order weight's input. */
+export function gatherColumnsRef(x: Float32Array, nRows: number, width: number, order: ArrayLike<number>, stride = width): Float32Array {
+  const out = new Float32Array(nRows * width);
+  for (let r = 0; r < nRows; r++) for (let c = 0; c < width; c++) out[r * width + c] = x[r * stride + order[c]!]!;
+  return out;
+}
+
 export function addRef(a: Float32Array, b: Float32Array): Float32Array {
   return a.map((x, i) => x + b[i]!);
 }

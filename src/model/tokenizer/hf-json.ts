@@ -20,7 +20,8 @@ import { preTokenizerFor } from './pre-tokenizer.ts';
 import { TokenType, type VocabData } from './vocab.ts';
 
 /** Which tokenizer's behaviour to reproduce where llama.cpp and Hugging Face differ. */
-export type TokenizerSemantics = 'llama.cpp' | 'huggingface';
+export const TOKENIZER_SEMANTICS = ['llama.cpp', 'huggingface'] as const;
+export type TokenizerSemantics = (typeof TOKENIZER_SEMANTICS)[number];
 
 export interface TokenizerJsonOptions {
   /** Default "llama.cpp": the ids of the GGUF converted from this file. */

@@ -1,0 +1,155 @@
+// Hugging Face folders loaded as users load them: loadModel(folder) on one device and split over
+// two, against llama.cpp's references for the same weights (GGUF conversions of these very folders,
+// and the exactly dequantized AWQ/GPTQ checkpoints).
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { loadModel, type Model } from '../src/api/model.ts';
+import { readModelInfo } from '../src/api/model-info.ts';
+import { ModelFormatError, ModelSourceError } from '../src/model/errors.ts';
+import { FULL_SWEEP } from './helpers/gpu.ts';
+import { modernReference } from './helpers/modern-models.ts';
+import { modelPath, quantizedReference, reference, type GenerationCase } from './helpers/models.ts';
+
+/** Greedy ids for the case's prompt ids. */
+async function generate(model: Model, c: GenerationCase, maxTokens = c.n_predict): Promise<number[]> {
+  return (await model.complete(c.prompt_ids, { maxTokens, temperature: 0 })).ids;
+}
+
+/** Loads `folder` once for a describe block; disposes it after. */
+function loaded(folder: string, options: Parameters<typeof loadModel>[1] = {}): () => Model {
+  let model: Model | undefined;
+  beforeAll(async () => {
+    model = await loadModel(modelPath(folder), { contextLength: 128, ...options });
+  });
+  afterAll(() => model?.dispose());
+  return () => model!;
+}
+
+describe('hf/stories260K (F32 safetensors, SentencePiece tokenizer.json) = stories260K.gguf', () => {
+  const model = loaded('hf/stories260K', { contextLength: 256 });
+  const cases = reference().generation_cases.filter((c) => c.model === 'stories260K-f32');
+
+  it('reads config.json as the GGUF conversion does', () => {
+    expect(model().config).toMatchObject({ architecture: 'llama', dim: 64, nLayers: 5, nHeads: 8, nKvHeads: 4, vocabSize: 512 });
+    expect(model().config.family.ropeStyle).toBe('neox'); // HF Q/K order: see src/model/hf-checkpoint.ts
+  });
+
+  it.each(cases.map((c) => [c.name, c] as const))('%s: prompt ids and all generated tokens', async (_, c) => {
+    expect(model().tokenize(c.prompt)).toEqual(c.prompt_ids);
+    expect(await generate(model(), c)).toEqual(c.generated_ids);
+  });
+});
+
+// The BF16 folders hold the weights of the F32 GGUFs (BF16-representable), so llama.cpp's tokens
+// apply exactly. npm test runs two prompts per folder (the 128k/152k-row heads are slow on
+// lavapipe); test:full runs them all.
+describe.each([
+  ['llama3-tiny/hf', 'llama3-tiny-f32', 'BF16 in two shards + index, llama3 rope scaling'],
+  ['qwen3-tiny/hf', 'qwen3-tiny-f32', 'BF16, per-head Q/K norms'],
+] as const)('%s (%s = GGUF F32)', (folder, key, what) => {
+  const model = loaded(folder);
+  const all = modernReference().generation_cases.filter((c) => c.model === key);
+  const cases = FULL_SWEEP ? all : [all[0]!, all.find((c) => c.name === 'chat') ?? all[1]!];
+
+  it(`reads ${what}`, () => {
+    expect(model().file.tensors.some((t) => t.type === 30 /* BF16 */)).toBe(true);
+    if (folder.startsWith('llama3')) expect(model().config.ropeFreqsTensor).toBe('rope_freqs.weight');
+  });
+
+  it.each(cases.map((c) => [c.name, c] as const))('%s: prompt ids and all 64 tokens', async (_, c) => {
+    expect(model().tokenize(c.prompt, { parseSpecial: c.parse_special })).toEqual(c.prompt_ids);
+    expect(await generate(model(), c)).toEqual(c.generated_ids);
+  });
+});
+
+// AWQ and GPTQ layers run as Q4_ZP (packed bits moved, never floats; act-order layers gather their
+// inputs, see src/model/awq-gptq.ts). llama.cpp ran the exactly
+// dequantized weights in F32; our sums differ in rounding, so tokens are compared up to the
+// case's stable prefix at margin 0.01 (the unquantized base: all 64).
+const quantized = quantizedReference();
+const quantizedModels = [...new Set(quantized.generation_cases.map((c) => c.model))];
+
+describe.each(quantizedModels)('%s', (folder) => {
+  const model = loaded(folder);
+  const cases = quantized.generation_cases.filter((c) => c.model === folder);
+
+  it('reads the quantized layers as Q4_ZP and the rest as stored', () => {
+    const q4zp = model().file.tensors.filter((t) => t.type === 1000 /* Q4_ZP */);
+    expect(q4zp.length).toBe(quantized.models[folder]!.format === 'unquantized' ? 0 : 7 * model().config.nLayers);
+  });
+
+  it.each(cases.map((c) => [c.name, c] as const))('%s: tokens up to the stable prefix', async (_, c) => {
+    const prefix = quantized.models[folder]!.format === 'unquantized' ? c.n_predict : c.stable_prefix_len['0.01'];
+    expect(model().tokenize(c.prompt)).toEqual(c.prompt_ids);
+    expect((await generate(model(), c, prefix)).slice(0, prefix)).toEqual(c.generated_ids.slice(0, prefix));
+  });
+});
+
+describe.each(['awq-tiny/awq-g32', 'gptq-tiny/gptq-g32'])('%s split over two shard workers (tp = 2)', (folder) => {
+  const model = loaded(folder, { tp: 2 });
+  const cases = quantized.generation_cases.filter((c) => c.model === folder).slice(0, 2);
+
+  it.each(cases.map((c) => [c.name, c] as const))('%s: tokens up to the stable prefix', async (_, c) => {
+    const prefix = c.stable_prefix_len['0.01'];
+    expect((await generate(model(), c, prefix)).slice(0, prefix)).toEqual(c.generated_ids.slice(0, prefix));
+  });
+});
+
+describe('llama3-tiny/hf (BF16, two files) split over two shard workers', () => {
+  const model = loaded('llama3-tiny/hf', { tp: 2 });
+
+  // The planner's count of a shard's byte ranges is tested to be 1/N of the split tensors
+  // (plan.test.ts); here the reads through the joined safetensors files are that count.
+  it('each shard reads its own rows and columns of the safetensors files, as the planner counts them', () => {
+    const plan = model().plan!;
+    model().shards!.reports.forEach((report, i) => {
+      // The shard's planned byte ranges, plus the two files' headers (read when the folder is opened).
+      expect(report.fileBytesRead).toBeGreaterThanOrEqual(plan.shards[i]!.fileBytesRead);
+      expect(report.fileBytesRead).toBeLessThan(plan.shards[i]!.fileBytesRead + 64 * 1024);
+    });
+  });
+});
+
+describe('folder errors and info', () => {
+  it('a folder without tokenizer.json names the file and how to get it', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'webshard-hf-'));
+    try {
+      for (const name of ['config.json', 'model.safetensors']) symlinkSync(modelPath(`hf/stories260K/${name}`), join(dir, name));
+      const error = await loadModel(dir).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(ModelSourceError);
+      expect((error as Error).message).toMatch(/no tokenizer\.json in .*save_pretrained/);
+    } finally {
+      rmSync(dir, { recursive: true });
+    }
+  });
+
+  it.each([
+    ['hidden_size', 96, /model\.embed_tokens\.weight has shape \[512, 64\], but config\.json \(LlamaForCausalLM: hidden_size 96, .*\) implies \[512, 96\]\. The weights and config\.json are from different/],
+    ['num_hidden_layers', 6, /tensor model\.layers\.5\.input_layernorm\.weight is missing: config\.json \(LlamaForCausalLM: .* 6 layers/],
+  ])('a config.json whose %s (%d) does not match the weights is refused naming the HF tensor', async (field, value, message) => {
+    const dir = mkdtempSync(join(tmpdir(), 'webshard-hf-'));
+    try {
+      for (const name of ['model.safetensors', 'tokenizer.json', 'tokenizer_config.json']) symlinkSync(modelPath(`hf/stories260K/${name}`), join(dir, name));
+      const config = JSON.parse(readFileSync(modelPath('hf/stories260K/config.json'), 'utf8')) as Record<string, unknown>;
+      writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...config, [field]: value }));
+      const error = await loadModel(dir).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(ModelFormatError);
+      expect((error as Error).message).toMatch(message);
+    } finally {
+      rmSync(dir, { recursive: true });
+    }
+  });
+
+  it('a path to one file of a folder asks for the folder', async () => {
+    await expect(loadModel(modelPath('hf/stories260K/model.safetensors'))).rejects.toThrow(/pass the folder that holds it/);
+  });
+
+  it('readModelInfo reads a folder (webshard info -m folder)', async () => {
+    const info = await readModelInfo(modelPath('gptq-tiny/gptq-g32'));
+    expect(info.format).toBe('hf-folder');
+    expect(info.tensorTypes.get('Q4_ZP')).toBe(7 * info.config.nLayers);
+    expect(info.tokenize('Once upon a time')).toEqual([1, 403, 407, 261, 378]);
+  });
+});
