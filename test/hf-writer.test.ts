@@ -201,8 +201,7 @@ describe('random Hugging Face checkpoints', () => {
   it.each([
     ['AWQ g128', { quantization: { method: 'awq', groupSize: 128 } }],
     ['GPTQ g128 asym', { quantization: { method: 'gptq', groupSize: 128, sym: false } }],
-    // Not act-order yet: its layers load with their inputOrder, but the forward pass does not
-    // gather the activations by it (2026-12-03), so its tokens differ from the dequantized GGUF's.
+    ['GPTQ g64 act-order sym, 2 shards', { quantization: { method: 'gptq', groupSize: 64, descAct: true }, shards: 2 }],
   ] as Array<[string, RandomHfOptions]>)('loadModel runs a %s folder as the F32 GGUF of its dequantized weights', async (name, options) => {
     const shape = { dim: 256, nLayers: 2, nHeads: 4, nKvHeads: 2, ffnDim: 512, vocabSize: 512 };
     const dir = join(root, name.replace(/\W+/g, '-'));
