@@ -2,7 +2,7 @@
 // and sharded) and AWQ (and GPTQ) g128, and decode tokens/s of the 4-bit formats, all through
 // `loadModel(path)` on one device, the same model in every format.
 //
-//   deno task bench:hf-load [--shape small|1b|8b|quick] [--formats q4_0,bf16,bf16-sharded,awq] [--shards 4]
+//   deno task bench:hf-load [--shape small|1b|8b|quick] [--formats q4_0,bf16,bf16-sharded,awq,gptq,gptq-act-order] [--shards 4]
 //                           [--repeats 2] [--decode q4_0,awq] [--decode-tokens 32] [--out DIR]
 //
 // The models are the project's random Llama (src/model/random-llama.ts) at that shape, seed 1: the
@@ -36,6 +36,7 @@ function formats(shards: number): Record<string, { label: string; hf?: RandomHfO
     'bf16-sharded': { label: `safetensors BF16, ${shards} shards + index`, hf: { dtype: 'BF16', shards } },
     awq: { label: 'AWQ gemm g128 (F16 embeddings)', hf: { quantization: { method: 'awq', groupSize: 128 } } },
     gptq: { label: 'GPTQ g128 sym (F16 embeddings)', hf: { quantization: { method: 'gptq', groupSize: 128 } } },
+    'gptq-act-order': { label: 'GPTQ g128 act-order (desc_act)', hf: { quantization: { method: 'gptq', groupSize: 128, descAct: true } } },
   };
 }
 
