@@ -11,7 +11,7 @@ import { modelPath, quantizedReference } from './helpers/models.ts';
 import { dequantizeInt4Reference, permuteColumns, randomInt4Linear, type RandomInt4Options } from './reference/awq-gptq.ts';
 import { matmulReference, quantizeActivationsInt8 } from './reference/matmul.ts';
 import { permuteRopeRows } from './reference/hf-rope.ts';
-import { checkInt4Split, int4ToQ4Zp, QuantizedSplitError, readInt4Linear, type Int4Linear } from '../src/model/awq-gptq.ts';
+import { checkInt4Split, groupSizeOf, int4ToQ4Zp, QuantizedSplitError, readInt4Linear, type Int4Linear } from '../src/model/awq-gptq.ts';
 import { ModelFormatError, UnsupportedModelError } from '../src/model/errors.ts';
 import { GGMLType } from '../src/model/ggml-type.ts';
 import { readGGUF, readTensorBytes, type GGUFFile } from '../src/model/gguf.ts';
@@ -145,6 +145,8 @@ describe('random AWQ / GPTQ layers of every supported kind', () => {
     { method: 'gptq', inFeatures: 256, outFeatures: 24, groupSize: 128, asymmetric: true, actOrder: true, checkpointFormat: 'gptq_v2', seed: 4 },
     { method: 'gptq', inFeatures: 192, outFeatures: 8, groupSize: 64, asymmetric: false, actOrder: true, seed: 5 },
     { method: 'gptq', inFeatures: 96, outFeatures: 40, groupSize: 32, asymmetric: true, checkpointFormat: 'gptq_v2', seed: 6 },
+    // group_size -1 (one group over all inputs), as groupSizeOf reads it
+    { method: 'gptq', inFeatures: 96, outFeatures: 16, groupSize: groupSizeOf({ groupSize: -1 }, 96), asymmetric: true, seed: 7 },
   ];
   const name = (k: RandomInt4Options) =>
     `${k.method} g${k.groupSize} ${k.asymmetric ? 'asym' : 'sym'}${k.actOrder ? ' act-order' : ''}${k.checkpointFormat === 'gptq_v2' ? ' v2' : ''} ${k.outFeatures}×${k.inFeatures}`;

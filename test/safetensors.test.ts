@@ -328,7 +328,9 @@ describe('config.json', () => {
     expect(refused({ ...base, num_key_value_heads: 3 }).message).toMatch(/num_key_value_heads \(3\) does not divide num_attention_heads \(4\)/);
     expect(refused({ ...base, hidden_act: 'gelu' })).toBeInstanceOf(UnsupportedModelError);
     expect(refused({ ...base, quantization_config: { quant_method: 'awq', bits: 8, group_size: 128 } }).message).toMatch(/8-bit AWQ is not supported/);
-    expect(refused({ ...base, quantization_config: { quant_method: 'gptq', bits: 4, group_size: -1 } }).message).toMatch(/group size -1 is not supported/);
+    expect(refused({ ...base, quantization_config: { quant_method: 'gptq', bits: 4, group_size: 48 } }).message).toMatch(/group size 48 is not supported \(a multiple of 32.*or -1/);
+    // -1: one group per row (per-channel scales); a layer's group is then all its input features.
+    expect(readHfConfig({ file: 'cfg', config: { ...base, quantization_config: { quant_method: 'gptq', bits: 4, group_size: -1 } } }).quantization!.groupSize).toBe(-1);
     expect(refused({ ...base, quantization_config: { quant_method: 'awq', bits: 4, group_size: 128, version: 'gemv' } }).message).toMatch(/AWQ version "gemv"/);
     expect(refused({ ...base, quantization_config: { quant_method: 'fp8' } }).field).toBe('quantization_config.quant_method');
   });

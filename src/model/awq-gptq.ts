@@ -346,6 +346,11 @@ export function quantizeInt4Codes(w: Float32Array, o: Int4QuantizeOptions): Int4
 /** Copies into an aligned buffer: tensors start anywhere in a file, typed arrays need alignment. */
 const aligned = (bytes: Uint8Array): ArrayBuffer => bytes.slice().buffer;
 
+/** A layer's group size: the config's, or all its input features for group_size -1. */
+export function groupSizeOf(q: Pick<HfQuantization, 'groupSize'>, inFeatures: number): number {
+  return q.groupSize === -1 ? inFeatures : q.groupSize;
+}
+
 /**
  * Reads the packed tensors of one quantized linear layer (`prefix` e.g.
  * `model.layers.0.self_attn.q_proj`): qweight, qzeros, scales (and g_idx for GPTQ, if present),
@@ -384,7 +389,7 @@ export async function readInt4Linear(model: Pick<SafetensorsModel, 'tensor' | 'h
     name: prefix,
     inFeatures,
     outFeatures,
-    groupSize: q.groupSize,
+    groupSize: groupSizeOf(q, inFeatures),
     qweight: new Uint32Array(aligned(await readSafetensorsBytes(qweight))),
     qzeros: new Uint32Array(aligned(await readSafetensorsBytes(part('qzeros', 'I32', 2)))),
     scales: new Uint16Array(aligned(await readSafetensorsBytes(scales))),

@@ -17,7 +17,7 @@
 //   rows for interleaved RoPE. Rather than permute rows on the CPU, the model runs neox RoPE
 //   (rotating dim i with i + d/2), which is the same rotation on the unpermuted rows; `openModel`
 //   sets it (qwen2, qwen3 and phi3 are neox in GGUF too).
-import { groupOrder, int4ToQ4Zp, readInt4Linear } from './awq-gptq.ts';
+import { groupOrder, groupSizeOf, int4ToQ4Zp, readInt4Linear } from './awq-gptq.ts';
 import { GGMLType } from './ggml-type.ts';
 import { GGUFValueType, type GGUFFile, type GGUFTensorInfo, type GGUFValue } from './gguf.ts';
 import { modelNameFromPath, type HfCheckpoint } from './folder.ts';
@@ -169,7 +169,7 @@ export async function hfModelFile(checkpoint: HfCheckpoint, options: HfModelFile
         orders.push(
           readSafetensorsBytes(model.tensor(gIdxName)).then((bytes) => {
             const gIdx = new Int32Array(bytes.slice().buffer);
-            const order = groupOrder({ method: 'gptq', file: qweight.source.name, name: prefix, inFeatures, outFeatures, groupSize: q.groupSize, gIdx, qweight: new Uint32Array(0), qzeros: new Uint32Array(0), scales: new Uint16Array(0) });
+            const order = groupOrder({ method: 'gptq', file: qweight.source.name, name: prefix, inFeatures, outFeatures, groupSize: groupSizeOf(q, inFeatures), gIdx, qweight: new Uint32Array(0), qzeros: new Uint32Array(0), scales: new Uint16Array(0) });
             if (order) entry.inputOrder = order;
           }),
         );

@@ -37,6 +37,7 @@ export type HfRopeScaling =
 export interface HfQuantization {
   method: 'awq' | 'gptq';
   bits: 4;
+  /** Input features per group; -1 = one group over all of a layer's input features. */
   groupSize: number;
   /** Asymmetric (a zero point per group): AWQ's zero_point, GPTQ's !sym. */
   zeroPoint: boolean;
@@ -215,8 +216,9 @@ function readQuantization(file: string, config: Record<string, unknown>, side: u
   const bits = method === 'awq' ? q.count('bits', q.count('w_bit', 4)) : q.count('bits');
   if (bits !== 4) throw unsupported('bits', `${bits}-bit ${method.toUpperCase()} is not supported (only 4-bit)`);
   const groupSize = method === 'awq' ? q.number('group_size', q.number('q_group_size', 128)) : q.number('group_size');
-  if (!Number.isSafeInteger(groupSize) || groupSize < 32 || groupSize % 32 !== 0) {
-    throw unsupported('group_size', `group size ${groupSize} is not supported (a multiple of 32, e.g. 32, 64 or 128)`);
+  // -1: one group over all input features (per-channel scales), as GPTQ writes it.
+  if (groupSize !== -1 && (!Number.isSafeInteger(groupSize) || groupSize < 32 || groupSize % 32 !== 0)) {
+    throw unsupported('group_size', `group size ${groupSize} is not supported (a multiple of 32, e.g. 32, 64 or 128, or -1 for one group per row)`);
   }
   if (method === 'awq') {
     const version = q.string('version', 'gemm').toLowerCase();
