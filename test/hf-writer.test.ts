@@ -202,6 +202,7 @@ describe('random Hugging Face checkpoints', () => {
     ['AWQ g128', { quantization: { method: 'awq', groupSize: 128 } }],
     ['GPTQ g128 asym', { quantization: { method: 'gptq', groupSize: 128, sym: false } }],
     ['GPTQ g64 act-order sym, 2 shards', { quantization: { method: 'gptq', groupSize: 64, descAct: true }, shards: 2 }],
+    ['GPTQ per-channel (group_size -1) asym', { quantization: { method: 'gptq', groupSize: -1, sym: false } }],
   ] as Array<[string, RandomHfOptions]>)('loadModel runs a %s folder as the F32 GGUF of its dequantized weights', async (name, options) => {
     const shape = { dim: 256, nLayers: 2, nHeads: 4, nKvHeads: 2, ffnDim: 512, vocabSize: 512 };
     const dir = join(root, name.replace(/\W+/g, '-'));
@@ -235,13 +236,14 @@ describe('random Hugging Face checkpoints', () => {
     };
     const [folder, gguf] = [await run(dir), await run(ggufPath)];
     // The same weights summed in other orders by other kernels: the same tokens up to a near tie,
-    // the top log-probabilities within 1e-4 (lavapipe: within 4e-7, every margin over 5e-3).
+    // the top log-probabilities within 1e-4 (lavapipe: within 4e-7; the smallest margin 4.7e-4).
     let compared = 0;
     for (const [i, t] of gguf.entries()) {
       expect(folder[i]!.id, `token ${i}`).toBe(t.id);
       for (const [j, alt] of t.logprobs!.top.entries()) expect(Math.abs(folder[i]!.logprobs!.top[j]!.logprob - alt.logprob), `token ${i} top ${j}`).toBeLessThan(1e-4);
       compared++;
-      if (t.logprobs!.top[0]!.logprob - t.logprobs!.top[1]!.logprob < 1e-3) break; // past a near tie the texts may part
+      // Past a tie closer than the tolerance allows (twice it), the texts may part.
+      if (t.logprobs!.top[0]!.logprob - t.logprobs!.top[1]!.logprob < 2e-4) break;
     }
     expect(compared).toBeGreaterThanOrEqual(4);
   });

@@ -11,7 +11,7 @@
 // (`tokenizer`), e.g. one read at run time from a model folder. AWQ/GPTQ layers are quantized from
 // those values by round to nearest (awq-gptq.ts `quantizeInt4Codes`); embeddings, norms and the
 // output head stay in the float dtype (F16 for quantized checkpoints, as the quantizers leave them).
-import { actOrderGroupIndex, packInt4Linear, quantizeInt4Codes, type Int4Linear } from './awq-gptq.ts';
+import { actOrderGroupIndex, groupSizeOf, packInt4Linear, quantizeInt4Codes, type Int4Linear } from './awq-gptq.ts';
 import { GGMLType } from './ggml-type.ts';
 import { hfToGgufName } from './hf-config.ts';
 import { quantize } from './quant.ts';
@@ -25,6 +25,7 @@ export type HfFloatDtype = 'F32' | 'F16' | 'BF16';
 
 export interface RandomHfQuantization {
   method: 'awq' | 'gptq';
+  /** A multiple of 32 dividing dim and FFN; GPTQ also -1 (one group over each layer's inputs). */
   groupSize: number;
   /** GPTQ act-order (a shuffled g_idx). */
   descAct?: boolean;
@@ -206,12 +207,13 @@ function tensorSpecs(shape: Required<RandomLlamaShape>, options: RandomHfOptions
     const module = hf.slice(0, hf.lastIndexOf('.'));
     if (q && LINEARS.some((m) => module.endsWith(m))) {
       const [n, k] = hfShape as [number, number];
-      const gIdx = q.method === 'gptq' ? (q.descAct ? actOrderGroupIndex(k, q.groupSize, seededRandom(seed + specs.length)) : new Int32Array(k).map((_, c) => Math.floor(c / q.groupSize))) : undefined;
+      const groupSize = groupSizeOf(q, k);
+      const gIdx = q.method === 'gptq' ? (q.descAct ? actOrderGroupIndex(k, groupSize, seededRandom(seed + specs.length)) : new Int32Array(k).map((_, c) => Math.floor(c / groupSize))) : undefined;
       const part = packedLayer(() => {
-        const codes = quantizeInt4Codes(wholeValues(weight, seed, permute), { method: q.method, inFeatures: k, outFeatures: n, groupSize: q.groupSize, zeroPoint: q.method === 'awq' || q.sym === false, ...(gIdx ? { gIdx } : {}) });
+        const codes = quantizeInt4Codes(wholeValues(weight, seed, permute), { method: q.method, inFeatures: k, outFeatures: n, groupSize, zeroPoint: q.method === 'awq' || q.sym === false, ...(gIdx ? { gIdx } : {}) });
         return packInt4Linear(codes, module);
       });
-      const groups = k / q.groupSize;
+      const groups = k / groupSize;
       const lazy = (p: Parameters<typeof part>[0]): TensorData => () => [part(p)];
       specs.push(
         { name: `${module}.qweight`, dtype: 'I32', shape: q.method === 'awq' ? [k, n / 8] : [k / 8, n], data: lazy('qweight') },
@@ -241,8 +243,9 @@ export async function writeRandomHfCheckpoint(target: FileTarget | string, shape
   const seed = options.seed ?? 1;
   const dtype = options.dtype ?? (options.quantization ? 'F16' : 'F32');
   const q = options.quantization;
-  if (q && (q.groupSize % 32 !== 0 || full.dim % q.groupSize !== 0 || full.ffnDim % q.groupSize !== 0)) {
-    throw new RangeError(`random checkpoint: group size ${q.groupSize} must be a multiple of 32 dividing dim ${full.dim} and FFN ${full.ffnDim}`);
+  const perChannel = q?.method === 'gptq' && q.groupSize === -1;
+  if (q && !perChannel && (q.groupSize % 32 !== 0 || full.dim % q.groupSize !== 0 || full.ffnDim % q.groupSize !== 0)) {
+    throw new RangeError(`random checkpoint: group size ${q.groupSize} must be a multiple of 32 dividing dim ${full.dim} and FFN ${full.ffnDim} (or -1 for GPTQ)`);
   }
   const tokenizer = options.tokenizer ?? randomTokenizerJson(randomLlamaVocab(full.vocabSize));
   await writeText(files, 'config.json', JSON.stringify(configJson(full, options, dtype), null, 2) + '\n');
