@@ -3,7 +3,9 @@
 // trips, a random F32 checkpoint equal to the random GGUF of the same shape and seed, BF16 its
 // rounding, AWQ/GPTQ layers that decode (readInt4Linear → int4ToQ4Zp) to the codes the writer
 // generated, and a tokenizer.json that tokenizes as the GGUF's vocabulary does (no GPU); and
-// loadModel running a random F32 folder as the random GGUF it equals (lavapipe).
+// loadModel (lavapipe) running a random F32 folder as the random GGUF it equals, and AWQ/GPTQ
+// folders of group sizes the shared fixtures lack (128, 64 act-order, -1) as F32 GGUFs of their
+// exactly dequantized weights.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
