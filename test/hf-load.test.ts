@@ -142,6 +142,27 @@ describe('folder errors and info', () => {
     }
   });
 
+  it("names the model as config.json's _name_or_path does, which the tokenizer reads as llama.cpp does (Phi-3's special tokens eat the space after them)", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'webshard-hf-'));
+    try {
+      for (const name of ['model.safetensors', 'tokenizer.json', 'tokenizer_config.json']) symlinkSync(modelPath(`hf/stories260K/${name}`), join(dir, name));
+      const config = JSON.parse(readFileSync(modelPath('hf/stories260K/config.json'), 'utf8')) as Record<string, unknown>;
+      const tokenize = async (nameOrPath: string) => {
+        writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...config, _name_or_path: nameOrPath }));
+        const info = await readModelInfo(dir);
+        return { name: info.metadata.get('general.name'), ids: info.tokenize('a</s> b', { parseSpecial: true }) };
+      };
+      const plain = await tokenize('stories/stories260K');
+      const phi = await tokenize('microsoft/Phi-3-mini-4k-instruct');
+      expect(plain.name).toBe('stories260K');
+      expect(phi.name).toBe('Phi-3-mini-4k-instruct');
+      expect(phi.ids).not.toEqual(plain.ids);
+      expect(phi.ids.length).toBeLessThan(plain.ids.length);
+    } finally {
+      rmSync(dir, { recursive: true });
+    }
+  });
+
   it('a path to one file of a folder asks for the folder', async () => {
     await expect(loadModel(modelPath('hf/stories260K/model.safetensors'))).rejects.toThrow(/pass the folder that holds it/);
   });

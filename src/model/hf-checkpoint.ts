@@ -84,6 +84,16 @@ function valueType(value: GGUFValue): GGUFValueType {
   return GGUFValueType.ARRAY;
 }
 
+/**
+ * The model's name (GGUF general.name). It matters to the tokenizer as it does to llama.cpp's
+ * (Phi-3's special tokens strip the whitespace after them by name): config.json's own name of the
+ * model (`_name_or_path`), else the folder's.
+ */
+export function checkpointName({ files, folder }: Pick<HfCheckpoint, 'files' | 'folder'>): string {
+  const nameOrPath = (files.config as Record<string, unknown>)._name_or_path;
+  return modelNameFromPath(typeof nameOrPath === 'string' && nameOrPath.trim() !== '' ? nameOrPath : folder.name);
+}
+
 export interface HfModelFileOptions {
   /** The vocabulary read from tokenizer.json (absent: the file has no tokenizer metadata, as a shard worker needs none). */
   vocab?: VocabData;
@@ -96,10 +106,7 @@ export interface HfModelFileOptions {
  */
 export async function hfModelFile(checkpoint: HfCheckpoint, options: HfModelFileOptions = {}): Promise<GGUFFile> {
   const { config, tensors: model, folder } = checkpoint;
-  // general.name matters to the tokenizer as it does to llama.cpp's (Phi-3's special tokens strip
-  // the whitespace after them by name): config.json's own name of the model, else the folder's.
-  const nameOrPath = (checkpoint.files.config as Record<string, unknown>)._name_or_path;
-  const name = modelNameFromPath(typeof nameOrPath === 'string' && nameOrPath.trim() !== '' ? nameOrPath : folder.name);
+  const name = checkpointName(checkpoint);
   const parts: JoinedPart[] = model.files.map((file) => ({ source: file.source }));
   const offsetOf = new Map<ByteSource, number>();
   let end = 0;

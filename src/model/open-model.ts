@@ -6,7 +6,7 @@ import { expectedLlamaTensors, llamaConfig, sameShape, validateLlamaTensors, typ
 import { ModelFormatError, ModelSourceError } from './errors.ts';
 import { detectModelSource, openHfCheckpoint, type FileCollection, type HfCheckpoint, type ModelInput } from './folder.ts';
 import { readGGUF, type GGUFFile } from './gguf.ts';
-import { hfModelFile } from './hf-checkpoint.ts';
+import { checkpointName, hfModelFile } from './hf-checkpoint.ts';
 import { ggufToHfName } from './hf-config.ts';
 import { parseJson } from './json.ts';
 import { openSource, urlSource } from './source.ts';
@@ -115,13 +115,15 @@ async function readTokenizerJson(checkpoint: HfCheckpoint, semantics: TokenizerS
   const json = parseJson(path, await folder.readText('tokenizer.json'), 'tokenizer.json', 'Download tokenizer.json again');
   const raw = files.config as Record<string, unknown>;
   // As gguf-py's SpecialVocab: config.json's ids where the tokenizer files name no such token (a list is no id).
-  return vocabFromTokenizerJson(json, files.tokenizerConfig, {
+  const read = vocabFromTokenizerJson(json, files.tokenizerConfig, {
     file: path,
     vocabSize: config.vocabSize,
     bosTokenId: raw.bos_token_id,
     eosTokenId: raw.eos_token_id,
     ...(semantics ? { semantics } : {}),
   });
+  // The model's name, as the GGUF's general.name (the tokenizer reads Phi-3 special-token rules from it).
+  return { ...read, vocab: { ...read.vocab, modelName: checkpointName(checkpoint) } };
 }
 
 /** The part of a model input that a shard worker can open again by itself, or undefined. */
