@@ -43,7 +43,7 @@ describe('hf/stories260K (F32 safetensors, SentencePiece tokenizer.json) = stori
 });
 
 // The BF16 folders hold the weights of the F32 GGUFs (BF16-representable), so llama.cpp's tokens
-// apply exactly. npm test runs two prompts per folder (the 128k/152k-row heads are slow on
+// apply exactly. npm test runs one prompt per folder (the 128k/152k-row heads are slow on
 // lavapipe); test:full runs them all.
 describe.each([
   ['llama3-tiny/hf', 'llama3-tiny-f32', 'BF16 in two shards + index, llama3 rope scaling'],
@@ -51,7 +51,8 @@ describe.each([
 ] as const)('%s (%s = GGUF F32)', (folder, key, what) => {
   const model = loaded(folder);
   const all = modernReference().generation_cases.filter((c) => c.model === key);
-  const cases = FULL_SWEEP ? all : [all[0]!, all.find((c) => c.name === 'chat') ?? all[1]!];
+  // One prompt each in npm test (llama3 plain text, qwen3 the chat prompt with its special tokens).
+  const cases = FULL_SWEEP ? all : [folder.startsWith('llama3') ? all[0]! : (all.find((c) => c.name === 'chat') ?? all[0]!)];
 
   it(`reads ${what}`, () => {
     expect(model().file.tensors.some((t) => t.type === 30 /* BF16 */)).toBe(true);
@@ -73,7 +74,9 @@ const quantizedModels = [...new Set(quantized.generation_cases.map((c) => c.mode
 
 describe.each(quantizedModels)('%s', (folder) => {
   const model = loaded(folder);
-  const cases = quantized.generation_cases.filter((c) => c.model === folder);
+  // npm test: the three prompts with the longest stable prefixes (the most tokens compared); test:full: all.
+  const all = quantized.generation_cases.filter((c) => c.model === folder);
+  const cases = FULL_SWEEP ? all : [...all].sort((a, b) => b.stable_prefix_len['0.01'] - a.stable_prefix_len['0.01']).slice(0, 3);
 
   it('reads the quantized layers as Q4_ZP and the rest as stored', () => {
     const q4zp = model().file.tensors.filter((t) => t.type === 1000 /* Q4_ZP */);
