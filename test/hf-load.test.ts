@@ -166,6 +166,28 @@ describe('folder errors and info', () => {
     }
   });
 
+  it("generation_config.json's eos_token_id list ends generations (as in transformers and vLLM)", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'webshard-hf-'));
+    try {
+      for (const name of ['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json']) symlinkSync(modelPath(`hf/stories260K/${name}`), join(dir, name));
+      writeFileSync(join(dir, 'generation_config.json'), JSON.stringify({ bos_token_id: 1, eos_token_id: [2, 286] }));
+      const model = await loadModel(dir, { contextLength: 64 });
+      try {
+        expect([1, 2, 286, 287].map((id) => model.tokenizer.isEog(id))).toEqual([false, true, true, false]);
+        const c = reference().generation_cases.find((x) => x.id === 'stories260K-f32/once-upon-a-time')!;
+        const stop = c.generated_ids.indexOf(286); // the reference continues past it; this model stops there
+        expect(stop).toBeGreaterThan(0);
+        const result = await model.complete(c.prompt_ids, { maxTokens: 64, temperature: 0 });
+        expect(result.finishReason).toBe('eos');
+        expect(result.ids).toEqual(c.generated_ids.slice(0, stop + 1));
+      } finally {
+        await model.dispose();
+      }
+    } finally {
+      rmSync(dir, { recursive: true });
+    }
+  });
+
   it('a path to one file of a folder asks for the folder', async () => {
     await expect(loadModel(modelPath('hf/stories260K/model.safetensors'))).rejects.toThrow(/pass the folder that holds it/);
   });

@@ -122,8 +122,9 @@ async function readTokenizerJson(checkpoint: HfCheckpoint, semantics: TokenizerS
     eosTokenId: raw.eos_token_id,
     ...(semantics ? { semantics } : {}),
   });
-  // The model's name, as the GGUF's general.name (the tokenizer reads Phi-3 special-token rules from it).
-  return { ...read, vocab: { ...read.vocab, modelName: checkpointName(checkpoint) } };
+  // The model's name, as the GGUF's general.name (the tokenizer reads Phi-3 special-token rules from it);
+  // generation_config.json's end tokens end a generation too, as in transformers and vLLM.
+  return { ...read, vocab: { ...read.vocab, modelName: checkpointName(checkpoint), endOfGenerationIds: config.eosTokenIds } };
 }
 
 /** The part of a model input that a shard worker can open again by itself, or undefined. */

@@ -262,7 +262,7 @@ export class LlamaTokenizer {
       if (id !== undefined) this.byteTokens[byte] = id;
     }
 
-    this.eogIds = this.findSpecialRoles(vocab.specialIds ?? {});
+    this.eogIds = this.findSpecialRoles(vocab.specialIds ?? {}, vocab.endOfGenerationIds ?? []);
 
     this.specialTokens = [];
     for (let id = 0; id < n; id++) {
@@ -598,7 +598,7 @@ export class LlamaTokenizer {
    * text, tokens found that way (and all end-of-generation texts) become CONTROL, and the
    * end-of-generation set is collected. Returns that set.
    */
-  private findSpecialRoles(given: Partial<Record<SpecialTokenRole, number>>): Set<number> {
+  private findSpecialRoles(given: Partial<Record<SpecialTokenRole, number>>, endOfGeneration: readonly number[]): Set<number> {
     const roles = new Map<SpecialTokenRole, number>();
     for (const [role, id] of Object.entries(given) as Array<[SpecialTokenRole, number | undefined]>) {
       if (id !== undefined && id >= 0 && id < this.vocabSize) roles.set(role, id);
@@ -628,8 +628,8 @@ export class LlamaTokenizer {
         if (!(this.attrs[id]! & Attr.Control)) forceControl(id);
       }
     }
-    for (const id of [this.eosId, roles.get('eot'), roles.get('eom')]) {
-      if (id !== undefined && id >= 0) eog.add(id);
+    for (const id of [this.eosId, roles.get('eot'), roles.get('eom'), ...endOfGeneration]) {
+      if (id !== undefined && id >= 0 && id < this.vocabSize) eog.add(id);
     }
 
     // llama.cpp's two exceptions: "<|end|>" does not end a turn where "<|return|>"/"<|call|>"

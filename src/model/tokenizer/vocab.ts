@@ -44,6 +44,8 @@ export interface VocabData {
   addSpacePrefix: boolean;
   /** Optional further special ids (GGUF `tokenizer.ggml.eot_token_id` etc.); absent = detect by text. */
   specialIds?: Partial<Record<SpecialTokenRole, number>>;
+  /** Further end-of-generation ids: a Hugging Face folder's generation_config.json `eos_token_id` list. */
+  endOfGenerationIds?: readonly number[];
   /**
    * `general.name`. llama.cpp gives special tokens of models named like Phi-3 an "rstrip" attribute
    * (whitespace after them is dropped when they are split out of the text); nothing else uses it.
