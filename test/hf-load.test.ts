@@ -59,6 +59,12 @@ describe.each([
     if (folder.startsWith('llama3')) expect(model().config.ropeFreqsTensor).toBe('rope_freqs.weight');
   });
 
+  it("renders the chat case's messages with tokenizer_config.json's template to llama.cpp's prompt ids", () => {
+    const chat = all.find((c) => c.chat_messages)!;
+    const variables = { date_string: '26 Jul 2024' }; // llama.cpp's reference renders Llama 3.2's date with this
+    expect(model().chatPromptIds(chat.chat_messages!, { variables })).toEqual(chat.prompt_ids);
+  });
+
   it.each(cases.map((c) => [c.name, c] as const))('%s: prompt ids and all 64 tokens', async (_, c) => {
     expect(model().tokenize(c.prompt, { parseSpecial: c.parse_special })).toEqual(c.prompt_ids);
     expect(await generate(model(), c)).toEqual(c.generated_ids);
