@@ -1,6 +1,6 @@
 // Hugging Face folders the way users run them: `deno task run|info -m folder`, `deno task serve
 // -m folder`, and loadModel on a base URL read with HTTP Range requests.
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -16,6 +16,17 @@ const stories = reference().generation_cases.filter((c) => c.model === 'stories2
 function task(...args: string[]): { code: number | null; stdout: string; stderr: string } {
   const result = spawnSync(deno, ['task', '-q', ...args], { cwd: root, encoding: 'utf8', timeout: 180_000, env: { ...process.env, XDG_RUNTIME_DIR: '/tmp', NO_COLOR: '1' } });
   return { code: result.status, stdout: result.stdout, stderr: result.stderr };
+}
+
+/** `task` without blocking this process (the test's own HTTP server must keep answering). */
+function taskAsync(...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolvePromise) => {
+    const child = spawn(deno, ['task', '-q', ...args], { cwd: root, env: { ...process.env, XDG_RUNTIME_DIR: '/tmp', NO_COLOR: '1' } });
+    let [stdout, stderr] = ['', ''];
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    child.on('close', (code) => resolvePromise({ code, stdout, stderr }));
+  });
 }
 
 describe('deno task run / info -m FOLDER', () => {
@@ -67,6 +78,13 @@ describe('loadModel on a base URL (HTTP Range requests)', () => {
     files = await serveStatic({ '/models/': modelsDir });
   });
   afterAll(() => files?.close());
+
+  it("deno task run -m URL/ reads the folder over HTTP and gives llama.cpp's ids", async () => {
+    const c = stories[3]!;
+    const r = await taskAsync('run', '-m', `${files.origin}/models/hf/stories260K/`, '-p', c.prompt, '-n', '64', '--temperature', '0', '--ignore-eos', '--json');
+    expect(r.code, r.stderr).toBe(0);
+    expect((JSON.parse(r.stdout) as { generated_ids: number[] }).generated_ids).toEqual(c.generated_ids);
+  });
 
   it("reads the folder's weights by ranges and gives the GGUF's tokens", async () => {
     const model = await loadModel(`${files.origin}/models/hf/stories260K/`, { contextLength: 128 });
