@@ -8,6 +8,9 @@ import { join } from 'node:path';
 import { loadModel, type Model } from '../src/api/model.ts';
 import { readModelInfo } from '../src/api/model-info.ts';
 import { ModelFormatError, ModelSourceError } from '../src/model/errors.ts';
+import { readSafetensorsBytes, readSafetensorsModel } from '../src/model/safetensors.ts';
+import { writeSafetensors } from '../src/model/safetensors-writer.ts';
+import { fileSource } from '../src/model/source.ts';
 import { FULL_SWEEP } from './helpers/gpu.ts';
 import { modernReference } from './helpers/modern-models.ts';
 import { modelPath, quantizedReference, reference, type GenerationCase } from './helpers/models.ts';
@@ -189,6 +192,31 @@ describe('folder errors and info', () => {
       } finally {
         await model.dispose();
       }
+    } finally {
+      rmSync(dir, { recursive: true });
+    }
+  });
+
+  it('a quantized layer whose scales do not fit its qweight fails the load with a typed error naming the tensor', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'webshard-hf-'));
+    try {
+      const folder = 'awq-tiny/awq-g32';
+      for (const name of ['config.json', 'tokenizer.json', 'tokenizer_config.json']) symlinkSync(modelPath(`${folder}/${name}`), join(dir, name));
+      const original = await readSafetensorsModel(await fileSource(modelPath(`${folder}/model.safetensors`)));
+      const tensors = await Promise.all(
+        original.tensors.map(async (t) => {
+          const data = await readSafetensorsBytes(t);
+          // One group row short: [in/G − 1, out] instead of [in/G, out].
+          if (t.name !== 'model.layers.1.mlp.up_proj.scales') return { name: t.name, dtype: t.dtype, shape: t.shape, data };
+          return { name: t.name, dtype: t.dtype, shape: [t.shape[0]! - 1, t.shape[1]!], data: data.subarray(0, data.length - 2 * t.shape[1]!) };
+        }),
+      );
+      await original.files[0]!.source.close();
+      writeFileSync(join(dir, 'model.safetensors'), await writeSafetensors({ tensors }));
+      const error = await loadModel(dir).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(ModelFormatError);
+      expect((error as ModelFormatError).tensor).toBe('model.layers.1.mlp.up_proj.scales');
+      expect((error as Error).message).toMatch(/up_proj\.scales: holds \d+ values, but \[\d+, 256\] needs \d+\. Re-export the checkpoint/);
     } finally {
       rmSync(dir, { recursive: true });
     }
