@@ -92,6 +92,15 @@ describe.each(quantizedModels)('%s', (folder) => {
     expect(q4zp.length).toBe(quantized.models[folder]!.format === 'unquantized' ? 0 : 7 * model().config.nLayers);
   });
 
+  it('keeps no made Q4_ZP layer in host memory after the load (a later read makes it again)', async () => {
+    const last = model().file.tensor(`blk.${model().config.nLayers - 1}.ffn_down.weight`); // the last layer the loader made
+    if (last.type !== 1000) return expect(quantized.models[folder]!.format).toBe('unquantized');
+    const source = model().file.source;
+    const before = source.bytesRead;
+    await source.read(last.offset, 20);
+    expect(source.bytesRead - before).toBeGreaterThan(last.byteLength / 2); // its packed tensors, read again
+  });
+
   it.each(cases.map((c) => [c.name, c] as const))('%s: tokens up to the stable prefix', async (_, c) => {
     const prefix = quantized.models[folder]!.format === 'unquantized' ? c.n_predict : c.stable_prefix_len['0.01'];
     expect(model().tokenize(c.prompt)).toEqual(c.prompt_ids);

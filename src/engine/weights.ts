@@ -620,6 +620,8 @@ export async function loadLlamaWeights(
   } catch (error) {
     for (const value of uploaded.values()) for (const buffer of Array.isArray(value) ? matrixBuffers(value) : [value]) buffer.destroy();
     throw error;
+  } finally {
+    file.source.evict?.(); // bytes a source made to serve the reads (AWQ/GPTQ layers) are not needed again
   }
   uploader.flush();
   const matrix = (name: string) => uploaded.get(name) as GpuMatrix;

@@ -102,7 +102,7 @@ export interface HfModelFileOptions {
 
 /**
  * The checkpoint as a `GGUFFile` whose source is its files laid end to end (plus the tensors made
- * from them). Reads g_idx of act-order layers; no other tensor data is read until the loader asks.
+ * from them). Reads GPTQ's g_idx (small); no other tensor data is read until the loader asks.
  */
 export async function hfModelFile(checkpoint: HfCheckpoint, options: HfModelFileOptions = {}): Promise<GGUFFile> {
   const { config, tensors: model, folder } = checkpoint;
@@ -144,7 +144,8 @@ export async function hfModelFile(checkpoint: HfCheckpoint, options: HfModelFile
         fix: 'Download config.json (or quantize_config.json) of this checkpoint again',
       });
     }
-    // Made layers, most recent last; a layer is made once while it is being read.
+    // Made layers, most recent last; a layer is made once while it is being read, and all are
+    // let go when the load is done (the source's evict).
     const made = new Map<string, Promise<Uint8Array>>();
     const make = (prefix: string) => (): Promise<Uint8Array> => {
       let bytes = made.get(prefix);
@@ -167,7 +168,7 @@ export async function hfModelFile(checkpoint: HfCheckpoint, options: HfModelFile
         throw new ModelFormatError({ file: qweight.source.name, tensor: qweight.name, problem: `${prefix} has ${inFeatures} input features, not a multiple of 32`, fix: 'Use a checkpoint quantized with group_size 32, 64 or 128' });
       }
       const byteLength = q4ZpBytes(outFeatures, inFeatures);
-      const offset = addPart(madeSource(`${prefix} (Q4_ZP from ${q.method.toUpperCase()})`, byteLength, make(prefix)));
+      const offset = addPart(madeSource(`${prefix} (Q4_ZP from ${q.method.toUpperCase()})`, byteLength, make(prefix), () => made.delete(prefix)));
       const entry: GGUFTensorInfo = { name: gguf, shape: [inFeatures, outFeatures], type: GGMLType.Q4_ZP, offset, byteLength };
       // g_idx is read whenever it is there (not only with desc_act): the layer is made in its group
       // order, so the table must carry that order too. A trivial g_idx (k // G) gives none.

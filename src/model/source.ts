@@ -19,6 +19,11 @@ export interface ByteSource {
   readInto?(offset: number, target: Uint8Array): Promise<void>;
   /** Bytes read so far (for tests proving a shard reads only its share, and for progress). */
   readonly bytesRead: number;
+  /**
+   * Frees what the source keeps in memory to serve reads (a made tensor's bytes); later reads make
+   * it again. The weight loader calls it when a load is done. Optional.
+   */
+  evict?(): void;
   close(): Promise<void>;
 }
 
@@ -169,6 +174,10 @@ class Joined extends CountingSource implements JoinedSource {
     else target.set(await source.read(at, target.length));
   }
 
+  evict(): void {
+    for (const part of this.parts) part.source.evict?.();
+  }
+
   override async close(): Promise<void> {
     await Promise.all(this.parts.map((part) => part.source.close()));
   }
@@ -182,11 +191,17 @@ export function joinedSource(name: string, parts: readonly JoinedPart[]): Joined
   return new Joined(name, parts);
 }
 
-/** A source whose bytes are made on first read (e.g. a layer repacked from a checkpoint's tensors). */
-export function madeSource(name: string, size: number, make: () => Promise<Uint8Array>): ByteSource {
+/**
+ * A source whose bytes are made when read (e.g. a layer repacked from a checkpoint's tensors):
+ * `make` may keep them for the next reads, `evict` lets them go.
+ */
+export function madeSource(name: string, size: number, make: () => Promise<Uint8Array>, evict?: () => void): ByteSource {
   return new (class extends CountingSource {
     readonly name = name;
     readonly size = size;
+    evict(): void {
+      evict?.();
+    }
     protected async readRange(offset: number, length: number): Promise<Uint8Array> {
       return (await make()).slice(offset, offset + length);
     }
