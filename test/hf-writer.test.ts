@@ -250,6 +250,26 @@ describe('random Hugging Face checkpoints', () => {
     expect(compared).toBeGreaterThanOrEqual(4);
   });
 
+  it('tp = 2 on a BF16 folder: each shard reads about half of the weight files, as the planner counts', async () => {
+    const shape = { dim: 256, nLayers: 2, nHeads: 4, nKvHeads: 2, ffnDim: 1024, vocabSize: 512 };
+    const dir = join(root, 'bf16-tp2');
+    const written = await writeRandomHfCheckpoint(dir, shape, { seed: SEED, dtype: 'BF16', shards: 2 });
+    const model = await loadModel(dir, { tp: 2, contextLength: 64 });
+    try {
+      const reports = model.shards!.reports;
+      reports.forEach((report, i) => {
+        // Its planned byte ranges, plus the two files' headers (read when the folder is opened).
+        expect(report.fileBytesRead - model.plan!.shards[i]!.fileBytesRead).toBeGreaterThanOrEqual(0);
+        expect(report.fileBytesRead - model.plan!.shards[i]!.fileBytesRead).toBeLessThan(16 * 1024);
+        // Norms and the embedding are whole on each; the layers and the output head are halves.
+        expect(report.fileBytesRead / written.tensorBytes).toBeGreaterThan(0.45);
+        expect(report.fileBytesRead / written.tensorBytes).toBeLessThan(0.65);
+      });
+    } finally {
+      await model.dispose();
+    }
+  });
+
   it('refuses a group size that does not divide the layers', async () => {
     await expect(writeRandomHfCheckpoint(memoryTarget(), SHAPE, { quantization: { method: 'awq', groupSize: 96 } })).rejects.toThrow(/group size 96/);
   });
