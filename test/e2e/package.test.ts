@@ -6,13 +6,13 @@
 // integrity hashes) the repository's own lockfile installed, and `npm ci --offline` takes them
 // from npm's cache, where the repository's `npm ci` put them.
 import { execFile } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { build } from 'vite';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { reference, referenceModelPath } from '../helpers/models.ts';
+import { modelPath, reference, referenceModelPath } from '../helpers/models.ts';
 import { launchChromium } from './browser.ts';
 import { projectRoot } from './demo-build.ts';
 import { serveStatic } from './static-server.ts';
@@ -91,6 +91,7 @@ beforeAll(async () => {
     writeFileSync(join(consumer, path), code);
   }
   for (const dir of ['node', 'deno']) copyFileSync(referenceModelPath('stories260K-f32'), join(consumer, dir, 'stories260K.gguf'));
+  cpSync(modelPath('hf/stories260K'), join(consumer, 'node', 'stories260K-hf'), { recursive: true }); // a temporary copy beside the example
   // Deno, offline: `npm:webshard` resolves from the node_modules folder beside its deno.json.
   writeFileSync(join(consumer, 'deno', 'deno.json'), JSON.stringify({ nodeModulesDir: 'manual' }));
   symlinkSync('../node_modules', join(consumer, 'deno', 'node_modules'));
@@ -117,7 +118,7 @@ describe('npm package', { timeout: 300_000 }, () => {
   });
 
   it('README examples exist for every runtime', () => {
-    expect([...readmeExamples().keys()].sort()).toEqual(['browser/index.html', 'browser/main.ts', 'deno/main.ts', 'node/main.mjs', 'node/sharded.mjs']);
+    expect([...readmeExamples().keys()].sort()).toEqual(['browser/index.html', 'browser/main.ts', 'deno/main.ts', 'node/hf-folder.mjs', 'node/main.mjs', 'node/sharded.mjs']);
   });
 
   it('runs the README Node example: llama.cpp\'s greedy text', async () => {
@@ -130,6 +131,11 @@ describe('npm package', { timeout: 300_000 }, () => {
     expect(stdout).toContain(`\n${referenceCase.generated_text}\n`);
     expect(stdout).toMatch(/shard 0: \d+ steps/);
     expect(stdout).toMatch(/shard 1: \d+ steps/);
+  });
+
+  it('runs the README Hugging Face folder example from the package (tp = 2, each worker opening the folder)', async () => {
+    const { stdout } = await run('node', ['hf-folder.mjs'], { cwd: join(consumer, 'node'), env });
+    expect(stdout).toBe(`${referenceCase.generated_text}\n`);
   });
 
   it('runs the README Deno example through npm:webshard', async () => {
