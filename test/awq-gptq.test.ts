@@ -7,6 +7,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { randomF32, testGpu, uploadTestWeight } from './helpers/gpu.ts';
+import { greedyTokens } from './helpers/runner.ts';
 import { modelPath, quantizedReference } from './helpers/models.ts';
 import { dequantizeInt4Reference, permuteColumns, randomInt4Linear, type RandomInt4Options } from './reference/awq-gptq.ts';
 import { matmulReference, quantizeActivationsInt8 } from './reference/matmul.ts';
@@ -350,19 +351,6 @@ describe('loadModel on the act-order checkpoint folder (gptq-tiny/gptq-g32-actor
     await expect(loadModel(modelPath(folder), { tp: 2, contextLength: 128 })).rejects.toThrow(/tp=2 cannot split stage 0.*attn_output.weight is a GPTQ act-order \(desc_act\) layer/);
   });
 });
-
-/** Greedy tokens from one runner: the prompt as one step, then one token per step (sequence slot 0). */
-async function greedyTokens(runner: LlamaRunner, prompt: readonly number[], count: number): Promise<number[]> {
-  const blockTable = Uint32Array.from({ length: runner.geometry.blocksPerSequence }, (_, block) => block);
-  const out: number[] = [];
-  for (let tokens = [...prompt], position = 0; out.length < count; ) {
-    const [best] = await runner.forward({ tokens, positions: tokens.map((_, i) => position + i), slots: tokens.map(() => 0), sampleRows: [tokens.length - 1], blockTable, wantLogits: false });
-    position += tokens.length;
-    out.push(best!.argmaxId);
-    tokens = [best!.argmaxId];
-  }
-  return out;
-}
 
 describe('generation on act-order Q4_ZP weights (gptq-tiny/gptq-g32-actorder): each layer gathers its input', () => {
   const folder = 'gptq-tiny/gptq-g32-actorder';
