@@ -158,6 +158,31 @@ describe('random AWQ / GPTQ layers of every supported kind', () => {
     expect(Boolean(int4ToQ4Zp(l).inputOrder)).toBe(Boolean(kind.actOrder));
   });
 
+  it.each(kinds.map((k) => [name(k), k] as const))('%s: a region (a shard\'s rows, or its blocks of columns) is that part of the whole', (_name, kind) => {
+    const l = randomInt4Linear(kind);
+    const whole = int4ToQ4Zp(l);
+    const [n, blocks] = [l.outFeatures, l.inFeatures / 32];
+    const rowBytes = blocks * 20;
+    // Rows cut off word boundaries (AWQ packs 8 outputs a word), and blocks cut off group boundaries.
+    const regions: Array<{ rows: [number, number]; blocks: [number, number] }> = [
+      { rows: [3, n - 2], blocks: [0, blocks] },
+      { rows: [0, n], blocks: [1, blocks] },
+      { rows: [1, Math.max(2, n >> 1)], blocks: [0, 1] },
+    ];
+    for (const region of regions) {
+      const part = int4ToQ4Zp(l, region);
+      const expected = new Uint8Array(part.bytes.length);
+      const width = (region.blocks[1] - region.blocks[0]) * 20;
+      for (let o = region.rows[0]; o < region.rows[1]; o++) {
+        const from = o * rowBytes + region.blocks[0] * 20;
+        expected.set(whole.bytes.subarray(from, from + width), (o - region.rows[0]) * width);
+      }
+      expect([part.rows, part.cols]).toEqual([region.rows[1] - region.rows[0], width / 20 * 32]);
+      expect(part.bytes, JSON.stringify(region)).toEqual(expected);
+    }
+    expect(() => int4ToQ4Zp(l, { rows: [0, n + 1], blocks: [0, blocks] })).toThrow(RangeError);
+  });
+
   it('refuses bad layers with the tensor and the numbers', () => {
     const good = randomInt4Linear(kinds[2]!);
     const bad = (patch: Partial<Int4Linear>) => () => int4ToQ4Zp({ ...good, ...patch });

@@ -157,10 +157,14 @@ function gptqZeroOffset(l: Pick<Int4Linear, 'checkpointFormat' | 'file'>): numbe
   });
 }
 
-/** Converts one AWQ or GPTQ layer to Q4_ZP rows (bits moved, no float made). */
-export function int4ToQ4Zp(l: Int4Linear): Q4ZpWeight {
+/**
+ * Converts one AWQ or GPTQ layer to Q4_ZP rows (bits moved, no float made); with `region`, only
+ * those rows and blocks (a tensor-parallel shard's part), row-major with the region's width.
+ */
+export function int4ToQ4Zp(l: Int4Linear, region?: Q4ZpRegion): Q4ZpWeight {
   checkShapes(l);
   const { inFeatures: k, outFeatures: n, groupSize: g } = l;
+  const { rows: [r0, r1], blocks: [b0, b1] } = checkRegion(l, region);
   const order = l.method === 'gptq' ? groupOrder(l) : undefined;
   const zeroOffset = l.method === 'gptq' ? gptqZeroOffset(l) : 0;
   const packedOut = n / 8;
@@ -169,12 +173,11 @@ export function int4ToQ4Zp(l: Int4Linear): Q4ZpWeight {
       ? (o: number, group: number) => nib(l.qzeros[group * packedOut + (o >> 3)]!, AWQ_REVERSE_ORDER[o & 7]!)
       : (o: number, group: number) => nib(l.qzeros[group * packedOut + (o >> 3)]!, o & 7) + zeroOffset;
 
-  const blocksPerRow = k / BLOCK;
-  const rowBytes = blocksPerRow * BLOCK_BYTES;
-  const bytes = new Uint8Array(n * rowBytes);
-  for (let o = 0; o < n; o++) {
-    for (let b = 0; b < blocksPerRow; b++) {
-      const at = o * rowBytes + b * BLOCK_BYTES;
+  const rowBytes = (b1 - b0) * BLOCK_BYTES; // of the region's rows
+  const bytes = new Uint8Array((r1 - r0) * rowBytes);
+  for (let o = r0; o < r1; o++) {
+    for (let b = b0; b < b1; b++) {
+      const at = (o - r0) * rowBytes + (b - b0) * BLOCK_BYTES;
       const group = Math.floor((b * BLOCK) / g); // in group order, the block's group
       const scale = l.scales[group * n + o]!;
       const z = zero(o, group);
@@ -187,7 +190,7 @@ export function int4ToQ4Zp(l: Int4Linear): Q4ZpWeight {
   // The nibbles, walking the checkpoint's words in their own order rather than looking each weight
   // up (3–4 ns a weight instead of 8–11 on the 2-core test machine: this runs for every layer at
   // load time). Q4_ZP column t of a row is byte 4 + t mod 16 of block t / 32, low nibble for
-  // t mod 32 < 16.
+  // t mod 32 < 16 (t counted from the region's first block).
   const columnOf = order ? new Int32Array(k) : undefined; // input column → Q4_ZP column
   if (order) order.forEach((c, t) => (columnOf![c] = t));
   const byteOf = (t: number) => (t >> 5) * BLOCK_BYTES + 4 + (t & 15);
@@ -198,32 +201,54 @@ export function int4ToQ4Zp(l: Int4Linear): Q4ZpWeight {
     // gathered once, they make 8 rows' 16 bytes, written in sequence.
     const shifts = AWQ_REVERSE_ORDER.map((slot) => 4 * slot); // output 8w + j is nibble REV[j] of word w
     const words = new Uint32Array(BLOCK);
-    for (let b = 0; b < blocksPerRow; b++) {
-      for (let w = 0; w < packedOut; w++) {
+    for (let b = b0; b < b1; b++) {
+      for (let w = r0 >> 3; w < (r1 + 7) >> 3; w++) {
         for (let c = 0; c < BLOCK; c++) words[c] = q[(b * BLOCK + c) * packedOut + w]!;
-        for (let j = 0; j < 8; j++) {
+        for (let j = Math.max(0, r0 - 8 * w); j < Math.min(8, r1 - 8 * w); j++) {
           const shift = shifts[j]!;
-          const at = (8 * w + j) * rowBytes + b * BLOCK_BYTES + 4;
+          const at = (8 * w + j - r0) * rowBytes + (b - b0) * BLOCK_BYTES + 4;
           for (let m = 0; m < 16; m++) bytes[at + m] = ((words[m]! >>> shift) & 15) | (((words[m + 16]! >>> shift) & 15) << 4);
         }
       }
     }
   } else {
+    // Packed row r holds input columns 8r .. 8r + 7; without act-order those are the region's
+    // for r in its blocks' rows, with it any r may hold some (columns outside are skipped: -1).
     const columns = new Int32Array(8);
     const shifts = new Int32Array(8);
-    for (let r = 0; r < k / 8; r++) {
+    const [t0, t1] = [b0 * BLOCK, b1 * BLOCK];
+    const [firstRow, endRow] = columnOf ? [0, k / 8] : [t0 / 8, t1 / 8];
+    for (let r = firstRow; r < endRow; r++) {
       for (let i = 0; i < 8; i++) {
         const t = columnOf ? columnOf[8 * r + i]! : 8 * r + i;
-        [columns[i], shifts[i]] = [byteOf(t), shiftOf(t)];
+        const inside = t >= t0 && t < t1;
+        [columns[i], shifts[i]] = [inside ? byteOf(t - t0) : -1, shiftOf(t)];
       }
-      for (let o = 0, word = r * n; o < n; o++, word++) {
+      for (let o = r0, word = r * n + r0; o < r1; o++, word++) {
         const x = q[word]!;
-        const rowAt = o * rowBytes;
-        for (let i = 0; i < 8; i++) bytes[rowAt + columns[i]!]! |= ((x >>> (4 * i)) & 15) << shifts[i]!;
+        const rowAt = (o - r0) * rowBytes;
+        for (let i = 0; i < 8; i++) if (columns[i]! >= 0) bytes[rowAt + columns[i]!]! |= ((x >>> (4 * i)) & 15) << shifts[i]!;
       }
     }
   }
-  return { type: GGMLType.Q4_ZP, rows: n, cols: k, bytes, ...(order ? { inputOrder: order } : {}) };
+  return { type: GGMLType.Q4_ZP, rows: r1 - r0, cols: (b1 - b0) * BLOCK, bytes, ...(order ? { inputOrder: order } : {}) };
+}
+
+/** Part of a layer's Q4_ZP rows: output rows [start, end) × 32-column blocks [start, end) (in group order). */
+export interface Q4ZpRegion {
+  rows: readonly [number, number];
+  blocks: readonly [number, number];
+}
+
+/** The region asked for (default: the whole layer), checked to lie inside it. */
+function checkRegion(l: Int4Linear, region: Q4ZpRegion | undefined): Q4ZpRegion {
+  const whole: Q4ZpRegion = { rows: [0, l.outFeatures], blocks: [0, l.inFeatures / BLOCK] };
+  if (!region) return whole;
+  const inside = (range: readonly [number, number], size: number) => Number.isInteger(range[0]) && Number.isInteger(range[1]) && 0 <= range[0] && range[0] < range[1] && range[1] <= size;
+  if (!inside(region.rows, l.outFeatures) || !inside(region.blocks, l.inFeatures / BLOCK)) {
+    throw new RangeError(`${l.name}: region rows ${region.rows.join('..')} × blocks ${region.blocks.join('..')} is not inside ${l.outFeatures} rows × ${l.inFeatures / BLOCK} blocks`);
+  }
+  return region;
 }
 
 // ---------------------------------------------------------------------------------------------

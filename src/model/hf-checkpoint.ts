@@ -10,25 +10,27 @@
 //   end to end as one address space (`joinedSource`), so a tensor-parallel shard reads only its
 //   rows or columns, as from a GGUF.
 // * AWQ/GPTQ layers are Q4_ZP tensors made at read time from qweight, qzeros and scales (bits
-//   moved, no float made: src/model/awq-gptq.ts), a few layers held at once; act-order layers
-//   carry their column order (`inputOrder`), read from g_idx when the table is built.
+//   moved, no float made: src/model/awq-gptq.ts), only the rows or columns a read asks for (a
+//   tensor-parallel shard repacks its own part; it still reads the whole packed layer, whose
+//   rows are strided in AWQ/GPTQ packing), a few layers held at once; act-order layers carry
+//   their column order (`inputOrder`), read from g_idx when the table is built.
 // * Llama 3 rope scaling becomes the `rope_freqs.weight` tensor llama.cpp's converter writes.
 // * RoPE: HF keeps Q/K rows in rotate_half order, where llama.cpp's converter permutes llama's
 //   rows for interleaved RoPE. Rather than permute rows on the CPU, the model runs neox RoPE
 //   (rotating dim i with i + d/2), which is the same rotation on the unpermuted rows; `openModel`
 //   sets it (qwen2, qwen3 and phi3 are neox in GGUF too).
-import { groupOrder, groupSizeOf, int4ToQ4Zp, readInt4Linear } from './awq-gptq.ts';
+import { groupOrder, groupSizeOf, int4ToQ4Zp, readInt4Linear, type Int4Linear } from './awq-gptq.ts';
 import { GGMLType } from './ggml-type.ts';
 import { GGUFValueType, type GGUFFile, type GGUFTensorInfo, type GGUFValue } from './gguf.ts';
 import { modelNameFromPath, type HfCheckpoint } from './folder.ts';
 import { hfToGgufName, type HfModelConfig } from './hf-config.ts';
 import { ModelFormatError } from './errors.ts';
 import { readSafetensorsBytes, ggufView } from './safetensors.ts';
-import { bytesSource, joinedSource, madeSource, type ByteSource, type JoinedPart } from './source.ts';
+import { bytesSource, computedSource, joinedSource, type ByteSource, type JoinedPart } from './source.ts';
 import type { VocabData } from './tokenizer.ts';
 
-/** Q4_ZP layers kept in memory at once: the loader reads a layer's rows in order, a few reads ahead. */
-const MADE_LAYERS_KEPT = 4;
+/** Checkpoint layers kept in memory at once: the loader reads a layer's rows in order, a few reads ahead. */
+const LAYERS_KEPT = 4;
 
 /** Bytes of a Q4_ZP weight: a 20-byte block per 32 columns of each row. */
 const q4ZpBytes = (rows: number, cols: number): number => rows * (cols / 32) * 20;
@@ -94,6 +96,46 @@ export function checkpointName({ files, folder }: Pick<HfCheckpoint, 'files' | '
   return modelNameFromPath(typeof nameOrPath === 'string' && nameOrPath.trim() !== '' ? nameOrPath : folder.name);
 }
 
+const Q4_ZP_BLOCK_BYTES = 20;
+
+/**
+ * One AWQ/GPTQ layer's Q4_ZP bytes, made for what each read asks, so a tensor-parallel shard
+ * repacks only its part: whole rows (its output rows, or a load chunk of them), or a span of blocks
+ * of one row (its input columns: made for every row at once, kept for the next rows' reads).
+ */
+class MadeInt4Layer {
+  private columns?: { blocks: readonly [number, number]; bytes: Promise<Uint8Array> };
+
+  constructor(
+    private readonly layer: () => Promise<Int4Linear>,
+    private readonly rows: number,
+    private readonly blocks: number,
+  ) {}
+
+  async read(offset: number, length: number): Promise<Uint8Array> {
+    const rowBytes = this.blocks * Q4_ZP_BLOCK_BYTES;
+    const row = Math.floor(offset / rowBytes);
+    if (offset % rowBytes === 0 && length % rowBytes === 0) {
+      return int4ToQ4Zp(await this.layer(), { rows: [row, row + length / rowBytes], blocks: [0, this.blocks] }).bytes;
+    }
+    const within = offset - row * rowBytes;
+    if (within % Q4_ZP_BLOCK_BYTES !== 0 || length % Q4_ZP_BLOCK_BYTES !== 0 || within + length > rowBytes) {
+      throw new RangeError(`Q4_ZP reads are whole rows or whole blocks of one row; got ${length} bytes at ${offset} (rows of ${rowBytes})`);
+    }
+    const blocks = [within / Q4_ZP_BLOCK_BYTES, (within + length) / Q4_ZP_BLOCK_BYTES] as const;
+    if (this.columns?.blocks[0] !== blocks[0] || this.columns.blocks[1] !== blocks[1]) {
+      const bytes = this.layer().then((l) => int4ToQ4Zp(l, { rows: [0, this.rows], blocks }).bytes);
+      bytes.catch(() => (this.columns = undefined));
+      this.columns = { blocks, bytes };
+    }
+    return (await this.columns.bytes).slice(row * length, (row + 1) * length);
+  }
+
+  evict(): void {
+    this.columns = undefined;
+  }
+}
+
 export interface HfModelFileOptions {
   /** The vocabulary read from tokenizer.json (absent: the file has no tokenizer metadata, as a shard worker needs none). */
   vocab?: VocabData;
@@ -144,20 +186,20 @@ export async function hfModelFile(checkpoint: HfCheckpoint, options: HfModelFile
         fix: 'Download config.json (or quantize_config.json) of this checkpoint again',
       });
     }
-    // Made layers, most recent last; a layer is made once while it is being read, and all are
-    // let go when the load is done (the source's evict).
-    const made = new Map<string, Promise<Uint8Array>>();
-    const make = (prefix: string) => (): Promise<Uint8Array> => {
-      let bytes = made.get(prefix);
-      if (bytes) {
-        made.delete(prefix);
+    // Layers as read from the checkpoint, most recent last: a layer is read once while the loader
+    // reads its Q4_ZP rows, and all are let go when the load is done (the source's evict).
+    const read = new Map<string, Promise<Int4Linear>>();
+    const layerOf = (prefix: string) => (): Promise<Int4Linear> => {
+      let layer = read.get(prefix);
+      if (layer) {
+        read.delete(prefix);
       } else {
-        bytes = readInt4Linear(model, prefix, q).then((layer) => int4ToQ4Zp(layer).bytes);
-        bytes.catch(() => made.delete(prefix));
+        layer = readInt4Linear(model, prefix, q);
+        layer.catch(() => read.delete(prefix));
       }
-      made.set(prefix, bytes);
-      while (made.size > MADE_LAYERS_KEPT) made.delete(made.keys().next().value!);
-      return bytes;
+      read.set(prefix, layer);
+      while (read.size > LAYERS_KEPT) read.delete(read.keys().next().value!);
+      return layer;
     };
     const orders: Promise<void>[] = []; // g_idx reads, all at once (many small ranges over HTTP)
     for (const prefix of quantized) {
@@ -168,7 +210,11 @@ export async function hfModelFile(checkpoint: HfCheckpoint, options: HfModelFile
         throw new ModelFormatError({ file: qweight.source.name, tensor: qweight.name, problem: `${prefix} has ${inFeatures} input features, not a multiple of 32`, fix: 'Use a checkpoint quantized with group_size 32, 64 or 128' });
       }
       const byteLength = q4ZpBytes(outFeatures, inFeatures);
-      const offset = addPart(madeSource(`${prefix} (Q4_ZP from ${q.method.toUpperCase()})`, byteLength, make(prefix), () => made.delete(prefix)));
+      const made = new MadeInt4Layer(layerOf(prefix), outFeatures, inFeatures / 32);
+      const offset = addPart(computedSource(`${prefix} (Q4_ZP from ${q.method.toUpperCase()})`, byteLength, (at, length) => made.read(at, length), () => {
+        read.delete(prefix);
+        made.evict();
+      }));
       const entry: GGUFTensorInfo = { name: gguf, shape: [inFeatures, outFeatures], type: GGMLType.Q4_ZP, offset, byteLength };
       // g_idx is read whenever it is there (not only with desc_act): the layer is made in its group
       // order, so the table must carry that order too. A trivial g_idx (k // G) gives none.

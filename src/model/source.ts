@@ -192,21 +192,19 @@ export function joinedSource(name: string, parts: readonly JoinedPart[]): Joined
 }
 
 /**
- * A source whose bytes are made when read (e.g. a layer repacked from a checkpoint's tensors):
- * `make` may keep them for the next reads, `evict` lets them go.
+ * A source whose bytes are computed for each read (e.g. a layer repacked from a checkpoint's
+ * tensors, only the part asked for): `read` gets ranges inside the source and may keep what it
+ * made for the next reads; `evict` lets that go.
  */
-export function madeSource(name: string, size: number, make: () => Promise<Uint8Array>, evict?: () => void): ByteSource {
+export function computedSource(name: string, size: number, read: (offset: number, length: number) => Promise<Uint8Array>, evict?: () => void): ByteSource {
   return new (class extends CountingSource {
     readonly name = name;
     readonly size = size;
     evict(): void {
       evict?.();
     }
-    protected async readRange(offset: number, length: number): Promise<Uint8Array> {
-      return (await make()).slice(offset, offset + length);
-    }
-    protected override async readRangeInto(offset: number, target: Uint8Array): Promise<void> {
-      target.set((await make()).subarray(offset, offset + target.length));
+    protected readRange(offset: number, length: number): Promise<Uint8Array> {
+      return read(offset, length);
     }
   })();
 }
