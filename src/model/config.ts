@@ -249,29 +249,40 @@ function canonicalShape(shape: readonly number[]): number[] {
 }
 
 /** Whether two ggml shapes are the same tensor shape (trailing 1s aside). */
-export function sameShape(a: readonly number[], b: readonly number[]): boolean {
+function sameShape(a: readonly number[], b: readonly number[]): boolean {
   return canonicalShape(a).join() === canonicalShape(b).join();
 }
 
+/** What a tensor-table error says: the tensor at fault (in the model's own naming), the problem, the fix. */
+type TensorProblem = { tensor: string; problem: string; fix: string };
+
+/**
+ * How `validateLlamaTensors` words its errors, given GGUF names and ggml shapes: a GGUF's terms by
+ * default; a Hugging Face folder says them in its own (src/model/open-model.ts).
+ */
+export interface TensorCheckTerms {
+  missing(name: string, expected: readonly number[]): TensorProblem;
+  wrongShape(name: string, found: readonly number[], expected: readonly number[]): TensorProblem;
+}
+
+const GGUF_TERMS: TensorCheckTerms = {
+  missing: (name, expected) => ({
+    tensor: name,
+    problem: `tensor ${name} is missing (expected shape [${expected.join(', ')}])`,
+    fix: 'The model is incomplete or its metadata does not match its weights; re-convert it',
+  }),
+  wrongShape: (name, found, expected) => ({
+    tensor: name,
+    problem: `tensor ${name} has shape [${found.join(', ')}], expected [${expected.join(', ')}] from the metadata`,
+    fix: 'The metadata does not match the weights; re-convert the model',
+  }),
+};
+
 /** Checks every tensor the config needs is present with the implied shape; throws naming the first that is not. */
-export function validateLlamaTensors(file: GGUFFile, config: LlamaConfig): void {
+export function validateLlamaTensors(file: GGUFFile, config: LlamaConfig, terms: TensorCheckTerms = GGUF_TERMS): void {
   for (const [name, shape] of expectedLlamaTensors(config)) {
-    if (!file.hasTensor(name)) {
-      throw new ModelFormatError({
-        file: file.source.name,
-        tensor: name,
-        problem: `tensor ${name} is missing (expected shape [${shape.join(', ')}])`,
-        fix: 'The model is incomplete or its metadata does not match its weights; re-convert it',
-      });
-    }
+    if (!file.hasTensor(name)) throw new ModelFormatError({ file: file.source.name, ...terms.missing(name, shape) });
     const found = file.tensor(name).shape;
-    if (!sameShape(found, shape)) {
-      throw new ModelFormatError({
-        file: file.source.name,
-        tensor: name,
-        problem: `tensor ${name} has shape [${found.join(', ')}], expected [${shape.join(', ')}] from the metadata`,
-        fix: 'The metadata does not match the weights; re-convert the model',
-      });
-    }
+    if (!sameShape(found, shape)) throw new ModelFormatError({ file: file.source.name, ...terms.wrongShape(name, found, shape) });
   }
 }

@@ -2,8 +2,8 @@
 // Face folder (a directory, a base URL ending in '/', picked or dropped Files). Both become the
 // same three things, read by the rest of the engine without knowing which it was: a `GGUFFile`
 // (metadata and a tensor table over a byte source), its `LlamaConfig`, and a tokenizer.
-import { expectedLlamaTensors, llamaConfig, sameShape, validateLlamaTensors, type LlamaConfig } from './config.ts';
-import { ModelFormatError, ModelSourceError } from './errors.ts';
+import { llamaConfig, validateLlamaTensors, type LlamaConfig, type TensorCheckTerms } from './config.ts';
+import { ModelSourceError } from './errors.ts';
 import { detectModelSource, openHfCheckpoint, type FileCollection, type HfCheckpoint, type ModelInput } from './folder.ts';
 import { readGGUF, type GGUFFile } from './gguf.ts';
 import { checkpointName, hfModelFile } from './hf-checkpoint.ts';
@@ -62,7 +62,7 @@ export async function openModel(input: ModelInput, options: OpenModelOptions = {
     const gguf = llamaConfig(file);
     // HF's Q/K rows are in rotate_half order: neox RoPE on them is llama.cpp's RoPE on its permuted rows.
     const config: LlamaConfig = { ...gguf, family: { ...gguf.family, ropeStyle: 'neox' } };
-    validateHfTensors(checkpoint, file, config);
+    validateLlamaTensors(file, config, hfTensorTerms(checkpoint, config));
     let tokenizer: LlamaTokenizer | undefined;
     return {
       format: 'hf-folder',
@@ -80,25 +80,18 @@ export async function openModel(input: ModelInput, options: OpenModelOptions = {
 }
 
 /**
- * Every tensor config.json implies is there with its shape, said in the folder's own terms: HF
- * names and [out, in] shapes (validateLlamaTensors says it in GGUF's).
+ * validateLlamaTensors' errors in the folder's own terms: HF tensor names, [out, in] shapes, and
+ * config.json's numbers as what implies them.
  */
-function validateHfTensors(checkpoint: HfCheckpoint, file: GGUFFile, config: LlamaConfig): void {
-  const { folder, config: hf } = checkpoint;
+function hfTensorTerms({ config: hf }: HfCheckpoint, config: LlamaConfig): TensorCheckTerms {
   const described = `config.json (${hf.architecture}: hidden_size ${hf.dim}, ${hf.nLayers} layers, ${hf.nHeads} heads, ${hf.nKvHeads} KV heads, head_dim ${hf.headDim}, intermediate_size ${hf.ffnDim}, vocab_size ${hf.vocabSize})`;
   const fix = 'The weights and config.json are from different models or revisions: download the checkpoint again, all files from one revision';
+  const hfName = (name: string) => ggufToHfName(name, { fusedGateUp: config.family.fusedGateUp });
   const hfShape = (shape: readonly number[]) => `[${[...shape].reverse().join(', ')}]`;
-  for (const [name, shape] of expectedLlamaTensors(config)) {
-    if (name === config.ropeFreqsTensor) continue; // made from rope_scaling, not read
-    const hfName = ggufToHfName(name, { fusedGateUp: config.family.fusedGateUp });
-    if (!file.hasTensor(name)) {
-      throw new ModelFormatError({ file: folder.name, tensor: hfName, problem: `tensor ${hfName} is missing: ${described} needs it with shape ${hfShape(shape)}`, fix });
-    }
-    const found = file.tensor(name).shape;
-    if (!sameShape(found, shape)) {
-      throw new ModelFormatError({ file: folder.name, tensor: hfName, problem: `tensor ${hfName} has shape ${hfShape(found)}, but ${described} implies ${hfShape(shape)}`, fix });
-    }
-  }
+  return {
+    missing: (name, expected) => ({ tensor: hfName(name), problem: `tensor ${hfName(name)} is missing: ${described} needs it with shape ${hfShape(expected)}`, fix }),
+    wrongShape: (name, found, expected) => ({ tensor: hfName(name), problem: `tensor ${hfName(name)} has shape ${hfShape(found)}, but ${described} implies ${hfShape(expected)}`, fix }),
+  };
 }
 
 /** A folder's tokenizer.json (+ tokenizer_config.json), read as gguf-py would convert it. */

@@ -121,13 +121,9 @@ export interface JoinedPart {
   counted?: boolean;
 }
 
-/** Several sources one after the other, each at its `offsets[i]`; a read must lie inside one part. */
-export interface JoinedSource extends ByteSource {
-  readonly offsets: readonly number[];
-}
-
-class Joined extends CountingSource implements JoinedSource {
-  readonly offsets: number[] = [];
+/** Several sources one after the other, each at the sum of the sizes before it; a read must lie inside one part. */
+class Joined extends CountingSource {
+  private readonly offsets: number[] = [];
   readonly size: number;
 
   constructor(
@@ -187,7 +183,7 @@ class Joined extends CountingSource implements JoinedSource {
  * Sources laid end to end as one (a Hugging Face checkpoint's shards and the tensors made from
  * them, as one "file" for the weight loader). Closing it closes every part.
  */
-export function joinedSource(name: string, parts: readonly JoinedPart[]): JoinedSource {
+export function joinedSource(name: string, parts: readonly JoinedPart[]): ByteSource {
   return new Joined(name, parts);
 }
 
