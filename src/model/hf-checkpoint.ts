@@ -188,17 +188,17 @@ export async function hfModelFile(checkpoint: HfCheckpoint, options: HfModelFile
     }
     // Layers as read from the checkpoint, most recent last: a layer is read once while the loader
     // reads its Q4_ZP rows, and all are let go when the load is done (the source's evict).
-    const read = new Map<string, Promise<Int4Linear>>();
+    const layers = new Map<string, Promise<Int4Linear>>();
     const layerOf = (prefix: string) => (): Promise<Int4Linear> => {
-      let layer = read.get(prefix);
+      let layer = layers.get(prefix);
       if (layer) {
-        read.delete(prefix);
+        layers.delete(prefix);
       } else {
         layer = readInt4Linear(model, prefix, q);
-        layer.catch(() => read.delete(prefix));
+        layer.catch(() => layers.delete(prefix));
       }
-      read.set(prefix, layer);
-      while (read.size > LAYERS_KEPT) read.delete(read.keys().next().value!);
+      layers.set(prefix, layer);
+      while (layers.size > LAYERS_KEPT) layers.delete(layers.keys().next().value!);
       return layer;
     };
     const orders: Promise<void>[] = []; // g_idx reads, all at once (many small ranges over HTTP)
@@ -212,7 +212,7 @@ export async function hfModelFile(checkpoint: HfCheckpoint, options: HfModelFile
       const byteLength = q4ZpBytes(outFeatures, inFeatures);
       const made = new MadeInt4Layer(layerOf(prefix), outFeatures, inFeatures / 32);
       const offset = addPart(computedSource(`${prefix} (Q4_ZP from ${q.method.toUpperCase()})`, byteLength, (at, length) => made.read(at, length), () => {
-        read.delete(prefix);
+        layers.delete(prefix);
         made.evict();
       }));
       const entry: GGUFTensorInfo = { name: gguf, shape: [inFeatures, outFeatures], type: GGMLType.Q4_ZP, offset, byteLength };

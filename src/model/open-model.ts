@@ -9,7 +9,7 @@ import { readGGUF, type GGUFFile } from './gguf.ts';
 import { checkpointName, hfModelFile } from './hf-checkpoint.ts';
 import { ggufToHfName } from './hf-config.ts';
 import { parseJson } from './json.ts';
-import { openSource, urlSource } from './source.ts';
+import { openSource } from './source.ts';
 import { LlamaTokenizer, vocabFromTokenizerJson, type TokenizerJsonVocab, type TokenizerSemantics } from './tokenizer.ts';
 
 /** What a shard worker can open by itself (structured-cloneable): a path or URL (file or folder), a Blob, bytes, or a folder's Files. */
@@ -42,8 +42,7 @@ export interface OpenedModel {
 export async function openModel(input: ModelInput, options: OpenModelOptions = {}): Promise<OpenedModel> {
   const detected = await detectModelSource(input, { headers: options.headers });
   if (detected.kind === 'gguf') {
-    const url = typeof detected.source === 'string' && /^https?:\/\//i.test(detected.source) ? detected.source : undefined;
-    const source = url && options.headers ? await urlSource(url, { headers: options.headers }) : await openSource(detected.source);
+    const source = await openSource(detected.source, { headers: options.headers });
     try {
       const file = await readGGUF(source);
       const config = llamaConfig(file);

@@ -387,16 +387,16 @@ function isByteSource(source: ModelSource): source is ByteSource {
 }
 
 /** Opens whatever the user handed us (see `ModelSource`). */
-export async function openSource(source: ModelSource): Promise<ByteSource> {
+export async function openSource(source: ModelSource, options: { headers?: Record<string, string> } = {}): Promise<ByteSource> {
   if (source instanceof Uint8Array) return bytesSource(source);
   if (isByteSource(source)) return source;
   if (typeof Blob !== 'undefined' && source instanceof Blob) return blobSource(source);
   if (source instanceof URL) {
     if (source.protocol === 'file:') return fileSource(decodeURIComponent(source.pathname));
-    return urlSource(source);
+    return urlSource(source, options);
   }
   if (typeof source === 'string') {
-    if (/^https?:\/\//i.test(source)) return urlSource(source);
+    if (/^https?:\/\//i.test(source)) return urlSource(source, options);
     if (source.startsWith('file://')) return fileSource(decodeURIComponent(new URL(source).pathname));
     return fileSource(source);
   }
