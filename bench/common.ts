@@ -4,10 +4,11 @@
 // Written with node: modules, which Deno and Node both provide.
 
 import { existsSync } from 'node:fs';
-import { mkdir, open, rename, writeFile } from 'node:fs/promises';
-import { dirname, resolve } from 'node:path';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { basename, dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writeRandomLlamaGGUF, type RandomLlamaShape } from '../src/model/random-llama.ts';
+import { directoryTarget } from '../src/model/safetensors-writer.ts';
 
 export const resultsDir: string = resolve(dirname(fileURLToPath(import.meta.url)), 'results');
 
@@ -50,18 +51,8 @@ export async function randomModelFile(shape: RandomLlamaShape, seed = 1): Promis
   const key = [shape.dim, shape.nLayers, shape.nHeads, shape.nKvHeads, shape.ffnDim, shape.vocabSize ?? 'v', shape.weightType ?? 0, seed].join('-');
   const path = resolve(resultsDir, `random-llama-${key}.gguf`);
   if (existsSync(path)) return path;
-  await mkdir(resultsDir, { recursive: true });
   // Written under a temporary name first, so an interrupted run never leaves half a model behind.
-  const partial = `${path}.partial`;
-  const handle = await open(partial, 'w');
-  try {
-    await writeRandomLlamaGGUF(shape, seed, async (chunk) => {
-      await handle.write(chunk);
-    });
-  } finally {
-    await handle.close();
-  }
-  await rename(partial, path);
+  await directoryTarget(resultsDir).writeFile(basename(path), (sink) => writeRandomLlamaGGUF(shape, seed, sink));
   return path;
 }
 

@@ -10,8 +10,8 @@
 // bench/results/ (git-ignored) and reused.
 
 import { existsSync } from 'node:fs';
-import { mkdir, open, rename, stat, writeFile } from 'node:fs/promises';
-import { dirname, resolve } from 'node:path';
+import { stat, writeFile } from 'node:fs/promises';
+import { basename, dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { requestGpu } from '../src/gpu/device.ts';
@@ -20,6 +20,7 @@ import { tensorByteLength } from '../src/model/ggml-type.ts';
 import { readGGUF } from '../src/model/gguf.ts';
 import { ggufFileSize, writeGGUFStream, type TensorData } from '../src/model/gguf-writer.ts';
 import { randomLlamaSpec, type RandomWeightType } from '../src/model/random-llama.ts';
+import { directoryTarget } from '../src/model/safetensors-writer.ts';
 import { fileSource } from '../src/model/source.ts';
 import { wholeModelView } from '../src/engine/shard-view.ts';
 import { destroyWeights, loadLlamaWeights, shardReadBytes, type LlamaWeights } from '../src/engine/weights.ts';
@@ -55,14 +56,7 @@ export async function loadBenchFile(shapeName: BenchShapeName, type: RandomWeigh
   const path = resolve(resultsDir, `load-llama-${shapeName}-${weightTypeKey(type)}.gguf`);
   const expected = ggufFileSize(spec);
   if (existsSync(path) && (await stat(path)).size === expected) return { path, bytes: expected };
-  await mkdir(resultsDir, { recursive: true });
-  const handle = await open(`${path}.partial`, 'w');
-  try {
-    await writeGGUFStream({ ...spec, tensors }, async (chunk) => void (await handle.write(chunk)));
-  } finally {
-    await handle.close();
-  }
-  await rename(`${path}.partial`, path);
+  await directoryTarget(resultsDir).writeFile(basename(path), (sink) => writeGGUFStream({ ...spec, tensors }, sink));
   return { path, bytes: expected };
 }
 

@@ -11,13 +11,14 @@
 // "generate tensor i" messages (see the bottom of the file).
 
 import { existsSync } from 'node:fs';
-import { mkdir, open, rename, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import os from 'node:os';
-import { dirname, resolve } from 'node:path';
+import { basename, dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ggufFileSize, writeGGUFStream, type TensorData } from '../src/model/gguf-writer.ts';
 import { GGMLType, ggmlTypeName } from '../src/model/ggml-type.ts';
 import { LLAMA_3_2_1B_SHAPE, randomLlamaSpec, type RandomLlamaShape, type RandomWeightType } from '../src/model/random-llama.ts';
+import { directoryTarget } from '../src/model/safetensors-writer.ts';
 
 /** Where the benchmark GGUFs are cached (git-ignored; never commit model files). */
 export const benchModelsDir: string = resolve(dirname(fileURLToPath(import.meta.url)), 'models');
@@ -111,27 +112,25 @@ export async function benchModelFile(shapeName: BenchShapeName, type: RandomWeig
   if (existsSync(path) && (await stat(path)).size === expected) {
     return { path, shapeName, type, bytes: expected, cached: true, writeMs: 0, workers: 0 };
   }
-  await mkdir(dir, { recursive: true });
   const isDeno = typeof (globalThis as { Deno?: unknown }).Deno !== 'undefined';
   const bigFile = expected > 256 * 2 ** 20;
   const workers = isDeno ? (options.workers ?? (bigFile ? Math.min(12, Math.max(1, os.cpus().length - 1)) : 0)) : 0;
   const start = performance.now();
-  const partial = `${path}.partial`;
-  const handle = await open(partial, 'w');
   const pool = workers > 0 ? new TensorWorkerPool(workers, shape, seed) : undefined;
   try {
     const tensors = pool ? spec.tensors.map((t, i) => ({ ...t, data: pool.tensorData(i) })) : spec.tensors;
     let written = 0;
-    await writeGGUFStream({ ...spec, tensors }, async (chunk) => {
-      await handle.write(chunk);
-      written += chunk.byteLength;
-      options.onProgress?.(written, expected);
-    });
+    // Under a temporary name first, renamed when whole (directoryTarget).
+    await directoryTarget(dir).writeFile(basename(path), (sink) =>
+      writeGGUFStream({ ...spec, tensors }, async (chunk) => {
+        await sink(chunk);
+        written += chunk.byteLength;
+        options.onProgress?.(written, expected);
+      }),
+    );
   } finally {
     pool?.close();
-    await handle.close();
   }
-  await rename(partial, path);
   const bytes = (await stat(path)).size;
   if (bytes !== expected) throw new Error(`${path}: wrote ${bytes} bytes, expected ${expected}`);
   return { path, shapeName, type, bytes, cached: false, writeMs: performance.now() - start, workers };
