@@ -57,10 +57,16 @@ export interface Reference {
   tokenizer_cases: TokenizerCase[];
 }
 
-let cached: Reference | undefined;
+const referenceFiles = new Map<string, unknown>();
+
+/** A reference file of ../shared/models/reference (e.g. `public.json`), parsed once per test file. */
+export function referenceJson<T>(name: string): T {
+  if (!referenceFiles.has(name)) referenceFiles.set(name, JSON.parse(readFileSync(resolve(modelsDir, 'reference', name), 'utf8')));
+  return referenceFiles.get(name) as T;
+}
+
 export function reference(): Reference {
-  cached ??= JSON.parse(readFileSync(resolve(modelsDir, 'reference/public.json'), 'utf8')) as Reference;
-  return cached;
+  return referenceJson<Reference>('public.json');
 }
 
 /** The model file for a reference model key such as "stories260K-q4_0". */
@@ -91,8 +97,6 @@ export interface QuantizedReference {
   generation_cases: GenerationCase[];
 }
 
-let quantized: QuantizedReference | undefined;
 export function quantizedReference(): QuantizedReference {
-  quantized ??= JSON.parse(readFileSync(resolve(modelsDir, 'reference/quantized-public.json'), 'utf8')) as QuantizedReference;
-  return quantized;
+  return referenceJson<QuantizedReference>('quantized-public.json');
 }

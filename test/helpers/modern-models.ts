@@ -1,9 +1,7 @@
 // The modern-family reference cases (../shared/models/reference/modern-public.json): llama.cpp's
 // greedy tokens and first-position logits for llama3-, qwen2-, qwen3- and phi3-tiny. Missing
 // models fail in CI through ./models.ts.
-import { readFileSync } from 'node:fs';
-import { resolve } from 'node:path';
-import { modelPath, modelsDir, type GenerationCase, type TokenizerCase } from './models.ts';
+import { modelPath, referenceJson, type GenerationCase, type TokenizerCase } from './models.ts';
 
 export interface ModernGenerationCase extends GenerationCase {
   /** Tokens that are safe to compare (see the models README, "How to use them"). */
@@ -24,10 +22,8 @@ export interface ModernReference {
   tokenizer_cases: ModernTokenizerCase[];
 }
 
-let cached: ModernReference | undefined;
 export function modernReference(): ModernReference {
-  cached ??= JSON.parse(readFileSync(resolve(modelsDir, 'reference/modern-public.json'), 'utf8')) as ModernReference;
-  return cached;
+  return referenceJson<ModernReference>('modern-public.json');
 }
 
 /** The file of a modern reference model key such as "qwen3-tiny-q4_0". */
