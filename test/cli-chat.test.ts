@@ -2,28 +2,16 @@
 // llama.cpp's tokens; interactive chat answers line by line, Ctrl-C stops one answer and Ctrl-D
 // (end of input) ends the session; a model without a template is refused naming --chat-template
 // FILE; `tokenize --parse-special --no-bos` gives llama.cpp's ids for a special-token prompt.
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { modelPath, reference, referenceModelPath } from './helpers/models.ts';
+import { modelPath, projectRoot, reference, referenceModelPath } from './helpers/models.ts';
 import { modernReference } from './helpers/modern-models.ts';
+import { denoTask } from './helpers/deno-task.ts';
 
-const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const deno = resolve(root, 'node_modules/.bin/deno');
 
-function task(args: string[], input?: string): { code: number | null; stdout: string; stderr: string } {
-  const result = spawnSync(deno, ['task', '-q', ...args], {
-    cwd: root,
-    encoding: 'utf8',
-    input,
-    timeout: 180_000,
-    env: { ...process.env, XDG_RUNTIME_DIR: '/tmp', NO_COLOR: '1' },
-  });
-  return { code: result.status, stdout: result.stdout, stderr: result.stderr };
-}
 
 const once = reference().generation_cases.find((c) => c.id === 'stories260K-f32/once-upon-a-time')!;
 const stories = referenceModelPath(once.model);
@@ -35,7 +23,7 @@ const greedy = ['--temperature', '0', '--ignore-eos'];
 
 describe('deno task chat', () => {
   it("-p answers one turn with llama.cpp's tokens (--json keeps prompt_ids, generated_ids, text)", () => {
-    const r = task(['chat', '-m', stories, '--chat-template', echoTemplate, '-p', once.prompt, '-n', '8', ...greedy, '--json']);
+    const r = denoTask(['chat', '-m', stories, '--chat-template', echoTemplate, '-p', once.prompt, '-n', '8', ...greedy, '--json']);
     expect(r.code, r.stderr).toBe(0);
     const out = JSON.parse(r.stdout) as { prompt_ids: number[]; generated_ids: number[]; text: string };
     expect(out.prompt_ids).toEqual(once.prompt_ids);
@@ -44,7 +32,7 @@ describe('deno task chat', () => {
   });
 
   it('interactive: answers each non-empty line, ends at end of input (Ctrl-D)', () => {
-    const r = task(['chat', '-m', stories, '--chat-template', echoTemplate, '-n', '4', ...greedy], `${once.prompt}\n\n there\n`);
+    const r = denoTask(['chat', '-m', stories, '--chat-template', echoTemplate, '-n', '4', ...greedy], `${once.prompt}\n\n there\n`);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toMatch(/Ctrl-D/);
     // A prompt ("> ") before each line and before the end of input; the blank line gets no answer.
@@ -57,11 +45,11 @@ describe('deno task chat', () => {
 
   it('Ctrl-C stops the answer being written, not the session; the next line is answered', async () => {
     // The npm "deno" command is a Node wrapper that a signal would kill first: run the platform binary it wraps.
-    const platforms = resolve(root, 'node_modules/@deno');
+    const platforms = resolve(projectRoot, 'node_modules/@deno');
     const binary = readdirSync(platforms).map((dir) => join(platforms, dir, 'deno')).find((path) => existsSync(path));
     expect(binary, 'the deno binary under node_modules/@deno').toBeDefined();
     const child = spawn(binary!, ['run', '--allow-read', '--allow-write', '--allow-env', '--allow-ffi', '--allow-net', 'src/cli.ts', 'chat', '-m', stories, '--chat-template', echoTemplate, '-n', '400', ...greedy], {
-      cwd: root,
+      cwd: projectRoot,
       env: { ...process.env, XDG_RUNTIME_DIR: '/tmp', NO_COLOR: '1' },
     });
     let stdout = '';
@@ -86,7 +74,7 @@ describe('deno task chat', () => {
   }, 180_000);
 
   it('refuses a model without a chat template, naming --chat-template FILE', () => {
-    const r = task(['chat', '-m', stories, '-p', 'Hi', '-n', '1']);
+    const r = denoTask(['chat', '-m', stories, '-p', 'Hi', '-n', '1']);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/MissingChatTemplateError: .*--chat-template FILE/);
   });
@@ -95,12 +83,12 @@ describe('deno task chat', () => {
 describe('deno task tokenize --parse-special / --no-bos', () => {
   it("gives llama.cpp's ids for a special-token prompt, and keeps the text as text without --parse-special", () => {
     const c = modernReference().tokenizer_cases.find((x) => x.id === 'llama3/special-parsed')!;
-    const parsed = task(['tokenize', '-m', modelPath(c.model), '--text', c.text, '--parse-special', '--json']);
+    const parsed = denoTask(['tokenize', '-m', modelPath(c.model), '--text', c.text, '--parse-special', '--json']);
     expect(parsed.code, parsed.stderr).toBe(0);
     expect((JSON.parse(parsed.stdout) as { ids: number[] }).ids).toEqual(c.ids);
-    const bare = task(['tokenize', '-m', modelPath(c.model), '--text', c.text, '--parse-special', '--no-bos', '--json']);
+    const bare = denoTask(['tokenize', '-m', modelPath(c.model), '--text', c.text, '--parse-special', '--no-bos', '--json']);
     expect((JSON.parse(bare.stdout) as { ids: number[] }).ids).toEqual(c.ids.slice(1));
-    const plain = task(['tokenize', '-m', modelPath(c.model), '--text', c.text, '--json']);
+    const plain = denoTask(['tokenize', '-m', modelPath(c.model), '--text', c.text, '--json']);
     expect((JSON.parse(plain.stdout) as { ids: number[] }).ids).not.toContain(c.ids.at(-1)); // <|eot_id|> stays text
   });
 });

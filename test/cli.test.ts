@@ -1,23 +1,12 @@
 // The Deno CLI end to end: the same token ids as llama.cpp (and as the Node engine, which
 // test/model.test.ts checks against the same references), clean exit codes, clear usage errors.
-import { spawnSync } from 'node:child_process';
-import { dirname, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { reference, referenceModelPath } from './helpers/models.ts';
+import { denoTask } from './helpers/deno-task.ts';
+import { projectRoot, reference, referenceModelPath } from './helpers/models.ts';
 
-const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const deno = resolve(root, 'node_modules/.bin/deno');
+const task = (...args: string[]) => denoTask(args);
 
-function task(...args: string[]): { code: number | null; stdout: string; stderr: string } {
-  const result = spawnSync(deno, ['task', '-q', ...args], {
-    cwd: root,
-    encoding: 'utf8',
-    timeout: 180_000,
-    env: { ...process.env, XDG_RUNTIME_DIR: '/tmp', NO_COLOR: '1' },
-  });
-  return { code: result.status, stdout: result.stdout, stderr: result.stderr };
-}
 
 describe('deno CLI', () => {
   const cases = reference().generation_cases.filter((c) => c.model === 'stories260K-f32' && c.n_predict === 64).slice(0, 2);
@@ -92,7 +81,7 @@ describe('deno CLI', () => {
     const badKernels = task('run', '--matmul', 'fast');
     expect(badKernels.code).toBe(2);
     expect(badKernels.stderr).toMatch(/--matmul must be one of auto, int8, .*; got "fast"/);
-    const notGguf = task('run', '-m', resolve(root, 'package.json'));
+    const notGguf = task('run', '-m', resolve(projectRoot, 'package.json'));
     expect(notGguf.code).toBe(1);
     expect(notGguf.stderr).toMatch(/ModelFormatError: .*not a GGUF file/);
     const noAdapter = task('run', '-m', referenceModelPath('stories260K-f32'), '--devices', 'nosuchgpu');

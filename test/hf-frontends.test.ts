@@ -1,33 +1,16 @@
 // Hugging Face folders the way users run them: `deno task run|info -m folder`, `deno task serve
 // -m folder`, and loadModel on a base URL read with HTTP Range requests.
-import { spawn, spawnSync } from 'node:child_process';
-import { dirname, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadModel } from '../src/api/model.ts';
+import { denoTask, denoTaskAsync } from './helpers/deno-task.ts';
 import { modelPath, modelsDir, reference } from './helpers/models.ts';
 import { serveStatic, type StaticServer } from './e2e/static-server.ts';
 import { startServer, type ServerProcess } from './server-harness.ts';
 
-const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const deno = resolve(root, 'node_modules/.bin/deno');
+const task = (...args: string[]) => denoTask(args);
 const stories = reference().generation_cases.filter((c) => c.model === 'stories260K-f32' && c.n_predict === 64);
 
-function task(...args: string[]): { code: number | null; stdout: string; stderr: string } {
-  const result = spawnSync(deno, ['task', '-q', ...args], { cwd: root, encoding: 'utf8', timeout: 180_000, env: { ...process.env, XDG_RUNTIME_DIR: '/tmp', NO_COLOR: '1' } });
-  return { code: result.status, stdout: result.stdout, stderr: result.stderr };
-}
 
-/** `task` without blocking this process (the test's own HTTP server must keep answering). */
-function taskAsync(...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolvePromise) => {
-    const child = spawn(deno, ['task', '-q', ...args], { cwd: root, env: { ...process.env, XDG_RUNTIME_DIR: '/tmp', NO_COLOR: '1' } });
-    let [stdout, stderr] = ['', ''];
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    child.on('close', (code) => resolvePromise({ code, stdout, stderr }));
-  });
-}
 
 describe('deno task run / info -m FOLDER', () => {
   it("run --json on hf/stories260K gives llama.cpp's ids and text", () => {
@@ -81,7 +64,7 @@ describe('loadModel on a base URL (HTTP Range requests)', () => {
 
   it("deno task run -m URL/ reads the folder over HTTP and gives llama.cpp's ids", async () => {
     const c = stories[3]!;
-    const r = await taskAsync('run', '-m', `${files.origin}/models/hf/stories260K/`, '-p', c.prompt, '-n', '64', '--temperature', '0', '--ignore-eos', '--json');
+    const r = await denoTaskAsync(['run', '-m', `${files.origin}/models/hf/stories260K/`, '-p', c.prompt, '-n', '64', '--temperature', '0', '--ignore-eos', '--json']);
     expect(r.code, r.stderr).toBe(0);
     expect((JSON.parse(r.stdout) as { generated_ids: number[] }).generated_ids).toEqual(c.generated_ids);
   });

@@ -8,7 +8,7 @@ import { fileSource } from '../../src/model/source.ts';
 import { fileURLToPath } from 'node:url';
 import { dirname, resolve } from 'node:path';
 
-const projectRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+export const projectRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 
 export const modelsDir: string = process.env.WEBSHARD_MODELS ?? resolve(projectRoot, '../shared/models');
 
